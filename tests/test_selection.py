@@ -1,0 +1,175 @@
+"""Selection rule and bad-share bins on hand-built results tables with known answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raysearch.errors import ConfigError, InputError
+from raysearch.selection import (bad_share_by_lambda, lambda_bins, recommend, seed_spread,
+                                 wilson_interval)
+
+
+def table(rows):
+    return pd.DataFrame(rows, columns=["trial_id", "lam", "seed", "mean_nrmse", "max_nrmse", "bad",
+                                       "weight_density"])
+
+
+def grid_table():
+    # lam:        0.001            0.01             0.1              1.0
+    # mean_nrmse: .20 .22          .18 .20          .21 .23          .60 (bad) .55 (bad)
+    return table([
+        ("a", 0.001, 0, 0.20, 0.30, False, 0.50), ("b", 0.001, 1, 0.22, 0.31, False, 0.52),
+        ("c", 0.01, 0, 0.18, 0.40, False, 0.30), ("d", 0.01, 1, 0.20, 0.41, False, 0.31),
+        ("e", 0.1, 0, 0.21, 0.35, False, 0.10), ("f", 0.1, 1, 0.23, 0.36, False, 0.12),
+        ("g", 1.0, 0, 0.60, 1.50, True, 0.01), ("h", 1.0, 1, 0.55, 1.20, True, 0.02),
+    ])
+
+
+def test_seed_spread_uses_fits_at_best_lambda():
+    # best fit is c (0.18) at lam 0.01, whose seeds give 0.18 and 0.20
+    assert seed_spread(grid_table()) == pytest.approx(np.std([0.18, 0.20], ddof=1))
+
+
+def test_sparsest_within_seed_spread():
+    rec = recommend(grid_table())
+    tol = np.std([0.18, 0.20], ddof=1)  # 0.01414
+    # within 0.18 + 0.0141: c (0.18) only... and a? 0.20 > 0.1941 -> no. So lam = 0.01.
+    assert rec.tolerance == pytest.approx(tol)
+    assert rec.tolerance_source == "seed spread"
+    assert rec.lam == pytest.approx(0.01)
+    assert rec.row["trial_id"] == "c"
+    assert rec.best_row["trial_id"] == "c"
+    assert rec.n_bad == 2 and rec.n_fits == 8
+
+
+def test_sparsest_with_given_tolerance_picks_largest_lambda_not_bad():
+    rec = recommend(grid_table(), tolerance=0.051)
+    # candidates <= 0.231: a, b, c, d, e, f; bad fits at lam 1 are excluded although sparser
+    assert rec.lam == pytest.approx(0.1)
+    assert rec.row["trial_id"] == "e"          # tie on lambda -> lower objective
+    assert rec.runner_up["lam"] == pytest.approx(0.01)   # runner-up at another lambda
+    assert rec.runner_up["trial_id"] == "c"
+    assert set(rec.candidates["trial_id"]) == {"a", "b", "c", "d", "e", "f"}
+
+
+def test_best_rule_and_max_objective():
+    rec = recommend(grid_table(), rule="best")
+    assert rec.row["trial_id"] == "c"
+    rec = recommend(grid_table(), rule="best", objective="max_nrmse")
+    assert rec.row["trial_id"] == "a"
+    # sparsest on the worst criterion, tolerance 0.05: a (0.30), b (0.31), e (0.35 > 0.35?) no
+    rec = recommend(grid_table(), objective="max_nrmse", tolerance=0.05)
+    assert rec.lam == pytest.approx(0.1) and rec.row["trial_id"] == "e"
+
+
+def test_sparsity_by_weight_density():
+    rec = recommend(grid_table(), tolerance=0.05, sparsity_by="weight_density")
+    assert rec.row["trial_id"] == "e"  # 0.10 lowest density among the good candidates
+
+
+def test_ties_on_objective_go_to_larger_lambda():
+    df = table([("x", 0.01, 0, 0.2, 0.3, False, 0.5), ("y", 0.05, 0, 0.2, 0.3, False, 0.4)])
+    assert recommend(df, tolerance=0.0).row["trial_id"] == "y"
+    assert recommend(df, rule="best").row["trial_id"] == "y"
+
+
+def test_all_bad_gives_no_recommendation():
+    df = table([("x", 0.01, 0, 0.9, 1.3, True, 0.5), ("y", 0.05, 0, float("nan"), 2.0, True, 0.4)])
+    rec = recommend(df)
+    assert rec.lam is None and rec.row is None
+    assert rec.n_bad == 2 and "no usable fit" in rec.message
+    assert len(rec.to_frame()) == 0
+
+
+def test_single_lambda_and_single_fit():
+    df = table([("x", 0.02, 0, 0.3, 0.5, False, 0.2)])
+    rec = recommend(df)
+    assert rec.lam == pytest.approx(0.02) and rec.tolerance == 0.0 and rec.runner_up is None
+    df = table([("x", 0.02, 0, 0.3, 0.5, False, 0.2), ("y", 0.02, 1, 0.5, 0.6, False, 0.2)])
+    rec = recommend(df)
+    assert rec.tolerance == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert rec.row["trial_id"] == "x"          # same lambda, lower objective first
+    assert rec.runner_up["trial_id"] == "y"    # no other lambda: next fit
+
+
+def test_nan_objective_and_missing_bad_flag_are_not_usable():
+    df = table([("x", 0.01, 0, float("nan"), 0.3, False, 0.5),
+                ("y", 0.1, 0, 0.4, 0.6, None, 0.3),
+                ("z", 0.001, 0, 0.5, 0.7, False, 0.6)])
+    rec = recommend(df, tolerance=1.0)
+    assert rec.row["trial_id"] == "z" and rec.n_bad == 2
+
+
+def test_continuous_search_uses_nearest_fits_for_spread():
+    lam = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 5e-2, 1e-1]
+    obj = [0.30, 0.25, 0.21, 0.20, 0.22, 0.35, 0.80]
+    df = table([(f"t{i}", l, 0, o, o + 0.1, False, 0.1) for i, (l, o) in enumerate(zip(lam, obj))])
+    # the 5 fits nearest to the best lambda 3e-3 in log10: 3e-3, 1e-3, 1e-2, 3e-4, 5e-2
+    near = [0.20, 0.21, 0.22, 0.25, 0.35]
+    assert seed_spread(df) == pytest.approx(np.std(near, ddof=1))   # 0.0611
+    rec = recommend(df)
+    # within 0.20 + 0.0611: 1e-3 (.21), 3e-3 (.20), 1e-2 (.22), 3e-4 (.25): largest lambda 1e-2
+    assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "t4"
+    assert rec.runner_up["trial_id"] == "t3"
+
+
+def test_invalid_settings():
+    with pytest.raises(ConfigError, match="rule"):
+        recommend(grid_table(), rule="fastest")
+    with pytest.raises(ConfigError, match="sparsity"):
+        recommend(grid_table(), sparsity_by="size")
+    with pytest.raises(ConfigError, match="tolerance"):
+        recommend(grid_table(), tolerance=-1)
+    with pytest.raises(InputError, match="lacks column"):
+        recommend(grid_table().drop(columns="bad"))
+
+
+def wilson_by_hand(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def test_wilson_interval_matches_hand_computation():
+    for k, n in [(3, 10), (0, 10), (10, 10), (1, 40), (17, 40)]:
+        lo, hi = wilson_interval(k, n)
+        elo, ehi = wilson_by_hand(k, n)
+        assert lo == pytest.approx(max(elo, 0.0), abs=1e-12)
+        assert hi == pytest.approx(min(ehi, 1.0), abs=1e-12)
+
+
+def test_bad_share_bins_on_a_grid():
+    df = grid_table()
+    out = bad_share_by_lambda(df)
+    assert list(out["n_fits"]) == [2, 2, 2, 2]
+    assert list(out["n_bad"]) == [0, 0, 0, 2]
+    assert list(out["share_bad"]) == [0, 0, 0, 1]
+    # geometric centres of grid bins are the grid values themselves
+    np.testing.assert_allclose(out["lam_center"], [0.001, 0.01, 0.1, 1.0], rtol=1e-12)
+    lo, hi = wilson_by_hand(2, 2)
+    assert out["ci_low"].iloc[3] == pytest.approx(lo)
+    assert out["ci_high"].iloc[3] == pytest.approx(1.0)
+
+
+def test_bad_share_with_explicit_log_bins():
+    lam = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 1e-1]
+    bad = [False, True, False, False, True, True, True, False]
+    df = pd.DataFrame({"lam": lam, "bad": bad})
+    out = bad_share_by_lambda(df, bins=np.array([1e-3, 1e-2, 1e-1]))
+    # [1e-3, 1e-2): 1e-3, 2e-3, 5e-3 -> 1 bad of 3; [1e-2, 1e-1]: 1e-2 .. 1e-1 (upper edge incl.)
+    assert list(out["n_fits"]) == [3, 5]
+    assert list(out["n_bad"]) == [1, 3]
+    assert out["share_bad"].tolist() == pytest.approx([1 / 3, 3 / 5])
+
+
+def test_bad_share_counts_missing_flags_as_bad_and_default_log_bins():
+    rng = np.random.default_rng(0)
+    lam = 10 ** rng.uniform(-5, -1, size=40)
+    df = pd.DataFrame({"lam": lam, "bad": [None] * 5 + [False] * 35})
+    out = bad_share_by_lambda(df)
+    assert len(out) == 8 and out["n_fits"].sum() == 40 and out["n_bad"].sum() == 5
+    edges = lambda_bins(lam)
+    assert edges[0] == pytest.approx(lam.min()) and edges[-1] == pytest.approx(lam.max())
