@@ -1,0 +1,332 @@
+"""A real multi-node Ray cluster on 127.0.0.1, without containers.
+
+One head (``ray start --head``, 0 CPUs, so no trial can run there) and two worker nodes
+(``ray start --address``), each a separate process tree with its own temp dir, explicit ports and a
+custom resource (``node_a`` / ``node_b``). Studies are submitted with ``ray job submit`` exactly as a
+user would on a real cluster, and the results are read back from the storage path afterwards.
+
+The harness only ever signals processes it started: every node runs in its own session (process
+group) and carries a unique environment tag, and teardown kills that group and any straggler that
+still carries the tag. ``ray stop`` is never used (it would kill every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness uses Linux process groups"),
+]
+
+psutil = pytest.importorskip("psutil", reason="psutil is needed to find and stop the cluster's processes")
+
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+TAG_VAR = "RAYSEARCH_MULTINODE_TAG"
+START_TIMEOUT_S = 45
+
+
+# --------------------------------------------------------------------------------------------- ports
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+class _Ports:
+    """Hands out distinct free TCP ports (and contiguous ranges) from a random high block."""
+
+    def __init__(self):
+        self._used: set[int] = set()
+        self._rng = random.Random(os.getpid() ^ time.time_ns())
+
+    def one(self) -> int:
+        return self.block(1)
+
+    def block(self, width: int) -> int:
+        for _ in range(500):
+            base = self._rng.randrange(20000, 60000 - width)
+            span = range(base, base + width)
+            if any(p in self._used for p in span):
+                continue
+            if all(_port_free(p) for p in span):
+                self._used.update(span)
+                return base
+        raise RuntimeError(f"no block of {width} free ports found")
+
+
+# ------------------------------------------------------------------------------------------- cluster
+@dataclass
+class _Node:
+    name: str
+    proc: subprocess.Popen
+    temp_dir: Path
+    log_path: Path
+    resources: dict = field(default_factory=dict)
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid  # started with start_new_session=True
+
+
+class LocalRayCluster:
+    """A head and worker nodes started with ``ray start --block``, each in its own session."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tag = uuid.uuid4().hex
+        self.ports = _Ports()
+        self.nodes: dict[str, _Node] = {}
+        self.env = dict(os.environ)
+        self.env.pop("RAY_ADDRESS", None)
+        self.env.update({
+            TAG_VAR: self.tag,
+            "RAY_AUTH_MODE": "disabled",        # tests only: the Jobs API then needs no token
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
+            # notice a killed worker node within ~2-3 s instead of ~15 s
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "2",
+            "RAY_health_check_timeout_ms": "1000",
+        })
+        self.gcs_port = self.dashboard_port = None
+
+    # -- addresses
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    # -- starting
+    def _node_ports(self) -> list[str]:
+        p = self.ports
+        lo = p.block(60)
+        return [
+            "--node-manager-port", str(p.one()), "--object-manager-port", str(p.one()),
+            "--dashboard-agent-listen-port", str(p.one()), "--dashboard-agent-grpc-port", str(p.one()),
+            "--runtime-env-agent-port", str(p.one()), "--metrics-export-port", str(p.one()),
+            "--min-worker-port", str(lo), "--max-worker-port", str(lo + 59),
+        ]
+
+    def _spawn(self, name: str, args: list[str], resources: dict) -> _Node:
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"rs-{name}-", dir=self.root))
+        log_path = self.root / f"{name}-{len([n for n in self.nodes if n.startswith(name)])}.log"
+        cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
+               "--object-store-memory", str(80 * 1024 ** 2), "--num-gpus", "0",
+               "--disable-usage-stats", *args, *self._node_ports()]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        node = _Node(name, proc, temp_dir, log_path, resources)
+        self.nodes[name] = node
+        return node
+
+    def start_head(self) -> None:
+        self.gcs_port, self.dashboard_port = self.ports.one(), self.ports.one()
+        self._spawn("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", "0",
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+                             "--ray-client-server-port", str(self.ports.one())], {})
+        self.wait_for(lambda nodes: any(n["is_head_node"] for n in nodes), "the head node")
+
+    def add_worker(self, name: str, resources: dict, num_cpus: int = 1) -> _Node:
+        node = self._spawn(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
+                                  "--resources", json.dumps(resources)], resources)
+        key = next(iter(resources))
+        self.wait_for(lambda nodes: any(key in n["resources_total"] for n in nodes), f"worker {name}")
+        return node
+
+    # -- observing (HTTP state API of the dashboard; the test process never joins the cluster)
+    def alive_nodes(self) -> list[dict]:
+        from ray.util.state import list_nodes
+
+        return [{"node_id": n.node_id, "is_head_node": n.is_head_node,
+                 "resources_total": dict(n.resources_total or {})}
+                for n in list_nodes(address=self.dashboard_url, detail=True, timeout=10,
+                                    raise_on_missing_output=False)
+                if n.state == "ALIVE"]
+
+    def node_ids(self) -> dict[str, str]:
+        """Custom resource name -> node id, for the alive worker nodes."""
+        out = {}
+        for n in self.alive_nodes():
+            for res in n["resources_total"]:
+                if res.startswith("node_"):
+                    out[res] = n["node_id"]
+        return out
+
+    def actors(self, class_name: str | None = None) -> list:
+        from ray.util.state import list_actors
+
+        filters = [("class_name", "=", class_name)] if class_name else None
+        return list_actors(address=self.dashboard_url, filters=filters, limit=1000, timeout=10,
+                           raise_on_missing_output=False)
+
+    def wait_for(self, predicate, what: str, timeout: float = START_TIMEOUT_S) -> None:
+        deadline, last_err = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            for node in self.nodes.values():
+                if node.proc.poll() is not None:
+                    raise RuntimeError(f"`ray start` for {node.name} exited with {node.proc.returncode}:\n"
+                                       + self.log_tail(node))
+            try:
+                if predicate(self.alive_nodes()):
+                    return
+            except Exception as exc:  # dashboard not up yet
+                last_err = exc
+            time.sleep(0.5)
+        raise TimeoutError(f"{what} did not come up within {timeout} s (last error: {last_err})\n"
+                           + "\n".join(self.log_tail(n) for n in self.nodes.values()))
+
+    @staticmethod
+    def log_tail(node: _Node, n: int = 25) -> str:
+        try:
+            lines = node.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return f"--- {node.log_path.name}\n" + "\n".join(lines[-n:])
+
+    # -- jobs
+    def submit(self, entrypoint: list[str], timeout: float, wait: bool = True) -> subprocess.CompletedProcess | str:
+        """``ray job submit`` to the head's Jobs API; returns the finished CLI run (or the id)."""
+        sub_id = f"raysearch-test-{uuid.uuid4().hex[:8]}"
+        cmd = [RAY, "job", "submit", "--address", self.dashboard_url, "--submission-id", sub_id,
+               "--log-style", "record"]
+        if not wait:
+            cmd.append("--no-wait")
+        cmd += ["--", *entrypoint]
+        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if not wait:
+            assert res.returncode == 0, res.stdout + res.stderr
+            return sub_id
+        return res
+
+    def job_status(self, sub_id: str) -> str:
+        from ray.job_submission import JobSubmissionClient
+
+        return str(JobSubmissionClient(self.dashboard_url).get_job_status(sub_id).value)
+
+    def job_logs(self, sub_id: str) -> str:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url).get_job_logs(sub_id)
+
+    def wait_job(self, sub_id: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.job_status(sub_id)
+            if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                return status
+            time.sleep(1)
+        raise TimeoutError(f"job {sub_id} still {status} after {timeout} s:\n{self.job_logs(sub_id)[-3000:]}")
+
+    # -- stopping
+    def _tagged(self) -> list:
+        found = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if p.environ().get(TAG_VAR) == self.tag:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    def stop_node(self, name: str, graceful: bool = True, timeout: float = 20) -> None:
+        """Stop one node: SIGTERM to its ``ray start --block`` (Ray then stops its own processes);
+        ``graceful=False`` SIGKILLs the node's whole process group at once, like a crashed machine."""
+        node = self.nodes.pop(name)
+        if graceful and node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(node.pgid, signal.SIGKILL)  # whatever is left of this node's own group
+        except ProcessLookupError:
+            pass
+        node.proc.wait(timeout=10)
+
+    def shutdown(self) -> list[str]:
+        """Stop every node (workers first), then SIGKILL stragglers carrying this cluster's tag.
+
+        Returns descriptions of processes that had to be killed after the graceful stop."""
+        for name in sorted(self.nodes, key=lambda n: n == "head"):
+            self.stop_node(name)
+        stragglers = []
+        deadline = time.monotonic() + 10
+        while (left := self._tagged()) and time.monotonic() < deadline:
+            for p in left:
+                try:
+                    stragglers.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.5)
+        return sorted(set(stragglers))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    root = Path(tempfile.mkdtemp(prefix="rs-mn-"))  # short: Ray's unix socket paths must stay < 108 chars
+    cluster = LocalRayCluster(root)
+    try:
+        cluster.start_head()
+        cluster.add_worker("worker_a", {"node_a": 1})
+        cluster.add_worker("worker_b", {"node_b": 1})
+        yield cluster
+    finally:
+        stragglers = cluster.shutdown()
+        left = cluster._tagged()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"processes of the test cluster still running: {[p.pid for p in left]}"
+        if stragglers:
+            print(f"killed after the graceful stop: {stragglers}")
+
+
+# --------------------------------------------------------------------------------------------- tests
+PROBE = textwrap.dedent("""
+    import json, ray
+    ray.init()   # RAY_ADDRESS is set by the job supervisor
+    @ray.remote(num_cpus=1)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+    out = {r: ray.get(where.options(resources={r: 1}).remote()) for r in ("node_a", "node_b")}
+    print("PROBE" + json.dumps(out))
+""")
+
+
+def test_harness_job_reaches_both_workers(ray_cluster):
+    """A trivial job submitted with `ray job submit` runs one task on each worker node."""
+    nodes = ray_cluster.alive_nodes()
+    assert len(nodes) == 3
+    head = [n for n in nodes if n["is_head_node"]]
+    assert len(head) == 1 and head[0]["resources_total"].get("CPU", 0) == 0
+    res = ray_cluster.submit([sys.executable, "-c", PROBE], timeout=90)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("PROBE"))
+    placed = json.loads(line[len("PROBE"):])
+    assert placed == ray_cluster.node_ids()
+    assert placed["node_a"] != placed["node_b"]
