@@ -1,0 +1,377 @@
+"""Unit layers of the compositional RBM: dReLU hidden units, Bernoulli and Gaussian visible units.
+
+Pure functions of ``(inputs, parameters, bk[, rng])`` written once against a
+:class:`raysearch.backend.Backend`; all arrays must already be backend arrays (``bk.asarray``).
+Inputs ``I`` have shape (B, M) (hidden side) or (B, N) (visible side); per-unit parameters have
+shape (M,) or (N,) and broadcast over the batch. Everything is float32.
+
+dReLU conventions (CRBM.md §1, the reference code's theta-minus sign)::
+
+    U(h) = gp/2 h+^2 + gm/2 h-^2 + tp h+ + tm max(-h, 0),   h+ = max(h,0), h- = min(h,0)
+    P(h | I) ∝ exp(-U(h) + I h)
+    x+ = (tp - I)/sqrt(gp),  x- = (I + tm)/sqrt(gm)
+    Z± = M(x±)/sqrt(g±),     M(x) = Phi(-x)/phi(x)  (Mills ratio)
+    Gamma(I) = log(Z+ + Z-)
+
+Numerics
+--------
+* ``log M(x)`` uses one ``erfcx(|x|/sqrt 2)``: for x >= 0 it is ``log erfcx`` (no underflow), for
+  x < 0 the identity ``erfcx(-a) = 2 exp(a^2) - erfcx(a)`` gives
+  ``a^2 + log(2 - erfc(a))`` with ``erfc(a) = erfcx(a) exp(-a^2)`` in [0, 1]: no overflow either.
+  Gamma is then a ``logaddexp`` of finite logs, finite for any finite input.
+* Per branch, with lambda = 1/M(x) (the normal hazard), the truncated-normal moments are
+  ``mean = r/sqrt(g)``, ``var = v/g`` with ``r = lambda - x`` and ``v = 1 - lambda r``. For large x
+  both subtractions cancel (r ~ 1/x, v ~ 1/x^2), so for x >= ``_X_CF`` they come from Laplace's
+  continued fraction ``r = 1/(x + s)``, ``s = 2/(x + 3/(x + 4/(x + ...)))``, where
+  ``v = r (s - r)`` has no cancellation (truncation error < 1e-8 relative, checked against float64).
+* The mixture variance is ``p+ var+ + p- var- + p+ p- (m+ - m-)^2`` (no cancellation), with
+  ``p± = expit(±(log Z+ - log Z-))`` both computed directly (no ``1 - p``).
+* Sampling: branch by a uniform against p+, then the exceedance e = z - x >= 0 of a standard
+  normal z truncated to z >= x (x = x+ or x- of the chosen branch), and h = ±e/sqrt(g). For
+  x < ``_X_NEWTON`` by inverse CDF, ``z = -ndtri(U Phi(-x))``; in the far tail (where Phi(-x)
+  underflows) by solving ``x e + e^2/2 - log(M(x+e)/M(x)) = -log U`` with Newton's method, which
+  is exact to float32 rounding (the function is convex and increasing and the start
+  ``e0 = 2E/(x + sqrt(x^2 + 2E))`` lies right of the root, so the iteration converges
+  monotonically; derivative = the hazard lambda(x + e)).
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "drelu_cgf", "drelu_mean", "drelu_mean_var", "drelu_branch_moments", "drelu_sample",
+    "bernoulli_mean", "bernoulli_sample", "bernoulli_cgf",
+    "gaussian_mean", "gaussian_sample", "gaussian_cgf",
+    "hidden_inputs", "visible_inputs", "free_energy",
+]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_LOG_SQRT_HALF_PI = 0.5 * math.log(math.pi / 2.0)     # log M(x) = this + log erfcx(x/sqrt2)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)            # 1/M(x) = this / erfcx(x/sqrt2)
+_LOG_2PI = math.log(2.0 * math.pi)
+_X_CF = 4.0          # continued fraction for r, v at x >= this
+_CF_DEPTH = 16       # levels: relative truncation error < 1e-8 at x >= 4
+_X_NEWTON = 5.0      # tail sampler at x >= this (Phi(-5) = 2.9e-7: inverse CDF still exact below)
+_NEWTON_STEPS = 4
+
+
+# --------------------------------------------------------------------------------------------
+# Mills-ratio helpers (elementwise on any shape)
+# --------------------------------------------------------------------------------------------
+def _log_mills_and_hazard(x, bk):
+    """Return ``(log M(x), lambda(x) = 1/M(x))``, finite for every finite x."""
+    xp = bk.xp
+    a = xp.abs(x)
+    a *= _INV_SQRT2
+    e = bk.erfcx(a)                     # in (0, 1] for a >= 0
+    a *= a                              # x^2/2
+    neg = x < 0
+    q = xp.exp(-a)                      # exp(-x^2/2), used where x < 0
+    t = q * e                           # erfc(|x|/sqrt2) in [0, 1]
+    t = xp.where(neg, 2.0 - t, e)       # M(x)/sqrt(pi/2), times exp(-x^2/2) where x < 0
+    log_m = xp.log(t)
+    log_m += xp.where(neg, a, 0.0)
+    log_m += _LOG_SQRT_HALF_PI
+    # hazard 1/M(x): sqrt(2/pi)/erfcx(x/sqrt2) (x >= 0), sqrt(2/pi) exp(-x^2/2)/(2 - erfc) (x < 0)
+    num = xp.where(neg, q, 1.0)
+    num *= _SQRT_2_OVER_PI
+    num /= t
+    return log_m, num
+
+
+def _log_mills(x, bk):
+    return _log_mills_and_hazard(x, bk)[0]
+
+
+def _tail_r_v(x, bk):
+    """Continued-fraction ``(r, v)`` for x >= _X_CF (x is clipped there; see module docstring)."""
+    xp = bk.xp
+    xc = xp.maximum(x, _X_CF)
+    c = xp.zeros_like(xc)
+    for k in range(_CF_DEPTH, 1, -1):
+        c += xc
+        c = k / c
+    s = c                               # 2/(x + 3/(x + ...))
+    r = 1.0 / (xc + s)
+    v = s - r
+    v *= r
+    return r, v
+
+
+def _excess_moments(x, bk, need_var=True):
+    """Per branch: ``log M(x)``, ``r(x) = lambda - x`` (mean of z - x) and ``v(x)`` (var of z).
+
+    z ~ N(0, 1) truncated to z >= x.
+    """
+    xp = bk.xp
+    log_m, lam = _log_mills_and_hazard(x, bk)
+    r = lam - x
+    v = None
+    if need_var:
+        v = lam * r
+        v = 1.0 - v
+    if bk.is_device or bool(xp.any(x >= _X_CF)):   # host check skipped on a GPU (no sync)
+        tail = x >= _X_CF
+        rt, vt = _tail_r_v(x, bk)
+        r = xp.where(tail, rt, r)
+        if need_var:
+            v = xp.where(tail, vt, v)
+    return log_m, r, v
+
+
+def _branches(I, gp, gm, tp, tm, bk, need_var=True):
+    """Shared work: log Z±, p±, branch means m± and branch variances var±."""
+    xp = bk.xp
+    sgp = xp.sqrt(gp)
+    sgm = xp.sqrt(gm)
+    x_p = tp - I
+    x_p /= sgp
+    x_m = I + tm
+    x_m /= sgm
+    lmp, r_p, v_p = _excess_moments(x_p, bk, need_var)
+    lmm, r_m, v_m = _excess_moments(x_m, bk, need_var)
+    lmp -= xp.log(sgp)                  # log Z+
+    lmm -= xp.log(sgm)                  # log Z-
+    d = lmp - lmm
+    p_p = bk.expit(d)
+    d *= -1.0
+    p_m = bk.expit(d)
+    r_p /= sgp                          # m+ = E[h | h >= 0 branch] >= 0
+    r_m /= -sgm                         # m- <= 0
+    if need_var:
+        v_p /= gp
+        v_m /= gm
+    return lmp, lmm, p_p, p_m, r_p, r_m, v_p, v_m
+
+
+# --------------------------------------------------------------------------------------------
+# dReLU hidden units
+# --------------------------------------------------------------------------------------------
+def drelu_cgf(I, gp, gm, tp, tm, bk):
+    """Log-partition Gamma(I) = log ∫ exp(-U(h) + I h) dh of dReLU units.
+
+    Parameters
+    ----------
+    I : array (B, M)
+        Inputs.
+    gp, gm : array (M,)
+        gamma_plus, gamma_minus (> 0).
+    tp, tm : array (M,)
+        theta_plus, theta_minus (reference sign convention).
+    bk : Backend
+
+    Returns
+    -------
+    array (B, M), finite for any finite inputs.
+    """
+    xp = bk.xp
+    x_p = (tp - I) / xp.sqrt(gp)
+    x_m = (I + tm) / xp.sqrt(gm)
+    lzp = _log_mills(x_p, bk)
+    lzp -= 0.5 * xp.log(gp)
+    lzm = _log_mills(x_m, bk)
+    lzm -= 0.5 * xp.log(gm)
+    return bk.logaddexp(lzp, lzm)
+
+
+def drelu_mean(I, gp, gm, tp, tm, bk):
+    """E[h | I] = Gamma'(I), shape (B, M). See :func:`drelu_cgf` for the parameters."""
+    _, _, p_p, p_m, m_p, m_m, _, _ = _branches(I, gp, gm, tp, tm, bk, need_var=False)
+    m_p *= p_p
+    m_m *= p_m
+    m_p += m_m
+    return m_p
+
+
+def drelu_mean_var(I, gp, gm, tp, tm, bk):
+    """(E[h | I], Var[h | I]) = (Gamma'(I), Gamma''(I)), each (B, M).
+
+    The variance is ``p+ var+ + p- var- + p+ p- (m+ - m-)^2``: positive, no cancellation.
+    """
+    _, _, p_p, p_m, m_p, m_m, v_p, v_m = _branches(I, gp, gm, tp, tm, bk)
+    mean = p_p * m_p
+    mean += p_m * m_m
+    var = p_p * v_p
+    var += p_m * v_m
+    m_p -= m_m
+    m_p *= m_p
+    m_p *= p_p
+    m_p *= p_m
+    var += m_p
+    return mean, var
+
+
+def drelu_branch_moments(I, gp, gm, tp, tm, bk):
+    """Branch moments (E[h+], E[h+^2], E[h-], E[h-^2]) given I, each (B, M).
+
+    h+ = max(h, 0) and h- = min(h, 0), so E[h-] <= 0 and E[h-^2] >= 0. These are the sufficient
+    statistics of (theta_plus, gamma_plus, theta_minus, gamma_minus).
+    """
+    _, _, p_p, p_m, m_p, m_m, v_p, v_m = _branches(I, gp, gm, tp, tm, bk)
+    e_p = p_p * m_p
+    m_p *= m_p
+    v_p += m_p
+    v_p *= p_p
+    e_m = p_m * m_m
+    m_m *= m_m
+    v_m += m_m
+    v_m *= p_m
+    return e_p, v_p, e_m, v_m
+
+
+def _truncated_excess(x, u, bk):
+    """Exceedance e = z - x >= 0 of z ~ N(0, 1) truncated to z >= x, from uniforms u in (0, 1]."""
+    xp = bk.xp
+    # Inverse CDF (exact while Phi(-x) is representable): P(z > t) = u Phi(-x).
+    xd = xp.minimum(x, _X_NEWTON)
+    p = bk.ndtr(-xd)
+    p *= u
+    z = bk.ndtri(p)
+    z *= -1.0
+    z -= xd
+    e = xp.maximum(z, 0.0)
+    if not (bk.is_device or bool(xp.any(x >= _X_NEWTON))):
+        return e
+    # Far tail: solve g(e) = x e + e^2/2 - log(M(x+e)/M(x)) = E := -log u by Newton.
+    xt = xp.maximum(x, _X_NEWTON)
+    E = -xp.log(u)
+    et = xp.sqrt(xt * xt + 2.0 * E)
+    et += xt
+    et = (2.0 * E) / et
+    log_ex = xp.log(bk.erfcx(xt * _INV_SQRT2))
+    for _ in range(_NEWTON_STEPS):
+        y = xt + et
+        ey = bk.erfcx(y * _INV_SQRT2)
+        g = xt + 0.5 * et
+        g *= et
+        g -= xp.log(ey)
+        g += log_ex
+        g -= E                          # g(e) - E >= 0
+        g *= ey                         # / hazard(y) = * erfcx(y/sqrt2)/sqrt(2/pi)
+        g *= 1.0 / _SQRT_2_OVER_PI
+        et -= g
+        et = xp.maximum(et, 0.0)
+    return xp.where(x >= _X_NEWTON, et, e)
+
+
+def drelu_sample(I, gp, gm, tp, tm, bk, rng):
+    """Exact sample of h ~ P(h | I) for dReLU units, shape (B, M).
+
+    Parameters
+    ----------
+    I, gp, gm, tp, tm, bk
+        As in :func:`drelu_cgf`.
+    rng : BackendRNG
+        ``bk.rng(...)``; two uniform arrays of I's shape are drawn.
+    """
+    xp = bk.xp
+    sgp = xp.sqrt(gp)
+    sgm = xp.sqrt(gm)
+    x_p = (tp - I) / sgp
+    x_m = (I + tm) / sgm
+    lzp = _log_mills(x_p, bk)
+    lzp -= xp.log(sgp)
+    lzp -= _log_mills(x_m, bk)
+    lzp += xp.log(sgm)                  # log Z+ - log Z-
+    p_p = bk.expit(lzp)
+    pos = rng.random(I.shape) < p_p
+    x = xp.where(pos, x_p, x_m)
+    u = rng.random(I.shape)
+    u = 1.0 - u                         # (0, 1]
+    e = _truncated_excess(x, u, bk)
+    e /= xp.where(pos, sgp, -sgm)
+    return e
+
+
+# --------------------------------------------------------------------------------------------
+# Visible units
+# --------------------------------------------------------------------------------------------
+def bernoulli_mean(I, g, bk):
+    """P(v = 1 | I) = expit(g + I); I (B, N), g (N,)."""
+    return bk.expit(I + g)
+
+
+def bernoulli_sample(I, g, bk, rng):
+    """v ~ Bernoulli(expit(g + I)) as float32 0/1, shape of I."""
+    p = I + g
+    bk.expit(p, out=p)
+    return (rng.random(I.shape) < p).astype(p.dtype)
+
+
+def bernoulli_cgf(I, g, bk):
+    """log sum_{v in {0,1}} exp((g + I) v) = softplus(g + I), shape of I."""
+    return bk.logaddexp(0.0, I + g)
+
+
+def gaussian_mean(I, g, gamma, bk):
+    """E[v | I] = (g + I)/gamma for Gaussian visibles with energy gamma/2 v^2 - g v."""
+    m = I + g
+    m /= gamma
+    return m
+
+
+def gaussian_sample(I, g, gamma, bk, rng):
+    """v ~ Normal((g + I)/gamma, 1/gamma), shape of I."""
+    xp = bk.xp
+    z = rng.standard_normal(I.shape)
+    z /= xp.sqrt(gamma)
+    z += gaussian_mean(I, g, gamma, bk)
+    return z
+
+
+def gaussian_cgf(I, g, gamma, bk):
+    """log ∫ exp(-gamma/2 v^2 + (g + I) v) dv = (g + I)^2/(2 gamma) + log(2 pi/gamma)/2."""
+    xp = bk.xp
+    c = I + g
+    c *= c
+    c /= 2.0 * gamma
+    c += 0.5 * (_LOG_2PI - xp.log(gamma))
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# Model-level helpers
+# --------------------------------------------------------------------------------------------
+def hidden_inputs(v, W):
+    """I_mu(v) = sum_i w_{mu i} v_i: v (B, N), W (M, N) -> (B, M)."""
+    return v @ W.T
+
+
+def visible_inputs(h, W):
+    """I_i(h) = sum_mu w_{mu i} h_mu: h (B, M), W (M, N) -> (B, N)."""
+    return h @ W
+
+
+def free_energy(v, W, fields, hidden, visible, bk, gamma=None):
+    """Free energy F(v) = -log sum_h exp(-E(v, h)), so that P(v) = exp(-F(v))/Z.
+
+    Parameters
+    ----------
+    v : array (B, N)
+    W : array (M, N)
+    fields : array (N,)
+        Visible fields g.
+    hidden : tuple of 4 arrays (M,)
+        (gamma_plus, gamma_minus, theta_plus, theta_minus).
+    visible : {"bernoulli", "gaussian"}
+    bk : Backend
+    gamma : array (N,), required for gaussian visibles
+        Visible precisions (energy term gamma_i/2 v_i^2).
+
+    Returns
+    -------
+    array (B,)
+        ``-v.g - sum_mu Gamma_mu(I_mu(v))`` (+ ``sum_i gamma_i v_i^2/2`` for gaussian).
+    """
+    gp, gm, tp, tm = hidden
+    f = drelu_cgf(hidden_inputs(v, W), gp, gm, tp, tm, bk).sum(axis=1)
+    f += v @ fields
+    f *= -1.0
+    if visible == "gaussian":
+        if gamma is None:
+            raise ValueError("free_energy: gaussian visibles need gamma")
+        f += 0.5 * ((v * v) @ gamma)
+    elif visible != "bernoulli":
+        raise ValueError(f"free_energy: unknown visible type {visible!r}")
+    return f
