@@ -1,0 +1,299 @@
+"""The Tune trial: one cRBM fit for one (λ, seed, recording[, n_hidden]).
+
+:func:`crbm_trial` is a plain Tune function trainable. The driver wraps it with
+``tune.with_parameters(crbm_trial, datasets=..., settings=...)`` so that the preprocessed datasets
+travel once through Ray's object store; the trial never reads the recording itself.
+
+Every ``evaluation.report_every`` updates the trial evaluates the model with the cheap ``during``
+settings and calls ``tune.report`` with the metrics and a Tune checkpoint that holds the CRBM's own
+checkpoint file. When Tune restarts the trial (worker lost, ``raysearch resume``) it resumes the fit
+from that file, so the update count goes on. At the end it evaluates with the ``final`` settings,
+writes ``<experiment>/models/<trial_id>.h5`` (the model file with ``/units`` and ``/evaluation``),
+and reports the final metrics once more with ``final=True``.
+
+A fit that diverges (non-finite parameters or metrics) is not an error: the trial ends normally
+with ``bad=True`` and every non-finite figure reported as ``inf`` (Optuna rejects NaN and would
+leave the trial RUNNING forever).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
+           "CHECKPOINT_FILE"]
+
+STAT_NAMES = ("v", "h", "vh", "vv", "hh")
+NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
+METRIC_KEYS = NRMSE_KEYS + ("mean_nrmse", "max_nrmse", "sparsity", "weight_density")
+CHECKPOINT_FILE = "crbm_checkpoint.h5"
+
+# Errors a numerically broken fit may raise; they mark the trial bad instead of failing it.
+_DIVERGENCE_ERRORS = (FloatingPointError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def trial_settings(study, experiment_dir: str) -> dict[str, Any]:
+    """The plain-dict settings every trial of ``study`` needs (JSON-able, small).
+
+    Parameters
+    ----------
+    study : raysearch.search.config.Study
+    experiment_dir : str
+        Absolute path or URI of the experiment directory (models go to ``<it>/models``).
+    """
+    return {
+        "experiment_dir": str(experiment_dir),
+        "penalty": study.search.penalty,
+        "objective": study.search.objective,
+        "crbm": study.model.crbm_kwargs(),
+        "n_hidden": study.model.n_hidden,
+        "n_updates": study.model.n_updates,
+        "report_every": study.evaluation.report_every,
+        "eval_during": study.evaluation.during.model_dump(),
+        "eval_final": study.evaluation.final.model_dump(),
+        "eval_seed": study.evaluation.seed,
+        "gpu": study.resources.gpu,
+    }
+
+
+def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Replace NaN/None figures by inf and set ``bad`` when any objective figure is not finite.
+
+    Parameters
+    ----------
+    metrics : dict
+        Keys of :data:`METRIC_KEYS` (others are passed through unchanged) and ``bad``.
+
+    Returns
+    -------
+    dict
+        A copy in which every value of :data:`METRIC_KEYS` is a finite float or ``inf``.
+    """
+    out = dict(metrics)
+    finite = True
+    for k in METRIC_KEYS:
+        v = out.get(k)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not math.isfinite(v):
+            finite = False if k in NRMSE_KEYS + ("mean_nrmse", "max_nrmse") else finite
+            v = math.inf
+        out[k] = v
+    out["bad"] = bool(out.get("bad", False)) or not finite
+    return out
+
+
+def _diverged_metrics() -> dict[str, Any]:
+    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True})
+
+
+def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False):
+    """Run raysearch.evaluate; return (metrics dict, stats or None). Non-finite -> bad/inf."""
+    from raysearch.evaluation import evaluate
+
+    if getattr(model, "diverged_", False) or not _params_finite(model):
+        return _diverged_metrics(), None
+    try:
+        res = evaluate(model, dataset, seed=seed, return_stats=return_stats, backend=backend,
+                       **eval_kw)
+    except _DIVERGENCE_ERRORS:
+        return _diverged_metrics(), None
+    d = res.to_dict()
+    metrics = {k: d.get(k) for k in METRIC_KEYS}
+    metrics["bad"] = bool(d.get("bad", False))
+    return sanitize_metrics(metrics), (res.stats if return_stats else None)
+
+
+def _params_finite(model) -> bool:
+    for name in ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_",
+                 "theta_minus_"):
+        a = getattr(model, name, None)
+        if a is not None and not np.all(np.isfinite(np.asarray(a))):
+            return False
+    return True
+
+
+def snapshot_model(fitting, checkpoint_path: str, dataset, backend):
+    """A fitted copy of a CRBM in the middle of ``fit``, built from its checkpoint file.
+
+    The copy has the same settings and the parameters of the checkpoint in the sign gauge, with
+    ``hidden_var_`` over the training frames, exactly as ``fit`` leaves a finished model.
+    """
+    from sklearn.base import clone
+
+    from raysearch.crbm import training
+    from raysearch.crbm.estimator import PARAM_ATTRS
+    from raysearch.crbm.io import read_checkpoint
+
+    st = read_checkpoint(checkpoint_path)
+    params = {k: backend.asarray(v) for k, v in st["params"].items()}
+    params = training.sign_gauge(params, backend)
+    snap = clone(fitting)
+    for k, v in params.items():
+        setattr(snap, PARAM_ATTRS[k], backend.to_numpy(v).astype(np.float32, copy=False))
+    _, c_mu = training.hidden_mean_var(params, backend.asarray(dataset.train), backend)
+    snap.hidden_var_ = backend.to_numpy(c_mu).astype(np.float32, copy=False)
+    snap.n_visible_, snap.n_hidden_ = int(st["params"]["weights"].shape[1]), fitting.n_hidden
+    snap.n_updates_done_, snap.diverged_ = int(st["update"]), False
+    return snap
+
+
+def _node() -> tuple[str, str]:
+    import ray
+
+    try:
+        ip = ray.util.get_node_ip_address()
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # pragma: no cover - outside Ray
+        return socket.gethostname(), ""
+    return ip, node_id
+
+
+def _write_model_file(model, dataset, stats, metrics: dict, trial_id: str,
+                      experiment_dir: str) -> str:
+    """Save the model (with /units and /evaluation) as <experiment_dir>/models/<trial_id>.h5."""
+    import h5py
+
+    with tempfile.TemporaryDirectory(prefix="raysearch-model-") as tmp:
+        local = os.path.join(tmp, f"{trial_id}.h5")
+        model.save(local, dataset=dataset)
+        with h5py.File(local, "a") as f:
+            g = f.require_group("evaluation")
+            for k, v in metrics.items():
+                if isinstance(v, (bool, np.bool_)):
+                    g.attrs[k] = bool(v)
+                elif isinstance(v, (int, float, np.integer, np.floating)):
+                    g.attrs[k] = float(v) if not isinstance(v, (int, np.integer)) else int(v)
+                elif isinstance(v, str):
+                    g.attrs[k] = v
+            for stat, parts in (stats or {}).items():
+                sg = g.require_group(stat)
+                for part, arr in parts.items():
+                    sg.create_dataset(part, data=np.asarray(arr))
+        if "://" in experiment_dir:
+            import pyarrow.fs as pafs
+
+            fs, root = pafs.FileSystem.from_uri(experiment_dir)
+            fs.create_dir(f"{root}/models", recursive=True)
+            dest = f"{root}/models/{trial_id}.h5"
+            pafs.copy_files(local, dest, destination_filesystem=fs)
+            return f"{experiment_dir.rstrip('/')}/models/{trial_id}.h5"
+        models = os.path.join(experiment_dir, "models")
+        os.makedirs(models, exist_ok=True)
+        dest = os.path.join(models, f"{trial_id}.h5")
+        part = dest + ".part"
+        shutil.copyfile(local, part)
+        os.replace(part, dest)
+        return dest
+
+
+def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None = None) -> None:
+    """Fit, evaluate, checkpoint and save one cRBM (a Tune function trainable).
+
+    Parameters
+    ----------
+    config : dict
+        Tune's trial config: ``lam`` (float), ``seed`` (int), ``recording`` (key of ``datasets``),
+        ``n_hidden`` (int, optional; default from settings).
+    datasets : dict[str, raysearch.preprocessing.Dataset]
+        The preprocessed recordings, shared through the object store by ``tune.with_parameters``.
+    settings : dict
+        From :func:`trial_settings`.
+    """
+    import ray
+    from ray import tune
+
+    from raysearch.backend import get_backend
+    from raysearch.crbm import CRBM
+
+    s = settings
+    dataset = datasets[config["recording"]]
+    n_hidden = int(config.get("n_hidden") or s["n_hidden"])
+    backend_name = "cupy" if ray.get_gpu_ids() else "numpy"
+    backend = get_backend(backend_name)
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    ip, node_id = _node()
+    n_updates = int(s["n_updates"])
+    every = int(s["report_every"])
+    base = {"lam": float(config["lam"]), "seed": int(config["seed"]),
+            "recording": config["recording"], "penalty": s["penalty"], "n_hidden": n_hidden,
+            "node": ip, "node_id": node_id, "backend": backend_name}
+
+    model = CRBM(n_hidden=n_hidden, visible=dataset.visible, penalty=s["penalty"],
+                 lam=float(config["lam"]), seed=int(config["seed"]), backend=backend_name,
+                 **s["crbm"])
+
+    resume_dir = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        resume_dir = tempfile.mkdtemp(prefix="raysearch-resume-")
+        ckpt.to_directory(resume_dir)
+    state = {"eval_seconds": 0.0, "progress": None, "resumed_at": None}
+
+    def on_progress(progress: dict) -> None:
+        state["progress"] = progress
+
+    def on_boundary(fitting) -> None:
+        # called by CRBM.fit at every K-update boundary with finite parameters, after the
+        # progress callback; the final boundary is left to the final evaluation below
+        progress = state["progress"]
+        updates = int(progress["updates"])
+        if updates >= n_updates:
+            return
+        with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as d:
+            ckpt_path = os.path.join(d, CHECKPOINT_FILE)
+            fitting.save_checkpoint(ckpt_path)
+            with open(os.path.join(d, "progress.json"), "w") as fh:
+                json.dump({"updates": updates, "seconds": float(progress["seconds"])}, fh)
+            t0 = time.perf_counter()
+            snapshot = snapshot_model(fitting, ckpt_path, dataset, backend)
+            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
+            state["eval_seconds"] += time.perf_counter() - t0
+            row = base | metrics | {"updates": updates, "seconds": float(progress["seconds"]),
+                                    "eval_seconds": state["eval_seconds"], "final": False,
+                                    "resumed_at": state["resumed_at"], "model_path": ""}
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+
+    resume_from = None
+    if resume_dir is not None:
+        resume_from = os.path.join(resume_dir, CHECKPOINT_FILE)
+        with open(os.path.join(resume_dir, "progress.json")) as fh:
+            state["resumed_at"] = int(json.load(fh)["updates"])
+    try:
+        try:
+            model.fit(dataset, callback=on_progress, callback_every=every,
+                      checkpoint=on_boundary, resume_from=resume_from)
+        except _DIVERGENCE_ERRORS:
+            model.diverged_ = True
+    finally:
+        if resume_dir is not None:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+
+    t0 = time.perf_counter()
+    metrics, stats = _evaluate(model, dataset, s["eval_final"], s["eval_seed"], backend,
+                               return_stats=True)
+    state["eval_seconds"] += time.perf_counter() - t0
+    updates = int(getattr(model, "n_updates_done_", n_updates))
+    seconds = float(getattr(model, "fit_seconds_", math.nan))
+    final = base | metrics | {"updates": updates, "seconds": seconds,
+                              "eval_seconds": state["eval_seconds"],
+                              "diverged": bool(getattr(model, "diverged_", False)),
+                              "resumed_at": state["resumed_at"]}
+    final["bad"] = final["bad"] or final["diverged"]
+    try:
+        path = _write_model_file(model, dataset, stats, final, trial_id, s["experiment_dir"])
+    except _DIVERGENCE_ERRORS:  # pragma: no cover - a model too broken to save
+        path = ""
+    tune.report(final | {"final": True, "model_path": path})

@@ -1,0 +1,363 @@
+"""Assembling, launching and resuming the Ray Tune experiment of a study.
+
+Ray Tune does the orchestration (scheduling, resources, retries, checkpoints, storage, restore)
+and Optuna the proposing; this module only translates a :class:`~raysearch.search.config.Study`
+into a :class:`ray.tune.Tuner`:
+
+* ``optuna``: ``OptunaSearch`` with a seeded ``TPESampler`` and an Optuna RDB storage
+  (``sqlite:///<experiment>/optuna.db`` unless ``search.optuna_storage`` names another
+  SQLAlchemy URL), so ``optuna.load_study(study_name=<name>, storage=...)`` opens it later;
+* ``grid``: ``tune.grid_search`` over λ x seeds x recordings (x n_hidden);
+* ``multi``: ``OptunaSearch`` with two objectives (the objective and ``weight_density``) and a
+  seeded ``NSGAIISampler``;
+* optional ``ASHAScheduler`` on the intermediate objective (time axis: updates).
+
+Connecting to Ray: an already initialised Ray is used as is; ``address`` (or ``RAY_ADDRESS``, which
+``ray job submit`` sets) joins a cluster; otherwise a local instance is started with every port and
+the dashboard on 127.0.0.1 and Ray's default token authentication left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raysearch.errors import ConfigError, InputError
+from raysearch.search.config import Study, load_study, study_from_dict
+
+__all__ = ["run_study", "resume_study", "prepare_datasets", "build_tuner", "connect_ray",
+           "experiment_dir", "optuna_storage_url", "StudyRun"]
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.yaml"
+
+
+@dataclass
+class StudyRun:
+    """What :func:`run_study` / :func:`resume_study` return."""
+
+    experiment_dir: str
+    results: Any            # pandas.DataFrame from load_results
+    num_errors: int
+    dashboard_url: str | None = None
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def experiment_dir(study: Study, storage: str | None = None, name: str | None = None) -> str:
+    """Absolute path (or URI) of ``<storage_path>/<name>``."""
+    root = storage or study.run.storage_path
+    name = name or study.name
+    if _is_uri(root):
+        return f"{root.rstrip('/')}/{name}"
+    return str(Path(root).expanduser().resolve() / name)
+
+
+def optuna_storage_url(study: Study, exp_dir: str) -> str:
+    """The Optuna RDB storage URL: ``search.optuna_storage`` or SQLite in the experiment dir."""
+    if study.search.optuna_storage:
+        return study.search.optuna_storage
+    if _is_uri(exp_dir):
+        raise ConfigError(f"the experiment directory {exp_dir} is not a local path, so the default "
+                          "SQLite Optuna storage cannot live there; set search.optuna_storage to "
+                          "an SQLAlchemy URL (e.g. postgresql://user@host/db)")
+    return f"sqlite:///{Path(exp_dir) / 'optuna.db'}"
+
+
+def prepare_datasets(study: Study) -> dict[str, Any]:
+    """Read and preprocess every recording of the study once (in the driver).
+
+    Returns
+    -------
+    dict[str, raysearch.preprocessing.Dataset]
+        Keyed by :attr:`RecordingSpec.key`.
+    """
+    from raysearch.preprocessing import preprocess
+    from raysearch.recordings import load_recording
+    from raysearch.synthetic import make_synthetic_recording
+
+    pre = study.preprocessing.model_dump()
+    if isinstance(pre["test_segments"], list):
+        pre["test_segments"] = tuple(pre["test_segments"])
+    out = {}
+    for spec in study.recordings:
+        if spec.synthetic is not None:
+            rec, _truth = make_synthetic_recording(**spec.synthetic.model_dump(exclude_none=True))
+        else:
+            rec = load_recording(spec.path, drop_unlabelled=spec.drop_unlabelled,
+                                 on_nonfinite=spec.on_nonfinite)
+        out[spec.key] = preprocess(rec, **pre)
+    return out
+
+
+def _space(study: Study):
+    """Tune param_space: searched keys as Tune domains, the rest constants."""
+    from ray import tune
+
+    s = study.search
+    keys = study.recording_keys
+    hidden = s.n_hidden or [study.model.n_hidden]
+    if s.mode == "grid":
+        return {"lam": tune.grid_search(list(s.lam)), "seed": tune.grid_search(list(s.seeds)),
+                "recording": tune.grid_search(keys), "n_hidden": tune.grid_search(hidden)}
+
+    def choice(values):
+        return tune.choice(list(values)) if len(values) > 1 else values[0]
+
+    return {"lam": tune.loguniform(s.lam.low, s.lam.high), "seed": choice(s.seeds),
+            "recording": choice(keys), "n_hidden": choice(hidden)}
+
+
+def _points(study: Study) -> list[dict] | None:
+    """points_to_evaluate with every searched key filled in (first value as default)."""
+    s = study.search
+    if not s.points_to_evaluate:
+        return None
+    searched = {"lam": None}
+    if len(s.seeds) > 1:
+        searched["seed"] = s.seeds[0]
+    if len(study.recordings) > 1:
+        searched["recording"] = study.recording_keys[0]
+    if s.n_hidden and len(s.n_hidden) > 1:
+        searched["n_hidden"] = s.n_hidden[0]
+    return [{k: p.get(k, default) for k, default in searched.items()}
+            for p in s.points_to_evaluate]
+
+
+def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = False):
+    """The ``tune.Tuner`` for a study (or the restored one when ``restore``).
+
+    Parameters
+    ----------
+    study : Study
+    datasets : dict[str, Dataset]
+        From :func:`prepare_datasets`; shared with the trials via ``tune.with_parameters``.
+    exp_dir : str
+        ``<storage_path>/<name>``.
+    restore : bool
+        Restore the experiment in ``exp_dir`` (``Tuner.restore(resume_errored=True)``).
+    """
+    from ray import tune
+
+    from raysearch.search.trial import crbm_trial, trial_settings
+
+    trainable = tune.with_resources(
+        tune.with_parameters(crbm_trial, datasets=datasets,
+                             settings=trial_settings(study, exp_dir)),
+        {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    if restore:
+        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+
+    s = study.search
+    metric = s.objective
+    search_alg = scheduler = None
+    num_samples = s.num_samples
+    tc_metric, tc_mode = metric, "min"
+    if s.mode in ("optuna", "multi"):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        storage = optuna.storages.RDBStorage(optuna_storage_url(study, exp_dir))
+        if s.mode == "optuna":
+            sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
+            search_alg = OptunaSearch(metric=metric, mode="min", sampler=sampler,
+                                      storage=storage, study_name=study.name,
+                                      points_to_evaluate=_points(study))
+        else:
+            sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed)
+            search_alg = OptunaSearch(metric=[metric, "weight_density"], mode=["min", "min"],
+                                      sampler=sampler, storage=storage, study_name=study.name,
+                                      points_to_evaluate=_points(study))
+            tc_metric = tc_mode = None
+    else:
+        num_samples = 1
+    if s.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="updates", max_t=study.model.n_updates,
+                                  grace_period=s.asha.grace_updates,
+                                  reduction_factor=s.asha.reduction_factor)
+    parent, name = _split_exp_dir(exp_dir)
+    return tune.Tuner(
+        trainable,
+        param_space=_space(study),
+        tune_config=tune.TuneConfig(metric=tc_metric, mode=tc_mode, num_samples=num_samples,
+                                    max_concurrent_trials=s.max_concurrent,
+                                    search_alg=search_alg, scheduler=scheduler,
+                                    reuse_actors=study.run.reuse_actors),
+        run_config=tune.RunConfig(
+            name=name, storage_path=parent, verbose=study.run.verbose,
+            failure_config=tune.FailureConfig(max_failures=study.run.max_failures),
+            # num_to_keep makes Tune snapshot the experiment state whenever a trial has written
+            # that many checkpoints, so a restore after a driver crash knows every trial's
+            # latest checkpoint.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=study.run.checkpoint_num_to_keep)))
+
+
+def _split_exp_dir(exp_dir: str) -> tuple[str, str]:
+    exp_dir = exp_dir.rstrip("/")
+    parent, _, name = exp_dir.rpartition("/")
+    return parent, name
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None):
+    """Initialise Ray for a study; return (started_here: bool, dashboard_url or None).
+
+    * Ray already initialised: used as is.
+    * ``address`` given, or ``RAY_ADDRESS`` set (as under ``ray job submit``): join that cluster.
+    * Otherwise start a local instance: node IP, every Ray port and the dashboard on 127.0.0.1.
+      Ray's token authentication is left at its default (on for a new local instance).
+    """
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # Ray resolves 127.0.0.1 to the machine's outward address unless it thinks clusters are
+        # off; with that switch off, the GCS, raylet and workers listen on loopback only. It must
+        # be set before ray is imported (it is read at import).
+        import sys
+
+        if "ray" not in sys.modules:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False, None
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        ctx = ray.init(address=address)
+    else:
+        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                       dashboard_host="127.0.0.1")
+    url = getattr(ctx, "dashboard_url", None)
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    return True, url
+
+
+def _write_study(study: Study, exp_dir: str) -> None:
+    text = study.to_yaml()
+    if _is_uri(exp_dir):
+        import pyarrow.fs as pafs
+
+        fs, root = pafs.FileSystem.from_uri(exp_dir)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{STUDY_FILE}") as fh:
+            fh.write(text.encode())
+        return
+    os.makedirs(exp_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=exp_dir, prefix=".study-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, os.path.join(exp_dir, STUDY_FILE))
+
+
+def _set_tune_env() -> None:
+    # Frequent checkpoints force experiment snapshots by design (see build_tuner); do not warn.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+def _finish(exp_dir: str, result_grid, dashboard_url) -> StudyRun:
+    from raysearch.search.results import load_results
+
+    df = load_results(exp_dir) if not _is_uri(exp_dir) else result_grid.get_dataframe()
+    return StudyRun(experiment_dir=exp_dir, results=df, num_errors=result_grid.num_errors,
+                    dashboard_url=dashboard_url)
+
+
+def run_study(study: Study | str | os.PathLike | None = None, address: str | None = None,
+              storage: str | None = None, name: str | None = None,
+              on_connect=None) -> StudyRun:
+    """Run a study with Ray Tune and return its results.
+
+    Parameters
+    ----------
+    study : Study or path, optional
+        A validated study or a study YAML file; None runs the packaged quickstart.
+    address : str, optional
+        Ray cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); None: ``RAY_ADDRESS``
+        if set, else a new local instance on 127.0.0.1.
+    storage : str, optional
+        Storage path or URI overriding ``run.storage_path``. A multi-node cluster needs storage
+        every node can reach (a shared filesystem or ``s3://``/``gs://``).
+    name : str, optional
+        Experiment name overriding ``name`` (the experiment dir is ``<storage>/<name>``).
+    on_connect : callable, optional
+        Called with the dashboard URL (or None) once Ray is up, before the search starts.
+
+    Returns
+    -------
+    StudyRun
+    """
+    if not isinstance(study, Study):
+        study = load_study(study)
+    exp_dir = experiment_dir(study, storage, name)
+    if not _is_uri(exp_dir) and any(Path(exp_dir).glob("experiment_state-*.json")):
+        raise ConfigError(f"the experiment directory {exp_dir} already holds a study; continue it "
+                          f"with `raysearch resume {exp_dir}` or choose another --name")
+    _set_tune_env()
+    datasets = prepare_datasets(study)
+    started, url = connect_ray(address)
+    if on_connect is not None:
+        on_connect(url)
+    try:
+        _write_study(study, exp_dir)
+        tuner = build_tuner(study, datasets, exp_dir)
+        grid = tuner.fit()
+        return _finish(exp_dir, grid, url)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def resume_study(path: str | os.PathLike, address: str | None = None,
+                 on_connect=None) -> StudyRun:
+    """Continue an interrupted study from its experiment directory.
+
+    Finished trials are kept; trials that were running continue from their last checkpoint
+    (``Tuner.restore(..., resume_errored=True)`` with the same trainable); the searcher goes on
+    from its saved state until the trial budget is spent.
+    """
+    exp_dir = str(path)
+    if not _is_uri(exp_dir):
+        exp_dir = str(Path(exp_dir).expanduser().resolve())
+        study_file = Path(exp_dir) / STUDY_FILE
+        if not study_file.is_file():
+            raise InputError(f"{exp_dir} has no {STUDY_FILE}; give the experiment directory that "
+                             "`raysearch run` created (<storage_path>/<name>)")
+        import yaml
+
+        study = study_from_dict(yaml.safe_load(study_file.read_text()), source=str(study_file))
+    else:
+        import pyarrow.fs as pafs
+        import yaml
+
+        fs, root = pafs.FileSystem.from_uri(exp_dir)
+        with fs.open_input_stream(f"{root}/{STUDY_FILE}") as fh:
+            study = study_from_dict(yaml.safe_load(fh.read().decode()), source=exp_dir)
+    _set_tune_env()
+    datasets = prepare_datasets(study)
+    started, url = connect_ray(address)
+    if on_connect is not None:
+        on_connect(url)
+    try:
+        from ray import tune
+
+        if not tune.Tuner.can_restore(exp_dir):
+            raise InputError(f"{exp_dir} cannot be restored by Ray Tune (no experiment state); "
+                             "was the study started at all?")
+        tuner = build_tuner(study, datasets, exp_dir, restore=True)
+        grid = tuner.fit()
+        return _finish(exp_dir, grid, url)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
