@@ -31,3 +31,22 @@ def ray_session():
                  log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# --- section: numerics (backend fixture) ---------------------------------------------------------
+def _backend_params():
+    from raysearch.backend import cupy_available
+
+    no_gpu = pytest.mark.skipif(not cupy_available(),
+                                reason="no CUDA device / CuPy not installed")
+    return [pytest.param("numpy", id="numpy"), pytest.param("strict", id="strict"),
+            pytest.param("cupy", id="cupy", marks=[no_gpu, pytest.mark.gpu])]
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """Every available array backend: "numpy", "strict" (CuPy-like CPU stand-in), "cupy"."""
+    from raysearch.backend import get_backend
+
+    return get_backend(request.param)
+# --- end section: numerics -----------------------------------------------------------------------
