@@ -425,6 +425,9 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
     T, N = settings["n_frames"], settings["n_neurons"]
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["raysearch_synthetic"] = json.dumps(settings)
