@@ -1,0 +1,508 @@
+"""Persistent contrastive divergence for the compositional RBM, as pure functions.
+
+Every function here takes its inputs explicitly (parameters, optimiser state, a minibatch, a
+:class:`raysearch.backend.Backend`) and returns new arrays; nothing is mutated in place and nothing
+moves to the host, so one update never synchronises with a GPU. The estimator
+(:mod:`raysearch.crbm.estimator`) owns the loop, the callbacks and the checkpoints.
+
+Parameters are a dict of backend arrays (float32):
+
+=================  ========  ===============================================
+key                shape     meaning (CRBM.md §1)
+=================  ========  ===============================================
+``weights``        (M, N)    w, hidden x visible
+``fields``         (N,)      g, visible fields
+``gamma_plus``     (M,)      gp of the dReLU potential
+``gamma_minus``    (M,)      gm
+``theta_plus``     (M,)      tp
+``theta_minus``    (M,)      tm (the reference code's sign convention)
+``visible_gamma``  (N,)      only for gaussian visible units
+=================  ========  ===============================================
+
+The optimiser state ``moments`` holds, for every parameter, the exponential moving average of its
+squared (clipped) gradient (RMSprop without a first moment, bias-corrected; crbm-reference.md §2.3).
+
+Hidden-unit normalisation (CRBM.md §2 item 8, crbm-reference.md §2.4). What this module does, and
+how it differs from the reference's batch-norm reparameterisation:
+
+1. *Mean centring, as in the reference.* After each step the change of the mean hidden input
+   ``Delta = (W_new - W_old) @ <v>_data`` is added to ``theta_plus`` and subtracted from
+   ``theta_minus``, so a change of the weights does not shift where the data's inputs sit relative
+   to the dReLU thresholds.
+2. *Scale, through the exact scale gauge instead of the reference's gamma rule.* The marginal P(v) is
+   invariant under h -> h/s with w -> s w, (gp, gm) -> s^2 (gp, gm), (tp, tm) -> s (tp, tm). On each
+   minibatch we measure Var(h_mu) on the data (variance of E[h|v] over frames plus the mean of
+   Var(h|v)) and apply that gauge with s^2 = Var(h_mu)^rate, rate = 0.25 * lr_t / lr_0 (the
+   reference's batch-norm relaxation rate), s^2 clipped to [0.75, 1/0.75] per update (the reference
+   lets gamma drop by at most 25% per update). The fixed point is Var(h_mu) = 1 on the data, the
+   reference's target. Because the gauge leaves P(v) unchanged, the likelihood is untouched; what
+   changes is where the penalty acts: lambda penalises weights expressed in units of a hidden unit
+   with unit variance, which is what makes lambda comparable across units and datasets. The RMSprop
+   moments are rescaled with the parameters (a gradient scales as 1/s, 1/s^2 for gp/gm), so the
+   step sizes follow the reparameterisation.
+3. gp and gm are trained by gradient (the reference trains the asymmetry eta by gradient and sets
+   the overall scale gamma by rule; here the gauge of item 2 plays the role of the rule) and kept
+   >= 0.05 (``GAMMA_MIN``), as is the visible gamma of gaussian units.
+4. Not reproduced: the reference's cross-derivative ("batch-norm chain rule") corrections to the
+   W/theta gradients. They change the descent direction but not the stationary points: at a fixed
+   point of this update every gradient of the penalised log-likelihood is zero and Delta = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from raysearch.crbm import units
+
+#: Lower bound of gp, gm and of the visible gamma (reference: ``gamma_min``).
+GAMMA_MIN = 0.05
+#: Largest per-update change of the normalising scale s^2 (reference: gamma >= 0.75 gamma_old).
+SCALE_STEP = 0.75
+#: Random streams: every draw of update ``t`` comes from ``bk.rng(seed, STREAM_GIBBS, t)``.
+STREAM_GIBBS = 1
+STREAM_INIT = 2
+STREAM_BATCH = 3
+
+HIDDEN_KEYS = ("gamma_plus", "gamma_minus", "theta_plus", "theta_minus")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings one PCD update needs (a validated subset of the estimator's settings).
+
+    Attributes
+    ----------
+    visible : {"bernoulli", "gaussian"}
+    penalty : {"l1", "l2l1"}
+    lam : float
+        Penalty strength (not divided by N or by the batch size).
+    n_gibbs : int
+        Block-Gibbs steps per update for the persistent chains.
+    learning_rate : float
+        Initial learning rate lr_0.
+    n_updates : int
+        Total number of updates (for the schedule).
+    lr_final_ratio, decay_after : float
+        Schedule: lr_0 for the first ``decay_after * n_updates`` updates, then geometric decay to
+        ``lr_final_ratio * lr_0`` at the last update.
+    beta2, epsilon : float
+        RMSprop second-moment rate and denominator offset.
+    seed : int
+    """
+
+    visible: str
+    penalty: str
+    lam: float
+    n_gibbs: int
+    learning_rate: float
+    n_updates: int
+    lr_final_ratio: float = 0.01
+    decay_after: float = 0.5
+    beta2: float = 0.999
+    epsilon: float = 1e-6
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# schedule, initialisation
+# --------------------------------------------------------------------------------------------
+
+def learning_rate(update, n_updates, lr0, lr_final_ratio=0.01, decay_after=0.5):
+    """Learning rate used by update number ``update`` (0-based).
+
+    Constant ``lr0`` while ``update < decay_after * n_updates``; afterwards geometric decay, one
+    factor per update, reaching ``lr_final_ratio * lr0`` at the last update (``n_updates - 1``).
+
+    Returns
+    -------
+    float
+    """
+    start = int(math.floor(decay_after * n_updates))
+    if update < start or n_updates - 1 <= start:
+        return float(lr0)
+    frac = (update - start) / (n_updates - 1 - start)
+    return float(lr0 * lr_final_ratio ** min(frac, 1.0))
+
+
+def data_moments(X, visible):
+    """Full-training-set moments used by the positive phase of the fields (host numpy).
+
+    Parameters
+    ----------
+    X : ndarray (T, N)
+    visible : str
+
+    Returns
+    -------
+    dict with ``mean`` (N,) float32 and, for gaussian units, ``sq_mean`` (N,) float32.
+    """
+    X = np.asarray(X)
+    out = {"mean": X.mean(axis=0, dtype=np.float64).astype(np.float32)}
+    if visible == "gaussian":
+        out["sq_mean"] = np.mean(np.square(X, dtype=np.float64), axis=0).astype(np.float32)
+    return out
+
+
+def init_params(moments, n_hidden, visible, seed):
+    """Initial parameters (host numpy float32), CRBM.md §2 "Initialisation".
+
+    w ~ Normal(0, 0.1 / N); bernoulli fields = logit of the training mean (eps 1e-6); gaussian units
+    get gamma_i = 1 / Var(v_i) and g_i = <v_i> / Var(v_i), i.e. the independent model with the data's
+    mean and variance (for z-scored data: g = mean, gamma = 1, as CRBM.md says); gp = gm = 1,
+    tp = tm = 0. The draws come from a NumPy generator seeded with (seed, STREAM_INIT), so every
+    backend starts from the same parameters.
+    """
+    mean = np.asarray(moments["mean"], dtype=np.float64)
+    n_visible = mean.shape[0]
+    rng = np.random.default_rng([int(seed), STREAM_INIT])
+    W = (rng.standard_normal((n_hidden, n_visible)) * math.sqrt(0.1 / n_visible)).astype(np.float32)
+    params = {"weights": W}
+    if visible == "bernoulli":
+        eps = 1e-6
+        params["fields"] = np.log((mean + eps) / (1.0 - mean + eps)).astype(np.float32)
+    else:
+        var = np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean ** 2, 1e-4)
+        params["visible_gamma"] = (1.0 / var).astype(np.float32)
+        params["fields"] = (mean / var).astype(np.float32)
+    params["gamma_plus"] = np.ones(n_hidden, np.float32)
+    params["gamma_minus"] = np.ones(n_hidden, np.float32)
+    params["theta_plus"] = np.zeros(n_hidden, np.float32)
+    params["theta_minus"] = np.zeros(n_hidden, np.float32)
+    return params
+
+
+def init_chains(moments, n_chains, visible, seed):
+    """Initial persistent chains (host numpy float32, (n_chains, N)): independent samples at the
+    data means (bernoulli) or Normal(mean, std) (gaussian)."""
+    mean = np.asarray(moments["mean"], dtype=np.float64)
+    rng = np.random.default_rng([int(seed), STREAM_INIT, 1])
+    if visible == "bernoulli":
+        return (rng.random((n_chains, mean.shape[0])) < mean).astype(np.float32)
+    std = np.sqrt(np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean ** 2, 1e-4))
+    return (mean + std * rng.standard_normal((n_chains, mean.shape[0]))).astype(np.float32)
+
+
+def init_moments(params, bk):
+    """Zero second moments, one per parameter, on the backend."""
+    return {k: bk.xp.zeros(v.shape, dtype=np.float32) for k, v in params.items()}
+
+
+def batch_indices(update, n_frames, batch_size, seed):
+    """Training-frame indices of minibatch ``update`` (host numpy int64, (batch_size,)).
+
+    Frames are visited epoch by epoch in a permutation drawn from (seed, STREAM_BATCH, epoch);
+    the last incomplete batch of an epoch is skipped. Depends only on its arguments, so a resumed
+    fit sees the same minibatches as an uninterrupted one.
+    """
+    per_epoch = n_frames // batch_size
+    epoch, k = divmod(int(update), per_epoch)
+    perm = np.random.default_rng([int(seed), STREAM_BATCH, epoch]).permutation(n_frames)
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
+# --------------------------------------------------------------------------------------------
+# conditionals and sampling
+# --------------------------------------------------------------------------------------------
+
+def hidden_inputs(params, V):
+    """I_mu(v) = sum_i w_{mu i} v_i for every row of V: (B, N) -> (B, M)."""
+    return V @ params["weights"].T
+
+
+def visible_inputs(params, H):
+    """I_i(h) = sum_mu w_{mu i} h_mu for every row of H: (B, M) -> (B, N)."""
+    return H @ params["weights"]
+
+
+def _hidden(params):
+    return tuple(params[k] for k in HIDDEN_KEYS)
+
+
+def sample_hiddens(params, V, bk, rng):
+    """One draw of h ~ P(h | v) for each row of V, (B, M)."""
+    return units.drelu_sample(hidden_inputs(params, V), *_hidden(params), bk, rng)
+
+
+def sample_visibles(params, H, visible, bk, rng):
+    """One draw of v ~ P(v | h) for each row of H, (B, N)."""
+    I = visible_inputs(params, H)
+    if visible == "bernoulli":
+        return units.bernoulli_sample(I, params["fields"], bk, rng)
+    return units.gaussian_sample(I, params["fields"], params["visible_gamma"], bk, rng)
+
+
+def mean_visibles(params, H, visible, bk):
+    """E[v | h] for each row of H, (B, N)."""
+    I = visible_inputs(params, H)
+    if visible == "bernoulli":
+        return units.bernoulli_mean(I, params["fields"], bk)
+    return units.gaussian_mean(I, params["fields"], params["visible_gamma"], bk)
+
+
+def gibbs(params, V, n_steps, visible, bk, rng):
+    """Advance chains V (C, N) by ``n_steps`` block-Gibbs steps (h | v, then v | h).
+
+    Returns the new visible states (C, N) float32; V is not modified.
+    """
+    for _ in range(int(n_steps)):
+        H = sample_hiddens(params, V, bk, rng)
+        V = sample_visibles(params, H, visible, bk, rng)
+    return V.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# gradients
+# --------------------------------------------------------------------------------------------
+
+def penalty_gradient(W, penalty, lam, bk):
+    """Gradient of the penalty R(W) with respect to W (M, N).
+
+    ``l1``: R = lam * sum |w|, gradient lam * sign(w).
+    ``l2l1``: R = lam/2 * sum_mu (sum_i |w_{mu i}|)^2, gradient lam * sign(w_{mu i}) * sum_j |w_{mu j}|.
+    """
+    xp = bk.xp
+    s = xp.sign(W)
+    if penalty == "l1":
+        return np.float32(lam) * s
+    if penalty == "l2l1":
+        return (np.float32(lam) * xp.sum(xp.abs(W), axis=1, keepdims=True)) * s
+    raise ValueError(f"unknown penalty {penalty!r}")
+
+
+def penalty_value(W, penalty, lam, bk):
+    """Value of the penalty R(W) (backend scalar)."""
+    xp = bk.xp
+    if penalty == "l1":
+        return lam * xp.sum(xp.abs(W))
+    return 0.5 * lam * xp.sum(xp.sum(xp.abs(W), axis=1) ** 2)
+
+
+def phase_moments(params, V, bk):
+    """Rao-Blackwellised hidden statistics of a set of visible configurations.
+
+    Parameters
+    ----------
+    V : (B, N)
+
+    Returns
+    -------
+    dict with ``h`` = E[h|v] (B, M) and the batch means of the branch moments ``hp``, ``hp2``,
+    ``hm``, ``hm2`` (M,) (h+ = max(h, 0), h- = min(h, 0)), plus ``h2`` = <E[h^2|v]> (M,).
+    """
+    I = hidden_inputs(params, V)
+    ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
+    hp, hp2, hm, hm2 = (x.mean(axis=0) for x in (ep, ep2, em, em2))
+    return {"h": ep + em, "hp": hp, "hp2": hp2, "hm": hm, "hm2": hm2, "h2": hp2 + hm2}
+
+
+def gradients(params, V_pos, V_neg, moments_data, cfg, bk):
+    """Log-likelihood ascent direction for every parameter (unclipped), and Var(h) on the data.
+
+    Parameters
+    ----------
+    V_pos : (B, N)
+        Data minibatch.
+    V_neg : (C, N)
+        Persistent-chain states (already advanced).
+    moments_data : dict
+        Backend arrays ``mean`` (N,) (and ``sq_mean`` for gaussian units) of the full training set.
+    cfg : TrainConfig
+
+    Returns
+    -------
+    grads : dict of arrays shaped like ``params``
+        w: <v E[h|v]>_data - <v E[h|v]>_chains - penalty gradient; fields: <v>_full - <v>_chains;
+        dReLU: (-1/2, -1/2, -1, +1) x (<h+^2>, <h-^2>, <h+>, <h->) data minus chains; visible gamma:
+        -1/2 (<v^2>_full - <v^2>_chains).
+    var_h : (M,)
+        Var(h_mu) on the minibatch: <E[h^2|v]> - <E[h|v]>^2.
+    """
+    xp = bk.xp
+    pos = phase_moments(params, V_pos, bk)
+    neg = phase_moments(params, V_neg, bk)
+    B, C = V_pos.shape[0], V_neg.shape[0]
+    # one GEMM for both phases: [H_pos/B ; -H_neg/C]^T [V_pos ; V_neg]
+    Hs = xp.concatenate([pos["h"] * np.float32(1.0 / B), neg["h"] * np.float32(-1.0 / C)], axis=0)
+    Vs = xp.concatenate([V_pos, V_neg], axis=0)
+    gW = Hs.T @ Vs
+    if cfg.lam > 0:
+        gW = gW - penalty_gradient(params["weights"], cfg.penalty, cfg.lam, bk)
+    grads = {
+        "weights": gW,
+        "fields": moments_data["mean"] - V_neg.mean(axis=0),
+        "gamma_plus": np.float32(-0.5) * (pos["hp2"] - neg["hp2"]),
+        "gamma_minus": np.float32(-0.5) * (pos["hm2"] - neg["hm2"]),
+        "theta_plus": -(pos["hp"] - neg["hp"]),
+        "theta_minus": pos["hm"] - neg["hm"],
+    }
+    if cfg.visible == "gaussian":
+        grads["visible_gamma"] = np.float32(-0.5) * (moments_data["sq_mean"]
+                                                     - (V_neg * V_neg).mean(axis=0))
+    var_h = pos["h2"] - (pos["hp"] + pos["hm"]) ** 2
+    return grads, var_h
+
+
+# --------------------------------------------------------------------------------------------
+# optimiser, constraints, normalisation, gauge
+# --------------------------------------------------------------------------------------------
+
+def rmsprop_step(params, moments, grads, lr, t, beta2, epsilon, bk):
+    """Clip every gradient entry to [-1, 1] and take one bias-corrected RMSprop ascent step.
+
+    p <- p + lr * g / (epsilon + sqrt(m_t / (1 - beta2^t))),  m_t = beta2 m_{t-1} + (1 - beta2) g^2.
+
+    Parameters
+    ----------
+    t : int
+        1-based step number (for the bias correction).
+
+    Returns
+    -------
+    (new_params, new_moments) : dicts; the inputs are not modified.
+    """
+    xp = bk.xp
+    b2 = np.float32(beta2)
+    one_m_b2 = np.float32(1.0 - beta2)
+    inv_bc = np.float32(1.0 / (1.0 - beta2 ** t))
+    lr32, eps32 = np.float32(lr), np.float32(epsilon)
+    new_p, new_m = {}, {}
+    for k, p in params.items():
+        g = xp.clip(grads[k], -1.0, 1.0)
+        m = moments[k] * b2 + one_m_b2 * (g * g)
+        new_m[k] = m
+        new_p[k] = p + lr32 * g / (eps32 + xp.sqrt(m * inv_bc))
+    return new_p, new_m
+
+
+def apply_constraints(params, bk):
+    """gp, gm (and the visible gamma) >= GAMMA_MIN. Returns a new dict."""
+    xp = bk.xp
+    out = dict(params)
+    for k in ("gamma_plus", "gamma_minus", "visible_gamma"):
+        if k in out:
+            out[k] = xp.maximum(out[k], np.float32(GAMMA_MIN))
+    return out
+
+
+def centre_thresholds(params, W_old, data_mean, bk):
+    """Mean centring: shift tp by +Delta and tm by -Delta, Delta = (W_new - W_old) <v>_data."""
+    delta = (params["weights"] - W_old) @ data_mean
+    out = dict(params)
+    out["theta_plus"] = params["theta_plus"] + delta
+    out["theta_minus"] = params["theta_minus"] - delta
+    return out
+
+
+def rescale_hidden(params, moments, s2, bk):
+    """Apply the scale gauge h -> h / s per hidden unit (P(v) is unchanged).
+
+    w -> s w, (gp, gm) -> s^2 (gp, gm), (tp, tm) -> s (tp, tm); the RMSprop moments follow
+    (gradients scale as 1/s for w, tp, tm and 1/s^2 for gp, gm).
+
+    Parameters
+    ----------
+    s2 : (M,) backend array of s^2.
+    """
+    xp = bk.xp
+    s = xp.sqrt(s2)
+    p, m = dict(params), dict(moments)
+    p["weights"] = params["weights"] * s[:, None]
+    m["weights"] = moments["weights"] / s2[:, None]
+    for k in ("gamma_plus", "gamma_minus"):
+        p[k] = params[k] * s2
+        m[k] = moments[k] / (s2 * s2)
+    for k in ("theta_plus", "theta_minus"):
+        p[k] = params[k] * s
+        m[k] = moments[k] / s2
+    return p, m
+
+
+def normalisation_scale(var_h, rate, bk):
+    """s^2 = Var(h)^rate, clipped to [SCALE_STEP, 1 / SCALE_STEP] (see the module docstring)."""
+    xp = bk.xp
+    v = xp.clip(var_h, np.float32(1e-8), np.float32(1e8))
+    return xp.clip(v ** np.float32(rate), np.float32(SCALE_STEP), np.float32(1.0 / SCALE_STEP))
+
+
+def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk):
+    """One PCD update (CRBM.md §2 items 1-8).
+
+    Parameters
+    ----------
+    params, moments : dicts of backend arrays
+    chains : (C, N) backend array, persistent chains
+    batch : (B, N) backend array, data minibatch
+    moments_data : dict of backend arrays (full training set ``mean``, ``sq_mean``)
+    update : int
+        0-based number of this update: selects the learning rate and the random stream
+        ``bk.rng(cfg.seed, STREAM_GIBBS, update)``.
+    cfg : TrainConfig
+
+    Returns
+    -------
+    (params, moments, chains) : the new state; the inputs are not modified.
+    """
+    rng = bk.rng(cfg.seed, STREAM_GIBBS, int(update))
+    chains = gibbs(params, chains, cfg.n_gibbs, cfg.visible, bk, rng)
+    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk)
+    lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
+                       cfg.decay_after)
+    W_old = params["weights"]
+    new_p, new_m = rmsprop_step(params, moments, grads, lr, int(update) + 1, cfg.beta2,
+                                cfg.epsilon, bk)
+    new_p = centre_thresholds(new_p, W_old, moments_data["mean"], bk)
+    rate = 0.25 * lr / cfg.learning_rate
+    new_p, new_m = rescale_hidden(new_p, new_m, normalisation_scale(var_h, rate, bk), bk)
+    new_p = apply_constraints(new_p, bk)
+    return new_p, new_m, chains
+
+
+def sign_gauge(params, bk):
+    """Flip every hidden unit whose weights sum to a negative number (CRBM.md §1, "Sign gauge").
+
+    w_mu -> -w_mu, (gp, tp) <-> (gm, tm); P(v) is unchanged. Returns a new dict.
+    """
+    xp = bk.xp
+    flip = xp.sum(params["weights"], axis=1) < 0
+    out = dict(params)
+    out["weights"] = xp.where(flip[:, None], -params["weights"], params["weights"])
+    for a, b in (("gamma_plus", "gamma_minus"), ("theta_plus", "theta_minus")):
+        out[a] = xp.where(flip, params[b], params[a])
+        out[b] = xp.where(flip, params[a], params[b])
+    return out
+
+
+def params_finite(params, bk):
+    """Backend boolean scalar: every parameter entry is finite (no host synchronisation)."""
+    xp = bk.xp
+    ok = None
+    for v in params.values():
+        f = xp.all(xp.isfinite(v))
+        ok = f if ok is None else xp.logical_and(ok, f)
+    return ok
+
+
+def hidden_mean_var(params, X, bk, chunk=1024):
+    """Mean over the rows of X of E[h|v] and of Var(h|v) (c_mu), each (M,), computed in chunks."""
+    xp = bk.xp
+    M = params["weights"].shape[0]
+    s_mean = xp.zeros(M, dtype=np.float32)
+    s_var = xp.zeros(M, dtype=np.float32)
+    for a in range(0, X.shape[0], chunk):
+        I = hidden_inputs(params, X[a:a + chunk])
+        m, v = units.drelu_mean_var(I, *_hidden(params), bk)
+        s_mean = s_mean + m.sum(axis=0)
+        s_var = s_var + v.sum(axis=0)
+    n = np.float32(1.0 / max(X.shape[0], 1))
+    return s_mean * n, s_var * n
+
+
+def reconstruction_error(params, V, visible, bk):
+    """Mean squared error between V and E[v | E[h|v]] (backend scalar): a cheap health figure."""
+    I = hidden_inputs(params, V)
+    H = units.drelu_mean(I, *_hidden(params), bk)
+    R = mean_visibles(params, H, visible, bk)
+    return ((V - R) ** 2).mean()
