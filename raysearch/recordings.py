@@ -479,7 +479,8 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
             if s == "spikes":
                 raise InputError(
                     f"{path}: {d.name} should hold 0/1 spikes but has {int(bad.sum())} other "
-                    f"values (in {int((bad > 0).sum())} neurons); load it as dF/F or binarise it")
+                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F with "
+                    "signals=('dff',) and binarise it in preprocess(transform='binarize')")
             if on_nonfinite == "error":
                 raise InputError(
                     f"{path}: {d.name} has {int(bad.sum())} NaN/inf values in "

@@ -318,8 +318,25 @@ def _frame_blocks(model, n_frames, seed, frame_rate, signals):
 
 def _settings(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate, assembly_fraction,
               min_assembly_size, bilateral_fraction, overlap_fraction, bout_s, gain):
-    if n_assemblies is None:
+    if n_assemblies is None and isinstance(n_neurons, (int, np.integer)):
         n_assemblies = _default_n_assemblies(int(n_neurons))
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    for name, v in (("n_neurons", n_neurons), ("n_frames", n_frames),
+                    ("n_assemblies", n_assemblies)):
+        if not isinstance(v, (int, np.integer)):
+            raise ConfigError(f"{name} must be an integer, got {v!r}")
+    if not (isinstance(bout_s, (tuple, list)) and len(bout_s) == 2
+            and 0 < bout_s[0] <= bout_s[1]):
+        raise ConfigError(f"bout_s must be (min, max) seconds with 0 < min <= max, got {bout_s!r}")
+    for name, v in (("bilateral_fraction", bilateral_fraction),
+                    ("overlap_fraction", overlap_fraction)):
+        if not 0 <= v <= 1:
+            raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
+    if bilateral_fraction + overlap_fraction > 1:
+        raise ConfigError("bilateral_fraction + overlap_fraction must be <= 1")
+    if not 0 < assembly_fraction < 0.5:
+        raise ConfigError(f"assembly_fraction must be in (0, 0.5), got {assembly_fraction!r}")
     return dict(n_neurons=int(n_neurons), n_frames=int(n_frames), n_assemblies=int(n_assemblies),
                 seed=int(seed), frame_rate=float(frame_rate), mean_rate=float(mean_rate),
                 assembly_fraction=float(assembly_fraction),
