@@ -1,5 +1,48 @@
-"""CLI subcommands for this step (filled in by its owner)."""
+"""``raysearch analyze DIR [--out DIR]``: couplings, similarity, clusters, regions, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 
 def register(sub):
-    """Add this module's subcommands to the argparse sub-parsers sub."""
+    """Add the ``analyze`` subcommand to the argparse sub-parsers ``sub``."""
+    p = sub.add_parser("analyze", help="analyze a finished study: coupling similarity, PCA, "
+                       "k-means, region couplings, assemblies; writes report.html + CSV tables",
+                       description="Analyze the models of an experiment directory and write "
+                       "report.html (self-contained), figures/*.png and tables/*.csv.")
+    p.add_argument("directory", help="experiment directory (<storage>/<study name>)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: <directory>/analysis)")
+    p.add_argument("--structural", default=None,
+                   help="CSV regions x regions structural matrix to compare region couplings with")
+    p.add_argument("--clusters", type=int, default=None,
+                   help="number of k-means clusters (default: chosen by silhouette score)")
+    p.add_argument("--similarity", choices=("auto", "exact", "sketch"), default="auto",
+                   help="model-similarity route (default auto: exact unless too costly)")
+    p.add_argument("--sketch-dim", type=int, default=2**15, help="sketch length (sketch route)")
+    p.add_argument("--region-models", type=int, default=20,
+                   help="number of best models whose region couplings are computed (default 20)")
+    p.add_argument("--assembly-threshold", type=float, default=0.3,
+                   help="assembly membership: |w| >= this x the unit's largest |w| (default 0.3)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from raysearch.analysis import analyze
+    from raysearch.errors import ConfigError
+    from raysearch.report import write_report
+
+    if args.clusters is not None and args.clusters < 1:
+        raise ConfigError(f"--clusters must be >= 1, got {args.clusters}")
+    if args.region_models < 1:
+        raise ConfigError(f"--region-models must be >= 1, got {args.region_models}")
+    res = analyze(args.directory, structural=args.structural, n_clusters=args.clusters,
+                  similarity=args.similarity, sketch_dim=args.sketch_dim,
+                  region_models=args.region_models, assembly_threshold=args.assembly_threshold)
+    out = Path(args.out) if args.out else Path(args.directory) / "analysis"
+    report = write_report(res, out)
+    print(json.dumps(res.summary(), default=str))
+    print(f"report: {report}")
+    return 0

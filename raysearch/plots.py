@@ -1,0 +1,233 @@
+"""Figures of an :class:`raysearch.analysis.Analysis` (drawing only; nothing is computed here).
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so it works
+headless and never changes the user's matplotlib backend. :func:`figures` returns all of them by
+name; :func:`save_figures` writes them as PNG files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+STAT_LABELS = {"v": "<v_i>", "h": "<h_mu>", "vh": "<v_i h_mu>", "vv": "<v_i v_j> - <v_i><v_j>",
+               "hh": "<h_mu h_nu> - <h_mu><h_nu>"}
+NRMSE_COLUMNS = ("nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh")
+
+
+def _figure(w=6.0, h=4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def identity_figure(stats: dict, title: str = ""):
+    """Test data (x) against model (y), one panel per statistic.
+
+    Parameters
+    ----------
+    stats : dict {stat: {"test": ndarray, "model": ndarray, ...}}
+    """
+    names = list(stats)
+    fig = _figure(3.2 * max(1, len(names)), 3.4)
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    for ax, s in zip(axes, names):
+        x = np.asarray(stats[s]["test"], float).ravel()
+        y = np.asarray(stats[s]["model"], float).ravel()
+        ok = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[ok], y[ok], s=3, alpha=0.4, rasterized=True)
+        if ok.any():
+            lo, hi = min(x[ok].min(), y[ok].min()), max(x[ok].max(), y[ok].max())
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(STAT_LABELS.get(s, s), fontsize=9)
+        ax.set_xlabel("test data")
+        ax.set_ylabel("model")
+    fig.suptitle(title)
+    return fig
+
+
+def nrmse_vs_lambda(results):
+    """Each nRMSE against lambda (log x), bad models marked."""
+    cols = [c for c in NRMSE_COLUMNS + ("mean_nrmse",) if c in results]
+    fig = _figure(3.0 * len(cols), 3.2)
+    axes = fig.subplots(1, len(cols), squeeze=False)[0]
+    lam = results["lam"].astype(float).to_numpy()
+    bad = results["bad"].fillna(False).astype(bool).to_numpy() if "bad" in results else \
+        np.zeros(len(results), bool)
+    for ax, c in zip(axes, cols):
+        y = results[c].astype(float).to_numpy()
+        ax.scatter(lam[~bad], y[~bad], s=12, label="good")
+        ax.scatter(lam[bad], y[bad], s=12, marker="x", color="tab:red", label="bad")
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda")
+        ax.set_title(c, fontsize=9)
+    axes[0].set_ylabel("nRMSE")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def bad_share_vs_lambda(results, n_bins=8):
+    """Share of bad models per log-lambda bin (bar width = bin, label = count)."""
+    fig = _figure(5, 3.2)
+    ax = fig.subplots()
+    lam = results["lam"].astype(float).to_numpy()
+    bad = results["bad"].fillna(False).astype(bool).to_numpy() if "bad" in results else \
+        np.zeros(len(results), bool)
+    ok = np.isfinite(lam) & (lam > 0)
+    if ok.any():
+        lo, hi = np.log10(lam[ok].min()), np.log10(lam[ok].max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, n_bins + 1)
+        idx = np.clip(np.searchsorted(edges, np.log10(lam[ok]), side="right") - 1, 0, n_bins - 1)
+        for b in range(n_bins):
+            sel = idx == b
+            if sel.any():
+                share = bad[ok][sel].mean()
+                left, right = 10 ** edges[b], 10 ** edges[b + 1]
+                ax.bar(left, share, width=right - left, align="edge", alpha=0.7,
+                       edgecolor="k")
+                ax.text(np.sqrt(left * right), share, str(int(sel.sum())), ha="center",
+                        va="bottom", fontsize=7)
+        ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("lambda")
+    ax.set_ylabel("share of bad models")
+    return fig
+
+
+def _heat(ax, fig, mat, labels=None, title="", log=False, vmin=None, vmax=None, cmap="viridis"):
+    m = np.asarray(mat, float)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = np.where(m > 0, np.log10(m), np.nan)
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    if labels is not None and len(labels) <= 40:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+
+
+def region_heatmaps(region_couplings: dict, region_names, consistency=None, max_panels=3):
+    """log10 region coupling matrices of the first models (best first), and their mean."""
+    items = list(region_couplings.items())[:max_panels]
+    panels = items + ([("mean over models",
+                        np.nanmean(np.stack(list(region_couplings.values())), axis=0))]
+                      if len(region_couplings) > 1 else [])
+    fig = _figure(4.2 * len(panels), 4.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, mat) in zip(axes, panels):
+        _heat(ax, fig, mat, region_names, title=f"log10 J^R: {name}", log=True)
+    return fig
+
+
+def similarity_heatmap(pearson, labels=None, trial_ids=None):
+    """Model-by-model Pearson similarity, ordered by cluster."""
+    P = np.asarray(pearson, float)
+    order = np.argsort(labels, kind="stable") if labels is not None else np.arange(len(P))
+    fig = _figure(5.5, 4.6)
+    ax = fig.subplots()
+    ids = [trial_ids[i] for i in order] if trial_ids is not None else None
+    _heat(ax, fig, P[np.ix_(order, order)], ids, title="Pearson similarity of couplings",
+          vmin=-1, vmax=1, cmap="RdBu_r")
+    return fig
+
+
+def pca_scatter(coords, lam, labels, explained=None):
+    """PCA of the models: coloured by lambda (log) and by k-means cluster."""
+    from matplotlib.colors import LogNorm
+
+    X = np.asarray(coords, float)
+    y = X[:, 1] if X.shape[1] > 1 else np.zeros(len(X))
+    fig = _figure(10, 4.2)
+    a1, a2 = fig.subplots(1, 2)
+    lam = np.asarray(lam, float)
+    pos = np.isfinite(lam) & (lam > 0)
+    norm = LogNorm(vmin=lam[pos].min(), vmax=lam[pos].max()) if pos.sum() and \
+        lam[pos].min() < lam[pos].max() else None
+    sc = a1.scatter(X[:, 0], y, c=lam, norm=norm, cmap="viridis", s=25)
+    fig.colorbar(sc, ax=a1, label="lambda")
+    a1.set_title("coloured by lambda", fontsize=9)
+    labels = np.asarray(labels)
+    for k in np.unique(labels):
+        a2.scatter(X[labels == k, 0], y[labels == k], s=25, label=f"cluster {k}")
+    a2.legend(fontsize=7)
+    a2.set_title("coloured by k-means cluster", fontsize=9)
+    for ax in (a1, a2):
+        ev = explained if explained is not None else [np.nan, np.nan]
+        ax.set_xlabel(f"PC1 ({100 * ev[0]:.0f}%)" if len(ev) > 0 else "PC1")
+        ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f}%)" if len(ev) > 1 else "PC2")
+    return fig
+
+
+def assembly_maps(coords, membership, sizes=None, n_show=10, title=""):
+    """Assemblies on the unit coordinates: top (x-y) and side (x-z) views.
+
+    Parameters
+    ----------
+    coords : ndarray, shape (N, 3)
+    membership : ndarray of bool, shape (M, N)
+    n_show : int
+        The largest ``n_show`` assemblies are coloured; all units are drawn in grey.
+    """
+    C = np.asarray(coords, float)
+    member = np.asarray(membership, bool)
+    sizes = member.sum(1) if sizes is None else np.asarray(sizes)
+    show = [int(i) for i in np.argsort(-sizes, kind="stable")[:n_show] if sizes[i] > 0]
+    fig = _figure(11, 4.5)
+    top, side = fig.subplots(1, 2)
+    for ax, (a, b), name in ((top, (0, 1), "top view (x, y)"), (side, (0, 2), "side view (x, z)")):
+        ax.scatter(C[:, a], C[:, b], s=2, c="0.85", rasterized=True)
+        for i in show:
+            ax.scatter(C[member[i], a], C[member[i], b], s=8, label=f"unit {i} ({sizes[i]})")
+        ax.set_xlabel("x (um)")
+        ax.set_ylabel("y (um)" if b == 1 else "z (um)")
+        ax.set_title(name, fontsize=9)
+        ax.set_aspect("equal", adjustable="datalim")
+    if show:
+        side.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title)
+    return fig
+
+
+def figures(analysis) -> dict:
+    """All figures of an analysis, by name (missing inputs: that figure is left out)."""
+    a = analysis
+    out = {}
+    for key in ("best", "bad"):
+        if key in a.identity:
+            tid, stats = a.identity[key]
+            out[f"identity_{key}"] = identity_figure(stats, f"{key} model: {tid}")
+    res = a.results
+    if "lam" in res and res["lam"].notna().any():
+        out["nrmse_vs_lambda"] = nrmse_vs_lambda(res)
+        out["bad_share_vs_lambda"] = bad_share_vs_lambda(res)
+    if a.region_couplings:
+        out["region_couplings"] = region_heatmaps(a.region_couplings, a.region_names)
+    out["similarity"] = similarity_heatmap(a.similarity.pearson, a.embedding.labels, a.trial_ids)
+    sub = res[res["cluster"] >= 0]
+    out["pca"] = pca_scatter(a.embedding.coords, sub["lam"].astype(float).to_numpy(),
+                             a.embedding.labels, a.embedding.explained)
+    if a.assemblies is not None and a.coords is not None:
+        out["assemblies"] = assembly_maps(a.coords, a.assemblies.membership,
+                                          title=f"assemblies of {a.assembly_trial}")
+    return out
+
+
+def save_figures(analysis, directory) -> dict:
+    """Write every figure as ``<directory>/<name>.png``; returns {name: path}."""
+    import os
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, fig in figures(analysis).items():
+        p = d / f"{name}.png"
+        tmp = d / f".{name}.png.tmp"
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, p)
+        paths[name] = p
+    return paths

@@ -1,0 +1,75 @@
+"""analyze(DIR) on experiment directories (synthetic models written as model files)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from raysearch.analysis import analyze
+from raysearch.errors import InputError
+
+from analysis_helpers import family_specs, make_experiment
+
+
+@pytest.fixture(scope="module")
+def family_dir(tmp_path_factory, small_dataset):
+    ds, gt = small_dataset
+    rng = np.random.default_rng(0)
+    specs = family_specs(rng, ds.n_units)
+    exp = make_experiment(tmp_path_factory.mktemp("exp") / "study", specs, ds)
+    return exp, specs, ds, gt
+
+
+def test_analyze_family_dir(family_dir):
+    exp, specs, ds, gt = family_dir
+    a = analyze(exp, region_models=3)
+    assert len(a.trial_ids) == len(specs)
+    fam = np.array([specs[int(t.split("_")[1])]["family"] for t in a.trial_ids])
+    assert adjusted_rand_score(fam, a.embedding.labels) == 1.0
+    # the cluster table relates clusters to lambda: one cluster per lambda range, bad in family 1
+    t = a.clusters.sort_values("lam_min").reset_index(drop=True)
+    assert len(t) == 2
+    assert t.loc[0, "lam_max"] < t.loc[1, "lam_min"]
+    assert t.loc[0, "n_bad"] == 0 and t.loc[1, "n_bad"] == 1
+    # regions: 3 best + the bad one, consistent shapes, names from /units
+    assert a.region_names == list(ds.region_names)
+    assert len(a.region_couplings) == 4
+    R = len(ds.region_names)
+    assert all(m.shape == (R, R) for m in a.region_couplings.values())
+    assert a.region_consistency.shape == (4, 4)
+    # identity stats for best and bad, assemblies of the best model
+    assert set(a.identity) == {"best", "bad"}
+    best_tid = a.identity["best"][0]
+    assert specs[int(best_tid.split("_")[1])]["mean_nrmse"] == min(
+        s["mean_nrmse"] for s in specs if not s["bad"])
+    assert a.identity["bad"][0] == "abcde_00004"
+    assert a.assemblies.membership.shape == (8, ds.n_units)
+    assert a.coords.shape == (ds.n_units, 3)
+    assert set(a.tables()) >= {"models", "clusters", "similarity_pearson", "assemblies"}
+
+
+def test_structural_comparison(family_dir, tmp_path):
+    import pandas as pd
+
+    exp, specs, ds, gt = family_dir
+    csv = tmp_path / "structural.csv"
+    pd.DataFrame(gt.structural, index=ds.region_names, columns=ds.region_names).to_csv(csv)
+    a = analyze(exp, structural=csv, region_models=1)
+    assert list(a.structural.columns) == ["trial_id", "spearman", "n_entries"]
+    assert a.structural["n_entries"].iloc[0] > 3
+
+
+def test_no_model_files(tmp_path, small_dataset):
+    ds, _ = small_dataset
+    rng = np.random.default_rng(1)
+    exp = make_experiment(tmp_path / "study", family_specs(rng, ds.n_units, per_family=1), ds,
+                          with_models=False)
+    with pytest.raises(InputError, match="no finished trial with a model file"):
+        analyze(exp)
+
+
+def test_empty_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no Ray Tune trials|no trials"):
+        analyze(tmp_path / "empty")
+    with pytest.raises(InputError):
+        analyze(tmp_path / "missing")
