@@ -330,3 +330,121 @@ def test_harness_job_reaches_both_workers(ray_cluster):
     placed = json.loads(line[len("PROBE"):])
     assert placed == ray_cluster.node_ids()
     assert placed["node_a"] != placed["node_b"]
+
+
+# ------------------------------------------------------------------------------------ real studies
+N_TRIALS = 4
+
+
+def _write_study(path: Path, storage: Path, name: str, n_updates: int) -> Path:
+    """A small Optuna study (the search helper's format) whose trials each take one worker CPU."""
+    study = {
+        "name": name,
+        "recordings": [{"name": "fish", "synthetic": {"n_neurons": 120, "n_frames": 800, "seed": 0}}],
+        "preprocessing": {"signal": "spikes"},
+        "model": {"n_hidden": 6, "n_updates": n_updates, "batch_size": 50},
+        "search": {"mode": "optuna", "penalty": "l2l1", "lam": {"low": 1.0e-4, "high": 1.0e-1},
+                   "seeds": [0], "num_samples": N_TRIALS, "max_concurrent": 2, "sampler_seed": 0},
+        "evaluation": {"report_every": max(n_updates // 4, 1),
+                       "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5,
+                                  "max_pairs": 2000},
+                       "final": {"n_chains": 20, "n_burnin": 30, "n_samples": 5, "n_between": 5,
+                                 "max_pairs": 2000}},
+        "resources": {"cpu": 1, "gpu": 0},
+        "run": {"storage_path": str(storage), "max_failures": 3, "verbose": 0},
+    }
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def _trial_errors(exp_dir: Path) -> str:
+    """The error.txt of every trial (for failure messages)."""
+    return "\n".join(f"--- {e.parent.name}\n{e.read_text()[-1500:]}" for e in sorted(exp_dir.glob("*/error.txt")))
+
+
+def _check_results(exp_dir: Path, n_updates: int):
+    from raysearch import load_results
+
+    df = load_results(exp_dir)
+    assert len(df) == N_TRIALS, df
+    assert (df["status"] == "TERMINATED").all(), df[["trial_id", "status"]]
+    assert df["finished"].all(), df[["trial_id", "finished", "updates"]]
+    assert (df["updates"] == n_updates).all(), df[["trial_id", "updates", "resumed_at"]]
+    assert df["mean_nrmse"].notna().all()
+    for p in df["model_path"]:
+        assert Path(p).is_file() and str(p).startswith(str(exp_dir))
+    return df
+
+
+def _optuna_states(exp_dir: Path, name: str) -> list[str]:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    return [t.state.name for t in study.trials]
+
+
+def test_study_submitted_with_ray_job_lands_on_both_workers(ray_cluster, tmp_path):
+    """`ray job submit -- raysearch run STUDY --address auto`: trials on node_a and node_b, results
+    and the Optuna study read back from the storage path afterwards (no Ray needed for that)."""
+    storage = ray_cluster.root / "shared-storage"
+    study = _write_study(tmp_path / "mn.yaml", storage, "mn_spread", n_updates=60)
+    workers = ray_cluster.node_ids()
+    t0 = time.monotonic()
+    res = ray_cluster.submit([str(BIN / "raysearch"), "run", str(study), "--address", "auto"], timeout=240)
+    elapsed = time.monotonic() - t0
+    exp_dir = storage / "mn_spread"
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:] + _trial_errors(exp_dir)
+    df = _check_results(exp_dir, 60)
+    # every trial ran on a worker node (the head has no CPU), and both workers got trials
+    assert set(df["node_id"]) <= set(workers.values()), (df["node_id"].tolist(), workers)
+    assert set(df["node_id"]) == set(workers.values()), df[["trial_id", "node_id"]]
+    assert _optuna_states(exp_dir, "mn_spread") == ["COMPLETE"] * N_TRIALS
+    print(f"\n4-trial study via ray job submit: {elapsed:.1f} s")
+
+
+def _wait_for(cond, what: str, timeout: float, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_worker_killed_mid_study_and_restarted(ray_cluster, tmp_path):
+    """Worker A is killed (its whole process group, SIGKILL: a crashed machine) while both workers
+    run a trial that has checkpointed; a new worker with the same resources joins. Every trial
+    completes, the interrupted one from its checkpoint, and the job succeeds."""
+    storage = ray_cluster.root / "shared-storage"
+    name, n_updates = "mn_restart", 240
+    study = _write_study(tmp_path / "mn.yaml", storage, name, n_updates=n_updates)
+    exp_dir = storage / name
+    old_a = ray_cluster.node_ids()["node_a"]
+    sub_id = ray_cluster.submit([str(BIN / "raysearch"), "run", str(study), "--address", "auto"],
+                                timeout=60, wait=False)
+
+    def both_running_with_checkpoint():
+        models = {p.stem for p in (exp_dir / "models").glob("*.h5")}
+        ckpt = {d.parent.name for d in exp_dir.glob("*/checkpoint_*")}
+        running = [t for t in ckpt if not any(m in t for m in models)]
+        return len(running) >= 2
+
+    try:
+        _wait_for(both_running_with_checkpoint, "two trials with a checkpoint", timeout=90)
+    except TimeoutError:
+        raise AssertionError(ray_cluster.job_logs(sub_id)[-3000:] + _trial_errors(exp_dir))
+    ray_cluster.stop_node("worker_a", graceful=False)
+    time.sleep(1.0)
+    ray_cluster.add_worker("worker_a", {"node_a": 1})
+    new_a = ray_cluster.node_ids()["node_a"]
+    assert new_a != old_a
+
+    status = ray_cluster.wait_job(sub_id, timeout=150)
+    logs = ray_cluster.job_logs(sub_id)
+    assert status == "SUCCEEDED", logs[-3000:] + _trial_errors(exp_dir)
+    df = _check_results(exp_dir, n_updates)
+    # the trial that was on the killed worker went on from its checkpoint, not from update 0
+    resumed = df[df["resumed_at"].notna()]
+    assert len(resumed) >= 1, df[["trial_id", "node_id", "resumed_at", "updates"]]
+    assert (resumed["resumed_at"] > 0).all() and (resumed["resumed_at"] < n_updates).all()
+    assert _optuna_states(exp_dir, name) == ["COMPLETE"] * N_TRIALS
