@@ -100,6 +100,10 @@ def _train(args) -> int:
         raise ConfigError(f"--out {out}: the model file name must end in .h5 or .hdf5")
     if out.exists() and not args.force:
         raise InputError(f"{out}: already exists; pass --force to overwrite it")
+    # settings first, so a bad one fails before any data is read
+    CRBM(n_hidden=args.hidden, visible=args.visible or "bernoulli", penalty=args.penalty,
+         lam=args.lam, n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
+         learning_rate=args.lr, seed=args.seed, backend=args.backend)._check_settings()
     rec = _load(args)
     ds = preprocess(rec, signal=args.signal, voxel_um=args.voxel_um, visible=args.visible,
                     test_segments=_test_segments(args.test_segments), seed=args.seed)

@@ -1,0 +1,111 @@
+"""Seconds per PCD update of the cRBM trainer, with achieved and peak float32 GFLOP/s.
+
+    python bench/bench_trainer.py                       # N in {1000, 5000, 20000} x M in {100, 200}
+    python bench/bench_trainer.py --backend cupy --sizes 40000x200
+    python bench/bench_trainer.py --sizes 5000x100 --updates 50
+
+One JSON line per (N, M) on stdout. Data: random binary frames at 4% ones (the spike density of the
+fish recordings), T = 1000 frames; batch 100, 100 chains, 15 Gibbs steps, l2l1 penalty. The timed
+loop is exactly the estimator's inner loop (minibatch indices on the host, ``training.pcd_update``
+on the backend), after a few warm-up updates, with a device synchronisation before the clock is
+read. FLOPs per update are counted as 2 B N M (2 n_gibbs + 4) (the matrix products); the float32
+matmul GFLOP/s of the same machine is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from raysearch import __version__
+from raysearch.backend import get_backend
+from raysearch.crbm import training
+
+# The reference CPU implementation (PGM, numba) on this kind of machine (2 cores), issue 3.
+REFERENCE_S_PER_UPDATE = {(5000, 100): 0.061, (20000, 200): 0.67}
+
+
+def matmul_gflops(bk, n=2048, repeats=5):
+    """Best float32 GEMM rate (GFLOP/s) of an n x n x n product on the backend."""
+    xp = bk.xp
+    a = bk.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    b = bk.asarray(np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
+    a @ b
+    bk.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        c = a @ b
+        bk.synchronize()
+        best = min(best, time.perf_counter() - t)
+    del c, xp
+    return 2 * n ** 3 / best / 1e9
+
+
+def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min_seconds=3.0):
+    rng = np.random.default_rng(seed)
+    X = (rng.random((T, N)) < 0.04).astype(np.float32)
+    mom = training.data_moments(X, "bernoulli")
+    cfg = training.TrainConfig(visible="bernoulli", penalty="l2l1", lam=0.05, n_gibbs=n_gibbs,
+                               learning_rate=5e-3, n_updates=10 ** 6, seed=seed)
+    params = {k: bk.asarray(v) for k, v in training.init_params(mom, M, "bernoulli", seed).items()}
+    moments = training.init_moments(params, bk)
+    chains = bk.asarray(training.init_chains(mom, batch, "bernoulli", seed))
+    mdata = {k: bk.asarray(v) for k, v in mom.items()}
+    Xd = bk.asarray(X)
+
+    def run(start, n):
+        nonlocal params, moments, chains
+        for u in range(start, start + n):
+            idx = bk.asarray(training.batch_indices(u, T, batch, seed), dtype=np.int64)
+            params, moments, chains = training.pcd_update(params, moments, chains, Xd[idx], mdata,
+                                                          u, cfg, bk)
+        bk.synchronize()
+
+    t = time.perf_counter()
+    run(0, 3)                                   # warm-up (and a first estimate)
+    first = (time.perf_counter() - t) / 3
+    n = updates or max(5, int(min_seconds / max(first, 1e-6)))
+    t = time.perf_counter()
+    run(3, n)
+    dt = (time.perf_counter() - t) / n
+    return dt, n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--sizes", nargs="*", default=["1000x100", "1000x200", "5000x100", "5000x200",
+                                                   "20000x100", "20000x200"])
+    ap.add_argument("--updates", type=int, default=None, help="timed updates (default: ~3 s)")
+    ap.add_argument("--gibbs", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=100)
+    args = ap.parse_args(argv)
+    bk = get_backend(args.backend)
+    env = {"backend": bk.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "numpy": np.__version__, "raysearch": __version__}
+    for s in args.sizes:
+        N, M = (int(x) for x in s.lower().split("x"))
+        peak = matmul_gflops(bk, n=8192 if bk.is_device else 2048)   # same run, just before
+        dt, n = bench_one(bk, N, M, batch=args.batch, n_gibbs=args.gibbs, updates=args.updates)
+        flops = 2 * args.batch * N * M * (2 * args.gibbs + 4)
+        row = {"bench": "trainer", "N": N, "M": M, "batch": args.batch, "n_gibbs": args.gibbs,
+               "timed_updates": n, "s_per_update": round(dt, 5),
+               "gflops": round(flops / dt / 1e9, 2), "matmul_gflops": round(peak, 2),
+               "fraction_of_matmul_peak": round(flops / dt / 1e9 / peak, 3), **env}
+        ref = REFERENCE_S_PER_UPDATE.get((N, M))
+        if ref is not None and args.batch == 100 and args.gibbs == 15:
+            row["reference_s_per_update"] = ref
+            row["speedup_vs_reference"] = round(ref / dt, 2)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
