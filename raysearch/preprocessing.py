@@ -335,17 +335,25 @@ def _take_rows(X, ranges, dtype=np.float32):
 
 
 def _col_moments(X):
-    s1 = np.zeros(X.shape[1])
-    s2 = np.zeros(X.shape[1])
-    step = max(1, _BLOCK_BYTES // (8 * max(1, X.shape[1])))
-    for t0 in range(0, X.shape[0], step):
-        b = X[t0:t0 + step].astype(np.float64)
-        s1 += b.sum(0)
-        s2 += (b * b).sum(0)
-    n = max(1, X.shape[0])
+    """Per-column mean and s.d. (population) of a float32 (T, U) array, in blocks.
+
+    Two passes (mean, then centred squares) with float32 sums inside a block of at most 256
+    rows and float64 accumulation across blocks.
+    """
+    T, U = X.shape
+    step = max(1, min(256, _BLOCK_BYTES // (4 * max(1, U))))
+    s1 = np.zeros(U)
+    for t0 in range(0, T, step):
+        s1 += X[t0:t0 + step].sum(0, dtype=np.float32)
+    n = max(1, T)
     mean = s1 / n
-    var = np.maximum(s2 / n - mean ** 2, 0.0)
-    return mean, np.sqrt(var)
+    m32 = mean.astype(np.float32)
+    s2 = np.zeros(U)
+    for t0 in range(0, T, step):
+        d = X[t0:t0 + step] - m32
+        d *= d
+        s2 += d.sum(0, dtype=np.float32)
+    return mean, np.sqrt(s2 / n)
 
 
 def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
