@@ -279,3 +279,33 @@ def test_nothing_left_after_region_filtering(tmp_path, small):
     p = _crbm(tmp_path / "e.h5", small, labels=np.zeros((12, 120), dtype=np.float32))
     with pytest.raises(InputError, match=r"e\.h5: all 120 neurons are in no region"):
         load_recording(p)
+
+
+def test_published_like_file_zbrain_names_bool_spikes_chunked_dff(tmp_path, small):
+    # as in the published cRBM files: 294 ZBrain masks without names, coordinates in mm with no
+    # unit attribute; here also h5py-bool spikes and a chunked, compressed dF/F
+    from raysearch.recordings import ZBRAIN_REGIONS
+
+    labels = np.zeros((294, 120), dtype=np.float32)
+    labels[14, :60] = 1  # "Diencephalon - Habenula"
+    labels[213, 30:110] = 1  # overlapping masks, as in ZBrain
+    p = tmp_path / "rbm_fish.h5"
+    with h5py.File(p, "w") as f:
+        b = f.create_group("Data/Brain")
+        b.create_dataset("Analysis/ThresholdedSpikes", data=small.spikes)
+        b.create_dataset("Analysis/DFF_align", data=small.dff, chunks=(16, 32),
+                         compression="gzip")
+        b["Coordinates"] = small.coords.T / 1000.0
+        b["ZBrainCoordinates"] = small.ref_coords.T / 1000.0
+        b["Times"] = small.times[:, None]
+        b["Labels"] = labels
+    got = load_recording(p)
+    assert got.region_names == ZBRAIN_REGIONS and got.region_names[14] == \
+        "Diencephalon - Habenula"
+    assert got.n_dropped == 10 and got.n_neurons == 110
+    assert np.array_equal(got.spikes, small.spikes[:, :110])
+    assert np.array_equal(got.dff, small.dff[:, :110])
+    np.testing.assert_allclose(got.coords, small.coords[:110], atol=2e-3)
+    counts = got.region_counts()
+    assert counts["Diencephalon - Habenula"] == 60
+    assert counts[ZBRAIN_REGIONS[213]] == 80
