@@ -225,10 +225,14 @@ class EvaluationSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Resources of one trial; ``gpu`` may be a fraction (e.g. 0.25: four trials share a GPU)."""
+    """Resources of one trial; ``gpu`` may be a fraction (e.g. 0.25: four trials share a GPU).
+
+    ``custom``: Ray custom resources (``ray start --resources``), e.g. to keep trials on some nodes.
+    """
 
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    custom: dict[str, PositiveFloat] = Field(default_factory=dict)
 
     @field_validator("gpu")
     @classmethod

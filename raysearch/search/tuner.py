@@ -151,7 +151,7 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     trainable = tune.with_resources(
         tune.with_parameters(crbm_trial, datasets=datasets,
                              settings=trial_settings(study, exp_dir)),
-        {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom})
     if restore:
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
 

@@ -1,0 +1,149 @@
+"""End-to-end searches on the shared local Ray instance (tiny studies, a few seconds each)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from raysearch.cli import main
+from raysearch.crbm import CRBM
+from raysearch.errors import ConfigError, InputError
+from raysearch.search import load_results, run_study
+from raysearch.search.results import COLUMNS, pareto_mask
+from search_helpers import tiny_study
+
+NRMSE = ["nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh"]
+
+
+def _optuna_trials(run, name="tiny"):
+    storage = f"sqlite:///{run.experiment_dir}/optuna.db"
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_optuna_study_end_to_end(ray_session, tmp_path):
+    """One row per trial, finite metrics, loadable model files, every trial COMPLETE in Optuna."""
+    study = tiny_study(tmp_path, search={"points_to_evaluate": [{"lam": 0.003}]})
+    run = run_study(study)
+    df = run.results
+    assert run.num_errors == 0
+    assert list(df.columns[:len(COLUMNS)]) == COLUMNS
+    assert len(df) == 3 and df["trial_id"].is_unique
+    assert (df["status"] == "TERMINATED").all() and df["finished"].all()
+    assert np.isfinite(df[NRMSE + ["mean_nrmse", "max_nrmse", "sparsity",
+                                   "weight_density"]].to_numpy(float)).all()
+    assert np.allclose(df["mean_nrmse"], df[NRMSE].mean(axis=1), rtol=1e-6)
+    assert np.allclose(df["max_nrmse"], df[NRMSE].max(axis=1), rtol=1e-6)
+    assert (df["updates"] == 40).all() and (df["n_hidden"] == 5).all()
+    assert (df["penalty"] == "l2l1").all() and (df["recording"] == "fish").all()
+    assert df["lam"].between(1e-4, 1.0).all() and np.isclose(df["lam"], 0.003).any()
+    for row in df.itertuples():
+        model = CRBM.load(row.model_path)
+        assert model.weights_.shape[0] == 5 and np.isfinite(model.weights_).all()
+        assert math.isclose(model.lam, row.lam) and model.n_updates_done_ == 40
+        with h5py.File(row.model_path, "r") as f:
+            assert "units" in f and "coords" in f["units"]
+            ev = f["evaluation"]
+            assert math.isclose(ev.attrs["mean_nrmse"], row.mean_nrmse)
+            for stat in ("v", "h", "vh", "vv", "hh"):
+                assert set(ev[stat]) >= {"train", "test", "model"}
+    # the Optuna study in the experiment dir holds every trial, COMPLETE, with the final value
+    trials = _optuna_trials(run)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert sorted(t.params["lam"] for t in trials) == pytest.approx(sorted(df["lam"]))
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(df["mean_nrmse"]))
+    assert trials[0].params["lam"] == pytest.approx(0.003)  # points_to_evaluate ran first
+    # history: one row per report, updates every 10, the last one final
+    hist = load_results(run.experiment_dir, history=True)
+    for _, h in hist.groupby("trial_id"):
+        assert h["updates"].tolist() == [10, 20, 30, 40]
+        assert h["final"].tolist() == [False, False, False, True]
+
+
+def test_grid_gives_exactly_the_grid(ray_session, tmp_path):
+    study = tiny_study(tmp_path, name="grid", search={"mode": "grid", "lam": [0.001, 0.1],
+                                                      "seeds": [3, 4], "n_hidden": [4, 6]})
+    df = run_study(study).results
+    got = sorted(zip(df["lam"], df["seed"], df["n_hidden"]))
+    assert got == sorted(itertools.product([0.001, 0.1], [3, 4], [4, 6]))
+    assert df["finished"].all()
+    # 40 updates are too few for some fits: bad means an nRMSE above 1 (CRBM.md), nothing else
+    assert (df["bad"].astype(bool) == (df[NRMSE] > 1).any(axis=1)).all()
+    shapes = {(r.n_hidden, CRBM.load(r.model_path).weights_.shape[0]) for r in df.itertuples()}
+    assert shapes == {(4, 4), (6, 6)}
+    # the results CLI: table and exports from the files alone
+    csv, pq = tmp_path / "t.csv", tmp_path / "t.parquet"
+    assert main(["results", str(df.attrs["experiment_dir"]), "--csv", str(csv)]) == 0
+    assert main(["results", str(df.attrs["experiment_dir"]), "--parquet", str(pq)]) == 0
+    back = pd.read_csv(csv)
+    assert list(back["trial_id"]) == list(df["trial_id"])
+    assert np.allclose(back["mean_nrmse"], df["mean_nrmse"])
+    assert pd.read_parquet(pq)["lam"].tolist() == df["lam"].tolist()
+
+
+def test_divergence_is_a_finished_bad_trial_and_optuna_goes_on(ray_session, tmp_path):
+    """A learning rate of 1e30 makes every fit diverge: trials finish flagged bad, Optuna gets inf
+    (not NaN, which would leave its trials RUNNING) and keeps proposing."""
+    study = tiny_study(tmp_path, name="diverge", model={"learning_rate": 1e30})
+    run = run_study(study)
+    df = run.results
+    assert run.num_errors == 0 and len(df) == 3
+    assert (df["status"] == "TERMINATED").all() and df["bad"].all()
+    assert np.isinf(df["mean_nrmse"]).all() and (df["updates"] < 40).all()
+    assert all(CRBM.load(p).diverged_ for p in df["model_path"])
+    trials = _optuna_trials(run, "diverge")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(math.isinf(t.value) for t in trials)
+
+
+def test_multi_objective_study_marks_the_pareto_front(ray_session, tmp_path):
+    study = tiny_study(tmp_path, name="multi", search={"mode": "multi", "num_samples": 4})
+    run = run_study(study)
+    df = run.results
+    assert len(df) == 4 and df["pareto"].any()
+    a, b = df["mean_nrmse"].to_numpy(), df["weight_density"].to_numpy()
+    for i in np.flatnonzero(df["pareto"]):  # nothing on the front is dominated
+        assert not np.any((a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
+    for i in np.flatnonzero(~df["pareto"]):  # everything off the front is
+        assert np.any((a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
+    trials = _optuna_trials(run, "multi")
+    assert all(len(t.values) == 2 for t in trials) and len(trials) == 4
+
+
+def test_pareto_mask_known_answer():
+    a = np.array([1.0, 2.0, 3.0, 2.0, np.inf, 0.5])
+    b = np.array([3.0, 2.0, 1.0, 2.5, 0.0, 3.0])
+    assert pareto_mask(a, b).tolist() == [False, True, True, False, False, True]
+
+
+def test_existing_experiment_is_not_overwritten(ray_session, tmp_path):
+    study = tiny_study(tmp_path, name="twice", search={"num_samples": 1})
+    run_study(study)
+    with pytest.raises(ConfigError, match="raysearch resume"):
+        run_study(study)
+
+
+def test_load_results_errors(tmp_path):
+    with pytest.raises(InputError, match="not a directory"):
+        load_results(tmp_path / "missing")
+    with pytest.raises(InputError, match="no Ray Tune trials"):
+        load_results(tmp_path)
+    assert main(["results", str(tmp_path)]) == 2
+
+
+def test_load_results_needs_no_ray(ray_session, tmp_path):
+    """load_results in a fresh interpreter never imports ray."""
+    run = run_study(tiny_study(tmp_path, name="noray", search={"num_samples": 1}))
+    code = ("import sys, json; from raysearch.search.results import load_results; "
+            f"df = load_results({run.experiment_dir!r}); "
+            "print(json.dumps([len(df), 'ray' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, False]
