@@ -14,7 +14,8 @@ Layouts
     arrays transposed, so every array is oriented by matching the neuron count N (taken from the
     coordinates: ``N = max(coords.shape)``). When T == N the array is taken as time-first.
 ``nwb``
-    ``processing/ophys`` with a ``DfOverF`` or ``Fluorescence`` RoiResponseSeries (T, N);
+    ``processing/ophys`` with a ``DfOverF`` (else ``Fluorescence``) RoiResponseSeries (T, N), a
+    series whose name contains "neuron" first (DANDI:000350 also has glia series);
     coordinates from the PlaneSegmentation's ``voxel_mask`` (weighted mean of x, y, z) or
     ``pixel_mask`` (x, y; z from the imaging plane's origin), scaled by the imaging plane's
     ``grid_spacing`` when present. Needs the ``nwb`` extra (pynwb).
@@ -549,12 +550,13 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
         mod = nwb.processing["ophys"]
         series, kind = None, None
         for cname in ("DfOverF", "Fluorescence"):
-            for iface in mod.data_interfaces.values():
-                if type(iface).__name__ == cname and len(iface.roi_response_series):
-                    series = next(iter(iface.roi_response_series.values()))
-                    kind = cname
-                    break
-            if series is not None:
+            cands = [s for iface in mod.data_interfaces.values()
+                     if type(iface).__name__ == cname
+                     for s in iface.roi_response_series.values()]
+            if cands:
+                # e.g. DANDI:000350 has neuron and glia series: prefer the neurons
+                neuron = [s for s in cands if "neuron" in s.name.lower()]
+                series, kind = (neuron or cands)[0], cname
                 break
         if series is None:
             raise InputError(f"{path}: NWB processing/ophys has no DfOverF or Fluorescence "
@@ -583,6 +585,47 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
         io.close()
 
 
+def _mask_centres(col, path, name) -> np.ndarray:
+    """Weighted mean position (n_rois, 3) of every ROI's voxel/pixel mask.
+
+    Reads the ragged compound column and its index in one go (fast for ~100k ROIs); falls back to
+    row-by-row access for in-memory or unusual tables.
+    """
+    try:
+        ends = np.asarray(col.data[:], dtype=np.int64)
+        data = col.target.data
+        raw = data.dataset[()] if hasattr(data, "dataset") else np.asarray(data[:])
+        fields = [f for f in ("x", "y", "z") if f in raw.dtype.names]
+        xyz = np.zeros((raw.shape[0], 3))
+        for j, f in enumerate(fields):
+            xyz[:, j] = raw[f]
+        w = np.asarray(raw["weight"], dtype=np.float64)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        rows = []
+        for r in range(len(col)):
+            m = col[r]
+            arr = np.asarray([tuple(x) for x in (m.to_records(index=False) if hasattr(
+                m, "to_records") else m)], dtype=float)
+            rows.append(arr)
+        ends = np.cumsum([len(a) for a in rows]).astype(np.int64)
+        allm = np.concatenate(rows) if rows else np.zeros((0, 4))
+        xyz = np.zeros((allm.shape[0], 3))
+        xyz[:, :allm.shape[1] - 1] = allm[:, :-1]
+        w = allm[:, -1]
+    starts = np.concatenate([[0], ends[:-1]])
+    counts = ends - starts
+    if np.any(counts <= 0):
+        raise InputError(f"{path}: ROI {int(np.flatnonzero(counts <= 0)[0])} has an empty {name}")
+    roi = np.repeat(np.arange(ends.size), counts)
+    wsum = np.bincount(roi, weights=w, minlength=ends.size)
+    zero = wsum <= 0  # all-zero weights: plain mean
+    w = np.where(zero[roi], 1.0, w)
+    wsum = np.bincount(roi, weights=w, minlength=ends.size)
+    out = np.stack([np.bincount(roi, weights=w * xyz[:, j], minlength=ends.size)
+                    for j in range(3)], axis=1)
+    return out / wsum[:, None]
+
+
 def _nwb_coords(table, rows, path) -> np.ndarray:
     cols = set(table.colnames)
     scale = np.ones(3)
@@ -602,25 +645,13 @@ def _nwb_coords(table, rows, path) -> np.ndarray:
             o = np.asarray(oc, dtype=float) * {"meters": 1e6, "m": 1e6, "millimeters": 1e3,
                                                "mm": 1e3}.get(ounit, 1.0)
             origin[:len(o)] = o[:3]
-    out = np.zeros((rows.size, 3))
-    if "voxel_mask" in cols or "pixel_mask" in cols:
-        name = "voxel_mask" if "voxel_mask" in cols else "pixel_mask"
-        col = table[name]
-        for j, r in enumerate(rows):
-            m = col[int(r)]
-            arr = np.asarray([tuple(x) for x in (m.to_records(index=False) if hasattr(
-                m, "to_records") else m)], dtype=float)
-            if arr.size == 0:
-                raise InputError(f"{path}: ROI {r} has an empty {name}")
-            w = arr[:, -1]
-            w = w if w.sum() > 0 else np.ones_like(w)
-            xyz = (arr[:, :-1] * w[:, None]).sum(0) / w.sum()
-            out[j, :xyz.size] = xyz
-        if name == "pixel_mask":
-            out[:, 2] = 0.0
-    else:
+    if "voxel_mask" not in cols and "pixel_mask" not in cols:
         raise InputError(f"{path}: the NWB PlaneSegmentation has neither voxel_mask nor "
                          f"pixel_mask (columns: {sorted(cols)}); cannot place the ROIs")
+    name = "voxel_mask" if "voxel_mask" in cols else "pixel_mask"
+    out = _mask_centres(table[name], path, name)[rows]
+    if name == "pixel_mask":
+        out[:, 2] = 0.0
     return (out * scale + origin).astype(np.float32)
 
 

@@ -134,7 +134,7 @@ def test_fishualizer_transposed_with_dropped_neurons(tmp_path, small, monkeypatc
     assert np.array_equal(got.dff, rec.dff[:, keep])
 
 
-def _write_nwb(path, rec):
+def _write_nwb(path, rec, glia=False):
     from datetime import datetime, timezone
 
     import pynwb
@@ -160,19 +160,23 @@ def _write_nwb(path, rec):
     dff = DfOverF(name="DfOverF")
     mod.add(dff)
     region = ps.create_roi_table_region(region=list(range(rec.n_neurons)), description="all")
-    dff.create_roi_response_series(name="RoiResponseSeries", data=rec.dff, rois=region,
-                                   unit="1", rate=4.0)
+    if glia:  # added first: the reader must still pick the neurons
+        dff.create_roi_response_series(name="GliaDfOverF", data=rec.dff * 0 + 7, rois=region,
+                                       unit="1", rate=4.0)
+    dff.create_roi_response_series(name="NeuronDfOverF" if glia else "RoiResponseSeries",
+                                   data=rec.dff, rois=region, unit="1", rate=4.0)
     with pynwb.NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
 
 
-def test_nwb_round_trip(tmp_path):
+@pytest.mark.parametrize("glia", [False, True], ids=["one-series", "neuron-and-glia"])
+def test_nwb_round_trip(tmp_path, glia):
     pytest.importorskip("pynwb", reason="the NWB round trip needs the nwb extra (pynwb)")
     rec = make_synthetic_recording(40, 30, n_assemblies=4, seed=4)[0]
     # voxel_mask stores uint32 positions: use integer + half coordinates
     rec.coords = np.round(rec.coords * 2) / 2
-    path = _write_nwb(tmp_path / "r.nwb", rec)
+    path = _write_nwb(tmp_path / "r.nwb", rec, glia=glia)
     got = load_recording(path, signals=("dff",))
     assert got.layout == "nwb" and got.spikes is None
     assert np.array_equal(got.dff, rec.dff)
