@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 __all__ = [
     "drelu_cgf", "drelu_mean", "drelu_mean_var", "drelu_branch_moments", "drelu_sample",
     "bernoulli_mean", "bernoulli_sample", "bernoulli_cgf",
@@ -56,35 +58,92 @@ _X_NEWTON = 5.0      # tail sampler at x >= this (Phi(-5) = 2.9e-7: inverse CDF 
 _NEWTON_STEPS = 4
 
 
+# erfcx on the CPU: erfcx(a) = P(y)/(1 + 2a), y = (a - 2)/(a + 2), a >= 0, with P of degree 12
+# least-squares fitted (for raysearch, at 400 Chebyshev nodes of y, against scipy's float64
+# erfcx). Relative error of the fit 4e-9; evaluated in float32 within 2.3e-7 (3 ulp) for all
+# a >= 0 (test_units checks this). It is ~27 SIMD-friendly NumPy passes, about 6x faster than
+# scipy.special.erfcx on (100, 200) float32 arrays; on a GPU cupyx's fused erfcx is used instead.
+_ERFCX_K = 2.0
+_ERFCX_POLY = (1.27697838142703, -0.09276376277487022, -0.16603038352632202,
+               0.16404945413944289, -0.054220266615093056, -0.008018963078735288,
+               0.00872460763960875, 0.001217410592308819, -0.0014640709102771321,
+               -0.0003579204480078309, 0.00022157154984215143, 6.33694584371561e-05,
+               -2.0255989366374706e-05)
+
+
+def _erfcx_nonneg(a, bk):
+    """erfcx(a) for a >= 0 (a new array)."""
+    if bk.is_device:
+        return bk.erfcx(a)
+    y = a - _ERFCX_K
+    y /= a + _ERFCX_K
+    r = y * _ERFCX_POLY[-1]
+    for c in _ERFCX_POLY[-2:0:-1]:
+        r += c
+        r *= y
+    r += _ERFCX_POLY[0]
+    d = a * 2.0
+    d += 1.0
+    r /= d
+    return r
+
+
+def _expit(d, bk):
+    """Logistic function (SIMD exp on the CPU instead of scipy's expit)."""
+    if bk.is_device:
+        return bk.expit(d)
+    with np.errstate(over="ignore"):
+        e = bk.xp.exp(-d)
+    e += 1.0
+    return 1.0 / e
+
+
 # --------------------------------------------------------------------------------------------
 # Mills-ratio helpers (elementwise on any shape)
 # --------------------------------------------------------------------------------------------
-def _log_mills_and_hazard(x, bk):
-    """Return ``(log M(x), lambda(x) = 1/M(x))``, finite for every finite x."""
-    xp = bk.xp
-    a = xp.abs(x)
-    a *= _INV_SQRT2
-    e = bk.erfcx(a)                     # in (0, 1] for a >= 0
-    a *= a                              # x^2/2
-    neg = x < 0
-    q = xp.exp(-a)                      # exp(-x^2/2), used where x < 0
-    t = q * e                           # erfc(|x|/sqrt2) in [0, 1]
-    t = xp.where(neg, 2.0 - t, e)       # M(x)/sqrt(pi/2), times exp(-x^2/2) where x < 0
-    log_m = xp.log(t)
-    log_m += xp.where(neg, a, 0.0)
-    log_m += _LOG_SQRT_HALF_PI
-    # hazard 1/M(x): sqrt(2/pi)/erfcx(x/sqrt2) (x >= 0), sqrt(2/pi) exp(-x^2/2)/(2 - erfc) (x < 0)
-    num = xp.where(neg, q, 1.0)
-    num *= _SQRT_2_OVER_PI
-    num /= t
-    return log_m, num
+class _Mills:
+    """Pieces of the Mills ratio M(x) = Phi(-x)/phi(x), finite for every finite x.
+
+    With a2 = x^2/2, q = exp(-a2), e = erfcx(|x|/sqrt2):
+    t = e (x >= 0) or 2 - q e (x < 0), so M(x) = sqrt(pi/2) t [exp(a2) where x < 0].
+    """
+
+    __slots__ = ("neg", "a2", "q", "e", "t")
+
+    def __init__(self, x, bk):
+        xp = bk.xp
+        a = xp.abs(x)
+        a *= _INV_SQRT2
+        self.e = _erfcx_nonneg(a, bk)       # in (0, 1]
+        a *= a
+        self.a2 = a                         # x^2/2
+        self.neg = x < 0
+        self.q = xp.exp(-a)                 # exp(-x^2/2)
+        t = self.q * self.e                 # erfc(|x|/sqrt2) in [0, 1]
+        t *= -1.0
+        t += 2.0
+        self.t = xp.where(self.neg, t, self.e)
+
+    def log_m(self, bk):
+        xp = bk.xp
+        lm = xp.log(self.t)
+        lm += xp.where(self.neg, self.a2, 0.0)
+        lm += _LOG_SQRT_HALF_PI
+        return lm
+
+    def hazard(self, bk):
+        """lambda(x) = 1/M(x)."""
+        h = bk.xp.where(self.neg, self.q, 1.0)
+        h *= _SQRT_2_OVER_PI
+        h /= self.t
+        return h
 
 
 def _log_mills(x, bk):
-    return _log_mills_and_hazard(x, bk)[0]
+    return _Mills(x, bk).log_m(bk)
 
 
-def _tail_r_v(x, bk):
+def _tail_r_v(x, bk, need_var=True):
     """Continued-fraction ``(r, v)`` for x >= _X_CF (x is clipped there; see module docstring)."""
     xp = bk.xp
     xc = xp.maximum(x, _X_CF)
@@ -94,6 +153,8 @@ def _tail_r_v(x, bk):
         c = k / c
     s = c                               # 2/(x + 3/(x + ...))
     r = 1.0 / (xc + s)
+    if not need_var:
+        return r, None
     v = s - r
     v *= r
     return r, v
@@ -105,18 +166,26 @@ def _excess_moments(x, bk, need_var=True):
     z ~ N(0, 1) truncated to z >= x.
     """
     xp = bk.xp
-    log_m, lam = _log_mills_and_hazard(x, bk)
+    m = _Mills(x, bk)
+    log_m = m.log_m(bk)
+    lam = m.hazard(bk)
     r = lam - x
     v = None
     if need_var:
         v = lam * r
-        v = 1.0 - v
-    if bk.is_device or bool(xp.any(x >= _X_CF)):   # host check skipped on a GPU (no sync)
-        tail = x >= _X_CF
-        rt, vt = _tail_r_v(x, bk)
+        v *= -1.0
+        v += 1.0
+    tail = x >= _X_CF
+    if bk.is_device:                    # no host check on a GPU: compute everywhere, select
+        rt, vt = _tail_r_v(x, bk, need_var)
         r = xp.where(tail, rt, r)
         if need_var:
             v = xp.where(tail, vt, v)
+    elif bool(tail.any()):              # CPU: only the tail elements
+        rt, vt = _tail_r_v(x[tail], bk, need_var)
+        r[tail] = rt
+        if need_var:
+            v[tail] = vt
     return log_m, r, v
 
 
@@ -134,9 +203,9 @@ def _branches(I, gp, gm, tp, tm, bk, need_var=True):
     lmp -= xp.log(sgp)                  # log Z+
     lmm -= xp.log(sgm)                  # log Z-
     d = lmp - lmm
-    p_p = bk.expit(d)
+    p_p = _expit(d, bk)
     d *= -1.0
-    p_m = bk.expit(d)
+    p_m = _expit(d, bk)
     r_p /= sgp                          # m+ = E[h | h >= 0 branch] >= 0
     r_m /= -sgm                         # m- <= 0
     if need_var:
@@ -220,39 +289,48 @@ def drelu_branch_moments(I, gp, gm, tp, tm, bk):
     return e_p, v_p, e_m, v_m
 
 
-def _truncated_excess(x, u, bk):
-    """Exceedance e = z - x >= 0 of z ~ N(0, 1) truncated to z >= x, from uniforms u in (0, 1]."""
+def _tail_excess(x, E, bk):
+    """Exceedance for x >= _X_NEWTON: solve x e + e^2/2 - log(M(x+e)/M(x)) = E by Newton."""
     xp = bk.xp
-    # Inverse CDF (exact while Phi(-x) is representable): P(z > t) = u Phi(-x).
-    xd = xp.minimum(x, _X_NEWTON)
-    p = bk.ndtr(-xd)
-    p *= u
-    z = bk.ndtri(p)
-    z *= -1.0
-    z -= xd
-    e = xp.maximum(z, 0.0)
-    if not (bk.is_device or bool(xp.any(x >= _X_NEWTON))):
-        return e
-    # Far tail: solve g(e) = x e + e^2/2 - log(M(x+e)/M(x)) = E := -log u by Newton.
-    xt = xp.maximum(x, _X_NEWTON)
-    E = -xp.log(u)
-    et = xp.sqrt(xt * xt + 2.0 * E)
-    et += xt
-    et = (2.0 * E) / et
-    log_ex = xp.log(bk.erfcx(xt * _INV_SQRT2))
+    e = xp.sqrt(x * x + 2.0 * E)
+    e += x
+    e = (2.0 * E) / e                   # root of x e + e^2/2 = E: right of the solution
+    log_ex = xp.log(_erfcx_nonneg(x * _INV_SQRT2, bk))
     for _ in range(_NEWTON_STEPS):
-        y = xt + et
-        ey = bk.erfcx(y * _INV_SQRT2)
-        g = xt + 0.5 * et
-        g *= et
+        y = x + e
+        ey = _erfcx_nonneg(y * _INV_SQRT2, bk)
+        g = 0.5 * e
+        g += x
+        g *= e
         g -= xp.log(ey)
         g += log_ex
         g -= E                          # g(e) - E >= 0
-        g *= ey                         # / hazard(y) = * erfcx(y/sqrt2)/sqrt(2/pi)
+        g *= ey                         # / hazard(x + e) = * erfcx((x+e)/sqrt2) / sqrt(2/pi)
         g *= 1.0 / _SQRT_2_OVER_PI
-        et -= g
-        et = xp.maximum(et, 0.0)
-    return xp.where(x >= _X_NEWTON, et, e)
+        e -= g
+        e = xp.maximum(e, 0.0)
+    return e
+
+
+def _truncated_excess(x, sf, u, bk):
+    """Exceedance e = z - x >= 0 of z ~ N(0, 1) truncated to z >= x.
+
+    ``sf`` = Phi(-x) (may underflow to 0 where x >= _X_NEWTON), ``u`` uniforms in (0, 1].
+    """
+    xp = bk.xp
+    # Inverse CDF (exact while Phi(-x) is representable): P(z > t) = u Phi(-x).
+    p = sf * u
+    z = bk.ndtri(p)
+    z += x
+    z *= -1.0                           # z - x
+    e = xp.maximum(z, 0.0)              # (+inf where p underflowed; replaced below)
+    tail = x >= _X_NEWTON
+    if bk.is_device:                    # no host check on a GPU: compute everywhere, select
+        xt = xp.maximum(x, _X_NEWTON)
+        return xp.where(tail, _tail_excess(xt, -xp.log(u), bk), e)
+    if bool(tail.any()):                # CPU: only the tail elements
+        e[tail] = _tail_excess(x[tail], -xp.log(u[tail]), bk)
+    return e
 
 
 def drelu_sample(I, gp, gm, tp, tm, bk, rng):
@@ -268,18 +346,24 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
     xp = bk.xp
     sgp = xp.sqrt(gp)
     sgm = xp.sqrt(gm)
-    x_p = (tp - I) / sgp
-    x_m = (I + tm) / sgm
-    lzp = _log_mills(x_p, bk)
-    lzp -= xp.log(sgp)
-    lzp -= _log_mills(x_m, bk)
-    lzp += xp.log(sgm)                  # log Z+ - log Z-
-    p_p = bk.expit(lzp)
-    pos = rng.random(I.shape) < p_p
+    x_p = tp - I
+    x_p /= sgp
+    x_m = I + tm
+    x_m /= sgm
+    mp, mm = _Mills(x_p, bk), _Mills(x_m, bk)
+    d = mp.log_m(bk)
+    d -= mm.log_m(bk)
+    d += xp.log(sgm / sgp)              # log Z+ - log Z-
+    pos = rng.random(I.shape) < _expit(d, bk)
     x = xp.where(pos, x_p, x_m)
+    # Phi(-x) = t/2 [* exp(-x^2/2) where x >= 0], from the chosen branch's Mills pieces
+    sf = xp.where(pos, mp.t, mm.t)
+    sf *= xp.where(x < 0, 1.0, xp.where(pos, mp.q, mm.q))
+    sf *= 0.5
     u = rng.random(I.shape)
-    u = 1.0 - u                         # (0, 1]
-    e = _truncated_excess(x, u, bk)
+    u *= -1.0
+    u += 1.0                            # (0, 1]
+    e = _truncated_excess(x, sf, u, bk)
     e /= xp.where(pos, sgp, -sgm)
     return e
 
@@ -294,9 +378,17 @@ def bernoulli_mean(I, g, bk):
 
 def bernoulli_sample(I, g, bk, rng):
     """v ~ Bernoulli(expit(g + I)) as float32 0/1, shape of I."""
-    p = I + g
-    bk.expit(p, out=p)
-    return (rng.random(I.shape) < p).astype(p.dtype)
+    x = I + g
+    if bk.is_device:
+        p = bk.expit(x)
+        return (rng.random(I.shape) < p).astype(x.dtype)
+    # CPU: u < expit(x)  <=>  u (1 + exp(-x)) < 1, with NumPy's SIMD exp instead of scipy's expit
+    x *= -1.0
+    with np.errstate(over="ignore"):
+        bk.xp.exp(x, out=x)
+    x += 1.0
+    x *= rng.random(I.shape)
+    return (x < 1.0).astype(I.dtype)
 
 
 def bernoulli_cgf(I, g, bk):
