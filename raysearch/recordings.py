@@ -293,11 +293,8 @@ def _coords(ds, n, path) -> np.ndarray:
     if a.shape == (3, n) and n != 3:
         a = a.T
     elif a.shape != (n, 3):
-        if a.shape == (3, n):
-            a = a.T
-        else:
-            raise InputError(f"{path}: {ds.name} has shape {a.shape}, but the recording has "
-                             f"N = {n} neurons; coordinates must be (3, N) or (N, 3)")
+        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but the recording has "
+                         f"N = {n} neurons; coordinates must be (3, N) or (N, 3)")
     if not np.all(np.isfinite(a)):
         raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
     unit = ds.attrs.get("unit", ds.attrs.get("units", None))
@@ -414,12 +411,10 @@ def _labels(ds, n, path, f) -> tuple[np.ndarray, list[str]]:
     if a.ndim != 2 or n not in a.shape:
         raise InputError(f"{path}: {ds.name} has shape {a.shape} but the coordinates give "
                          f"N = {n} neurons; labels must be (R, N) or (N, R)")
-    if a.shape[0] == n and not (a.shape[1] == n and a.shape[0] != n):
-        lab = a != 0
-    else:
+    if a.shape[1] == n:  # (R, N), the published orientation (also when R == N)
         lab = (a != 0).T
-    if a.shape[0] == n and a.shape[1] == n:
-        lab = (a != 0).T  # ambiguous square: the published (R, N) orientation
+    else:  # (N, R)
+        lab = a != 0
     lab = np.ascontiguousarray(lab)
     return lab, _region_names(ds, f, lab.shape[1])
 

@@ -223,11 +223,9 @@ def _static_model(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate
     # background rates, calibrated so that the mean spike probability is ~mean_rate
     spread = rng.lognormal(0.0, 0.8, N)
     spread /= spread.mean()
-    drive = (activity.mean(0) @ weights)  # not used for rates, only for calibration below
-    del drive
     bg_mean = max(0.005, mean_rate - slots * (f_on.mean()) * q_mean / N)
     background = np.clip(bg_mean * spread, 0.001, 0.3)
-    # one correction step using the exact expected rate given the planted activity
+    # three correction steps using the exact expected rate given the planted activity
     for _ in range(3):
         b = np.log(background / (1 - background))
         expected = _expected_rate(b, weights, membership, activity)
