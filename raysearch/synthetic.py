@@ -438,7 +438,10 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     model = _static_model(**settings)
     T, N = settings["n_frames"], settings["n_neurons"]
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {path.parent} ({exc.strerror})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -479,9 +482,11 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
             gt.create_dataset("structural", data=model["structural"])
             gt.create_dataset("background", data=model["background"])
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"{path}: writing failed, nothing was written ({exc})") from None
         raise
     return path
 

@@ -140,3 +140,22 @@ def test_bad_settings_and_missing_ground_truth(tmp_path):
         f["a"] = np.zeros(3)
     with pytest.raises(InputError, match="no /GroundTruth"):
         load_ground_truth(tmp_path / "plain.h5")
+
+
+def test_write_failures_are_input_errors_and_leave_nothing(tmp_path, monkeypatch):
+    import raysearch.synthetic as S
+
+    def no_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(S.os, "replace", no_rename)
+    with pytest.raises(InputError, match=r"f\.h5: writing failed, nothing was written"):
+        write_synthetic_recording(tmp_path / "f.h5", 100, 30)
+    assert list(tmp_path.iterdir()) == []
+
+    def no_temp(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(S.tempfile, "mkstemp", no_temp)
+    with pytest.raises(InputError, match=r"cannot write in .*Permission denied"):
+        write_synthetic_recording(tmp_path / "f.h5", 100, 30)
