@@ -358,3 +358,22 @@ def test_cupy_matches_numpy():
                                    fn(*a, nb), rtol=1e-5, atol=1e-5)
     for x, y in zip(U.drelu_mean_var(*(cb.asarray(x) for x in a), cb), U.drelu_mean_var(*a, nb)):
         np.testing.assert_allclose(cb.to_numpy(x), y, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_erfcx_is_float32_accurate(backend):
+    """The CPU path's fitted erfcx (cupyx's on a GPU) vs scipy in float64, over all a >= 0."""
+    a = np.concatenate([np.linspace(0, 12, 20001), np.logspace(1, 30, 2001)]).astype(np.float32)
+    got = backend.to_numpy(U._erfcx_nonneg(backend.asarray(a), backend)).astype(np.float64)
+    want = special.erfcx(a.astype(np.float64))
+    assert np.max(np.abs(got / want - 1)) < 4e-7
+
+
+def test_tail_sampler_solves_its_equation(backend):
+    """Far-tail exceedance: survival Phi(-(x+e))/Phi(-x) equals exp(-E) (float64 check)."""
+    x = np.repeat(np.array([5.0, 7.0, 30.0, 1e3, 4e4], np.float32), 4)
+    E = np.tile(np.array([0.05, 0.7, 3.0, 15.0], np.float32), 5)
+    e = backend.to_numpy(U._tail_excess(backend.asarray(x), backend.asarray(E), backend))
+    x64, e64 = x.astype(np.float64), e.astype(np.float64)
+    log_surv = special.log_ndtr(-(x64 + e64)) - special.log_ndtr(-x64)
+    # relative error of log-survival ~ relative error of e (float32 rounding of x e)
+    assert np.all(np.abs(log_surv + E) <= 3e-5 * E), np.c_[x, E, (log_surv + E) / E]
