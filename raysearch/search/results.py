@@ -190,7 +190,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         for r in reports:
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
                                      "n_hidden", "status")}
-            for k in METRIC_KEYS + ("bad", "updates", "seconds", "node", "final", "resumed_at",
+            for k in METRIC_KEYS + ("bad", "updates", "seconds", "node", "node_id", "final",
+                                    "resumed_at",
                                     "training_iteration", "timestamp"):
                 h[k] = r.get(k)
             hist.append(h)

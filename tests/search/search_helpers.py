@@ -43,8 +43,8 @@ def tiny_study(tmp_path, **sections):
     return study_from_dict(tiny_dict(tmp_path, **sections))
 
 
-def write_study(tmp_path, name="study.yaml", **sections) -> Path:
-    p = tmp_path / name
+def write_study(tmp_path, filename="study.yaml", **sections) -> Path:
+    p = tmp_path / filename
     p.write_text(yaml.safe_dump(tiny_dict(tmp_path, **sections)))
     return p
 
