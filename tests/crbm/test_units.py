@@ -377,3 +377,33 @@ def test_tail_sampler_solves_its_equation(backend):
     log_surv = special.log_ndtr(-(x64 + e64)) - special.log_ndtr(-x64)
     # relative error of log-survival ~ relative error of e (float32 rounding of x e)
     assert np.all(np.abs(log_surv + E) <= 3e-5 * E), np.c_[x, E, (log_surv + E) / E]
+
+
+def test_device_code_path_on_cpu(reference):
+    """The GPU code path (no host checks: tails computed everywhere and selected; cupyx-style
+    erfcx/expit) run on strict CPU arrays gives the CPU path's answers."""
+    import dataclasses
+
+    dev = dataclasses.replace(get_backend("strict"), is_device=True)
+    nb = get_backend("numpy")
+    cases, ref = reference
+    args_d, args_n = _columns(cases, dev), _columns(cases, nb)
+    np.testing.assert_allclose(dev.to_numpy(U.drelu_cgf(*args_d, dev)), U.drelu_cgf(*args_n, nb),
+                               rtol=1e-6, atol=1e-6)
+    for a, b in zip(U.drelu_branch_moments(*args_d, dev), U.drelu_branch_moments(*args_n, nb)):
+        np.testing.assert_allclose(dev.to_numpy(a), b, rtol=2e-6, atol=1e-30)
+    for a, b in zip(U.drelu_mean_var(*args_d, dev), U.drelu_mean_var(*args_n, nb)):
+        np.testing.assert_allclose(dev.to_numpy(a), b, rtol=2e-6, atol=1e-30)
+    # sampler: same uniforms, so the same draws up to float32 rounding
+    regimes = np.array([(0.0, 1, 1, 0, 0), (5.0, 1, 1, 10, 2), (0.0, 1, 1, 50, 50),
+                        (-900.0, 1e3, 0.05, 20, 1e3), (1e4, 0.05, 0.05, 0, 0)]).T
+    n = 2000
+    I = np.repeat(regimes[0][None, :], n, axis=0)
+    hd = dev.to_numpy(U.drelu_sample(dev.asarray(I), *(dev.asarray(r) for r in regimes[1:]), dev,
+                                     dev.rng(2)))
+    hn = U.drelu_sample(nb.asarray(I), *(nb.asarray(r) for r in regimes[1:]), nb, nb.rng(2))
+    np.testing.assert_allclose(hd, hn, rtol=1e-4, atol=1e-6)
+    x = np.linspace(-40, 40, 81)[None, :]
+    vd = dev.to_numpy(U.bernoulli_sample(dev.asarray(np.repeat(x, 500, 0)), dev.asarray(np.zeros(81)),
+                                         dev, dev.rng(1)))
+    np.testing.assert_allclose(vd.mean(0), special.expit(x[0]), atol=5 * np.sqrt(0.25 / 500))
