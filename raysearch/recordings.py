@@ -219,10 +219,13 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
                          f"corrupt ({exc})") from None
     try:
         with f:
+            found = None
             if _is_nwb(f):
                 found = _nwb_datasets(f, path)
-                return _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found)
-            return _load_h5(f, path, signals, drop_unlabelled, on_nonfinite)
+            else:
+                return _load_h5(f, path, signals, drop_unlabelled, on_nonfinite)
+        # NWB: pynwb opens the file itself, after h5py has closed it
+        return _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found)
     except (OSError, RuntimeError, KeyError) as exc:
         # h5py raises these when a dataset's bytes are missing (truncated file)
         raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
