@@ -535,11 +535,13 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        io = pynwb.NWBHDF5IO(str(path), "r")
+        io = None
         try:
+            io = pynwb.NWBHDF5IO(str(path), "r")
             nwb = io.read()
         except Exception as exc:  # pynwb/hdmf raise many types on malformed files
-            io.close()
+            if io is not None:
+                io.close()
             raise InputError(f"{path}: pynwb cannot read this NWB file ({exc})") from None
     try:
         if "ophys" not in nwb.processing:

@@ -313,3 +313,13 @@ def test_published_like_file_zbrain_names_bool_spikes_chunked_dff(tmp_path, smal
     counts = got.region_counts()
     assert counts["Diencephalon - Habenula"] == 60
     assert counts[ZBRAIN_REGIONS[213]] == 80
+
+
+def test_malformed_nwb(tmp_path):
+    pytest.importorskip("pynwb")
+    p = tmp_path / "fake.nwb"
+    with h5py.File(p, "w") as f:
+        f.attrs["nwb_version"] = "2.7.0"
+        f["x"] = np.zeros(3)
+    with pytest.raises(InputError, match=r"fake\.nwb: pynwb cannot read this NWB file"):
+        load_recording(p)
