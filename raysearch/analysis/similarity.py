@@ -220,9 +220,11 @@ class TensorSketch:
         self.s1 = rng.choice([-1.0, 1.0], n)
         self.s2 = rng.choice([-1.0, 1.0], n)
         idx = np.arange(n)
-        # (s, N) count-sketch operators, so that CS(W) = (H @ W.T).T
-        self.H1 = sp.csc_matrix((self.s1.astype(np.float32), (self.h1, idx)), shape=(dim, n))
-        self.H2 = sp.csc_matrix((self.s2.astype(np.float32), (self.h2, idx)), shape=(dim, n))
+        # both count-sketch operators stacked, (2s, N): CS1(W), CS2(W) = split(H @ W.T)
+        self.H = sp.vstack([
+            sp.csr_matrix((self.s1.astype(np.float32), (self.h1, idx)), shape=(dim, n)),
+            sp.csr_matrix((self.s2.astype(np.float32), (self.h2, idx)), shape=(dim, n)),
+        ]).tocsr()
         self.diag_pos = (self.h1 + self.h2) % dim
         self.diag_sign = self.s1 * self.s2
         ones = np.ones((1, n))
@@ -230,25 +232,40 @@ class TensorSketch:
         self.ones = self._rank_sum(ones, np.ones(1)) - self._diag(np.ones(n))
 
     def _rank_sum(self, W, c):
+        """Sketch of ``sum_mu c_mu w_mu w_mu^T`` (diagonal included), shape (dim,).
+
+        One FFT per hidden unit and count sketch; single-threaded, which measured faster than
+        threaded FFT/BLAS on a loaded 2-core machine (see BENCHMARKS.md).
+        """
         from scipy import fft
 
         W = np.asarray(W, dtype=np.float32)
-        a = self.H1 @ W.T                       # (s, M) count sketches, float32
-        b = self.H2 @ W.T
-        fa = fft.rfft(a, axis=0, workers=-1)
-        fb = fft.rfft(b, axis=0, workers=-1)
-        spec = np.einsum("km,km,m->k", fa, fb, c.astype(np.complex64), optimize=True)
+        ab = (self.H @ W.T).reshape(2, self.dim, -1)      # (2, s, M) count sketches
+        f = fft.rfft(ab, axis=1, workers=1)
+        spec = (f[0] * f[1]) @ np.asarray(c, dtype=np.complex64)
         return fft.irfft(spec.astype(np.complex128), n=self.dim)
 
     def _diag(self, d):
         return np.bincount(self.diag_pos, weights=self.diag_sign * d, minlength=self.dim)
 
-    def sketch(self, W, c):
-        """Sketch of ``J = W^T diag(c) W`` with zero diagonal, shape (dim,)."""
-        return self._rank_sum(W, c) - self._diag(diag_of(W, c))
+    def sketch(self, W, c, d=None):
+        """Sketch of ``J = W^T diag(c) W`` with zero diagonal, shape (dim,).
+
+        ``d`` (the diagonal of ``W^T diag(c) W``, shape (N,)) is computed when not given.
+        """
+        if d is None:
+            d = diag_of(W, c)
+        return self._rank_sum(W, c) - self._diag(d)
 
 
 def _sketched(models, K, N, dim, seed):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _sketched_loop(models, K, N, dim, seed)
+
+
+def _sketched_loop(models, K, N, dim, seed):
     ts = TensorSketch(N, dim, seed)
     T = np.empty((K, dim))
     sums = np.empty(K)
@@ -257,8 +274,9 @@ def _sketched(models, K, N, dim, seed):
         if W.shape[1] != N:
             raise InputError(f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
                              "neuron-level similarity needs models of the same recording")
-        T[k] = ts.sketch(W, c)
-        sums[k] = _offdiag_sum(W, c, diag_of(W, c))
+        d = (W * W).T @ c.astype(np.float32)        # diagonal, float32 is enough here
+        T[k] = ts.sketch(W, c, d)
+        sums[k] = _offdiag_sum(W, c, d.astype(np.float64))
     P = N * (N - 1)
     mean = sums / P
     u = ts.ones
