@@ -30,7 +30,8 @@ psutil = pytest.importorskip("psutil")
 pytestmark = pytest.mark.slow
 
 # long enough to be caught mid-trial (several seconds per trial), small enough for CI
-SLOW = dict(model={"n_updates": 3000, "n_gibbs": 10}, evaluation={"report_every": 150})
+UPDATES, EVERY = 2000, 100
+SLOW = dict(model={"n_updates": UPDATES, "n_gibbs": 10}, evaluation={"report_every": EVERY})
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2",
                "RAY_health_check_timeout_ms": "1000"}
 
@@ -63,7 +64,7 @@ def _assert_continued(hist, trial_ids, every):
     for tid in trial_ids:
         ups = hist.loc[hist["trial_id"] == tid, "updates"].tolist()
         assert ups == sorted(set(ups)), (tid, ups)
-        assert ups[-1] == 3000 and ups[0] == every, (tid, ups)
+        assert ups[-1] == UPDATES and ups[0] == every, (tid, ups)
 
 
 CLUSTER_SCRIPT = textwrap.dedent("""
@@ -127,10 +128,10 @@ def test_worker_node_lost_mid_trial_trials_continue_from_checkpoints(tmp_path):
     assert leftovers == [], f"Ray processes left running by the cluster: {leftovers}"
     exp_dir = tmp_path / "results" / "cluster"
     df = load_results(exp_dir)
-    assert len(df) == 2 and df["finished"].all() and (df["updates"] == 3000).all()
-    assert (df["resumed_at"] >= 150).all(), df[["trial_id", "resumed_at"]]  # from a checkpoint
+    assert len(df) == 2 and df["finished"].all() and (df["updates"] == UPDATES).all()
+    assert (df["resumed_at"] >= EVERY).all(), df[["trial_id", "resumed_at"]]  # from a checkpoint
     hist = load_results(exp_dir, history=True)
-    _assert_continued(hist, df["trial_id"], 150)
+    _assert_continued(hist, df["trial_id"], EVERY)
     for tid in df["trial_id"]:  # the trial really moved to another node
         nodes = hist.loc[hist["trial_id"] == tid, "node_id"]
         assert nodes.iloc[0] != nodes.iloc[-1], nodes.tolist()
@@ -196,10 +197,10 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     assert left == [], f"Ray processes left running after resume: {left}"
     df = load_results(exp_dir)
     assert len(df) == 3 and df["trial_id"].is_unique, df
-    assert df["finished"].all() and (df["updates"] == 3000).all()
-    assert (df["resumed_at"].fillna(0) >= 150).sum() >= 2, df[["trial_id", "resumed_at"]]
+    assert df["finished"].all() and (df["updates"] == UPDATES).all()
+    assert (df["resumed_at"].fillna(0) >= EVERY).sum() >= 2, df[["trial_id", "resumed_at"]]
     hist = load_results(exp_dir, history=True)
-    _assert_continued(hist, df["trial_id"], 150)
+    _assert_continued(hist, df["trial_id"], EVERY)
     import optuna
 
     trials = optuna.load_study(study_name="killme",
@@ -208,3 +209,31 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     assert states.count("COMPLETE") == 3, states
     assert np.allclose(sorted(t.value for t in trials if t.state.name == "COMPLETE"),
                        sorted(df["mean_nrmse"]))
+
+
+def test_study_submitted_with_ray_job_submit(tmp_path):
+    """``ray job submit -- raysearch run STUDY`` on a `ray start --head` cluster on 127.0.0.1
+    (explicit ports, its own temp dirs) joins that cluster via RAY_ADDRESS and completes; its
+    results load from the storage path afterwards."""
+    import shutil
+    import tempfile
+
+    from test_multinode import LocalRayCluster  # the project's multi-node harness (tests/)
+
+    study = write_study(tmp_path, filename="job.yaml", name="job", search={"num_samples": 2})
+    root = Path(tempfile.mkdtemp(prefix="rs-job-"))  # short: Ray's socket paths must stay short
+    cluster = LocalRayCluster(root)
+    try:
+        cluster.start_head()
+        cluster.add_worker("worker_a", {"node_a": 1}, num_cpus=2)
+        res = cluster.submit(raysearch_cmd("run", str(study)), timeout=240)
+    finally:
+        cluster.shutdown()
+        left = cluster._tagged()
+        shutil.rmtree(root, ignore_errors=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Best lambda:" in res.stdout
+    assert not left, f"cluster processes still running: {[p.pid for p in left]}"
+    df = load_results(tmp_path / "results" / "job")
+    assert len(df) == 2 and df["finished"].all()
+    assert np.isfinite(df["mean_nrmse"]).all()
