@@ -6,7 +6,7 @@
 
 One JSON line per (N, M) on stdout. Data: random binary frames at 4% ones (the spike density of the
 fish recordings), T = 1000 frames; batch 100, 100 chains, 15 Gibbs steps, l2l1 penalty. The timed
-loop is exactly the estimator's inner loop (minibatch indices on the host, ``training.pcd_update``
+loop is exactly the estimator's inner loop (``training.minibatches`` and ``training.pcd_update``
 on the backend), after a few warm-up updates, with a device synchronisation before the clock is
 read. FLOPs per update are counted as 2 B N M (2 n_gibbs + 4) (the matrix products); the float32
 matmul GFLOP/s of the same machine is measured in the same run.
@@ -62,9 +62,8 @@ def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min
 
     def run(start, n):
         nonlocal params, moments, chains
-        for u in range(start, start + n):
-            idx = bk.asarray(training.batch_indices(u, T, batch, seed), dtype=np.int64)
-            params, moments, chains = training.pcd_update(params, moments, chains, Xd[idx], mdata,
+        for u, xb in training.minibatches(Xd, start, start + n, batch, seed, bk):
+            params, moments, chains = training.pcd_update(params, moments, chains, xb, mdata,
                                                           u, cfg, bk)
         bk.synchronize()
 
@@ -86,7 +85,13 @@ def main(argv=None):
     ap.add_argument("--updates", type=int, default=None, help="timed updates (default: ~3 s)")
     ap.add_argument("--gibbs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="limit BLAS threads (threadpoolctl); default: the library's own choice")
     args = ap.parse_args(argv)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
     bk = get_backend(args.backend)
     env = {"backend": bk.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": platform.processor() or platform.machine(),
@@ -99,7 +104,9 @@ def main(argv=None):
         row = {"bench": "trainer", "N": N, "M": M, "batch": args.batch, "n_gibbs": args.gibbs,
                "timed_updates": n, "s_per_update": round(dt, 5),
                "gflops": round(flops / dt / 1e9, 2), "matmul_gflops": round(peak, 2),
-               "fraction_of_matmul_peak": round(flops / dt / 1e9 / peak, 3), **env}
+               "fraction_of_matmul_peak": round(flops / dt / 1e9 / peak, 3),
+               "blas_threads": args.threads or "default",
+               "loadavg_1min": round(os.getloadavg()[0], 2), **env}
         ref = REFERENCE_S_PER_UPDATE.get((N, M))
         if ref is not None and args.batch == 100 and args.gibbs == 15:
             row["reference_s_per_update"] = ref

@@ -248,12 +248,11 @@ class CRBM(BaseEstimator):
         t0 = time.perf_counter()
         update = start
         with np.errstate(all="ignore"):
-            while update < cfg.n_updates:
-                idx = bk.asarray(training.batch_indices(update, T, self.batch_size, self.seed),
-                                 dtype=np.int64)
+            for u, batch in training.minibatches(Xd, start, cfg.n_updates, self.batch_size,
+                                                 self.seed, bk):
                 params, moments, chains = training.pcd_update(
-                    params, moments, chains, Xd[idx], mdata, update, cfg, bk)
-                update += 1
+                    params, moments, chains, batch, mdata, u, cfg, bk)
+                update = u + 1
                 if update % callback_every and update < cfg.n_updates:
                     continue
                 # boundary: the only place with host synchronisation

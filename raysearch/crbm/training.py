@@ -190,6 +190,11 @@ def init_moments(params, bk):
     return {k: bk.xp.zeros(v.shape, dtype=np.float32) for k, v in params.items()}
 
 
+def epoch_permutation(epoch, n_frames, seed):
+    """The order in which epoch ``epoch`` visits the training frames (host numpy int64)."""
+    return np.random.default_rng([int(seed), STREAM_BATCH, int(epoch)]).permutation(n_frames)
+
+
 def batch_indices(update, n_frames, batch_size, seed):
     """Training-frame indices of minibatch ``update`` (host numpy int64, (batch_size,)).
 
@@ -199,8 +204,22 @@ def batch_indices(update, n_frames, batch_size, seed):
     """
     per_epoch = n_frames // batch_size
     epoch, k = divmod(int(update), per_epoch)
-    perm = np.random.default_rng([int(seed), STREAM_BATCH, epoch]).permutation(n_frames)
-    return perm[k * batch_size:(k + 1) * batch_size]
+    return epoch_permutation(epoch, n_frames, seed)[k * batch_size:(k + 1) * batch_size]
+
+
+def minibatches(Xd, start, stop, batch_size, seed, bk):
+    """Yield ``(update, batch)`` for updates ``start .. stop-1``: the rows of the backend array
+    ``Xd`` (T, N) chosen by :func:`batch_indices`. The permutation moves to the backend once per
+    epoch (not once per update), so the loop issues no small host-to-device copies."""
+    T = Xd.shape[0]
+    per_epoch = T // batch_size
+    cur, perm = None, None
+    for update in range(int(start), int(stop)):
+        epoch, k = divmod(update, per_epoch)
+        if epoch != cur:
+            perm = bk.asarray(epoch_permutation(epoch, T, seed), dtype=np.int64)
+            cur = epoch
+        yield update, Xd[perm[k * batch_size:(k + 1) * batch_size]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,3 +268,12 @@ def test_batch_indices_cover_each_epoch_once():
                                   training.batch_indices(12, 103, 10, 0))
     assert not np.array_equal(training.batch_indices(0, 103, 10, 0),
                               training.batch_indices(10, 103, 10, 0))
+
+
+def test_minibatches_follow_batch_indices(backend):
+    X = np.arange(103 * 2, dtype=np.float32).reshape(103, 2)
+    got = [(u, backend.to_numpy(b)) for u, b in
+           training.minibatches(backend.asarray(X), 7, 25, 10, 3, backend)]
+    assert [u for u, _ in got] == list(range(7, 25))
+    for u, b in got:
+        np.testing.assert_array_equal(b, X[training.batch_indices(u, 103, 10, 3)])
