@@ -38,6 +38,8 @@ Numerics
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import numpy as np
 
@@ -215,6 +217,152 @@ def _branches(I, gp, gm, tp, tm, bk, need_var=True):
 
 
 # --------------------------------------------------------------------------------------------
+# Fused CUDA kernels (CuPy backend): one kernel per call instead of ~50 elementwise launches
+# --------------------------------------------------------------------------------------------
+# The same formulas as the array code in this module, per element, in float32 with CUDA's erfcxf /
+# normcdfinvf. Built lazily through ``bk.xp.ElementwiseKernel`` (this module never imports CuPy).
+# Used only for float32 arrays on the "cupy" backend; if a kernel fails to build, a warning is
+# issued once and the array code is used instead. RAYSEARCH_FUSED_KERNELS=0 turns them off.
+_CUDA_PREAMBLE = r"""
+#define RS_SQRT_HALF 0.70710678118654752f
+#define RS_LOG_SQRT_HALF_PI 0.22579135264472744f
+#define RS_SQRT_2_OVER_PI 0.79788456080286536f
+#define RS_X_CF 4.0f
+#define RS_X_NEWTON 5.0f
+
+// Mills-ratio pieces of one branch: log M(x), t and q = exp(-x^2/2) (see _Mills).
+__device__ __forceinline__ float rs_mills(float x, float* t_out, float* q_out) {
+    float a = fabsf(x) * RS_SQRT_HALF;
+    float e = erfcxf(a);
+    float a2 = a * a;
+    float q = expf(-a2);
+    bool neg = x < 0.0f;
+    float t = neg ? 2.0f - q * e : e;
+    *t_out = t;
+    *q_out = q;
+    return logf(t) + (neg ? a2 : 0.0f) + RS_LOG_SQRT_HALF_PI;
+}
+
+// log M(x), r = lambda - x and v = 1 - lambda r of one branch (see _excess_moments).
+__device__ __forceinline__ float rs_excess(float x, float* r_out, float* v_out) {
+    float t, q;
+    float logm = rs_mills(x, &t, &q);
+    if (x >= RS_X_CF) {
+        float c = 0.0f;
+        for (int k = 16; k >= 2; --k) c = (float)k / (x + c);
+        float r = 1.0f / (x + c);
+        *r_out = r;
+        *v_out = r * (c - r);
+    } else {
+        float lam = (x < 0.0f ? q : 1.0f) * RS_SQRT_2_OVER_PI / t;
+        float r = lam - x;
+        *r_out = r;
+        *v_out = 1.0f - lam * r;
+    }
+    return logm;
+}
+
+__device__ __forceinline__ float rs_expit(float d) {
+    return 1.0f / (1.0f + expf(-d));
+}
+"""
+
+_CUDA_BRANCHES = r"""
+float sgp = sqrtf(gp), sgm = sqrtf(gm);
+float xpl = (tp - I) / sgp, xmi = (I + tm) / sgm;
+float rp, vp, rm, vm;
+float lzp = rs_excess(xpl, &rp, &vp) - logf(sgp);
+float lzm = rs_excess(xmi, &rm, &vm) - logf(sgm);
+float pp = rs_expit(lzp - lzm), pm = rs_expit(lzm - lzp);
+float mp = rp / sgp, mm = -rm / sgm;
+"""
+
+_CUDA_OPS = {
+    "cgf": ("cgf", r"""
+float sgp = sqrtf(gp), sgm = sqrtf(gm);
+float t, q;
+float lzp = rs_mills((tp - I) / sgp, &t, &q) - logf(sgp);
+float lzm = rs_mills((I + tm) / sgm, &t, &q) - logf(sgm);
+cgf = fmaxf(lzp, lzm) + log1pf(expf(-fabsf(lzp - lzm)));
+"""),
+    "mean": ("mean", _CUDA_BRANCHES + "mean = pp * mp + pm * mm;\n"),
+    "mean_var": ("mean, float32 var", _CUDA_BRANCHES + r"""
+mean = pp * mp + pm * mm;
+float dm = mp - mm;
+var = pp * (vp / gp) + pm * (vm / gm) + pp * pm * dm * dm;
+"""),
+    "moments": ("ep, float32 ep2, float32 em, float32 em2", _CUDA_BRANCHES + r"""
+ep = pp * mp;
+ep2 = pp * (vp / gp + mp * mp);
+em = pm * mm;
+em2 = pm * (vm / gm + mm * mm);
+"""),
+    "sample": ("h", r"""
+float sgp = sqrtf(gp), sgm = sqrtf(gm);
+float xpl = (tp - I) / sgp, xmi = (I + tm) / sgm;
+float tpl, qpl, tmi, qmi;
+float d = rs_mills(xpl, &tpl, &qpl) - rs_mills(xmi, &tmi, &qmi) + logf(sgm / sgp);
+bool pos = u1 < rs_expit(d);
+float x = pos ? xpl : xmi;
+float sf = 0.5f * (pos ? tpl : tmi) * (x < 0.0f ? 1.0f : (pos ? qpl : qmi));
+float u = 1.0f - u2;
+float e;
+if (x < RS_X_NEWTON) {
+    e = fmaxf(-normcdfinvf(sf * u) - x, 0.0f);
+} else {
+    float E = -logf(u);
+    e = 2.0f * E / (x + sqrtf(x * x + 2.0f * E));
+    float lex = logf(erfcxf(x * RS_SQRT_HALF));
+    for (int it = 0; it < 3; ++it) {
+        float ey = erfcxf((x + e) * RS_SQRT_HALF);
+        float g = (x + 0.5f * e) * e - logf(ey) + lex - E;
+        e = fmaxf(e - g * ey * (1.0f / RS_SQRT_2_OVER_PI), 0.0f);
+    }
+}
+h = pos ? e / sgp : -e / sgm;
+"""),
+}
+_CUDA_DRELU_IN = "float32 I, float32 gp, float32 gm, float32 tp, float32 tm"
+_CUDA_VISIBLE = {
+    "bernoulli": ("float32 I, float32 g, float32 u", "float32 v",
+                  "v = (u < 1.0f / (1.0f + expf(-(I + g)))) ? 1.0f : 0.0f;"),
+    "gaussian": ("float32 I, float32 g, float32 gam, float32 z", "float32 v",
+                 "v = (I + g) / gam + z / sqrtf(gam);"),
+}
+_FUSED = {"enabled": os.environ.get("RAYSEARCH_FUSED_KERNELS", "1") != "0", "kernels": {}}
+
+
+def _cuda_kernel(bk, name):
+    k = _FUSED["kernels"].get(name)
+    if k is None:
+        if name in _CUDA_OPS:
+            outs, op = _CUDA_OPS[name]
+            ins = _CUDA_DRELU_IN + (", float32 u1, float32 u2" if name == "sample" else "")
+            k = bk.xp.ElementwiseKernel(ins, "float32 " + outs, op, f"raysearch_drelu_{name}",
+                                        preamble=_CUDA_PREAMBLE)
+        else:
+            ins, outs, op = _CUDA_VISIBLE[name]
+            k = bk.xp.ElementwiseKernel(ins, outs, op, f"raysearch_{name}_sample")
+        _FUSED["kernels"][name] = k
+    return k
+
+
+def _fused(bk, name, *arrays):
+    """Run fused kernel ``name`` on float32 CuPy arrays; None when not applicable or failing."""
+    if bk.name != "cupy" or not _FUSED["enabled"]:
+        return None
+    if any(getattr(a, "dtype", None) != np.float32 for a in arrays):
+        return None
+    try:
+        return _cuda_kernel(bk, name)(*arrays)
+    except Exception as exc:  # build failure on this machine: fall back for the whole process
+        _FUSED["enabled"] = False
+        warnings.warn(f"raysearch: fused CUDA kernel {name!r} failed ({type(exc).__name__}: "
+                      f"{exc}); using the unfused CuPy array code", RuntimeWarning, stacklevel=3)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # dReLU hidden units
 # --------------------------------------------------------------------------------------------
 def drelu_cgf(I, gp, gm, tp, tm, bk):
@@ -234,6 +382,9 @@ def drelu_cgf(I, gp, gm, tp, tm, bk):
     -------
     array (B, M), finite for any finite inputs.
     """
+    out = _fused(bk, "cgf", I, gp, gm, tp, tm)
+    if out is not None:
+        return out
     xp = bk.xp
     x_p = (tp - I) / xp.sqrt(gp)
     x_m = (I + tm) / xp.sqrt(gm)
@@ -246,6 +397,9 @@ def drelu_cgf(I, gp, gm, tp, tm, bk):
 
 def drelu_mean(I, gp, gm, tp, tm, bk):
     """E[h | I] = Gamma'(I), shape (B, M). See :func:`drelu_cgf` for the parameters."""
+    out = _fused(bk, "mean", I, gp, gm, tp, tm)
+    if out is not None:
+        return out
     _, _, p_p, p_m, m_p, m_m, _, _ = _branches(I, gp, gm, tp, tm, bk, need_var=False)
     m_p *= p_p
     m_m *= p_m
@@ -258,6 +412,9 @@ def drelu_mean_var(I, gp, gm, tp, tm, bk):
 
     The variance is ``p+ var+ + p- var- + p+ p- (m+ - m-)^2``: positive, no cancellation.
     """
+    out = _fused(bk, "mean_var", I, gp, gm, tp, tm)
+    if out is not None:
+        return out
     _, _, p_p, p_m, m_p, m_m, v_p, v_m = _branches(I, gp, gm, tp, tm, bk)
     mean = p_p * m_p
     mean += p_m * m_m
@@ -277,6 +434,9 @@ def drelu_branch_moments(I, gp, gm, tp, tm, bk):
     h+ = max(h, 0) and h- = min(h, 0), so E[h-] <= 0 and E[h-^2] >= 0. These are the sufficient
     statistics of (theta_plus, gamma_plus, theta_minus, gamma_minus).
     """
+    out = _fused(bk, "moments", I, gp, gm, tp, tm)
+    if out is not None:
+        return out
     _, _, p_p, p_m, m_p, m_m, v_p, v_m = _branches(I, gp, gm, tp, tm, bk)
     e_p = p_p * m_p
     m_p *= m_p
@@ -343,6 +503,10 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
     rng : BackendRNG
         ``bk.rng(...)``; two uniform arrays of I's shape are drawn.
     """
+    if bk.name == "cupy" and _FUSED["enabled"]:
+        out = _fused(bk, "sample", I, gp, gm, tp, tm, rng.random(I.shape), rng.random(I.shape))
+        if out is not None:
+            return out
     xp = bk.xp
     sgp = xp.sqrt(gp)
     sgm = xp.sqrt(gm)
@@ -378,6 +542,10 @@ def bernoulli_mean(I, g, bk):
 
 def bernoulli_sample(I, g, bk, rng):
     """v ~ Bernoulli(expit(g + I)) as float32 0/1, shape of I."""
+    if bk.name == "cupy" and _FUSED["enabled"]:
+        out = _fused(bk, "bernoulli", I, g, rng.random(I.shape))
+        if out is not None:
+            return out
     x = I + g
     if bk.is_device:
         p = bk.expit(x)
@@ -405,6 +573,10 @@ def gaussian_mean(I, g, gamma, bk):
 
 def gaussian_sample(I, g, gamma, bk, rng):
     """v ~ Normal((g + I)/gamma, 1/gamma), shape of I."""
+    if bk.name == "cupy" and _FUSED["enabled"]:
+        out = _fused(bk, "gaussian", I, g, gamma, rng.standard_normal(I.shape))
+        if out is not None:
+            return out
     xp = bk.xp
     z = rng.standard_normal(I.shape)
     z /= xp.sqrt(gamma)

@@ -407,3 +407,104 @@ def test_device_code_path_on_cpu(reference):
     vd = dev.to_numpy(U.bernoulli_sample(dev.asarray(np.repeat(x, 500, 0)), dev.asarray(np.zeros(81)),
                                          dev, dev.rng(1)))
     np.testing.assert_allclose(vd.mean(0), special.expit(x[0]), atol=5 * np.sqrt(0.25 / 500))
+
+
+# ----------------------------------------------------------------------------------------------
+# The fused CUDA kernels' source, compiled for the CPU with host stand-ins for erfcxf/normcdfinvf
+# ----------------------------------------------------------------------------------------------
+_HOST_CUDA_SHIM = r"""
+#include <cmath>
+#define __device__
+#define __forceinline__ inline
+static float erfcxf(float xf) {            // host stand-in (double precision), x >= 0 here
+    double x = xf;
+    if (x < 25.0) return (float)(std::exp(x * x) * std::erfc(x));
+    double r = 1.0 / (x * x);
+    return (float)((1.0 - 0.5 * r + 0.75 * r * r - 1.875 * r * r * r) / (x * 1.7724538509055159));
+}
+static float normcdfinvf(float pf) {       // host stand-in: bisection on Phi in double
+    double p = pf, lo = -40.0, hi = 40.0;
+    if (p <= 0.0) return -INFINITY;
+    if (p >= 1.0) return INFINITY;
+    for (int k = 0; k < 200; ++k) {
+        double mid = 0.5 * (lo + hi);
+        if (0.5 * std::erfc(-mid / 1.4142135623730951) < p) lo = mid; else hi = mid;
+    }
+    return (float)(0.5 * (lo + hi));
+}
+"""
+
+
+def _host_kernel_source():
+    def kernel(name, ins, outs, op):
+        ins = [p.split() for p in ins.split(",")]
+        outs = [p.split() for p in outs.split(",")]
+        args = ", ".join(["long n", "long M"] + [f"const float* {n}_p" for _, n in ins]
+                         + [f"float* {n}_p" for _, n in outs])
+        body = "".join(f"const float {n} = {n}_p[{'idx' if n in ('I', 'u1', 'u2', 'u', 'z') else 'idx % M'}];\n"
+                       for _, n in ins)
+        body += "".join(f"float& {n} = {n}_p[idx];\n" for _, n in outs)
+        return (f'extern "C" void {name}({args}) {{\nfor (long idx = 0; idx < n; ++idx) {{\n'
+                f'{body}{op}\n}}\n}}\n')
+
+    src = _HOST_CUDA_SHIM + U._CUDA_PREAMBLE
+    for name, (outs, op) in U._CUDA_OPS.items():
+        ins = U._CUDA_DRELU_IN + (", float32 u1, float32 u2" if name == "sample" else "")
+        src += kernel("k_" + name, ins, "float32 " + outs, op)
+    for name, (ins, outs, op) in U._CUDA_VISIBLE.items():
+        src += kernel("k_" + name, ins, outs, op)
+    return src
+
+
+def test_cuda_kernel_logic_emulated_on_cpu(tmp_path, reference):
+    """The fused kernels' source (what runs on a GPU) compiled for the CPU with g++ and host
+    stand-ins for erfcxf/normcdfinvf, against the array code: same formulas, same answers."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not available to compile the kernel source for the CPU")
+    (tmp_path / "k.cpp").write_text(_host_kernel_source())
+    subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", str(tmp_path / "k.so"),
+                    str(tmp_path / "k.cpp")], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(tmp_path / "k.so"))
+    nb = get_backend("numpy")
+
+    def run(name, n_out, ins, M):
+        outs = [np.empty(ins[0].shape, np.float32) for _ in range(n_out)]
+        ptrs = [np.ascontiguousarray(a, np.float32) for a in ins]
+        getattr(lib, "k_" + name)(ctypes.c_long(ins[0].size), ctypes.c_long(M),
+                                  *[a.ctypes.data_as(ctypes.c_void_p) for a in ptrs + outs])
+        return outs
+
+    cases, _ = reference
+    args = [nb.to_numpy(a) for a in _columns(cases, nb)]
+    K = len(cases)
+    np.testing.assert_allclose(run("cgf", 1, args, K)[0], U.drelu_cgf(*args, nb), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run("mean", 1, args, K)[0], U.drelu_mean(*args, nb), rtol=2e-6, atol=1e-30)
+    for a, b in zip(run("mean_var", 2, args, K), U.drelu_mean_var(*args, nb)):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-30)
+    for a, b in zip(run("moments", 4, args, K), U.drelu_branch_moments(*args, nb)):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-30)
+    # sampler: the same uniforms through the kernel and through the array code
+    regimes = np.array([(0.0, 1, 1, 0, 0), (5.0, 1, 1, 10, 2), (0.0, 1, 1, 50, 50),
+                        (-900.0, 1e3, 0.05, 20, 1e3), (1e4, 0.05, 0.05, 0, 0), (0.5, 2, 0.5, 1, -1)]).T
+    n = 3000
+    I = np.repeat(regimes[0][None, :], n, axis=0).astype(np.float32)
+    params = [r.astype(np.float32) for r in regimes[1:]]
+    rng = nb.rng(8)
+    u1, u2 = rng.random(I.shape), rng.random(I.shape)
+    h_kernel = run("sample", 1, [I, *params, u1, u2], I.shape[1])[0]
+    h_array = U.drelu_sample(I, *params, nb, nb.rng(8))          # draws the same u1, u2
+    np.testing.assert_allclose(h_kernel, h_array, rtol=1e-4, atol=1e-6)
+    # visible layers
+    Iv = np.linspace(-4, 4, 4000, dtype=np.float32).reshape(200, 20)
+    g = np.linspace(-1, 1, 20, dtype=np.float32)
+    u = nb.rng(2).random(Iv.shape)
+    np.testing.assert_array_equal(run("bernoulli", 1, [Iv, g, u], 20)[0],
+                                  (u < special.expit(Iv + g)).astype(np.float32))
+    gam = np.linspace(0.5, 2, 20, dtype=np.float32)
+    z = nb.rng(3).standard_normal(Iv.shape)
+    np.testing.assert_allclose(run("gaussian", 1, [Iv, g, gam, z], 20)[0],
+                               (Iv + g) / gam + z / np.sqrt(gam), rtol=1e-6, atol=1e-6)
