@@ -33,6 +33,19 @@ Numerics
   is exact to float32 rounding (the function is convex and increasing and the start
   ``e0 = 2E/(x + sqrt(x^2 + 2E))`` lies right of the root, so the iteration converges
   monotonically; derivative = the hazard lambda(x + e)).
+
+Speed
+-----
+* CPU (numpy, strict): erfcx is a fitted float32 polynomial (see ``_ERFCX_POLY``), expit uses
+  NumPy's SIMD exp, Bernoulli sampling compares ``u (1 + exp(-x)) < 1``, and the continued
+  fraction / Newton tail work runs only on the elements that need it (a host check is free here).
+  Measured on the shared 2-core dev box (numbers noisy, other jobs running), (100, 200) float32:
+  drelu_sample ~1.4 ms, drelu_mean ~0.6 ms, drelu_mean_var ~0.65 ms (scipy.special-based first
+  version: 5-6.5 ms each); bernoulli_sample (100, 20000) ~13 ms of which ~7 ms is drawing uniforms.
+* GPU (cupy, float32): each call is one fused ``ElementwiseKernel`` (plus the uniform draws),
+  with no host synchronisation; the kernel source is tested on the CPU by compiling it with g++
+  (tests/crbm/test_units.py) but has not been timed on a GPU yet. Other dtypes, or a kernel that
+  fails to build, use the array code, which computes tails everywhere and selects (no host check).
 """
 
 from __future__ import annotations
@@ -269,7 +282,7 @@ __device__ __forceinline__ float rs_expit(float d) {
 
 _CUDA_BRANCHES = r"""
 float sgp = sqrtf(gp), sgm = sqrtf(gm);
-float xpl = (tp - I) / sgp, xmi = (I + tm) / sgm;
+float xpl = (tp - inp) / sgp, xmi = (inp + tm) / sgm;
 float rp, vp, rm, vm;
 float lzp = rs_excess(xpl, &rp, &vp) - logf(sgp);
 float lzm = rs_excess(xmi, &rm, &vm) - logf(sgm);
@@ -281,8 +294,8 @@ _CUDA_OPS = {
     "cgf": ("cgf", r"""
 float sgp = sqrtf(gp), sgm = sqrtf(gm);
 float t, q;
-float lzp = rs_mills((tp - I) / sgp, &t, &q) - logf(sgp);
-float lzm = rs_mills((I + tm) / sgm, &t, &q) - logf(sgm);
+float lzp = rs_mills((tp - inp) / sgp, &t, &q) - logf(sgp);
+float lzm = rs_mills((inp + tm) / sgm, &t, &q) - logf(sgm);
 cgf = fmaxf(lzp, lzm) + log1pf(expf(-fabsf(lzp - lzm)));
 """),
     "mean": ("mean", _CUDA_BRANCHES + "mean = pp * mp + pm * mm;\n"),
@@ -299,7 +312,7 @@ em2 = pm * (vm / gm + mm * mm);
 """),
     "sample": ("h", r"""
 float sgp = sqrtf(gp), sgm = sqrtf(gm);
-float xpl = (tp - I) / sgp, xmi = (I + tm) / sgm;
+float xpl = (tp - inp) / sgp, xmi = (inp + tm) / sgm;
 float tpl, qpl, tmi, qmi;
 float d = rs_mills(xpl, &tpl, &qpl) - rs_mills(xmi, &tmi, &qmi) + logf(sgm / sgp);
 bool pos = u1 < rs_expit(d);
@@ -322,12 +335,12 @@ if (x < RS_X_NEWTON) {
 h = pos ? e / sgp : -e / sgm;
 """),
 }
-_CUDA_DRELU_IN = "float32 I, float32 gp, float32 gm, float32 tp, float32 tm"
+_CUDA_DRELU_IN = "float32 inp, float32 gp, float32 gm, float32 tp, float32 tm"
 _CUDA_VISIBLE = {
-    "bernoulli": ("float32 I, float32 g, float32 u", "float32 v",
-                  "v = (u < 1.0f / (1.0f + expf(-(I + g)))) ? 1.0f : 0.0f;"),
-    "gaussian": ("float32 I, float32 g, float32 gam, float32 z", "float32 v",
-                 "v = (I + g) / gam + z / sqrtf(gam);"),
+    "bernoulli": ("float32 inp, float32 g, float32 u", "float32 v",
+                  "v = (u < 1.0f / (1.0f + expf(-(inp + g)))) ? 1.0f : 0.0f;"),
+    "gaussian": ("float32 inp, float32 g, float32 gam, float32 z", "float32 v",
+                 "v = (inp + g) / gam + z / sqrtf(gam);"),
 }
 _FUSED = {"enabled": os.environ.get("RAYSEARCH_FUSED_KERNELS", "1") != "0", "kernels": {}}
 

@@ -441,7 +441,7 @@ def _host_kernel_source():
         outs = [p.split() for p in outs.split(",")]
         args = ", ".join(["long n", "long M"] + [f"const float* {n}_p" for _, n in ins]
                          + [f"float* {n}_p" for _, n in outs])
-        body = "".join(f"const float {n} = {n}_p[{'idx' if n in ('I', 'u1', 'u2', 'u', 'z') else 'idx % M'}];\n"
+        body = "".join(f"const float {n} = {n}_p[{'idx' if n in ('inp', 'u1', 'u2', 'u', 'z') else 'idx % M'}];\n"
                        for _, n in ins)
         body += "".join(f"float& {n} = {n}_p[idx];\n" for _, n in outs)
         return (f'extern "C" void {name}({args}) {{\nfor (long idx = 0; idx < n; ++idx) {{\n'
