@@ -26,7 +26,7 @@ __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
-_EXTRA = ["finished", "resumed_at", "eval_seconds", "n_reports", "node_id", "trial_dir"]
+_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
 
 
 def _read_json_lines(path: str) -> list[dict]:
@@ -134,7 +134,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
     pandas.DataFrame
         Columns :data:`COLUMNS` (trial_id, lam, seed, recording, penalty, n_hidden, status,
         nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
-        seconds, node, model_path), then finished, resumed_at, eval_seconds, n_reports, node_id,
+        seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
+        seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
         trial_dir, and ``pareto`` for a two-objective study. With history, also
         training_iteration, final and timestamp. ``df.attrs["study"]`` holds the study dict.
     """
@@ -183,6 +184,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["finished"] = final is not None
         row["resumed_at"] = last.get("resumed_at")
         row["eval_seconds"] = last.get("eval_seconds")
+        row["train_seconds"] = last.get("train_seconds")
         row["n_reports"] = len(reports)
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None

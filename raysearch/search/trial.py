@@ -240,7 +240,9 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     if ckpt is not None:
         resume_dir = tempfile.mkdtemp(prefix="raysearch-resume-")
         ckpt.to_directory(resume_dir)
-    state = {"eval_seconds": 0.0, "progress": None, "resumed_at": None}
+    # eval_seconds: evaluations; callback_seconds: everything done inside fit's callbacks
+    # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds
+    state = {"eval_seconds": 0.0, "callback_seconds": 0.0, "progress": None, "resumed_at": None}
 
     def on_progress(progress: dict) -> None:
         state["progress"] = progress
@@ -252,6 +254,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         updates = int(progress["updates"])
         if updates >= n_updates:
             return
+        t_cb = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as d:
             ckpt_path = os.path.join(d, CHECKPOINT_FILE)
             fitting.save_checkpoint(ckpt_path)
@@ -265,6 +268,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                                     "eval_seconds": state["eval_seconds"], "final": False,
                                     "resumed_at": state["resumed_at"], "model_path": ""}
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+        state["callback_seconds"] += time.perf_counter() - t_cb
 
     resume_from = None
     if resume_dir is not None:
@@ -289,6 +293,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     seconds = float(getattr(model, "fit_seconds_", math.nan))
     final = base | metrics | {"updates": updates, "seconds": seconds,
                               "eval_seconds": state["eval_seconds"],
+                              "train_seconds": seconds - state["callback_seconds"],
                               "diverged": bool(getattr(model, "diverged_", False)),
                               "resumed_at": state["resumed_at"]}
     final["bad"] = final["bad"] or final["diverged"]
