@@ -97,6 +97,7 @@ class LocalRayCluster:
         self.tag = uuid.uuid4().hex
         self.ports = _Ports()
         self.nodes: dict[str, _Node] = {}
+        self._spawned = 0
         self.env = dict(os.environ)
         self.env.pop("RAY_ADDRESS", None)
         self.env.update({
@@ -133,7 +134,8 @@ class LocalRayCluster:
 
     def _spawn(self, name: str, args: list[str], resources: dict) -> _Node:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"rs-{name}-", dir=self.root))
-        log_path = self.root / f"{name}-{len([n for n in self.nodes if n.startswith(name)])}.log"
+        self._spawned += 1
+        log_path = self.root / f"{self._spawned:02d}-{name}.log"
         cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
                "--object-store-memory", str(80 * 1024 ** 2), "--num-gpus", "0",
                "--disable-usage-stats", *args, *self._node_ports()]
@@ -151,12 +153,18 @@ class LocalRayCluster:
                              "--ray-client-server-port", str(self.ports.one())], {})
         self.wait_for(lambda nodes: any(n["is_head_node"] for n in nodes), "the head node")
 
-    def add_worker(self, name: str, resources: dict, num_cpus: int = 1) -> _Node:
-        node = self._spawn(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
-                                  "--resources", json.dumps(resources)], resources)
-        key = next(iter(resources))
-        self.wait_for(lambda nodes: any(key in n["resources_total"] for n in nodes), f"worker {name}")
-        return node
+    def add_workers(self, workers: dict[str, dict], num_cpus: int = 1) -> None:
+        """Start worker nodes (name -> custom resources) at once; return when all have joined."""
+        before = {n["node_id"] for n in self.alive_nodes()}
+        for name, resources in workers.items():
+            self._spawn(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
+                               "--resources", json.dumps(resources)], resources)
+
+        def joined(nodes):
+            new = [n for n in nodes if n["node_id"] not in before]
+            return all(any(next(iter(r)) in n["resources_total"] for n in new) for r in workers.values())
+
+        self.wait_for(joined, f"workers {sorted(workers)}")
 
     # -- observing (HTTP state API of the dashboard; the test process never joins the cluster)
     def alive_nodes(self) -> list[dict]:
@@ -294,8 +302,7 @@ def ray_cluster():
     cluster = LocalRayCluster(root)
     try:
         cluster.start_head()
-        cluster.add_worker("worker_a", {"node_a": 1})
-        cluster.add_worker("worker_b", {"node_b": 1})
+        cluster.add_workers({"worker_a": {"node_a": 1}, "worker_b": {"node_b": 1}})
         yield cluster
     finally:
         stragglers = cluster.shutdown()
@@ -434,8 +441,9 @@ def test_worker_killed_mid_study_and_restarted(ray_cluster, tmp_path):
     except TimeoutError:
         raise AssertionError(ray_cluster.job_logs(sub_id)[-3000:] + _trial_errors(exp_dir))
     ray_cluster.stop_node("worker_a", graceful=False)
-    time.sleep(1.0)
-    ray_cluster.add_worker("worker_a", {"node_a": 1})
+    ray_cluster.wait_for(lambda nodes: old_a not in {n["node_id"] for n in nodes},
+                         "the head to notice that worker A is gone", timeout=30)
+    ray_cluster.add_workers({"worker_a": {"node_a": 1}})
     new_a = ray_cluster.node_ids()["node_a"]
     assert new_a != old_a
 
