@@ -285,9 +285,11 @@ def penalty_gradient(W, penalty, lam, bk):
     xp = bk.xp
     s = xp.sign(W)
     if penalty == "l1":
-        return np.float32(lam) * s
+        s *= np.float32(lam)
+        return s
     if penalty == "l2l1":
-        return (np.float32(lam) * xp.sum(xp.abs(W), axis=1, keepdims=True)) * s
+        s *= np.float32(lam) * xp.sum(xp.abs(W), axis=1, keepdims=True)
+        return s
     raise ValueError(f"unknown penalty {penalty!r}")
 
 
@@ -338,29 +340,38 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk):
         -1/2 (<v^2>_full - <v^2>_chains).
     var_h : (M,)
         Var(h_mu) on the minibatch: <E[h^2|v]> - <E[h|v]>^2.
+
+    Notes
+    -----
+    Both phases go through one (B + C, N) x (N, M) product and one call of the dReLU moments, and
+    the weight gradient is one (M, B + C) x (B + C, N) product.
     """
     xp = bk.xp
-    pos = phase_moments(params, V_pos, bk)
-    neg = phase_moments(params, V_neg, bk)
     B, C = V_pos.shape[0], V_neg.shape[0]
-    # one GEMM for both phases: [H_pos/B ; -H_neg/C]^T [V_pos ; V_neg]
-    Hs = xp.concatenate([pos["h"] * np.float32(1.0 / B), neg["h"] * np.float32(-1.0 / C)], axis=0)
     Vs = xp.concatenate([V_pos, V_neg], axis=0)
+    I = hidden_inputs(params, Vs)
+    ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
+    pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
+    neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]
+    Hs = ep
+    Hs += em                                      # E[h|v], (B + C, M)
+    Hs[:B] *= np.float32(1.0 / B)
+    Hs[B:] *= np.float32(-1.0 / C)
     gW = Hs.T @ Vs
     if cfg.lam > 0:
-        gW = gW - penalty_gradient(params["weights"], cfg.penalty, cfg.lam, bk)
+        gW -= penalty_gradient(params["weights"], cfg.penalty, cfg.lam, bk)
     grads = {
         "weights": gW,
         "fields": moments_data["mean"] - V_neg.mean(axis=0),
-        "gamma_plus": np.float32(-0.5) * (pos["hp2"] - neg["hp2"]),
-        "gamma_minus": np.float32(-0.5) * (pos["hm2"] - neg["hm2"]),
-        "theta_plus": -(pos["hp"] - neg["hp"]),
-        "theta_minus": pos["hm"] - neg["hm"],
+        "gamma_plus": np.float32(-0.5) * (pos[1] - neg[1]),
+        "gamma_minus": np.float32(-0.5) * (pos[3] - neg[3]),
+        "theta_plus": -(pos[0] - neg[0]),
+        "theta_minus": pos[2] - neg[2],
     }
     if cfg.visible == "gaussian":
         grads["visible_gamma"] = np.float32(-0.5) * (moments_data["sq_mean"]
                                                      - (V_neg * V_neg).mean(axis=0))
-    var_h = pos["h2"] - (pos["hp"] + pos["hm"]) ** 2
+    var_h = (pos[1] + pos[3]) - (pos[0] + pos[2]) ** 2
     return grads, var_h
 
 
@@ -380,7 +391,8 @@ def rmsprop_step(params, moments, grads, lr, t, beta2, epsilon, bk):
 
     Returns
     -------
-    (new_params, new_moments) : dicts; the inputs are not modified.
+    (new_params, new_moments) : dicts; ``params`` and ``moments`` are not modified, the arrays of
+    ``grads`` are overwritten (they are temporaries of :func:`gradients`).
     """
     xp = bk.xp
     b2 = np.float32(beta2)
@@ -389,10 +401,19 @@ def rmsprop_step(params, moments, grads, lr, t, beta2, epsilon, bk):
     lr32, eps32 = np.float32(lr), np.float32(epsilon)
     new_p, new_m = {}, {}
     for k, p in params.items():
-        g = xp.clip(grads[k], -1.0, 1.0)
-        m = moments[k] * b2 + one_m_b2 * (g * g)
+        g = xp.clip(grads[k], -1.0, 1.0, out=grads[k])
+        m = moments[k] * b2
+        den = g * g
+        den *= one_m_b2
+        m += den
         new_m[k] = m
-        new_p[k] = p + lr32 * g / (eps32 + xp.sqrt(m * inv_bc))
+        xp.multiply(m, inv_bc, out=den)
+        xp.sqrt(den, out=den)
+        den += eps32
+        g *= lr32
+        g /= den
+        g += p
+        new_p[k] = g
     return new_p, new_m
 
 
@@ -408,7 +429,7 @@ def apply_constraints(params, bk):
 
 def centre_thresholds(params, W_old, data_mean, bk):
     """Mean centring: shift tp by +Delta and tm by -Delta, Delta = (W_new - W_old) <v>_data."""
-    delta = (params["weights"] - W_old) @ data_mean
+    delta = params["weights"] @ data_mean - W_old @ data_mean
     out = dict(params)
     out["theta_plus"] = params["theta_plus"] + delta
     out["theta_minus"] = params["theta_minus"] - delta
