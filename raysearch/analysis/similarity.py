@@ -94,7 +94,7 @@ def _from_moments(cross, sums, sumsq, n_pairs):
 
 
 def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_dim=2**15,
-                      seed=0, dtype=np.float64) -> Similarity:
+                      seed=0, dtype=np.float64, n_jobs=None) -> Similarity:
     """Pearson and cosine similarity between the coupling matrices of all pairs of models.
 
     Parameters
@@ -114,6 +114,8 @@ def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_di
         Hash seed of the sketch (the same for all models, so their sketches are comparable).
     dtype : numpy dtype
         Precision of the block products (exact route): float64 (default) or float32 (faster).
+    n_jobs : int, optional
+        Threads sketching models concurrently (sketch route); default min(4, CPUs).
 
     Returns
     -------
@@ -133,7 +135,7 @@ def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_di
                  K, N, M0, method, macs)
     if method == "exact":
         return _exact(models, K, N, M0, block_bytes, dtype)
-    return _sketched(models, K, N, sketch_dim, seed)
+    return _sketched(models, K, N, sketch_dim, seed, n_jobs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ class TensorSketch:
         self.H = sp.vstack([
             sp.csr_matrix((self.s1.astype(np.float32), (self.h1, idx)), shape=(dim, n)),
             sp.csr_matrix((self.s2.astype(np.float32), (self.h2, idx)), shape=(dim, n)),
-        ]).tocsr()
+        ]).tocsc()
         self.diag_pos = (self.h1 + self.h2) % dim
         self.diag_sign = self.s1 * self.s2
         ones = np.ones((1, n))
@@ -258,25 +260,33 @@ class TensorSketch:
         return self._rank_sum(W, c) - self._diag(d)
 
 
-def _sketched(models, K, N, dim, seed):
+def _sketched(models, K, N, dim, seed, n_jobs=None):
+    """Sketch every model (``n_jobs`` threads, each single-threaded; FFT, sparse products and
+    elementwise numpy release the GIL), then combine."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1):
-        return _sketched_loop(models, K, N, dim, seed)
-
-
-def _sketched_loop(models, K, N, dim, seed):
     ts = TensorSketch(N, dim, seed)
-    T = np.empty((K, dim))
-    sums = np.empty(K)
-    for k in range(K):
+    n_jobs = n_jobs or min(4, os.cpu_count() or 1)
+
+    def one(k):
         W, c = _load(models, k, np.float32)
         if W.shape[1] != N:
             raise InputError(f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
                              "neuron-level similarity needs models of the same recording")
         d = (W * W).T @ c.astype(np.float32)        # diagonal, float32 is enough here
-        T[k] = ts.sketch(W, c, d)
-        sums[k] = _offdiag_sum(W, c, d.astype(np.float64))
+        return ts.sketch(W, c, d), _offdiag_sum(W, c, d.astype(np.float64))
+
+    T = np.empty((K, dim))
+    sums = np.empty(K)
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        # at most 2 * n_jobs models in flight, so memory does not grow with K
+        for start in range(0, K, 2 * n_jobs):
+            ks = range(start, min(K, start + 2 * n_jobs))
+            for k, (t, sm) in zip(ks, pool.map(one, ks)):
+                T[k], sums[k] = t, sm
     P = N * (N - 1)
     mean = sums / P
     u = ts.ones
