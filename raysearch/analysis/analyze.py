@@ -141,7 +141,7 @@ def _order_best(df):
 
 
 def analyze(directory, structural=None, n_clusters=None, similarity="auto", sketch_dim=2**15,
-            region_models=20, assembly_threshold=DEFAULT_THRESHOLD, chunk=1024,
+            region_models=10, assembly_threshold=DEFAULT_THRESHOLD, chunk=None,
             seed=0) -> Analysis:
     """Analyze a finished (or partly finished) experiment directory.
 
@@ -162,8 +162,8 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
         (best first: not bad, lowest mean nRMSE), plus the worst bad model when there is one.
     assembly_threshold : float
         Membership threshold relative to each hidden unit's largest |w|.
-    chunk : int
-        Rows of J formed at a time for region couplings.
+    chunk : int, optional
+        Rows of J formed at a time for region couplings (default: 64 MB blocks).
     seed : int
 
     Returns

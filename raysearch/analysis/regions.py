@@ -16,7 +16,8 @@ from raysearch.analysis.couplings import check_factors, coupling_block
 from raysearch.errors import InputError
 
 
-def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=1024):
+def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=None,
+                     block_bytes=64 * 2**20):
     """Mean |J_ij| over neuron pairs of each pair of regions, computed blockwise.
 
     Parameters
@@ -27,8 +28,10 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=102
         Region index of each visible unit, -1 for none (excluded).
     n_regions : int, optional
         R; defaults to ``unit_region.max() + 1``.
-    chunk : int
-        Rows of J formed at a time (memory ~ 8 * chunk * N bytes).
+    chunk : int, optional
+        Rows of J formed at a time (memory ~ 8 * chunk * N bytes); default from ``block_bytes``.
+    block_bytes : int
+        Memory budget of one block of rows when ``chunk`` is None.
 
     Returns
     -------
@@ -48,6 +51,8 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=102
     onehot = np.zeros((keep.size, R))
     onehot[np.arange(keep.size), reg] = 1.0
     total = np.zeros((R, R))
+    if chunk is None:
+        chunk = int(max(1, block_bytes // (8 * max(1, keep.size))))
     for a in range(0, keep.size, chunk):
         rows = np.arange(a, min(a + chunk, keep.size))
         block = np.abs(coupling_block(Wk, c, rows))       # (chunk, n_kept), zero diagonal

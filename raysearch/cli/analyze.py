@@ -22,8 +22,9 @@ def register(sub):
     p.add_argument("--similarity", choices=("auto", "exact", "sketch"), default="auto",
                    help="model-similarity route (default auto: exact unless too costly)")
     p.add_argument("--sketch-dim", type=int, default=2**15, help="sketch length (sketch route)")
-    p.add_argument("--region-models", type=int, default=20,
-                   help="number of best models whose region couplings are computed (default 20)")
+    p.add_argument("--region-models", type=int, default=10,
+                   help="number of best models whose region couplings are computed (default 10; "
+                   "each costs O(N^2 M))")
     p.add_argument("--assembly-threshold", type=float, default=0.3,
                    help="assembly membership: |w| >= this x the unit's largest |w| (default 0.3)")
     p.set_defaults(func=_run)

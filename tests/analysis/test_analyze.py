@@ -73,3 +73,19 @@ def test_empty_dir(tmp_path):
         analyze(tmp_path / "empty")
     with pytest.raises(InputError):
         analyze(tmp_path / "missing")
+
+
+def test_two_recordings(tmp_path, small_dataset):
+    """Neuron-level similarity within the largest recording group; region level across both."""
+    ds, _ = small_dataset
+    rng = np.random.default_rng(3)
+    specs = family_specs(rng, ds.n_units, per_family=3)
+    for i, s in enumerate(specs):
+        s["recording"] = "fishA" if i < 4 else "fishB"
+    a = analyze(make_experiment(tmp_path / "study", specs, ds), region_models=6)
+    assert len(a.trial_ids) == 4
+    assert any("largest recording group" in n for n in a.notes)
+    assert (a.results["cluster"] == -1).sum() == 2
+    rc = a.recording_consistency
+    assert list(rc.index) == ["fishA", "fishB"] and rc.shape == (2, 2)
+    assert np.isfinite(rc.loc["fishA", "fishB"])
