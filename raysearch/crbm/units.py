@@ -565,10 +565,10 @@ def bernoulli_sample(I, g, bk, rng):
         return (rng.random(I.shape) < p).astype(x.dtype)
     # CPU: u < expit(x)  <=>  u (1 + exp(-x)) < 1, with NumPy's SIMD exp instead of scipy's expit
     x *= -1.0
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):   # exp(-x) = inf; inf * (u = 0) = nan -> 0
         bk.xp.exp(x, out=x)
-    x += 1.0
-    x *= rng.random(I.shape)
+        x += 1.0
+        x *= rng.random(I.shape)
     return (x < 1.0).astype(I.dtype)
 
 
