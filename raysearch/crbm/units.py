@@ -40,7 +40,8 @@ Speed
   NumPy's SIMD exp, Bernoulli sampling compares ``u (1 + exp(-x)) < 1``, and the continued
   fraction / Newton tail work runs only on the elements that need it (a host check is free here).
   On the 2-core dev box this made drelu_sample / drelu_mean on (100, 200) arrays 3-8x faster than
-  a scipy.special-based version (ad-hoc timing, noisy shared machine; see bench/ for numbers).
+  a scipy.special-based version (ad-hoc timing on a noisy shared machine; per-update timings are
+  in the trainer section of BENCHMARKS.md).
 * GPU (cupy, float32): each call is one fused ``ElementwiseKernel`` (plus the uniform draws),
   with no host synchronisation; the kernel source is tested on the CPU by compiling it with g++
   (tests/crbm/test_units.py) but has not been timed on a GPU yet. Other dtypes, or a kernel that
