@@ -47,7 +47,6 @@ All floating-point output is float32.
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
