@@ -242,7 +242,10 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         ckpt.to_directory(resume_dir)
     # eval_seconds: evaluations; callback_seconds: everything done inside fit's callbacks
     # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds
-    state = {"eval_seconds": 0.0, "callback_seconds": 0.0, "progress": None, "resumed_at": None}
+    # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds.
+    # All three add up over restarts (kept in the checkpoint's progress.json).
+    state = {"eval_seconds": 0.0, "callback_seconds": 0.0, "seconds_before": 0.0,
+             "progress": None, "resumed_at": None}
 
     def on_progress(progress: dict) -> None:
         state["progress"] = progress
@@ -255,16 +258,19 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         if updates >= n_updates:
             return
         t_cb = time.perf_counter()
+        seconds = state["seconds_before"] + float(progress["seconds"])
         with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as d:
             ckpt_path = os.path.join(d, CHECKPOINT_FILE)
             fitting.save_checkpoint(ckpt_path)
             with open(os.path.join(d, "progress.json"), "w") as fh:
-                json.dump({"updates": updates, "seconds": float(progress["seconds"])}, fh)
+                json.dump({"updates": updates, "seconds": seconds,
+                           "eval_seconds": state["eval_seconds"],
+                           "callback_seconds": state["callback_seconds"]}, fh)
             t0 = time.perf_counter()
             snapshot = snapshot_model(fitting, ckpt_path, dataset, backend)
             metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
             state["eval_seconds"] += time.perf_counter() - t0
-            row = base | metrics | {"updates": updates, "seconds": float(progress["seconds"]),
+            row = base | metrics | {"updates": updates, "seconds": seconds,
                                     "eval_seconds": state["eval_seconds"], "final": False,
                                     "resumed_at": state["resumed_at"], "model_path": ""}
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
@@ -274,7 +280,11 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     if resume_dir is not None:
         resume_from = os.path.join(resume_dir, CHECKPOINT_FILE)
         with open(os.path.join(resume_dir, "progress.json")) as fh:
-            state["resumed_at"] = int(json.load(fh)["updates"])
+            saved = json.load(fh)
+        state["resumed_at"] = int(saved["updates"])
+        state["seconds_before"] = float(saved["seconds"])
+        state["eval_seconds"] = float(saved.get("eval_seconds", 0.0))
+        state["callback_seconds"] = float(saved.get("callback_seconds", 0.0))
     try:
         try:
             model.fit(dataset, callback=on_progress, callback_every=every,
@@ -290,7 +300,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                                return_stats=True)
     state["eval_seconds"] += time.perf_counter() - t0
     updates = int(getattr(model, "n_updates_done_", n_updates))
-    seconds = float(getattr(model, "fit_seconds_", math.nan))
+    seconds = state["seconds_before"] + float(getattr(model, "fit_seconds_", math.nan))
     final = base | metrics | {"updates": updates, "seconds": seconds,
                               "eval_seconds": state["eval_seconds"],
                               "train_seconds": seconds - state["callback_seconds"],

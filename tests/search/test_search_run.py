@@ -69,16 +69,19 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
 
 
 def test_grid_gives_exactly_the_grid(ray_session, tmp_path):
-    study = tiny_study(tmp_path, name="grid", search={"mode": "grid", "lam": [0.001, 0.1],
-                                                      "seeds": [3, 4], "n_hidden": [4, 6]})
+    recordings = [{"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
+                  {"name": "fish2", "synthetic": {"n_neurons": 50, "n_frames": 600, "seed": 1}}]
+    study = tiny_study(tmp_path, name="grid", recordings=recordings,
+                       search={"mode": "grid", "lam": [0.001, 0.1], "seeds": [3, 4]})
     df = run_study(study).results
-    got = sorted(zip(df["lam"], df["seed"], df["n_hidden"]))
-    assert got == sorted(itertools.product([0.001, 0.1], [3, 4], [4, 6]))
+    got = sorted(zip(df["lam"], df["seed"], df["recording"]))
+    assert got == sorted(itertools.product([0.001, 0.1], [3, 4], ["fish", "fish2"]))
     assert df["finished"].all()
     # 40 updates are too few for some fits: bad means an nRMSE above 1 (CRBM.md), nothing else
     assert (df["bad"].astype(bool) == (df[NRMSE] > 1).any(axis=1)).all()
-    shapes = {(r.n_hidden, CRBM.load(r.model_path).weights_.shape[0]) for r in df.itertuples()}
-    assert shapes == {(4, 4), (6, 6)}
+    # each trial trained on its own recording (the two fish have different neuron counts)
+    n_vis = {r.recording: CRBM.load(r.model_path).weights_.shape[1] for r in df.itertuples()}
+    assert n_vis["fish"] != n_vis["fish2"]
     # the results CLI: table and exports from the files alone
     csv, pq = tmp_path / "t.csv", tmp_path / "t.parquet"
     assert main(["results", str(df.attrs["experiment_dir"]), "--csv", str(csv)]) == 0
@@ -102,6 +105,24 @@ def test_divergence_is_a_finished_bad_trial_and_optuna_goes_on(ray_session, tmp_
     trials = _optuna_trials(run, "diverge")
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert all(math.isinf(t.value) for t in trials)
+
+
+def test_asha_and_searched_n_hidden(ray_session, tmp_path):
+    """ASHA may stop trials at a rung (their last report is then their result, no model file);
+    every trial still ends TERMINATED and COMPLETE in Optuna; n_hidden is searched."""
+    study = tiny_study(tmp_path, name="asha", search={
+        "num_samples": 4, "n_hidden": [4, 6], "asha": {"grace_updates": 10,
+                                                      "reduction_factor": 2}})
+    run = run_study(study)
+    df = run.results
+    assert run.num_errors == 0 and len(df) == 4
+    assert (df["status"] == "TERMINATED").all() and set(df["n_hidden"]) <= {4, 6}
+    assert (df["finished"] == (df["updates"] == 40)).all()
+    for r in df[df["finished"]].itertuples():
+        assert CRBM.load(r.model_path).weights_.shape[0] == r.n_hidden
+    trials = _optuna_trials(run, "asha")
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert sorted(t.params["n_hidden"] for t in trials) == sorted(df["n_hidden"])
 
 
 def test_multi_objective_study_marks_the_pareto_front(ray_session, tmp_path):
