@@ -400,19 +400,21 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     starts = np.random.default_rng([seed, _EVAL_STREAM]).integers(0, train.shape[0], n_chains)
     v = bk.asarray(train[starts])
     acc = _Moments(bk, N, M, sub, v_shift, h_shift)
-    for _ in range(n_burnin):
-        v = _gibbs_step(v, p, visible, bk, rng)
-    for _ in range(n_samples):
-        for _ in range(n_between):
+    with np.errstate(all="ignore"):     # a diverging model's chains may overflow: NaN -> bad
+        for _ in range(n_burnin):
             v = _gibbs_step(v, p, visible, bk, rng)
-        acc.add(v, units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk))
+        for _ in range(n_samples):
+            for _ in range(n_between):
+                v = _gibbs_step(v, p, visible, bk, rng)
+            acc.add(v, units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk))
     stats["model"] = acc
 
     w = arrs["weights_"].astype(np.float64)
     mask = w != 0
     correction = lam * _penalty_gradient(w, penalty)
-    vec = {"train": stats["train"].vectors(mask), "test": stats["test"].vectors(mask),
-           "model": stats["model"].vectors(mask, correction)}
+    with np.errstate(all="ignore"):
+        vec = {"train": stats["train"].vectors(mask), "test": stats["test"].vectors(mask),
+               "model": stats["model"].vectors(mask, correction)}
 
     out = {k: {} for k in ("nrmse", "rmse_model", "rmse_opt", "rmse_shuf")}
     for k, s in enumerate(STATS):

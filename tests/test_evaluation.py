@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -252,6 +253,16 @@ def test_non_finite_model_is_bad_without_crashing():
     d = res.to_dict()
     json.loads(json.dumps(d))
     assert d["bad"] is True and math.isnan(d["nrmse_vv"])
+    # finite parameters whose chains blow up (gaussian visibles, tiny precision): NaN -> bad
+    rng = np.random.default_rng(0)
+    wild = FakeModel(rng.normal(0, 30, (3, 10)), np.zeros(10),
+                     hidden=(np.full(3, 0.05),) * 2 + (np.zeros(3),) * 2, visible="gaussian",
+                     gamma=np.full(10, 0.01))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)      # and quietly
+        res = evaluate(wild, Data(rng.normal(0, 1, (50, 10)), rng.normal(0, 1, (20, 10))),
+                       n_chains=5, n_burnin=50, n_samples=2, n_between=2)
+    assert res.bad and res.params_finite and math.isnan(res.mean_nrmse)
     # finite but flagged diverged by the trainer: still evaluated, still bad
     model = FakeModel(np.full((3, 20), 0.1), np.zeros(20))
     model.diverged_ = True
