@@ -100,6 +100,9 @@ class LocalRayCluster:
         self._spawned = 0
         self.env = dict(os.environ)
         self.env.pop("RAY_ADDRESS", None)
+        # set in-process by a local `raysearch run` earlier in the test session; it makes
+        # `ray start --address` refuse to join ("Multi-node Ray clusters are not supported")
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.env.update({
             TAG_VAR: self.tag,
             "RAY_AUTH_MODE": "disabled",        # tests only: the Jobs API then needs no token
