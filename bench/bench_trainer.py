@@ -8,8 +8,10 @@ One JSON line per (N, M) on stdout. Data: random binary frames at 4% ones (the s
 fish recordings), T = 1000 frames; batch 100, 100 chains, 15 Gibbs steps, l2l1 penalty. The timed
 loop is exactly the estimator's inner loop (``training.minibatches`` and ``training.pcd_update``
 on the backend), after a few warm-up updates, with a device synchronisation before the clock is
-read. FLOPs per update are counted as 2 B N M (2 n_gibbs + 4) (the matrix products); the float32
-matmul GFLOP/s of the same machine is measured in the same run.
+read; ``s_per_update`` is the best of ``--repeats`` timed blocks, ``s_per_update_median`` their
+median (on a shared machine the best block is the least disturbed one). FLOPs per update are
+counted as 2 B N M (2 n_gibbs + 4) (the matrix products); the float32 matmul GFLOP/s of the same
+machine (best of 10 products) is measured in the same run, just before each size.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from raysearch.crbm import training
 REFERENCE_S_PER_UPDATE = {(5000, 100): 0.061, (20000, 200): 0.67}
 
 
-def matmul_gflops(bk, n=2048, repeats=5):
+def matmul_gflops(bk, n=2048, repeats=10):
     """Best float32 GEMM rate (GFLOP/s) of an n x n x n product on the backend."""
     xp = bk.xp
     a = bk.asarray(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
@@ -48,7 +50,11 @@ def matmul_gflops(bk, n=2048, repeats=5):
     return 2 * n ** 3 / best / 1e9
 
 
-def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min_seconds=3.0):
+def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min_seconds=1.0,
+              repeats=5):
+    """Seconds per update: (best, median) over ``repeats`` timed blocks of ``updates`` updates
+    (default: as many as take about ``min_seconds``). The best block is the least disturbed by
+    other processes on a shared machine; the median shows how disturbed it was."""
     rng = np.random.default_rng(seed)
     X = (rng.random((T, N)) < 0.04).astype(np.float32)
     mom = training.data_moments(X, "bernoulli")
@@ -70,11 +76,14 @@ def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min
     t = time.perf_counter()
     run(0, 3)                                   # warm-up (and a first estimate)
     first = (time.perf_counter() - t) / 3
-    n = updates or max(5, int(min_seconds / max(first, 1e-6)))
-    t = time.perf_counter()
-    run(3, n)
-    dt = (time.perf_counter() - t) / n
-    return dt, n
+    n = updates or max(3, int(min_seconds / max(first, 1e-6)))
+    times, start = [], 3
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run(start, n)
+        times.append((time.perf_counter() - t) / n)
+        start += n
+    return min(times), float(np.median(times)), n * repeats
 
 
 def main(argv=None):
@@ -82,7 +91,9 @@ def main(argv=None):
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--sizes", nargs="*", default=["1000x100", "1000x200", "5000x100", "5000x200",
                                                    "20000x100", "20000x200"])
-    ap.add_argument("--updates", type=int, default=None, help="timed updates (default: ~3 s)")
+    ap.add_argument("--updates", type=int, default=None,
+                    help="updates per timed block (default: ~1 s worth)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks; the best is reported")
     ap.add_argument("--gibbs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None,
@@ -99,10 +110,12 @@ def main(argv=None):
     for s in args.sizes:
         N, M = (int(x) for x in s.lower().split("x"))
         peak = matmul_gflops(bk, n=8192 if bk.is_device else 2048)   # same run, just before
-        dt, n = bench_one(bk, N, M, batch=args.batch, n_gibbs=args.gibbs, updates=args.updates)
+        dt, med, n = bench_one(bk, N, M, batch=args.batch, n_gibbs=args.gibbs,
+                               updates=args.updates, repeats=args.repeats)
         flops = 2 * args.batch * N * M * (2 * args.gibbs + 4)
         row = {"bench": "trainer", "N": N, "M": M, "batch": args.batch, "n_gibbs": args.gibbs,
                "timed_updates": n, "s_per_update": round(dt, 5),
+               "s_per_update_median": round(med, 5),
                "gflops": round(flops / dt / 1e9, 2), "matmul_gflops": round(peak, 2),
                "fraction_of_matmul_peak": round(flops / dt / 1e9 / peak, 3),
                "blas_threads": args.threads or "default",

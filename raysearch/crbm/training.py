@@ -28,7 +28,9 @@ how it differs from the reference's batch-norm reparameterisation:
 1. *Mean centring, as in the reference.* After each step the change of the mean hidden input
    ``Delta = (W_new - W_old) @ <v>_data`` is added to ``theta_plus`` and subtracted from
    ``theta_minus``, so a change of the weights does not shift where the data's inputs sit relative
-   to the dReLU thresholds.
+   to the dReLU thresholds. Like the reference, this does not force <h_mu> = 0 (a shift of h is
+   not a symmetry of a dReLU unit, so it cannot be imposed without changing the model; on the
+   synthetic fish <h_mu> ends between -1 and 0 while Var(h_mu) is 1.00-1.02).
 2. *Scale, through the exact scale gauge instead of the reference's gamma rule.* The marginal P(v) is
    invariant under h -> h/s with w -> s w, (gp, gm) -> s^2 (gp, gm), (tp, tm) -> s (tp, tm). On each
    minibatch we measure Var(h_mu) on the data (variance of E[h|v] over frames plus the mean of
