@@ -212,6 +212,9 @@ class StrictArray:
     def __str__(self):
         return str(self._a)
 
+    def __format__(self, spec):       # f"{x:.3f}" on a 0-d array, as CuPy allows
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
     # -- attributes -------------------------------------------------------------------------
     shape = property(lambda self: self._a.shape)
     dtype = property(lambda self: self._a.dtype)

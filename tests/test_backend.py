@@ -90,6 +90,7 @@ def test_strict_refuses_implicit_conversion():
     assert isinstance(a + np.float32(1.0), StrictArray)
     assert isinstance(a * 2, StrictArray)
     assert float(a.sum()) == 6.0 and int(a[0, 0]) == 1 and bool(a[0, 0])
+    assert f"{a.sum():.1f}" == "6.0"
     assert isinstance(a[0, 0], StrictArray)            # 0-d array, like CuPy
     assert isinstance(xp.asarray(host), StrictArray)   # explicit entry
     assert isinstance(a, xp.ndarray)
