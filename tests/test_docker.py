@@ -357,6 +357,20 @@ def test_dockerfile_structure(flavor):
                 f"{path.name}.dockerignore excludes {src}"
 
 
+@pytest.mark.parametrize("flavor", ["gpu", "cpu"])
+def test_healthcheck_command_runs(flavor):
+    """The HEALTHCHECK's exec-form command is valid and, run with this Python, imports what it
+    names (CuPy only where it is installed: the GPU image; there is no CUDA here)."""
+    health = _instructions(DOCKERFILES[flavor], "HEALTHCHECK")[0]
+    argv = json.loads(health[health.index("CMD") + 3:].strip())
+    assert argv[:2] == ["python", "-c"], argv
+    code = argv[2]
+    if "cupy" in code:
+        pytest.importorskip("cupy", reason="CuPy is only in the GPU image (no CUDA on this machine)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
 def _hadolint() -> str:
     exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if exe is None:
