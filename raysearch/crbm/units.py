@@ -517,7 +517,8 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
         ``bk.rng(...)``; two uniform arrays of I's shape are drawn.
     """
     if bk.name == "cupy" and _FUSED["enabled"]:
-        out = _fused(bk, "sample", I, gp, gm, tp, tm, rng.random(I.shape), rng.random(I.shape))
+        u = rng.random((2,) + tuple(I.shape))     # both uniform arrays in one draw
+        out = _fused(bk, "sample", I, gp, gm, tp, tm, u[0], u[1])
         if out is not None:
             return out
     xp = bk.xp
