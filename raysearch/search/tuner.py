@@ -19,6 +19,7 @@ the dashboard on 127.0.0.1 and Ray's default token authentication left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -216,14 +217,6 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None):
     * Otherwise start a local instance: node IP, every Ray port and the dashboard on 127.0.0.1.
       Ray's token authentication is left at its default (on for a new local instance).
     """
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # Ray resolves 127.0.0.1 to the machine's outward address unless it thinks clusters are
-        # off; with that switch off, the GCS, raylet and workers listen on loopback only. It must
-        # be set before ray is imported (it is read at import).
-        import sys
-
-        if "ray" not in sys.modules:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
@@ -231,12 +224,39 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None):
     if address is not None or os.environ.get("RAY_ADDRESS"):
         ctx = ray.init(address=address)
     else:
-        ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                       dashboard_host="127.0.0.1")
+        with _loopback_only():
+            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                           dashboard_host="127.0.0.1")
     url = getattr(ctx, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return True, url
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Make a new local Ray instance use 127.0.0.1 as its node address.
+
+    Ray replaces 127.0.0.1 by the machine's outward address unless it believes clusters are off
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); with them off, the GCS, raylet, workers and agents
+    listen on loopback only. The switch is read at import (``ray_constants``) and inherited by the
+    processes Ray starts, so it is set in both places while Ray starts and removed afterwards, so
+    that later subprocesses (e.g. ``ray start`` worker nodes) are not affected.
+    """
+    from ray._private import ray_constants
+
+    var = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    old_env, old_const = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
+        if old_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = old_env
 
 
 def _write_study(study: Study, exp_dir: str) -> None:

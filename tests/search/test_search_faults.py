@@ -1,5 +1,8 @@
 """Fault tolerance: a worker node lost mid-trial, a driver SIGKILLed mid-study, loopback binding.
 
+(A study submitted with ``ray job submit`` to a ``ray start --head`` cluster is tested by
+``tests/test_multinode.py``, which runs these same search commands on a real multi-node cluster.)
+
 Each test runs its own Ray in a subprocess (a cluster cannot coexist with the shared session in one
 process) and tags every process it starts through an environment variable, so it can check that
 nothing is left behind and kill, by PID, only what it started. ``ray stop`` is never used.
@@ -210,30 +213,3 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     assert np.allclose(sorted(t.value for t in trials if t.state.name == "COMPLETE"),
                        sorted(df["mean_nrmse"]))
 
-
-def test_study_submitted_with_ray_job_submit(tmp_path):
-    """``ray job submit -- raysearch run STUDY`` on a `ray start --head` cluster on 127.0.0.1
-    (explicit ports, its own temp dirs) joins that cluster via RAY_ADDRESS and completes; its
-    results load from the storage path afterwards."""
-    import shutil
-    import tempfile
-
-    from test_multinode import LocalRayCluster  # the project's multi-node harness (tests/)
-
-    study = write_study(tmp_path, filename="job.yaml", name="job", search={"num_samples": 2})
-    root = Path(tempfile.mkdtemp(prefix="rs-job-"))  # short: Ray's socket paths must stay short
-    cluster = LocalRayCluster(root)
-    try:
-        cluster.start_head()
-        cluster.add_worker("worker_a", {"node_a": 1}, num_cpus=2)
-        res = cluster.submit(raysearch_cmd("run", str(study)), timeout=240)
-    finally:
-        cluster.shutdown()
-        left = cluster._tagged()
-        shutil.rmtree(root, ignore_errors=True)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "Best lambda:" in res.stdout
-    assert not left, f"cluster processes still running: {[p.pid for p in left]}"
-    df = load_results(tmp_path / "results" / "job")
-    assert len(df) == 2 and df["finished"].all()
-    assert np.isfinite(df["mean_nrmse"]).all()
