@@ -82,11 +82,8 @@ class _Node:
     proc: subprocess.Popen
     temp_dir: Path
     log_path: Path
+    tag: str
     resources: dict = field(default_factory=dict)
-
-    @property
-    def pgid(self) -> int:
-        return self.proc.pid  # started with start_new_session=True
 
 
 class LocalRayCluster:
@@ -104,7 +101,6 @@ class LocalRayCluster:
         # `ray start --address` refuse to join ("Multi-node Ray clusters are not supported")
         self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         self.env.update({
-            TAG_VAR: self.tag,
             "RAY_AUTH_MODE": "disabled",        # tests only: the Jobs API then needs no token
             "RAY_USAGE_STATS_ENABLED": "0",
             "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
@@ -142,10 +138,12 @@ class LocalRayCluster:
         cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
                "--object-store-memory", str(80 * 1024 ** 2), "--num-gpus", "0",
                "--disable-usage-stats", *args, *self._node_ports()]
+        tag = f"{self.tag}/{self._spawned:02d}-{name}"  # inherited by every process of this node
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        node = _Node(name, proc, temp_dir, log_path, resources)
+            proc = subprocess.Popen(cmd, env={**self.env, TAG_VAR: tag}, stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # no terminal signals from pytest
+        node = _Node(name, proc, temp_dir, log_path, tag, resources)
         self.nodes[name] = node
         return node
 
@@ -254,19 +252,36 @@ class LocalRayCluster:
         raise TimeoutError(f"job {sub_id} still {status} after {timeout} s:\n{self.job_logs(sub_id)[-3000:]}")
 
     # -- stopping
-    def _tagged(self) -> list:
+    def _tagged(self, node_tag: str | None = None) -> list:
+        """Live processes whose environment carries this cluster's tag (or exactly ``node_tag``).
+
+        Only processes we started (and their descendants) can carry the random tag; psutil's
+        ``kill`` checks the process identity, so a recycled PID is never signalled."""
         found = []
         for p in psutil.process_iter(["pid"]):
             try:
-                if p.environ().get(TAG_VAR) == self.tag:
+                tag = p.environ().get(TAG_VAR, "")
+                ours = tag == node_tag if node_tag else tag.startswith(f"{self.tag}/")
+                if ours and p.status() != psutil.STATUS_ZOMBIE:
                     found.append(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
         return found
 
-    def stop_node(self, name: str, graceful: bool = True, timeout: float = 20) -> None:
-        """Stop one node: SIGTERM to its ``ray start --block`` (Ray then stops its own processes);
-        ``graceful=False`` SIGKILLs the node's whole process group at once, like a crashed machine."""
+    def _kill_tagged(self, node_tag: str | None = None) -> list[str]:
+        killed = []
+        for p in self._tagged(node_tag):
+            try:
+                killed.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return killed
+
+    def stop_node(self, name: str, graceful: bool = True, timeout: float = 20) -> list[str]:
+        """Stop one node: SIGTERM to its ``ray start --block`` (Ray then stops its own processes),
+        then SIGKILL whatever of the node is left; ``graceful=False`` SIGKILLs all of the node's
+        processes at once, like a crashed machine. Returns what had to be killed."""
         node = self.nodes.pop(name)
         if graceful and node.proc.poll() is None:
             node.proc.send_signal(signal.SIGTERM)
@@ -274,27 +289,23 @@ class LocalRayCluster:
                 node.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(node.pgid, signal.SIGKILL)  # whatever is left of this node's own group
-        except ProcessLookupError:
-            pass
+        killed, deadline = [], time.monotonic() + 10
+        while (more := self._kill_tagged(node.tag)) and time.monotonic() < deadline:  # what is left
+            killed += more
+            time.sleep(0.2)
         node.proc.wait(timeout=10)
+        return killed
 
     def shutdown(self) -> list[str]:
         """Stop every node (workers first), then SIGKILL stragglers carrying this cluster's tag.
 
         Returns descriptions of processes that had to be killed after the graceful stop."""
-        for name in sorted(self.nodes, key=lambda n: n == "head"):
-            self.stop_node(name)
         stragglers = []
+        for name in sorted(self.nodes, key=lambda n: n == "head"):
+            stragglers += self.stop_node(name)
         deadline = time.monotonic() + 10
-        while (left := self._tagged()) and time.monotonic() < deadline:
-            for p in left:
-                try:
-                    stragglers.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+        while (killed := self._kill_tagged()) and time.monotonic() < deadline:
+            stragglers += killed
             time.sleep(0.5)
         return sorted(set(stragglers))
 
