@@ -12,8 +12,8 @@ the models are stacked in blocks and each pair of blocks costs one matrix produc
 are in memory at a time, so memory does not grow with the number of models.
 
 For studies where even O(K^2 N M^2) is too slow (hundreds of models at N = 40,000 on a CPU),
-``method="sketch"`` replaces each coupling matrix by a TensorSketch (Pham & Pagh 2013) of its
-off-diagonal part: a vector of length ``sketch_dim`` whose inner products are unbiased estimates of
+``method="sketch"`` replaces each coupling matrix by a TensorSketch (Pham & Pagh 2013; one hash,
+see :class:`TensorSketch`) of its off-diagonal part: a vector of length ``sketch_dim`` whose inner products are unbiased estimates of
 the Frobenius inner products, computed in O(N M + M s log s) per model from the factors. Its error
 on a correlation is of order ``sqrt(2 / sketch_dim)``; tests measure it against the exact route.
 """
@@ -201,12 +201,21 @@ def _exact(models, K, N, M0, block_bytes, dtype):
 class TensorSketch:
     """TensorSketch of symmetric N x N matrices given as ``W^T diag(c) W`` with zero diagonal.
 
+    One count sketch ``CS(x)[h(i)] += s(i) x_i`` (hash ``h``, random signs ``s``) serves both
+    factors: the sketch of ``x x^T`` is the circular self-convolution of ``CS(x)``, i.e. entry
+    ``(i, j)`` lands in bucket ``h(i) + h(j) mod dim`` with sign ``s(i) s(j)``. For a symmetric
+    matrix with zero diagonal the two entries of an unordered pair always land together, so the
+    sketch is ``2 sum_{i<j} J_ij s(i) s(j) e_{h(i)+h(j)}``; the signs of distinct pairs are
+    uncorrelated, hence ``E[<T(J1), T(J2)>] = 4 sum_{i<j} J1_ij J2_ij``. Dividing by sqrt(2) makes
+    the inner products estimate ``sum_{i!=j} J1_ij J2_ij``. (A single hash halves the work of
+    the two-hash TensorSketch; the variance is of the same order, ~ ||J1||^2 ||J2||^2 / dim.)
+
     Parameters
     ----------
     n : int
         Number of visible units N.
     dim : int
-        Sketch length s.
+        Sketch length.
     seed : int
     """
 
@@ -217,38 +226,31 @@ class TensorSketch:
             raise ConfigError(f"sketch_dim must be >= 16, got {dim}")
         rng = np.random.default_rng([seed, n, dim])
         self.n, self.dim = n, dim
-        self.h1 = rng.integers(0, dim, n)
-        self.h2 = rng.integers(0, dim, n)
-        self.s1 = rng.choice([-1.0, 1.0], n)
-        self.s2 = rng.choice([-1.0, 1.0], n)
-        idx = np.arange(n)
-        # both count-sketch operators stacked, (2s, N): CS1(W), CS2(W) = split(H @ W.T)
-        self.H = sp.vstack([
-            sp.csr_matrix((self.s1.astype(np.float32), (self.h1, idx)), shape=(dim, n)),
-            sp.csr_matrix((self.s2.astype(np.float32), (self.h2, idx)), shape=(dim, n)),
-        ]).tocsc()
-        self.diag_pos = (self.h1 + self.h2) % dim
-        self.diag_sign = self.s1 * self.s2
+        self.h = rng.integers(0, dim, n)
+        self.s = rng.choice([-1.0, 1.0], n)
+        #: count-sketch operator (dim, N): CS(W) = H @ W.T
+        self.H = sp.csc_matrix((self.s.astype(np.float32), (self.h, np.arange(n))),
+                               shape=(dim, n))
+        self.diag_pos = (2 * self.h) % dim
         ones = np.ones((1, n))
         #: sketch of the all-ones off-diagonal matrix (11^T - I)
-        self.ones = self._rank_sum(ones, np.ones(1)) - self._diag(np.ones(n))
+        self.ones = self.sketch(ones, np.ones(1), np.ones(n))
 
     def _rank_sum(self, W, c):
-        """Sketch of ``sum_mu c_mu w_mu w_mu^T`` (diagonal included), shape (dim,).
+        """Sketch (unscaled) of ``sum_mu c_mu w_mu w_mu^T`` (diagonal included), shape (dim,).
 
-        One FFT per hidden unit and count sketch; single-threaded, which measured faster than
-        threaded FFT/BLAS on a loaded 2-core machine (see BENCHMARKS.md).
+        One FFT per hidden unit, single-threaded: threads are used across models instead.
         """
         from scipy import fft
 
         W = np.asarray(W, dtype=np.float32)
-        ab = (self.H @ W.T).reshape(2, self.dim, -1)      # (2, s, M) count sketches
-        f = fft.rfft(ab, axis=1, workers=1)
-        spec = (f[0] * f[1]) @ np.asarray(c, dtype=np.complex64)
+        cs = self.H @ W.T                                  # (dim, M) count sketches
+        f = fft.rfft(cs, axis=0, workers=1)
+        spec = (f * f) @ np.asarray(c, dtype=np.complex64)
         return fft.irfft(spec.astype(np.complex128), n=self.dim)
 
     def _diag(self, d):
-        return np.bincount(self.diag_pos, weights=self.diag_sign * d, minlength=self.dim)
+        return np.bincount(self.diag_pos, weights=d, minlength=self.dim)
 
     def sketch(self, W, c, d=None):
         """Sketch of ``J = W^T diag(c) W`` with zero diagonal, shape (dim,).
@@ -257,7 +259,7 @@ class TensorSketch:
         """
         if d is None:
             d = diag_of(W, c)
-        return self._rank_sum(W, c) - self._diag(d)
+        return (self._rank_sum(W, c) - self._diag(d)) / np.sqrt(2.0)
 
 
 def _sketched(models, K, N, dim, seed, n_jobs=None):
