@@ -454,6 +454,7 @@ def test_versions_agree_everywhere():
     for flavor, path in DOCKERFILES.items():  # the build command in each Dockerfile's header
         tag = re.search(r"-t (\S+) \.", path.read_text()).group(1)
         assert tag == f"raysearch:{project['version']}-ray{ray}-py{py.replace('.', '')}-{flavor}"
+        assert _dockerfile(path).labels["org.opencontainers.image.version"] == project["version"]
     # the cluster's rayVersion and the KubeRay/compose images were checked above; ray in constraints:
     assert f"ray=={ray}" in (DOCKER / "constraints.txt").read_text().splitlines()
 
