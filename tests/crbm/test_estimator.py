@@ -214,3 +214,14 @@ def test_invalid_data_raises_input_error():
         small().fit(FakeDataset())
     with pytest.raises(ConfigError, match="not fitted"):
         small().transform(X_OK)
+
+
+def test_other_chain_count_and_fit_options():
+    m = small(n_chains=7).fit(X_OK)
+    assert m._state["chains"].shape == (7, 30) and not m.diverged_
+    with pytest.raises(ConfigError, match="callback_every"):
+        small().fit(X_OK, callback_every=0)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        small().fit(X_OK, checkpoint="just-a-path.h5")
+    with pytest.raises(ConfigError, match="no training state"):
+        small().save_checkpoint("x.h5")
