@@ -4,8 +4,8 @@ Every manifest is parsed and checked against what the tool that reads it require
 * docker/cluster.yaml: Ray's own cluster-launcher schema (``ray/autoscaler/ray-schema.json``) and the
   same ``prepare_config`` + ``validate_config`` that ``ray up`` runs before it contacts the cloud;
 * docker/kuberay/*.yaml: the required fields of the KubeRay ray.io/v1 CRDs (RayCluster, RayJob),
-  written out from the KubeRay API types (fields without ``omitempty``/``+optional``) and the
-  Kubernetes pod template rules they embed;
+  written out by hand from the KubeRay API types and CRDs (the CRD schemas are not available
+  offline) plus the Kubernetes pod template rules they embed;
 * docker/compose.yaml: the Compose Specification JSON schema (vendored by check-jsonschema);
 * the Dockerfiles: hadolint, plus structure (pinned base, non-root user, health check);
 and the raysearch, Ray and Python versions agree across all of them and with pyproject.toml.
@@ -179,8 +179,9 @@ def _check_pod_template(template: dict, where: str) -> list[dict]:
 
 
 def _check_raycluster_spec(spec: dict, where: str) -> None:
-    """RayClusterSpec (ray.io/v1): required headGroupSpec{template, rayStartParams} and, per worker
-    group, groupName, minReplicas, maxReplicas, rayStartParams, template."""
+    """RayClusterSpec (ray.io/v1). Required by the KubeRay v1.7 CRD: headGroupSpec.template and, per
+    worker group, groupName, minReplicas, maxReplicas, template; older operators (the 1.5 line that
+    introduced authOptions) also require rayStartParams on every group, so it is checked too."""
     assert spec["rayVersion"] == _ray_pin(), f"{where}: rayVersion must equal the pinned Ray"
     head = spec["headGroupSpec"]
     for key in ("template", "rayStartParams"):
