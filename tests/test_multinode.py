@@ -420,6 +420,14 @@ def test_study_submitted_with_ray_job_lands_on_both_workers(ray_cluster, tmp_pat
     assert set(df["node_id"]) <= set(workers.values()), (df["node_id"].tolist(), workers)
     assert set(df["node_id"]) == set(workers.values()), df[["trial_id", "node_id"]]
     assert _optuna_states(exp_dir, "mn_spread") == ["COMPLETE"] * N_TRIALS
+    # the CLI reads the same storage, with the cluster irrelevant to it
+    csv = tmp_path / "trials.csv"
+    cli = subprocess.run([str(BIN / "raysearch"), "results", str(exp_dir), "--csv", str(csv)],
+                         capture_output=True, text=True, timeout=120, env=ray_cluster.env)
+    assert cli.returncode == 0, cli.stderr
+    import pandas as pd
+
+    assert sorted(pd.read_csv(csv)["trial_id"].astype(str)) == sorted(df["trial_id"].astype(str))
     print(f"\n4-trial study via ray job submit: {elapsed:.1f} s")
 
 
