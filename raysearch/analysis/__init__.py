@@ -6,7 +6,8 @@
 
 from raysearch.analysis.analyze import Analysis, analyze, finished_models
 from raysearch.analysis.assemblies import Assemblies, assemblies
-from raysearch.analysis.clustering import Embedding, cluster, cluster_table, embed, embed_and_cluster
+from raysearch.analysis.clustering import (Embedding, cluster, cluster_table, embed,
+                                           embed_and_cluster)
 from raysearch.analysis.couplings import LowRankCouplings, offdiag_stats
 from raysearch.analysis.regions import (consistency, load_structural, log_pearson,
                                         region_couplings, structural_spearman)

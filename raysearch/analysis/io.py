@@ -15,8 +15,9 @@ def _open(path):
     import h5py
 
     if "://" in str(path):
-        raise InputError(f"model file {path} is on remote storage; copy the experiment directory "
-                         "to a local path (e.g. with `aws s3 sync` / `gsutil rsync`) and analyze that")
+        raise InputError(f"model file {path} is on remote storage; copy the experiment "
+                         "directory to a local path (e.g. `aws s3 sync`, `gsutil rsync`) and "
+                         "analyze that")
     try:
         return h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:

@@ -13,9 +13,10 @@ are in memory at a time, so memory does not grow with the number of models.
 
 For studies where even O(K^2 N M^2) is too slow (hundreds of models at N = 40,000 on a CPU),
 ``method="sketch"`` replaces each coupling matrix by a TensorSketch (Pham & Pagh 2013; one hash,
-see :class:`TensorSketch`) of its off-diagonal part: a vector of length ``sketch_dim`` whose inner products are unbiased estimates of
-the Frobenius inner products, computed in O(N M + M s log s) per model from the factors. Its error
-on a correlation is of order ``sqrt(2 / sketch_dim)``; tests measure it against the exact route.
+see :class:`TensorSketch`) of its off-diagonal part: a vector of length ``sketch_dim`` whose inner
+products are unbiased estimates of the Frobenius inner products, computed in O(N M + M s log s) per
+model from the factors. Its error on a correlation is of order ``sqrt(2 / sketch_dim)``; tests
+measure it against the exact route.
 """
 
 from __future__ import annotations
