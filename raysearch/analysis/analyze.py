@@ -173,8 +173,18 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
     directory = str(directory)
     df = finished_models(_load_results(directory), directory)
     notes = []
+    info = [ModelFiles(df["model_path"].tolist()).info(k) for k in range(len(df))]
+    diverged = np.array([i["diverged"] for i in info], bool)
+    if diverged.any():
+        notes.append(f"{diverged.sum()} diverged model(s) left out: "
+                     + ", ".join(df["trial_id"].astype(str)[diverged]))
+        if diverged.all():
+            raise InputError(f"every finished model in {directory} diverged during training; "
+                             "nothing to analyze (lower the learning rate or lambda range)")
+        df = df[~diverged].reset_index(drop=True)
+        info = [i for i, d in zip(info, diverged) if not d]
     files = ModelFiles(df["model_path"].tolist())
-    n_vis = np.array([files.n_visible(k) for k in range(len(files))])
+    n_vis = np.array([i["n_visible"] for i in info])
     rec = df["recording"].astype(str).fillna("") if "recording" in df else pd.Series([""] * len(df))
     group_key = rec + "|N=" + pd.Series(n_vis).astype(str)
     main = group_key.value_counts().index[0]

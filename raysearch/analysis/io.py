@@ -47,11 +47,17 @@ class ModelFiles:
                 if key not in f:
                     raise InputError(f"model file {path} has no /{key} dataset; it is not a "
                                      "raysearch CRBM model file (or was written by an old version)")
-            return np.asarray(f["weights"]), np.asarray(f["hidden_var"])
+            W, c = np.asarray(f["weights"]), np.asarray(f["hidden_var"])
+        if not (np.isfinite(W).all() and np.isfinite(c).all()):
+            raise InputError(f"model file {path} has NaN/inf weights or hidden_var (a diverged "
+                             "fit); remove it from models/ or re-run that trial")
+        return W, c
 
-    def n_visible(self, k) -> int:
+    def info(self, k) -> dict:
+        """``n_visible`` and ``diverged`` of model k, from the file's metadata (cheap)."""
         with _open(self.paths[k]) as f:
-            return int(f["weights"].shape[1])
+            return {"n_visible": int(f["weights"].shape[1]),
+                    "diverged": bool(f.attrs.get("diverged", False))}
 
 
 def read_units(path):

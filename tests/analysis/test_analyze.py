@@ -89,3 +89,28 @@ def test_two_recordings(tmp_path, small_dataset):
     rc = a.recording_consistency
     assert list(rc.index) == ["fishA", "fishB"] and rc.shape == (2, 2)
     assert np.isfinite(rc.loc["fishA", "fishB"])
+
+
+def test_collapsed_and_diverged_models(tmp_path, small_dataset):
+    """A model with all-zero weights (constant couplings) is kept with a note; a diverged one
+    (diverged attr set) is left out with a note; NaN weights give a clear error naming the file."""
+    import h5py
+
+    ds, _ = small_dataset
+    rng = np.random.default_rng(4)
+    specs = family_specs(rng, ds.n_units, per_family=2)
+    specs[1]["W"] = np.zeros_like(specs[1]["W"])
+    exp = make_experiment(tmp_path / "study", specs, ds)
+    a = analyze(exp)
+    assert len(a.trial_ids) == 4
+    assert np.isnan(a.similarity.pearson[a.trial_ids.index("abcde_00001")]).all()
+    assert any("constant couplings" in n for n in a.notes)
+    with h5py.File(exp / "models" / "abcde_00002.h5", "a") as f:
+        f.attrs["diverged"] = True
+    a = analyze(exp)
+    assert "abcde_00002" not in a.trial_ids and len(a.trial_ids) == 3
+    assert any("diverged" in n for n in a.notes)
+    with h5py.File(exp / "models" / "abcde_00003.h5", "a") as f:
+        f["weights"][0, 0] = np.nan
+    with pytest.raises(InputError, match="abcde_00003.h5 has NaN"):
+        analyze(exp)
