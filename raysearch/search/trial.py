@@ -222,6 +222,9 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     n_hidden = int(config.get("n_hidden") or s["n_hidden"])
     backend_name = "cupy" if ray.get_gpu_ids() else "numpy"
     backend = get_backend(backend_name)
+    if backend_name == "cupy" and 0 < float(s["gpu"]) < 1:
+        # fractional GPUs are not memory-isolated: keep this trial to its share of the memory
+        backend.xp.get_default_memory_pool().set_limit(fraction=float(s["gpu"]))
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     ip, node_id = _node()
