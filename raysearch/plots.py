@@ -25,6 +25,13 @@ def _figure(w=6.0, h=4.0):
     return fig
 
 
+def _log_x(ax):
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def identity_figure(stats: dict, title: str = ""):
     """Test data (x) against model (y), one panel per statistic.
 
@@ -53,8 +60,12 @@ def identity_figure(stats: dict, title: str = ""):
 def nrmse_vs_lambda(results):
     """Each nRMSE against lambda (log x), bad models marked."""
     cols = [c for c in NRMSE_COLUMNS + ("mean_nrmse",) if c in results]
-    fig = _figure(3.0 * len(cols), 3.2)
-    axes = fig.subplots(1, len(cols), squeeze=False)[0]
+    ncol = min(3, len(cols))
+    nrow = -(-len(cols) // ncol)
+    fig = _figure(3.4 * ncol, 2.8 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax in axes[len(cols):]:
+        ax.set_visible(False)
     lam = results["lam"].astype(float).to_numpy()
     bad = results["bad"].fillna(False).astype(bool).to_numpy() if "bad" in results else \
         np.zeros(len(results), bool)
@@ -62,7 +73,7 @@ def nrmse_vs_lambda(results):
         y = results[c].astype(float).to_numpy()
         ax.scatter(lam[~bad], y[~bad], s=12, label="good")
         ax.scatter(lam[bad], y[bad], s=12, marker="x", color="tab:red", label="bad")
-        ax.set_xscale("log")
+        _log_x(ax)
         ax.set_xlabel("lambda")
         ax.set_title(c, fontsize=9)
     axes[0].set_ylabel("nRMSE")
@@ -91,7 +102,7 @@ def bad_share_vs_lambda(results, n_bins=8):
                        edgecolor="k")
                 ax.text(np.sqrt(left * right), share, str(int(sel.sum())), ha="center",
                         va="bottom", fontsize=7)
-        ax.set_xscale("log")
+        _log_x(ax)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("lambda")
     ax.set_ylabel("share of bad models")
