@@ -156,7 +156,9 @@ def structural_spearman(functional, structural, include_diagonal=True):
 def load_structural(path, region_names) -> np.ndarray:
     """Read a structural region matrix CSV and order it like ``region_names``.
 
-    The CSV is regions x regions. With a header row and an index column of region names, rows and
+    The CSV is regions x regions. A synthetic recording file (``.h5`` written by
+    ``raysearch synth``) is accepted too: its planted ``/GroundTruth/structural`` matrix is used.
+    With a header row and an index column of region names, rows and
     columns are matched by name (every name in ``region_names`` must be present). Without names it
     must be a bare R x R numeric table in the order of ``region_names``.
 
@@ -168,6 +170,8 @@ def load_structural(path, region_names) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"structural matrix {path} does not exist")
     R = len(region_names)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return _structural_from_synthetic(path, region_names)
     try:
         df = pd.read_csv(path, index_col=0)
         named = not all(_is_number(x) for x in df.columns)
@@ -189,6 +193,19 @@ def load_structural(path, region_names) -> np.ndarray:
     if not np.all(np.isfinite(mat)):
         raise InputError(f"structural matrix {path} contains non-numeric or non-finite entries")
     return mat
+
+
+def _structural_from_synthetic(path, region_names):
+    from raysearch.synthetic import load_ground_truth
+
+    gt = load_ground_truth(path)
+    names = list(gt.region_names)
+    missing = [n for n in region_names if n not in names]
+    if missing:
+        raise InputError(f"{path}: its ground truth lacks regions {missing[:5]}; is it the "
+                         "recording the models were fitted on?")
+    idx = [names.index(n) for n in region_names]
+    return np.asarray(gt.structural, dtype=float)[np.ix_(idx, idx)]
 
 
 def _is_number(x):

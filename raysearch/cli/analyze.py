@@ -16,7 +16,9 @@ def register(sub):
     p.add_argument("--out", default=None,
                    help="output directory (default: <directory>/analysis)")
     p.add_argument("--structural", default=None,
-                   help="CSV regions x regions structural matrix to compare region couplings with")
+                   help="structural region matrix to compare region couplings with: a CSV "
+                   "(regions x regions, named rows/columns) or a synthetic recording .h5 (its "
+                   "planted structural matrix)")
     p.add_argument("--clusters", type=int, default=None,
                    help="number of k-means clusters (default: chosen by silhouette score)")
     p.add_argument("--similarity", choices=("auto", "exact", "sketch"), default="auto",

@@ -114,3 +114,16 @@ def test_collapsed_and_diverged_models(tmp_path, small_dataset):
         f["weights"][0, 0] = np.nan
     with pytest.raises(InputError, match="abcde_00003.h5 has NaN"):
         analyze(exp)
+
+
+@pytest.mark.parametrize("n_models", [1, 2])
+def test_tiny_studies(tmp_path, small_dataset, n_models):
+    from raysearch.report import write_report
+
+    ds, _ = small_dataset
+    specs = family_specs(np.random.default_rng(5), ds.n_units, per_family=1)[:n_models]
+    a = analyze(make_experiment(tmp_path / "study", specs, ds))
+    assert len(a.trial_ids) == n_models and a.embedding.n_clusters == 1
+    assert set(a.identity) == ({"best"} if n_models == 1 else {"best", "bad"})
+    html = write_report(a, tmp_path / "out").read_text()
+    assert "id='fig-pca'" in html and "id='fig-similarity'" in html

@@ -79,3 +79,17 @@ def test_load_structural(tmp_path):
         load_structural(tmp_path / "bare.csv", names[:2])
     with pytest.raises(InputError, match="does not exist"):
         load_structural(tmp_path / "none.csv", names)
+
+
+def test_load_structural_from_synthetic_file(tmp_path):
+    from raysearch.synthetic import load_ground_truth, write_synthetic_recording
+
+    path = write_synthetic_recording(tmp_path / "fish.h5", n_neurons=120, n_frames=200, seed=0)
+    gt = load_ground_truth(path)
+    names = list(gt.region_names)
+    np.testing.assert_array_equal(load_structural(path, names), gt.structural)
+    sub = names[::-1][:4]
+    idx = [names.index(n) for n in sub]
+    np.testing.assert_array_equal(load_structural(path, sub), gt.structural[np.ix_(idx, idx)])
+    with pytest.raises(InputError, match="lacks regions"):
+        load_structural(path, ["Nowhere"])
