@@ -136,7 +136,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
         seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
         seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
-        trial_dir, and ``pareto`` for a two-objective study. With history, also
+        trial_dir, and ``pareto`` for a two-objective study. ``finished`` is True when the
+        trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
+        TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
         training_iteration, final and timestamp. ``df.attrs["study"]`` holds the study dict.
     """
     exp_dir = Path(path)

@@ -17,9 +17,9 @@ import pytest
 from raysearch.cli import main
 from raysearch.crbm import CRBM
 from raysearch.errors import ConfigError, InputError
-from raysearch.search import load_results, run_study
+from raysearch.search import load_results, load_study, run_study, study_from_dict
 from raysearch.search.results import COLUMNS, pareto_mask
-from search_helpers import tiny_study
+from search_helpers import tiny_dict, tiny_study
 
 NRMSE = ["nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh"]
 
@@ -30,8 +30,17 @@ def _optuna_trials(run, name="tiny"):
 
 
 def test_optuna_study_end_to_end(ray_session, tmp_path):
-    """One row per trial, finite metrics, loadable model files, every trial COMPLETE in Optuna."""
-    study = tiny_study(tmp_path, search={"points_to_evaluate": [{"lam": 0.003}]})
+    """The packaged quickstart study, shrunk to tiny sizes: one row per trial, finite metrics,
+    loadable model files, every trial COMPLETE in Optuna."""
+    quick = load_study(None).to_dict()
+    tiny = tiny_dict(tmp_path)
+    for key in ("recordings", "preprocessing", "model", "evaluation", "run"):
+        quick[key] = tiny[key]
+    quick["name"] = "tiny"
+    quick["search"].update(num_samples=3, lam={"low": 1e-4, "high": 1.0},
+                           points_to_evaluate=[{"lam": 0.003}])
+    study = study_from_dict(quick)
+    assert study.search.mode == "optuna" and study.search.penalty == "l2l1"
     run = run_study(study)
     df = run.results
     assert run.num_errors == 0
