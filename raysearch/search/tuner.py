@@ -259,6 +259,15 @@ def _loopback_only():
             os.environ[var] = old_env
 
 
+def _warn_missing_gpus(study: Study) -> None:
+    import ray
+
+    if study.resources.gpu > 0 and not ray.cluster_resources().get("GPU"):
+        log.warning("the study asks for %s GPU per trial but the Ray cluster has no GPU now; "
+                    "trials stay PENDING until one joins (set resources.gpu: 0 to run on CPUs)",
+                    study.resources.gpu)
+
+
 def _write_study(study: Study, exp_dir: str) -> None:
     text = study.to_yaml()
     if _is_uri(exp_dir):
@@ -320,11 +329,14 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
     if not _is_uri(exp_dir) and any(Path(exp_dir).glob("experiment_state-*.json")):
         raise ConfigError(f"the experiment directory {exp_dir} already holds a study; continue it "
                           f"with `raysearch resume {exp_dir}` or choose another --name")
+    if study.search.mode != "grid":
+        optuna_storage_url(study, exp_dir)  # a URI storage needs search.optuna_storage: say so now
     _set_tune_env()
     datasets = prepare_datasets(study)
     started, url = connect_ray(address)
     if on_connect is not None:
         on_connect(url)
+    _warn_missing_gpus(study)
     try:
         _write_study(study, exp_dir)
         tuner = build_tuner(study, datasets, exp_dir)

@@ -177,3 +177,19 @@ def test_load_results_needs_no_ray(ray_session, tmp_path):
             "print(json.dumps([len(df), 'ray' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, False]
+
+
+def test_storage_uri(ray_session, tmp_path):
+    """Results can go to a storage URI (here file://); the model files and study.yaml go there too
+    through pyarrow's filesystem layer, and the Optuna storage must then be given explicitly."""
+    study = tiny_study(tmp_path, name="uri", search={"mode": "grid", "lam": [0.01]})
+    uri = f"file://{tmp_path / 'remote'}"
+    with pytest.raises(ConfigError, match="optuna_storage"):
+        run_study(tiny_study(tmp_path, name="uri-optuna"), storage=uri)
+    assert not (tmp_path / "remote" / "uri-optuna").exists()  # refused before anything started
+    run = run_study(study, storage=uri)
+    assert run.experiment_dir == f"{uri}/uri" and run.num_errors == 0
+    local = tmp_path / "remote" / "uri"
+    df = load_results(local)
+    assert len(df) == 1 and df["finished"].all() and (local / "study.yaml").is_file()
+    assert CRBM.load(df["model_path"][0]).n_updates_done_ == 40
