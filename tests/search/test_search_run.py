@@ -193,3 +193,23 @@ def test_storage_uri(ray_session, tmp_path):
     df = load_results(local)
     assert len(df) == 1 and df["finished"].all() and (local / "study.yaml").is_file()
     assert CRBM.load(df["model_path"][0]).n_updates_done_ == 40
+
+
+def test_failed_trial_is_error_in_tune_and_fail_in_optuna(ray_session, tmp_path):
+    """A trial that raises (batch larger than its recording's training frames) ends ERROR in Tune
+    and FAIL in Optuna; the other trial completes. Also: points_to_evaluate naming recordings."""
+    recordings = [{"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
+                  {"name": "short", "synthetic": {"n_neurons": 60, "n_frames": 150, "seed": 1}}]
+    study = tiny_study(tmp_path, name="fails", recordings=recordings,
+                       model={"batch_size": 200}, run={"max_failures": 0},
+                       search={"num_samples": 2, "points_to_evaluate": [
+                           {"lam": 0.01, "recording": "fish"},
+                           {"lam": 0.02, "recording": "short"}]})
+    run = run_study(study)
+    df = run.results.set_index("recording")
+    assert run.num_errors == 1
+    assert df.loc["fish", "status"] == "TERMINATED" and df.loc["fish", "finished"]
+    assert df.loc["short", "status"] == "ERROR" and not df.loc["short", "finished"]
+    states = {t.params["recording"]: t.state for t in _optuna_trials(run, "fails")}
+    assert states == {"fish": optuna.trial.TrialState.COMPLETE,
+                      "short": optuna.trial.TrialState.FAIL}
