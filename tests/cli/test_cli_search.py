@@ -63,3 +63,12 @@ def test_run_with_storage_and_name_then_results(ray_session, tmp_path, capsys):
 def test_console_script_runs_in_a_fresh_process():
     res = run_cli("run", "--help", timeout=60)
     assert res.returncode == 0 and "--address" in res.stdout
+
+
+def test_missing_recording_file_stops_before_ray_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = Path(__file__).resolve().parents[2] / "experiments" / "l1_published_grid.yaml"
+    assert main(["run", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "fish.h5" in err and "Traceback" not in err
+    assert not (tmp_path / "ray_results").exists()
