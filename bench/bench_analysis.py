@@ -9,7 +9,8 @@ processed is in memory. Measured:
    models: seconds and peak RSS; whether k-means recovers the two families;
 2. the exact route (M x M products, O(N M^2) per pair) on ``--exact-models`` models at full N:
    seconds per pair, extrapolated to all K(K+1)/2 pairs; the sketch's error against it;
-3. the dense route (form each N x N J, Gram of the flattened matrices) at a smaller N
+3. region couplings of one model (R = ``--regions`` random regions): seconds and peak RSS;
+4. the dense route (form each N x N J, Gram of the flattened matrices) at a smaller N
    (``--dense-n``), timed and scaled by N^2 (J formation ~ K N^2 M, Gram ~ K^2 N^2 / 2) to full N.
 
 Usage: python bench/bench_analysis.py [--models 500] [--n 40000] [--m 200] [--sketch-dim 32768]
@@ -88,7 +89,9 @@ def main():
     ap.add_argument("--exact-models", type=int, default=8)
     ap.add_argument("--dense-n", type=int, default=4000)
     ap.add_argument("--dense-models", type=int, default=8)
-    ap.add_argument("--skip-extra", action="store_true", help="only the sketch route")
+    ap.add_argument("--regions", type=int, default=72, help="regions for the region-coupling timing")
+    ap.add_argument("--skip-extra", action="store_true",
+                    help="skip the exact and dense routes")
     args = ap.parse_args()
 
     import scipy
@@ -123,6 +126,18 @@ def main():
                total_s=round(t_sim + t_clu, 2), peak_rss_mb=round(peak_rss_mb()),
                n_clusters=emb.n_clusters,
                ari_vs_families=float(adjusted_rand_score(models.family, emb.labels)))
+    print(json.dumps(out), flush=True)
+
+    # region couplings (mean |J_ij| per region pair, blockwise) of one model at full size
+    from raysearch.analysis import region_couplings
+
+    W, c = models[0]
+    reg = np.random.default_rng(1).integers(0, args.regions, N)
+    t0, c0 = time.perf_counter(), time.process_time()
+    region_couplings(W, c, reg, n_regions=args.regions)
+    out.update(regions=args.regions, region_couplings_s=round(time.perf_counter() - t0, 2),
+               region_couplings_cpu_s=round(time.process_time() - c0, 2),
+               peak_rss_mb_with_regions=round(peak_rss_mb()))
     print(json.dumps(out), flush=True)
     if args.skip_extra:
         return

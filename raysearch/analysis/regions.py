@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raysearch.analysis.couplings import check_factors, coupling_block
+from raysearch.analysis.couplings import check_factors
 from raysearch.errors import InputError
 
 
 def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=None,
-                     block_bytes=64 * 2**20):
-    """Mean |J_ij| over neuron pairs of each pair of regions, computed blockwise.
+                     block_bytes=64 * 2**20, dtype=np.float32):
+    """Mean |J_ij| over pairs of visible units of each pair of regions, computed blockwise.
+
+    The units are sorted by region once; each block of rows of J is then reduced to regions with
+    one ``np.add.reduceat`` over contiguous column segments (O(chunk N), no N x R product).
 
     Parameters
     ----------
@@ -29,15 +32,17 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
     n_regions : int, optional
         R; defaults to ``unit_region.max() + 1``.
     chunk : int, optional
-        Rows of J formed at a time (memory ~ 8 * chunk * N bytes); default from ``block_bytes``.
+        Rows of J formed at a time; default from ``block_bytes``.
     block_bytes : int
         Memory budget of one block of rows when ``chunk`` is None.
+    dtype : numpy dtype
+        Precision of the J blocks (float32 default, ~1e-6 relative; sums are in float64).
 
     Returns
     -------
     ndarray, shape (R, R)
-        Symmetric; NaN for region pairs without any neuron pair (empty regions, or a region of one
-        unit on the diagonal).
+        Symmetric; NaN for region pairs without any pair of units (empty regions, or a region of
+        one unit on the diagonal).
     """
     W, c = check_factors(weights, hidden_var)
     unit_region = np.asarray(unit_region, dtype=np.int64).reshape(-1)
@@ -45,19 +50,32 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
         raise InputError(f"unit_region has {unit_region.shape[0]} entries, weights have "
                          f"{W.shape[1]} visible units")
     R = int(unit_region.max()) + 1 if n_regions is None else int(n_regions)
+    if R < 1 or unit_region.max() >= R:
+        raise InputError(f"unit_region has indices up to {unit_region.max()} but {R} regions")
     keep = np.flatnonzero(unit_region >= 0)
-    Wk = W[:, keep]
+    keep = keep[np.argsort(unit_region[keep], kind="stable")]     # sorted by region
     reg = unit_region[keep]
-    onehot = np.zeros((keep.size, R))
-    onehot[np.arange(keep.size), reg] = 1.0
-    total = np.zeros((R, R))
-    if chunk is None:
-        chunk = int(max(1, block_bytes // (8 * max(1, keep.size))))
-    for a in range(0, keep.size, chunk):
-        rows = np.arange(a, min(a + chunk, keep.size))
-        block = np.abs(coupling_block(Wk, c, rows))       # (chunk, n_kept), zero diagonal
-        total += onehot[rows].T @ (block @ onehot)
+    n = keep.size
     counts = np.bincount(reg, minlength=R).astype(np.float64)
+    total = np.zeros((R, R))
+    if n:
+        Wk = np.ascontiguousarray(W[:, keep], dtype=dtype)
+        cd = c.astype(dtype)
+        starts = np.flatnonzero(np.r_[True, reg[1:] != reg[:-1]])
+        present = reg[starts]
+        itemsize = np.dtype(dtype).itemsize
+        if chunk is None:
+            chunk = int(max(1, block_bytes // (itemsize * n)))
+        for a in range(0, n, chunk):
+            rows = np.arange(a, min(a + chunk, n))
+            block = (Wk[:, rows] * cd[:, None]).T @ Wk          # (chunk, n) rows of J
+            block[np.arange(rows.size), rows] = 0.0             # zero diagonal
+            np.abs(block, out=block)
+            cols = np.add.reduceat(block, starts, axis=1, dtype=np.float64)  # (chunk, P)
+            seg = np.searchsorted(starts, rows, side="right") - 1           # row -> segment
+            rs = np.zeros((present.size, present.size))
+            np.add.at(rs, seg, cols)
+            total[np.ix_(present, present)] += rs
     pairs = np.outer(counts, counts) - np.diag(counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / pairs

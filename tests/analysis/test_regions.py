@@ -19,9 +19,11 @@ def test_blockwise_equals_dense(chunk):
     reg[:2] = 3          # make sure region 3 has >= 2 units
     reg[reg == 4] = 0    # region 4 empty -> NaN row/col
     J = LowRankCouplings.from_factors(W, c).dense()
-    got = region_couplings(W, c, reg, n_regions=R, chunk=chunk)
+    got = region_couplings(W, c, reg, n_regions=R, chunk=chunk, dtype=np.float64)
     ref = region_couplings_dense(J, reg, n_regions=R)
     np.testing.assert_allclose(got, ref, rtol=1e-10, equal_nan=True)
+    got32 = region_couplings(W, c, reg, n_regions=R, chunk=chunk)       # default float32 blocks
+    np.testing.assert_allclose(got32, ref, rtol=1e-5, equal_nan=True)
     assert np.isnan(got[4]).all()
     np.testing.assert_allclose(got, got.T, rtol=1e-12, equal_nan=True)
 
