@@ -84,3 +84,20 @@ def test_bad_input_files(tmp_path, capsys):
     assert rc == 2 and "--force" in err and out.read_text() == "keep me"
     rc, _, err = run(capsys, "synthetic", "--out", str(tmp_path / "m.txt"), "--quiet")
     assert rc == 2 and ".h5" in err
+
+
+def test_checkpoint_and_resume(tmp_path, capsys):
+    common = ["synthetic", "--synthetic-neurons", "100", "--synthetic-frames", "400", "--no-eval",
+              *FAST]
+    ck = tmp_path / "ck.h5"
+    rc, _, err = run(capsys, *common, "--out", str(tmp_path / "a.h5"), "--checkpoint", str(ck))
+    assert rc == 0 and ck.exists(), err
+    rc, stdout, err = run(capsys, *common, "--out", str(tmp_path / "b.h5"), "--resume", str(ck))
+    assert rc == 0, err
+    assert json.loads(stdout)["updates"] == 60
+    a, b = CRBM.load(tmp_path / "a.h5"), CRBM.load(tmp_path / "b.h5")
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+    rc, _, err = run(capsys, *common[:-len(FAST)], "--hidden", "5", "--updates", "60", "--gibbs",
+                     "2", "--batch", "50", "--quiet", "--out", str(tmp_path / "c.h5"),
+                     "--resume", str(ck))
+    assert rc == 2 and "cannot resume" in err
