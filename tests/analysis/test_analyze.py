@@ -127,3 +127,15 @@ def test_tiny_studies(tmp_path, small_dataset, n_models):
     assert set(a.identity) == ({"best"} if n_models == 1 else {"best", "bad"})
     html = write_report(a, tmp_path / "out").read_text()
     assert "id='fig-pca'" in html and "id='fig-similarity'" in html
+
+
+def test_auto_switches_to_sketch_for_large_studies(family_dir, monkeypatch):
+    import raysearch.analysis.similarity as simmod
+
+    exp, specs, ds, gt = family_dir
+    monkeypatch.setattr(simmod, "AUTO_EXACT_MAX_MACS", 0)
+    a = analyze(exp, region_models=1)
+    assert a.similarity.method == "sketch"
+    assert any("TensorSketch" in n for n in a.notes)
+    fam = np.array([specs[int(t.split("_")[1])]["family"] for t in a.trial_ids])
+    assert adjusted_rand_score(fam, a.embedding.labels) == 1.0
