@@ -243,15 +243,16 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 def lambda_bins(lam: np.ndarray, n_bins: int | None = None) -> np.ndarray:
     """Log-spaced bin edges over the positive lambdas.
 
-    With ``n_bins=None``: one bin per distinct lambda when there are at most 12 (a grid), edges at
-    the geometric midpoints; otherwise 8 equal bins in log10(lambda).
+    With ``n_bins=None``: one bin per distinct lambda when there are at most 12 of them and on
+    average at least two fits each (a grid with seeds), edges at the geometric midpoints; otherwise
+    round(sqrt(number of fits)) equal bins in log10(lambda), between 1 and 8.
     """
     lam = np.asarray(lam, dtype=float)
     lam = lam[np.isfinite(lam) & (lam > 0)]
     if lam.size == 0:
         raise InputError("no positive, finite lambda in the results: cannot bin by lambda")
     distinct = np.unique(lam[_first_of_groups(lam)])
-    if n_bins is None and len(distinct) <= 12:
+    if n_bins is None and len(distinct) <= 12 and lam.size >= 2 * len(distinct):
         logs = np.log10(distinct)
         if len(logs) == 1:
             return 10.0 ** np.array([logs[0] - 0.5, logs[0] + 0.5])
@@ -259,7 +260,7 @@ def lambda_bins(lam: np.ndarray, n_bins: int | None = None) -> np.ndarray:
         first = logs[0] - (mids[0] - logs[0])
         last = logs[-1] + (logs[-1] - mids[-1])
         return 10.0 ** np.concatenate([[first], mids, [last]])
-    n_bins = 8 if n_bins is None else int(n_bins)
+    n_bins = int(np.clip(round(np.sqrt(lam.size)), 1, 8)) if n_bins is None else int(n_bins)
     if n_bins < 1:
         raise ConfigError(f"n_bins must be >= 1, got {n_bins}")
     lo, hi = np.log10(lam.min()), np.log10(lam.max())

@@ -170,6 +170,13 @@ def test_bad_share_counts_missing_flags_as_bad_and_default_log_bins():
     lam = 10 ** rng.uniform(-5, -1, size=40)
     df = pd.DataFrame({"lam": lam, "bad": [None] * 5 + [False] * 35})
     out = bad_share_by_lambda(df)
-    assert len(out) == 8 and out["n_fits"].sum() == 40 and out["n_bad"].sum() == 5
+    assert len(out) == 6 and out["n_fits"].sum() == 40 and out["n_bad"].sum() == 5  # sqrt(40)
     edges = lambda_bins(lam)
     assert edges[0] == pytest.approx(lam.min()) and edges[-1] == pytest.approx(lam.max())
+
+
+def test_distinct_lambdas_without_repeats_get_log_bins():
+    df = pd.DataFrame({"lam": [1e-4, 1e-3, 1e-2, 1e-1], "bad": [False, False, True, True]})
+    out = bad_share_by_lambda(df)
+    assert len(out) == 2                       # round(sqrt(4)) bins, not one per fit
+    assert list(out["n_bad"]) == [0, 2]
