@@ -20,8 +20,9 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
                      block_bytes=64 * 2**20, dtype=np.float32):
     """Mean |J_ij| over pairs of visible units of each pair of regions, computed blockwise.
 
-    The units are sorted by region once; each block of rows of J is then reduced to regions with
-    one ``np.add.reduceat`` over contiguous column segments (O(chunk N), no N x R product).
+    The units are sorted by region once; each block of rows of J (only the columns at or right of
+    the block, J being symmetric: half the products) is then reduced to regions with
+    ``np.add.reduceat`` over contiguous column segments (O(chunk N), no N x R product).
 
     Parameters
     ----------
@@ -61,26 +62,40 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
     if n:
         Wk = np.ascontiguousarray(W[:, keep], dtype=dtype)
         cd = c.astype(dtype)
-        starts = np.flatnonzero(np.r_[True, reg[1:] != reg[:-1]])
-        present = reg[starts]
         itemsize = np.dtype(dtype).itemsize
         if chunk is None:
             chunk = int(max(1, block_bytes // (itemsize * n)))
         for a in range(0, n, chunk):
-            rows = np.arange(a, min(a + chunk, n))
-            block = (Wk[:, rows] * cd[:, None]).T @ Wk          # (chunk, n) rows of J
-            block[np.arange(rows.size), rows] = 0.0             # zero diagonal
+            e = min(a + chunk, n)
+            # rows [a, e) against columns [a, n): J is symmetric, so the columns left of a were
+            # covered by earlier chunks (as their rows)
+            block = (Wk[:, a:e] * cd[:, None]).T @ Wk[:, a:]     # (e - a, n - a)
+            block[np.arange(e - a), np.arange(e - a)] = 0.0       # zero diagonal
             np.abs(block, out=block)
-            cols = np.add.reduceat(block, starts, axis=1, dtype=np.float64)  # (chunk, P)
-            seg = np.searchsorted(starts, rows, side="right") - 1           # row -> segment
-            rs = np.zeros((present.size, present.size))
-            np.add.at(rs, seg, cols)
-            total[np.ix_(present, present)] += rs
+            onehot = np.zeros((e - a, R))
+            onehot[np.arange(e - a), reg[a:e]] = 1.0
+            # square part (both orders of each pair present): count once
+            ids, sums = _segment_sums(block[:, :e - a], reg[a:e])
+            total[:, ids] += onehot.T @ sums
+            if e < n:   # pairs (i < j) with j beyond the chunk: count for (R_i, R_j) and (R_j, R_i)
+                ids, sums = _segment_sums(block[:, e - a:], reg[e:])
+                part = np.zeros((R, R))
+                part[:, ids] = onehot.T @ sums
+                total += part + part.T
     pairs = np.outer(counts, counts) - np.diag(counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / pairs
     out[pairs <= 0] = np.nan
     return out
+
+
+def _segment_sums(block, col_reg):
+    """Sum the columns of ``block`` (chunk, n) by region; ``col_reg`` (n,) is sorted.
+
+    Returns the region ids present and the (chunk, n_present) sums, in float64.
+    """
+    starts = np.flatnonzero(np.r_[True, col_reg[1:] != col_reg[:-1]])
+    return col_reg[starts], np.add.reduceat(block, starts, axis=1, dtype=np.float64)
 
 
 def region_couplings_dense(J, unit_region, n_regions=None):
