@@ -3,6 +3,7 @@
     python bench/bench_trainer.py                       # N in {1000, 5000, 20000} x M in {100, 200}
     python bench/bench_trainer.py --backend cupy --sizes 40000x200
     python bench/bench_trainer.py --sizes 5000x100 --updates 50
+    python bench/bench_trainer.py --threads 1 --jobs 2     # as CRBM(n_jobs=2) on 2 cores
 
 One JSON line per (N, M) on stdout. Data: random binary frames at 4% ones (the spike density of the
 fish recordings), T = 1000 frames; batch 100, 100 chains, 15 Gibbs steps, l2l1 penalty. The timed
@@ -51,7 +52,7 @@ def matmul_gflops(bk, n=2048, repeats=10):
 
 
 def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min_seconds=1.0,
-              repeats=5):
+              repeats=5, jobs=1):
     """Seconds per update: (best, median) over ``repeats`` timed blocks of ``updates`` updates
     (default: as many as take about ``min_seconds``). The best block is the least disturbed by
     other processes on a shared machine; the median shows how disturbed it was."""
@@ -59,18 +60,25 @@ def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min
     X = (rng.random((T, N)) < 0.04).astype(np.float32)
     mom = training.data_moments(X, "bernoulli")
     cfg = training.TrainConfig(visible="bernoulli", penalty="l2l1", lam=0.05, n_gibbs=n_gibbs,
-                               learning_rate=5e-3, n_updates=10 ** 6, seed=seed)
+                               learning_rate=5e-3, n_updates=10 ** 6, seed=seed,
+                               n_groups=jobs)
     params = {k: bk.asarray(v) for k, v in training.init_params(mom, M, "bernoulli", seed).items()}
     moments = training.init_moments(params, bk)
     chains = bk.asarray(training.init_chains(mom, batch, "bernoulli", seed))
     mdata = {k: bk.asarray(v) for k, v in mom.items()}
     Xd = bk.asarray(X)
 
+    executor = None
+    if jobs > 1 and bk.name == "numpy":          # as CRBM(n_jobs=jobs).fit does
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(jobs)
+
     def run(start, n):
         nonlocal params, moments, chains
         for u, xb in training.minibatches(Xd, start, start + n, batch, seed, bk):
             params, moments, chains = training.pcd_update(params, moments, chains, xb, mdata,
-                                                          u, cfg, bk)
+                                                          u, cfg, bk, executor)
         bk.synchronize()
 
     t = time.perf_counter()
@@ -83,6 +91,8 @@ def bench_one(bk, N, M, batch=100, n_gibbs=15, updates=None, T=1000, seed=0, min
         run(start, n)
         times.append((time.perf_counter() - t) / n)
         start += n
+    if executor is not None:
+        executor.shutdown()
     return min(times), float(np.median(times)), n * repeats
 
 
@@ -96,6 +106,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks; the best is reported")
     ap.add_argument("--gibbs", type=int, default=15)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="chain threads, as CRBM(n_jobs=...) (use with --threads 1)")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit BLAS threads (threadpoolctl); default: the library's own choice")
     args = ap.parse_args(argv)
@@ -111,14 +123,14 @@ def main(argv=None):
         N, M = (int(x) for x in s.lower().split("x"))
         peak = matmul_gflops(bk, n=8192 if bk.is_device else 2048)   # same run, just before
         dt, med, n = bench_one(bk, N, M, batch=args.batch, n_gibbs=args.gibbs,
-                               updates=args.updates, repeats=args.repeats)
+                               updates=args.updates, repeats=args.repeats, jobs=args.jobs)
         flops = 2 * args.batch * N * M * (2 * args.gibbs + 4)
         row = {"bench": "trainer", "N": N, "M": M, "batch": args.batch, "n_gibbs": args.gibbs,
                "timed_updates": n, "s_per_update": round(dt, 5),
                "s_per_update_median": round(med, 5),
                "gflops": round(flops / dt / 1e9, 2), "matmul_gflops": round(peak, 2),
                "fraction_of_matmul_peak": round(flops / dt / 1e9 / peak, 3),
-               "blas_threads": args.threads or "default",
+               "blas_threads": args.threads or "default", "chain_threads": args.jobs,
                "loadavg_1min": round(os.getloadavg()[0], 2), **env}
         ref = REFERENCE_S_PER_UPDATE.get((N, M))
         if ref is not None and args.batch == 100 and args.gibbs == 15:

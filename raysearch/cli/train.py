@@ -46,6 +46,9 @@ def register(sub):
     g.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
                    help="array backend (auto: CuPy when a GPU is visible)")
     g.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="threads advancing the persistent chains on a CPU (1; the number of cores "
+                        "of a machine of your own is faster; part of the result like the seed)")
     d = p.add_argument_group("data")
     d.add_argument("--signal", choices=("spikes", "dff"), default="spikes",
                    help="which activity to model (spikes)")
@@ -106,13 +109,14 @@ def _train(args) -> int:
     # settings first, so a bad one fails before any data is read
     CRBM(n_hidden=args.hidden, visible=args.visible or "bernoulli", penalty=args.penalty,
          lam=args.lam, n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
-         learning_rate=args.lr, seed=args.seed, backend=args.backend)._check_settings()
+         learning_rate=args.lr, seed=args.seed, backend=args.backend,
+         n_jobs=args.jobs)._check_settings()
     rec = _load(args)
     ds = preprocess(rec, signal=args.signal, voxel_um=args.voxel_um, visible=args.visible,
                     test_segments=_test_segments(args.test_segments), seed=args.seed)
     model = CRBM(n_hidden=args.hidden, visible=ds.visible, penalty=args.penalty, lam=args.lam,
                  n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
-                 learning_rate=args.lr, seed=args.seed, backend=args.backend)
+                 learning_rate=args.lr, seed=args.seed, backend=args.backend, n_jobs=args.jobs)
     every = max(1, min(100, args.updates // 100))
     bar = tqdm(total=args.updates, unit="upd", file=sys.stderr, disable=args.quiet,
                desc=f"cRBM N={ds.n_units} M={args.hidden} lam={args.lam:g}", dynamic_ncols=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -63,6 +64,12 @@ class CRBM(BaseEstimator):
         Every random draw derives from it: (seed, config) reproduces a fit on the same backend.
     backend : {"auto", "numpy", "cupy", "strict"}
         Array backend (:func:`raysearch.backend.get_backend`).
+    n_jobs : int, default 1
+        Threads that advance the persistent chains in parallel on the NumPy backend: the chains are
+        split into ``n_jobs`` groups with their own random streams, and BLAS is limited to one
+        thread per group during ``fit``. The result depends on ``n_jobs`` as on the seed (the
+        "strict" backend runs the same groups one after the other and gives the same numbers). Use
+        1 on a GPU and in Ray trials with one CPU; on a machine of your own, the number of cores.
 
     Attributes
     ----------
@@ -82,7 +89,7 @@ class CRBM(BaseEstimator):
     def __init__(self, n_hidden=50, visible="bernoulli", penalty="l2l1", lam=0.05, n_updates=2000,
                  batch_size=100, n_chains=None, n_gibbs=15, learning_rate=None,
                  lr_final_ratio=0.01, decay_after=0.5, beta2=0.999, epsilon=1e-6, seed=0,
-                 backend="auto"):
+                 backend="auto", n_jobs=1):
         self.n_hidden = n_hidden
         self.visible = visible
         self.penalty = penalty
@@ -98,6 +105,7 @@ class CRBM(BaseEstimator):
         self.epsilon = epsilon
         self.seed = seed
         self.backend = backend
+        self.n_jobs = n_jobs
 
     # ---------------------------------------------------------------- validation
     def _check_settings(self):
@@ -135,6 +143,10 @@ class CRBM(BaseEstimator):
             bad("seed", "the seed must be an integer >= 0")
         if not isinstance(self.backend, str):
             bad("backend", "use 'auto', 'numpy', 'cupy' or 'strict'")
+        if not _is_int(self.n_jobs) or self.n_jobs < 1:
+            bad("n_jobs", "the number of chain threads must be an integer >= 1")
+        if self.n_jobs > (self.n_chains or self.batch_size):
+            bad("n_jobs", f"more chain threads than the {self.n_chains or self.batch_size} chains")
 
     def _check_data(self, X):
         """Return the training frames as a float32 (T, N) host array, or raise InputError."""
@@ -168,7 +180,8 @@ class CRBM(BaseEstimator):
             visible=self.visible, penalty=self.penalty, lam=float(self.lam),
             n_gibbs=int(self.n_gibbs), learning_rate=float(lr), n_updates=int(self.n_updates),
             lr_final_ratio=float(self.lr_final_ratio), decay_after=float(self.decay_after),
-            beta2=float(self.beta2), epsilon=float(self.epsilon), seed=int(self.seed))
+            beta2=float(self.beta2), epsilon=float(self.epsilon), seed=int(self.seed),
+            n_groups=int(self.n_jobs))
 
     def _backend(self):
         from raysearch.backend import get_backend
@@ -247,11 +260,20 @@ class CRBM(BaseEstimator):
         self._state = {"params": params, "moments": moments, "chains": chains, "update": start}
         t0 = time.perf_counter()
         update = start
-        with np.errstate(all="ignore"):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(np.errstate(all="ignore"))
+            executor = None
+            if bk.name == "numpy" and self.n_jobs > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                from threadpoolctl import threadpool_limits
+
+                executor = stack.enter_context(ThreadPoolExecutor(self.n_jobs))
+                stack.enter_context(threadpool_limits(1))
             for u, batch in training.minibatches(Xd, start, cfg.n_updates, self.batch_size,
                                                  self.seed, bk):
                 params, moments, chains = training.pcd_update(
-                    params, moments, chains, batch, mdata, u, cfg, bk)
+                    params, moments, chains, batch, mdata, u, cfg, bk, executor)
                 update = u + 1
                 if update % callback_every and update < cfg.n_updates:
                     continue
@@ -302,8 +324,8 @@ class CRBM(BaseEstimator):
         mine = self.get_params()
         keys = ("n_hidden", "visible", "penalty", "lam", "n_updates", "batch_size", "n_chains",
                 "n_gibbs", "learning_rate", "lr_final_ratio", "decay_after", "beta2", "epsilon",
-                "seed")
-        diff = [k for k in keys if s.get(k) != mine[k]]
+                "seed", "n_jobs")
+        diff = [k for k in keys if s.get(k, 1 if k == "n_jobs" else None) != mine[k]]
         if diff:
             raise ConfigError("cannot resume: the checkpoint was written with other settings ("
                               + ", ".join(f"{k}={s.get(k)!r} vs {mine[k]!r}" for k in diff) + ")")

@@ -93,6 +93,11 @@ class TrainConfig:
     beta2, epsilon : float
         RMSprop second-moment rate and denominator offset.
     seed : int
+    n_groups : int
+        The persistent chains are advanced in this many independent row groups, group g with its
+        own random stream ``(seed, STREAM_GIBBS, update, g)`` (one group: ``(seed, STREAM_GIBBS,
+        update)``), so that groups can run in parallel threads. Results depend on it like on the
+        seed.
     """
 
     visible: str
@@ -106,6 +111,7 @@ class TrainConfig:
     beta2: float = 0.999
     epsilon: float = 1e-6
     seed: int = 0
+    n_groups: int = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +278,34 @@ def gibbs(params, V, n_steps, visible, bk, rng):
         H = sample_hiddens(params, V, bk, rng)
         V = sample_visibles(params, H, visible, bk, rng)
     return V.astype(np.float32, copy=False)
+
+
+def advance_chains(params, chains, update, cfg, bk, executor=None):
+    """The Gibbs part of update ``update``: ``cfg.n_gibbs`` steps of every persistent chain.
+
+    With ``cfg.n_groups > 1`` the chains are split into that many contiguous row groups, each
+    advanced with its own random stream; ``executor`` (a ``concurrent.futures`` executor) runs the
+    groups in parallel, None runs them one after the other with the same result. NumPy's matrix
+    products and ufuncs release the GIL, so threads give real parallelism on a CPU.
+
+    Returns
+    -------
+    (C, N) float32 backend array; ``chains`` is not modified.
+    """
+    G = int(cfg.n_groups)
+    if G <= 1:
+        return gibbs(params, chains, cfg.n_gibbs, cfg.visible, bk,
+                     bk.rng(cfg.seed, STREAM_GIBBS, int(update)))
+    C = chains.shape[0]
+    bounds = [(g * C // G, (g + 1) * C // G) for g in range(G)]
+
+    def run(g):
+        a, b = bounds[g]
+        return gibbs(params, chains[a:b], cfg.n_gibbs, cfg.visible, bk,
+                     bk.rng(cfg.seed, STREAM_GIBBS, int(update), g))
+
+    parts = list(executor.map(run, range(G)) if executor is not None else map(run, range(G)))
+    return bk.xp.concatenate(parts, axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +503,7 @@ def normalisation_scale(var_h, rate, bk):
     return xp.clip(v ** np.float32(rate), np.float32(SCALE_STEP), np.float32(1.0 / SCALE_STEP))
 
 
-def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk):
+def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, executor=None):
     """One PCD update (CRBM.md §2 items 1-8).
 
     Parameters
@@ -479,16 +513,17 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk):
     batch : (B, N) backend array, data minibatch
     moments_data : dict of backend arrays (full training set ``mean``, ``sq_mean``)
     update : int
-        0-based number of this update: selects the learning rate and the random stream
-        ``bk.rng(cfg.seed, STREAM_GIBBS, update)``.
+        0-based number of this update: selects the learning rate and the random stream(s)
+        ``bk.rng(cfg.seed, STREAM_GIBBS, update[, group])``.
     cfg : TrainConfig
+    executor : concurrent.futures.Executor, optional
+        Runs the chain groups of :func:`advance_chains` in parallel (same result without it).
 
     Returns
     -------
     (params, moments, chains) : the new state; the inputs are not modified.
     """
-    rng = bk.rng(cfg.seed, STREAM_GIBBS, int(update))
-    chains = gibbs(params, chains, cfg.n_gibbs, cfg.visible, bk, rng)
+    chains = advance_chains(params, chains, update, cfg, bk, executor)
     grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk)
     lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
                        cfg.decay_after)
