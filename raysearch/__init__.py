@@ -33,6 +33,7 @@ _EXPORTS = {
     "run_study": "raysearch.search",
     "resume_study": "raysearch.search",
     "load_results": "raysearch.search",
+    "select_model": "raysearch.selection",
     # analysis
     "analyze": "raysearch.analysis",
     "Analysis": "raysearch.analysis",

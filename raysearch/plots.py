@@ -204,7 +204,90 @@ def assembly_maps(coords, membership, sizes=None, n_show=10, title=""):
     return fig
 
 
-def figures(analysis) -> dict:
+def nrmse_radar(radar, r_max=None):
+    """Polar (radar) chart of the five nRMSE values of a few models.
+
+    Parameters
+    ----------
+    radar : DataFrame
+        Rows with ``role``, ``trial_id``, ``lam`` and the five nRMSE columns
+        (:attr:`raysearch.selection.SelectionData.radar`).
+    r_max : float, optional
+        Outer radius; default max(1, largest finite value). Values below 0 are drawn at 0 and
+        values above ``r_max`` (or infinite) at ``r_max``; the legend gives the raw maximum.
+    """
+    fig = _figure(5.6, 4.6)
+    ax = fig.add_subplot(projection="polar")
+    labels = [c.replace("nrmse_", "") for c in NRMSE_COLUMNS]
+    angles = np.linspace(0, 2 * np.pi, len(labels), endpoint=False)
+    vals = radar[list(NRMSE_COLUMNS)].to_numpy(float) if len(radar) else np.zeros((0, 5))
+    finite = vals[np.isfinite(vals)]
+    top = r_max if r_max is not None else max(1.0, float(finite.max()) if finite.size else 1.0)
+    styles = {"recommended": "tab:green", "best objective": "tab:blue", "bad": "tab:red",
+              "worst (none bad)": "tab:orange"}
+    for (_, r), v in zip(radar.iterrows(), vals):
+        shown = np.clip(np.nan_to_num(v, nan=0.0, posinf=top, neginf=0.0), 0.0, top)
+        ring = np.r_[shown, shown[:1]]
+        col = styles.get(r["role"], None)
+        ax.plot(np.r_[angles, angles[:1]], ring, color=col, lw=1.6,
+                label=f"{r['role']}: lambda {float(r['lam']):.3g} (max {np.nanmax(v):.3g})")
+        ax.fill(np.r_[angles, angles[:1]], ring, color=col, alpha=0.12)
+    ax.set_xticks(angles, labels)
+    ax.set_ylim(0, top)
+    ax.set_title("nRMSE per statistic (0 = as good as the training data)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.45, 1.12))
+    return fig
+
+
+def lambda_histograms(edges, hist, labels, xlabel, title=""):
+    """Step histograms (densities, log y) of one quantity, one line per lambda group.
+
+    Parameters
+    ----------
+    edges : ndarray, shape (B + 1,)
+    hist : ndarray, shape (G, B)
+    labels : list of str, length G
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    fig = _figure(6.0, 3.8)
+    ax = fig.subplots()
+    cmap = colormaps["viridis"]
+    norm = Normalize(0, max(1, len(labels) - 1))
+    drawn = 0
+    for g, (h, lab) in enumerate(zip(np.asarray(hist, float), labels)):
+        if not np.any(h > 0):
+            continue
+        ax.stairs(np.where(h > 0, h, np.nan), edges, color=cmap(norm(g)), lw=1.5, label=lab)
+        drawn += 1
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def selection_figures(selection) -> dict:
+    """The model-selection figures of a :class:`raysearch.selection.SelectionData`, by name."""
+    out = {}
+    if len(selection.radar):
+        out["selection_radar"] = nrmse_radar(selection.radar)
+    if selection.hist_bins["n_models"].sum():
+        labels = [f"{lab} ({n} models)" for lab, n in
+                  zip(selection.hist_bins["label"], selection.hist_bins["n_models"])]
+        out["weight_histograms"] = lambda_histograms(
+            selection.weight_edges, selection.weight_hist, labels, "weight w_{mu i}",
+            "Weights of all models, by lambda group")
+        out["coupling_histograms"] = lambda_histograms(
+            selection.coupling_edges, selection.coupling_hist, labels, "coupling J_ij",
+            f"Couplings on {selection.n_pairs} sampled neuron pairs, by lambda group")
+    return out
+
+
+def figures(analysis, selection=None) -> dict:
     """All figures of an analysis, by name (missing inputs: that figure is left out)."""
     a = analysis
     out = {}
@@ -225,17 +308,22 @@ def figures(analysis) -> dict:
     if a.assemblies is not None and a.coords is not None:
         out["assemblies"] = assembly_maps(a.coords, a.assemblies.membership,
                                           title=f"assemblies of {a.assembly_trial}")
+    if selection is not None:
+        out.update(selection_figures(selection))
     return out
 
 
-def save_figures(analysis, directory) -> dict:
-    """Write every figure as ``<directory>/<name>.png``; returns {name: path}."""
+def save_figures(analysis, directory, selection=None) -> dict:
+    """Write every figure as ``<directory>/<name>.png``; returns {name: path}.
+
+    ``selection``: a :class:`raysearch.selection.SelectionData` adds the model-selection figures.
+    """
     import os
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, fig in figures(analysis).items():
+    for name, fig in figures(analysis, selection).items():
         p = d / f"{name}.png"
         tmp = d / f".{name}.png.tmp"
         fig.savefig(tmp, format="png")

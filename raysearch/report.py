@@ -28,7 +28,24 @@ CAPTIONS = {
     "similarity": "Pearson correlation between the models' off-diagonal couplings, by cluster.",
     "pca": "Kernel PCA of the similarity matrix, coloured by lambda and by k-means cluster.",
     "assemblies": "Assemblies (members of the largest hidden units) on the unit coordinates.",
+    "selection_radar": "The five nRMSE values of the recommended model, the best-objective model "
+                       "and a bad model (values below 0 drawn at 0).",
+    "weight_histograms": "Distribution of the weights of all models, per lambda group.",
+    "coupling_histograms": "Distribution of the couplings J_ij on a fixed seeded sample of "
+                           "neuron pairs (from the low-rank form), per lambda group.",
 }
+SELECTION_FIGURES = ("selection_radar", "weight_histograms", "coupling_histograms")
+
+
+def _selection(analysis):
+    """SelectionData of the analysis' finished models, or (None, reason)."""
+    from raysearch.errors import RaysearchError
+    from raysearch.selection import selection_data
+
+    try:
+        return selection_data(analysis.results), None
+    except RaysearchError as exc:
+        return None, f"model selection skipped: {exc}"
 
 
 def _write_atomic(path: Path, data: bytes):
@@ -40,6 +57,35 @@ def _write_atomic(path: Path, data: bytes):
 def _table_html(df, max_rows=50):
     return df.head(max_rows).to_html(index=False, float_format=lambda x: f"{x:.4g}",
                                      border=0, classes="tbl")
+
+
+def _figure_html(name, path) -> str:
+    esc = html.escape
+    b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' "
+            f"src='data:image/png;base64,{b64}'><figcaption><b>{esc(name)}</b>: "
+            f"{esc(CAPTIONS.get(name, ''))}</figcaption></figure>")
+
+
+def _selection_html(selection, figs) -> str:
+    """The "Model selection" section: recommendation, bad share per bin, radar, histograms."""
+    esc = html.escape
+    rec = selection.recommendation
+    a = rec.attrs
+    cols = [c for c in ("role", "trial_id", "lam", "seed", "mean_nrmse", "max_nrmse",
+                        "weight_density", "bad") if c in rec.columns]
+    parts = ["<h2 id='model-selection'>Model selection</h2>",
+             f"<p>Rule: <b>{esc(str(a.get('rule')))}</b> on <b>{esc(str(a.get('objective')))}"
+             f"</b>; tolerance {float(a.get('tolerance', 0.0)):.4g} "
+             f"({esc(str(a.get('tolerance_source')))}). {esc(str(a.get('message', '')))}</p>",
+             _table_html(rec[cols]) if len(rec) else "<p>No usable fit.</p>",
+             "<h3>Bad models per lambda bin (95% Wilson interval)</h3>",
+             _table_html(selection.bins[["lam_low", "lam_high", "n_fits", "n_bad", "share_bad",
+                                         "ci_low", "ci_high"]])]
+    for name in SELECTION_FIGURES:
+        if name in figs:
+            parts.append(_figure_html(name, figs[name]))
+    return "\n".join(parts)
 
 
 def write_report(analysis, out_dir) -> Path:
@@ -60,13 +106,22 @@ def write_report(analysis, out_dir) -> Path:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     tables = analysis.tables()
+    selection, skipped = _selection(analysis)
+    notes = list(analysis.notes) + ([skipped] if skipped else []) + \
+        (list(selection.notes) if selection is not None else [])
+    if selection is not None:
+        tables["selection_recommendation"] = selection.recommendation
+        tables["selection_bad_share"] = selection.bins
+        tables["selection_radar"] = selection.radar
     for name, df in tables.items():
         index = name.startswith(("similarity_", "region_couplings_", "region_consistency",
                                  "recording_consistency"))
         _write_atomic(out / "tables" / f"{name}.csv", df.to_csv(index=index).encode())
-    figs = plots.save_figures(analysis, out / "figures")
-    summary = {"directory": analysis.directory, **analysis.summary(), "notes": analysis.notes,
+    figs = plots.save_figures(analysis, out / "figures", selection=selection)
+    summary = {"directory": analysis.directory, **analysis.summary(), "notes": notes,
                "figures": sorted(figs), "tables": sorted(tables)}
+    if selection is not None:
+        summary["selection"] = selection.recommendation.attrs.get("message", "")
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
 
     esc = html.escape
@@ -82,19 +137,19 @@ def write_report(analysis, out_dir) -> Path:
         parts.append(f"<li>{esc(str(k))}: {esc(f'{v:.4g}' if isinstance(v, float) else str(v))}"
                      "</li>")
     parts.append("</ul>")
-    if analysis.notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in analysis.notes)
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes)
                      + "</ul>")
+    if selection is not None:
+        parts.append(_selection_html(selection, figs))
     parts.append("<h2>Clusters</h2>" + _table_html(analysis.clusters))
     if analysis.structural is not None:
         parts.append("<h2>Structural comparison (Spearman)</h2>"
                      + _table_html(analysis.structural))
     parts.append("<h2>Figures</h2>")
     for name, path in figs.items():
-        b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        parts.append(f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' "
-                     f"src='data:image/png;base64,{b64}'><figcaption><b>{esc(name)}</b>: "
-                     f"{esc(CAPTIONS.get(name, ''))}</figcaption></figure>")
+        if name not in SELECTION_FIGURES:
+            parts.append(_figure_html(name, path))
     parts.append("<h2>Tables</h2><ul>" + "".join(
         f"<li><code>tables/{esc(n)}.csv</code> ({len(t)} rows)</li>" for n, t in tables.items())
         + "</ul>")

@@ -49,13 +49,27 @@ def _check_columns(results: pd.DataFrame, needed) -> None:
         )
 
 
+def _empty(results: pd.DataFrame) -> np.ndarray:
+    """Fits without a single weight above the density threshold (``weight_density == 0``).
+
+    Such a model has no assembly and no coupling: its hidden units ignore the data, so the hidden
+    statistics (h, hh) of data and model agree trivially and their nRMSE is a ratio of two tiny
+    numbers (it can be far below 0 or near 0 by chance). They are never recommended. Without a
+    ``weight_density`` column nothing counts as empty.
+    """
+    if "weight_density" not in results.columns:
+        return np.zeros(len(results), bool)
+    wd = pd.to_numeric(results["weight_density"], errors="coerce").to_numpy(float)
+    return wd == 0
+
+
 def _usable(results: pd.DataFrame, objective: str) -> pd.DataFrame:
-    """Rows that are finished, not bad, and have a finite objective and lambda."""
+    """Rows that are not bad, not empty (:func:`_empty`), with a finite objective and lambda."""
     df = results.copy()
     obj = pd.to_numeric(df[objective], errors="coerce").astype(float)
     lam = pd.to_numeric(df["lam"], errors="coerce").astype(float)
     bad = df["bad"].fillna(True).astype(bool)
-    ok = np.isfinite(obj) & np.isfinite(lam) & (lam >= 0) & ~bad
+    ok = np.isfinite(obj) & np.isfinite(lam) & (lam >= 0) & ~bad & ~_empty(df)
     df = df.loc[ok].copy()
     df[objective] = obj[ok]
     df["lam"] = lam[ok]
@@ -63,11 +77,15 @@ def _usable(results: pd.DataFrame, objective: str) -> pd.DataFrame:
 
 
 def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: int = 5) -> float:
-    """Seed-to-seed spread (standard deviation, ddof=1) of the objective near the best lambda.
+    """Seed-to-seed spread (standard deviation) of the objective near the best lambda.
 
-    The good fits at the lambda of the best fit are used when there are at least two of them
-    (a grid study with seeds). Otherwise (one fit per lambda, as in a continuous Optuna search)
-    the ``n_near`` good fits nearest to the best lambda on a log scale stand in for seeds.
+    Grid study with seeds (the best lambda has at least two good fits): the pooled within-lambda
+    standard deviation over the best lambda and its immediate neighbours in the grid (the next
+    smaller and next larger lambda that have at least two good fits), i.e.
+    ``sqrt(sum_g (n_g - 1) s_g^2 / sum_g (n_g - 1))`` with ``s_g`` the ddof=1 standard deviation of
+    lambda ``g``. With two seeds per lambda a single lambda gives one degree of freedom; its
+    neighbours triple that. Otherwise (one fit per lambda, as in a continuous Optuna search) the
+    ``n_near`` good fits nearest to the best lambda on a log scale stand in for seeds (ddof=1).
     Returns 0.0 when fewer than two good fits exist.
 
     Parameters
@@ -84,9 +102,15 @@ def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: in
     obj = df[objective].to_numpy()
     groups = _lam_groups(lam)
     best = int(np.argmin(obj))
-    same = obj[groups == groups[best]]
-    if len(same) >= 2:
-        return float(np.std(same, ddof=1))
+    gb = groups[best]
+    if (groups == gb).sum() >= 2:
+        sizes = np.bincount(groups)
+        repeated = np.flatnonzero(sizes >= 2)
+        pos = int(np.searchsorted(repeated, gb))
+        use = repeated[max(0, pos - 1): pos + 2]
+        ss = sum(float(np.sum((obj[groups == g] - obj[groups == g].mean()) ** 2)) for g in use)
+        dof = int(sum(sizes[g] - 1 for g in use))
+        return float(np.sqrt(ss / dof))
     loglam = np.log10(np.maximum(lam, np.finfo(float).tiny))
     near = np.argsort(np.abs(loglam - loglam[best]), kind="stable")[: max(2, n_near)]
     return float(np.std(obj[near], ddof=1))
@@ -107,6 +131,7 @@ class Recommendation:
     tolerance_source : "seed spread" or "given".
     candidates : the good fits within tolerance, in the order the rule ranks them.
     n_fits, n_bad : number of fits in the table and how many were bad or unusable.
+    n_empty : how many of the unusable fits were empty (no weight above threshold, not flagged bad).
     message : one human-readable sentence.
     """
 
@@ -122,6 +147,7 @@ class Recommendation:
     candidates: pd.DataFrame = field(repr=False)
     n_fits: int = 0
     n_bad: int = 0
+    n_empty: int = 0
     message: str = ""
 
     def to_frame(self) -> pd.DataFrame:
@@ -176,6 +202,9 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     good = _usable(results, objective)
     n_fits = len(results)
     n_bad = n_fits - len(good)
+    n_empty = int((_empty(results) & ~results["bad"].fillna(True).astype(bool).to_numpy()).sum())
+    unusable = f"{n_bad} of {n_fits} fits bad or unusable" + (
+        f" ({n_empty} empty: no weight above threshold)" if n_empty else "")
     if sparsity_by == "weight_density":
         wd = pd.to_numeric(good["weight_density"], errors="coerce").astype(float)
         good = good.loc[np.isfinite(wd)].copy()
@@ -185,8 +214,9 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
             lam=None, row=None, best_row=None, runner_up=None, rule=rule, objective=objective,
             sparsity_by=sparsity_by, tolerance=float(tolerance or 0.0),
             tolerance_source="given" if tolerance is not None else "seed spread",
-            candidates=good, n_fits=n_fits, n_bad=n_bad,
-            message=f"no usable fit: all {n_fits} fits are bad or have no finite {objective}",
+            candidates=good, n_fits=n_fits, n_bad=n_bad, n_empty=n_empty,
+            message=f"no usable fit: all {n_fits} fits are bad, empty or have no finite "
+                    f"{objective}",
         )
 
     best_idx = good[objective].idxmin()
@@ -220,14 +250,14 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     if rule == "sparsest":
         msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) with "
                f"{objective} <= best {best_row[objective]:.4g} + tolerance {tol:.3g} ({source}); "
-               f"{n_bad} of {n_fits} fits bad or unusable")
+               f"{unusable}")
     else:
         msg = (f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); "
-               f"{n_bad} of {n_fits} fits bad or unusable")
+               f"{unusable}")
     return Recommendation(lam=float(row["lam"]), row=row, best_row=best_row, runner_up=runner,
                           rule=rule, objective=objective, sparsity_by=sparsity_by, tolerance=tol,
                           tolerance_source=source, candidates=cands, n_fits=n_fits, n_bad=n_bad,
-                          message=msg)
+                          n_empty=n_empty, message=msg)
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -315,3 +345,256 @@ def selection_summary(results: pd.DataFrame, objective: str = "mean_nrmse", rule
     return (recommend(results, objective=objective, rule=rule, tolerance=tolerance,
                       sparsity_by=sparsity_by),
             bad_share_by_lambda(results, n_bins=n_bins))
+
+
+def _study_objective(df: pd.DataFrame) -> str:
+    study = df.attrs.get("study") or {}
+    return (study.get("search") or {}).get("objective") or "mean_nrmse"
+
+
+def select_model(results, objective: str | None = None, rule: str = "sparsest",
+                 tolerance: float | None = None, sparsity_by: str = "lam",
+                 n_bins: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The recommended model and the bad-share table of a study, as DataFrames.
+
+    A companion of :func:`raysearch.load_results`: only trials that finished (their model file was
+    written after the final evaluation) are considered; a table without a ``finished`` column is
+    taken as it is.
+
+    Parameters
+    ----------
+    results : path or DataFrame
+        An experiment directory, or the DataFrame of ``load_results`` for it.
+    objective : {"mean_nrmse", "max_nrmse"}, optional
+        Default: the study's ``search.objective`` (``mean_nrmse`` when unknown).
+    rule, tolerance, sparsity_by : see :func:`recommend`.
+    n_bins : see :func:`bad_share_by_lambda`.
+
+    Returns
+    -------
+    recommendation : DataFrame
+        Up to three rows (``role`` = "recommended", "best objective", "runner-up") with the
+        results columns; empty when no fit is usable. ``attrs`` hold ``rule``, ``objective``,
+        ``tolerance``, ``tolerance_source`` and ``message``.
+    bins : DataFrame
+        :func:`bad_share_by_lambda` over the finished trials.
+    """
+    if isinstance(results, pd.DataFrame):
+        df = results
+    else:
+        from raysearch.search import load_results
+
+        df = load_results(results)
+    objective = objective or _study_objective(df)
+    if objective not in OBJECTIVES and objective not in df.columns:
+        raise ConfigError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
+    done = df[df["finished"].fillna(False).astype(bool)] if "finished" in df.columns else df
+    if len(done) == 0:
+        raise InputError("no finished trial in the results: nothing to select from (wait for "
+                         "trials to finish or resume the study)")
+    rec = recommend(done, objective=objective, rule=rule, tolerance=tolerance,
+                    sparsity_by=sparsity_by)
+    frame = rec.to_frame()
+    frame.attrs["message"] = rec.message
+    frame.attrs["n_fits"] = rec.n_fits
+    frame.attrs["n_bad"] = rec.n_bad
+    return frame, bad_share_by_lambda(done, n_bins=n_bins)
+
+
+# --- data for the report's "Model selection" section (drawing: raysearch.plots) -------------------
+
+NRMSE_COLUMNS = ("nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh")
+
+
+@dataclass
+class SelectionData:
+    """What the report's model-selection section shows (data only).
+
+    Attributes
+    ----------
+    recommendation : DataFrame
+        :func:`select_model`'s first table (roles recommended / best objective / runner-up).
+    bins : DataFrame
+        :func:`bad_share_by_lambda` of the finished trials.
+    radar : DataFrame
+        One row per shown model (``role`` = "recommended", "best objective", "bad" or "worst (none
+        bad)"), with ``trial_id``, ``lam`` and the five nRMSE columns (raw values).
+    hist_bins : DataFrame
+        The lambda groups of the histograms: ``label``, ``lam_low``, ``lam_high``, ``n_models``.
+    weight_edges : ndarray, shape (B + 1,)
+        Bin edges of the weight histograms.
+    weight_hist : ndarray, shape (G, B)
+        Density of the weights ``w_{mu i}`` of all models of each lambda group.
+    coupling_edges : ndarray, shape (B + 1,)
+    coupling_hist : ndarray, shape (G, B)
+        Density of the couplings ``J_ij`` on a fixed seeded sample of neuron pairs (the same pairs
+        for every model with the same number of visible units).
+    n_pairs : int
+        Pairs sampled per model.
+    notes : list of str
+    """
+
+    recommendation: pd.DataFrame
+    bins: pd.DataFrame
+    radar: pd.DataFrame
+    hist_bins: pd.DataFrame
+    weight_edges: np.ndarray
+    weight_hist: np.ndarray
+    coupling_edges: np.ndarray
+    coupling_hist: np.ndarray
+    n_pairs: int
+    notes: list = field(default_factory=list)
+
+
+def sample_pairs(n_units: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed seeded sample of distinct neuron pairs ``i < j`` (all pairs when there are fewer).
+
+    Depends only on ``(n_units, n_pairs, seed)``, so every model of a recording is compared on
+    the same pairs. Pairs are drawn uniformly with replacement of the pair index (duplicates
+    removed); memory is O(n_pairs), never O(n_units^2).
+
+    Returns
+    -------
+    (i, j) : int64 arrays of equal length <= n_pairs
+    """
+    total = n_units * (n_units - 1) // 2
+    if total <= n_pairs:
+        i, j = np.triu_indices(n_units, k=1)
+        return i.astype(np.int64), j.astype(np.int64)
+    rng = np.random.default_rng([int(seed), int(n_units), 0x5E1])
+    i = rng.integers(0, n_units, size=n_pairs)
+    j = rng.integers(0, n_units - 1, size=n_pairs)
+    j = j + (j >= i)                        # j != i, uniform over the others
+    a, b = np.minimum(i, j), np.maximum(i, j)
+    key = np.unique(a * n_units + b)
+    return (key // n_units).astype(np.int64), (key % n_units).astype(np.int64)
+
+
+def pair_couplings(weights, hidden_var, i, j) -> np.ndarray:
+    """``J_ij = sum_mu c_mu w_{mu i} w_{mu j}`` for the given pairs, from the low-rank form.
+
+    Parameters
+    ----------
+    weights : array, shape (M, N)
+    hidden_var : array, shape (M,)
+    i, j : int arrays, shape (P,), ``i != j``
+
+    Returns
+    -------
+    ndarray, shape (P,) float64 (memory O(M P), no N x N matrix)
+    """
+    W = np.asarray(weights, dtype=np.float64)
+    c = np.asarray(hidden_var, dtype=np.float64).reshape(-1)
+    return np.einsum("m,mp,mp->p", c, W[:, i], W[:, j])
+
+
+def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.DataFrame:
+    rows = []
+    by_role = rec.set_index("role") if len(rec) else None
+    for role in ("recommended", "best objective"):
+        if by_role is not None and role in by_role.index:
+            r = by_role.loc[role]
+            rows.append({"role": role, "trial_id": r["trial_id"], "lam": float(r["lam"]),
+                         **{c: float(r[c]) for c in NRMSE_COLUMNS}})
+    vals = done[list(NRMSE_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(float)
+    finite = np.isfinite(vals.to_numpy()).all(axis=1)
+    bad = done["bad"].fillna(True).astype(bool).to_numpy()
+    obj = pd.to_numeric(done[objective], errors="coerce").to_numpy(float)
+    pick, role = None, "bad"
+    if (bad & finite).any():
+        cand = np.flatnonzero(bad & finite)
+        pick = cand[np.argmax(obj[cand])] if np.isfinite(obj[cand]).any() else cand[0]
+    elif finite.any():
+        cand = np.flatnonzero(finite)
+        pick, role = cand[np.nanargmax(np.where(np.isfinite(obj[cand]), obj[cand], -np.inf))], \
+            "worst (none bad)"
+    if pick is not None:
+        r = done.iloc[int(pick)]
+        if not any(x["trial_id"] == r["trial_id"] for x in rows):
+            rows.append({"role": role, "trial_id": r["trial_id"], "lam": float(r["lam"]),
+                         **{c: float(vals.iloc[int(pick)][c]) for c in NRMSE_COLUMNS}})
+    return pd.DataFrame(rows, columns=["role", "trial_id", "lam", *NRMSE_COLUMNS])
+
+
+def _hist_groups(lam: np.ndarray, max_groups: int) -> np.ndarray:
+    distinct = np.unique(lam[_first_of_groups(lam)])
+    return lambda_bins(lam, n_bins=int(min(max_groups, len(distinct))))
+
+
+def selection_data(results: pd.DataFrame, objective: str | None = None, rule: str = "sparsest",
+                   tolerance: float | None = None, max_groups: int = 4, n_pairs: int = 20_000,
+                   n_hist_bins: int = 60, seed: int = 0) -> SelectionData:
+    """Everything the report's model-selection section needs, from finished trials' model files.
+
+    Parameters
+    ----------
+    results : DataFrame
+        Rows of ``load_results`` (or ``Analysis.results``) whose ``model_path`` files exist.
+    objective, rule, tolerance : see :func:`select_model`.
+    max_groups : int
+        The histograms compare at most this many log-lambda groups.
+    n_pairs : int
+        Neuron pairs sampled per model for the coupling histograms (seeded by ``seed`` and N).
+    n_hist_bins : int
+        Bins of each histogram (shared edges across groups: symmetric around 0, to the largest
+        magnitude seen).
+    seed : int
+
+    Returns
+    -------
+    SelectionData
+    """
+    from raysearch.analysis.io import ModelFiles, model_exists
+
+    rec, bins = select_model(results, objective=objective, rule=rule, tolerance=tolerance)
+    objective = rec.attrs.get("objective") or objective or _study_objective(results)
+    done = results[results["finished"].fillna(False).astype(bool)] \
+        if "finished" in results.columns else results
+    radar = _radar_rows(done, rec, objective)
+    notes = []
+    lam = pd.to_numeric(done["lam"], errors="coerce").to_numpy(float)
+    have = done["model_path"].map(model_exists).to_numpy(bool) if "model_path" in done \
+        else np.zeros(len(done), bool)
+    keep = have & np.isfinite(lam) & (lam > 0)
+    if not keep.any():
+        raise InputError("no finished trial with a readable model file and a positive lambda: "
+                         "no weight or coupling histograms")
+    edges = _hist_groups(lam[keep], max_groups)
+    g_of = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, len(edges) - 2)
+    files = ModelFiles(done["model_path"].where(keep, None).tolist())
+    weights_by_group = [[] for _ in range(len(edges) - 1)]
+    coup_by_group = [[] for _ in range(len(edges) - 1)]
+    n_models = np.zeros(len(edges) - 1, int)
+    pairs = {}
+    for k in np.flatnonzero(keep):
+        try:
+            W, c = files[int(k)]
+        except InputError as exc:
+            notes.append(f"left out of the histograms: {exc}")
+            continue
+        N = W.shape[1]
+        if N not in pairs:
+            pairs[N] = sample_pairs(N, n_pairs, seed)
+        g = g_of[k]
+        weights_by_group[g].append(np.asarray(W, np.float64).ravel())
+        coup_by_group[g].append(pair_couplings(W, c, *pairs[N]))
+        n_models[g] += 1
+
+    def hist(groups):
+        vals = [np.concatenate(v) if v else np.zeros(0) for v in groups]
+        big = max((np.abs(v).max() for v in vals if v.size), default=1.0) or 1.0
+        e = np.linspace(-big, big, n_hist_bins + 1)
+        h = np.zeros((len(vals), n_hist_bins))
+        for gi, v in enumerate(vals):
+            if v.size:
+                h[gi], _ = np.histogram(v, bins=e, density=True)
+        return e, h
+
+    we, wh = hist(weights_by_group)
+    ce, ch = hist(coup_by_group)
+    hb = pd.DataFrame({"lam_low": edges[:-1], "lam_high": edges[1:], "n_models": n_models})
+    hb.insert(0, "label", [f"lambda {lo:.2g}-{hi:.2g}" for lo, hi in zip(edges[:-1], edges[1:])])
+    n_p = int(len(next(iter(pairs.values()))[0])) if pairs else 0
+    return SelectionData(recommendation=rec, bins=bins, radar=radar, hist_bins=hb,
+                         weight_edges=we, weight_hist=wh, coupling_edges=ce, coupling_hist=ch,
+                         n_pairs=n_p, notes=notes)

@@ -43,6 +43,14 @@ def register(sub):
     g.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
     g.add_argument("--parquet", default=None, metavar="FILE", help="write the table as Parquet")
     p.add_argument("--history", action="store_true", help="one row per report instead of per trial")
+    p.add_argument("--objective", choices=("mean_nrmse", "max_nrmse"), default=None,
+                   help="objective of the model selection (default: the study's search.objective)")
+    p.add_argument("--rule", choices=("sparsest", "best"), default="sparsest",
+                   help="sparsest: the largest lambda whose objective is within the tolerance of "
+                        "the best, among fits that are not bad (default); best: lowest objective")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="absolute tolerance on the objective for --rule sparsest (default: the "
+                        "seed-to-seed spread of the objective near the best lambda)")
     p.set_defaults(func=_results)
 
 
@@ -100,12 +108,16 @@ def _results(args) -> int:
     elif args.history:
         print(df.to_string(index=False))
     else:
-        print(summary(df))
+        print(summary(df, objective=args.objective, rule=args.rule, tolerance=args.tolerance))
     return 0
 
 
-def summary(df) -> str:
-    """The trial table, the best λ and the share of bad models per λ range, as text."""
+def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
+    """The trial table, the best λ, the recommended model and the bad share per λ bin, as text.
+
+    ``objective`` (default: the study's), ``rule`` and ``tolerance`` are those of
+    :func:`raysearch.selection.recommend`.
+    """
     import pandas as pd
 
     lines = []
@@ -117,7 +129,7 @@ def summary(df) -> str:
                            "display.float_format", "{:.4g}".format):
         lines.append(view.to_string(index=False))
     study = df.attrs.get("study") or {}
-    objective = (study.get("search") or {}).get("objective", "mean_nrmse")
+    objective = objective or (study.get("search") or {}).get("objective", "mean_nrmse")
     ok = df[df.get("finished", True) & ~df["bad"].fillna(True).astype(bool)]
     ok = ok[np.isfinite(ok[objective].astype(float))]
     lines.append("")
@@ -132,22 +144,66 @@ def summary(df) -> str:
         front = df[df["pareto"]].sort_values("lam")
         lines.append(f"Pareto front ({objective} vs weight_density): "
                      + ", ".join(f"lam={r.lam:.3g}" for r in front.itertuples()))
-    from raysearch.selection import bad_share_by_lambda, recommend
-
-    done = df[df["finished"]] if "finished" in df else df
+    done = df[df["finished"].fillna(False).astype(bool)] if "finished" in df else df
     if len(done):
-        rec = recommend(done, objective=objective)
-        if rec.message:
-            lines.append(f"Recommendation: {rec.message}")
-        shares = bad_share_by_lambda(done)
-        lines.append("Bad models per lambda range (finished trials, 95% Wilson interval):")
-        for r in shares.itertuples():
-            if r.n_fits:
-                lines.append(f"  [{r.lam_low:.3g}, {r.lam_high:.3g}]: {r.n_bad}/{r.n_fits} bad "
-                             f"({100 * r.share_bad:.0f}%, CI {100 * r.ci_low:.0f}-"
-                             f"{100 * r.ci_high:.0f}%)")
+        lines.extend(selection_lines(done, objective=objective, rule=rule, tolerance=tolerance))
     n_unfinished = int((~df["finished"]).sum()) if "finished" in df else 0
     if n_unfinished:
         lines.append(f"{n_unfinished} trial(s) did not finish (status column).")
     return "\n".join(lines)
 
+
+
+def _fit_line(role: str, r, objective: str) -> str:
+    other = "max_nrmse" if objective == "mean_nrmse" else "mean_nrmse"
+    parts = [f"  {role + ':':<16}lambda {float(r['lam']):.4g}", f"trial {r['trial_id']}"]
+    if "seed" in r:
+        parts.append(f"seed {r['seed']}")
+    parts.append(f"{objective} {float(r[objective]):.4f}")
+    if other in r:
+        parts.append(f"{other} {float(r[other]):.4f}")
+    if "weight_density" in r:
+        parts.append(f"weight_density {float(r['weight_density']):.4g}")
+    return ", ".join(parts)
+
+
+def selection_lines(done, objective="mean_nrmse", rule="sparsest", tolerance=None) -> list[str]:
+    """The model-selection block of ``raysearch results``: recommendation and bad share per bin.
+
+    Parameters
+    ----------
+    done : DataFrame
+        Finished trials (rows of ``load_results``).
+    objective, rule, tolerance : see :func:`raysearch.selection.recommend`.
+    """
+    import pandas as pd
+
+    from raysearch.selection import bad_share_by_lambda, recommend
+
+    rec = recommend(done, objective=objective, rule=rule, tolerance=tolerance)
+    lines = ["", f"Model selection (objective {objective}, rule {rule}):"]
+    if rec.row is None:
+        lines.append(f"  no recommendation: {rec.message}")
+    else:
+        lines.append(_fit_line("recommended", rec.row, objective))
+        if rule == "sparsest":
+            lines.append(f"  {'tolerance:':<16}{rec.tolerance:.4g} ({rec.tolerance_source}); "
+                         f"{len(rec.candidates)} good fit(s) within it")
+        lines.append(_fit_line("best objective", rec.best_row, objective))
+        if rec.runner_up is not None:
+            lines.append(_fit_line("runner-up", rec.runner_up, objective))
+        else:
+            lines.append(f"  {'runner-up:':<16}none")
+        lines.append(f"  {rec.message}")
+    shares = bad_share_by_lambda(done)
+    lines.append("")
+    lines.append("Bad models per lambda bin (finished trials; 95% Wilson interval):")
+    view = pd.DataFrame({
+        "lam_low": shares["lam_low"].map("{:.3g}".format),
+        "lam_high": shares["lam_high"].map("{:.3g}".format),
+        "n": shares["n_fits"], "bad": shares["n_bad"],
+        "share": shares["share_bad"].map(lambda x: "-" if x != x else f"{100 * x:.0f}%"),
+        "ci": [("-" if lo != lo else f"{100 * lo:.0f}-{100 * hi:.0f}%")
+               for lo, hi in zip(shares["ci_low"], shares["ci_high"])]})
+    lines.extend("  " + ln for ln in view.to_string(index=False).splitlines())
+    return lines
