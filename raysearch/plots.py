@@ -216,7 +216,7 @@ def nrmse_radar(radar, r_max=None):
         Outer radius; default max(1, largest finite value). Values below 0 are drawn at 0 and
         values above ``r_max`` (or infinite) at ``r_max``; the legend gives the raw maximum.
     """
-    fig = _figure(5.6, 4.6)
+    fig = _figure(5.6, 5.6)
     ax = fig.add_subplot(projection="polar")
     labels = [c.replace("nrmse_", "") for c in NRMSE_COLUMNS]
     angles = np.linspace(0, 2 * np.pi, len(labels), endpoint=False)
@@ -228,14 +228,14 @@ def nrmse_radar(radar, r_max=None):
     for (_, r), v in zip(radar.iterrows(), vals):
         shown = np.clip(np.nan_to_num(v, nan=0.0, posinf=top, neginf=0.0), 0.0, top)
         ring = np.r_[shown, shown[:1]]
-        col = styles.get(r["role"], None)
+        col = styles.get(str(r["role"]).split(" = ")[0], None)
         ax.plot(np.r_[angles, angles[:1]], ring, color=col, lw=1.6,
                 label=f"{r['role']}: lambda {float(r['lam']):.3g} (max {np.nanmax(v):.3g})")
         ax.fill(np.r_[angles, angles[:1]], ring, color=col, alpha=0.12)
     ax.set_xticks(angles, labels)
     ax.set_ylim(0, top)
     ax.set_title("nRMSE per statistic (0 = as good as the training data)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.45, 1.12))
+    fig.legend(fontsize=7, loc="outside lower center", ncols=1)
     return fig
 
 

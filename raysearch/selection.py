@@ -230,7 +230,9 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
         ranked = good.sort_values([objective, "lam"], ascending=[True, False], kind="stable")
         cands = ranked.iloc[:1]
     else:
-        cands = good.loc[good[objective] <= best_row[objective] + tol]
+        # within the tolerance, counting values that differ from the limit only by rounding
+        limit = best_row[objective] + tol
+        cands = good.loc[good[objective] <= limit + 1e-12 * max(1.0, abs(limit))]
         if sparsity_by == "lam":
             ranked = cands.sort_values(["lam", objective], ascending=[False, True], kind="stable")
         else:
@@ -417,8 +419,9 @@ class SelectionData:
     bins : DataFrame
         :func:`bad_share_by_lambda` of the finished trials.
     radar : DataFrame
-        One row per shown model (``role`` = "recommended", "best objective", "bad" or "worst (none
-        bad)"), with ``trial_id``, ``lam`` and the five nRMSE columns (raw values).
+        One row per shown model (``role`` = "recommended", "best objective" (or one row
+        "recommended = best objective" when they are the same fit), "bad" or "worst (none bad)"),
+        with ``trial_id``, ``lam`` and the five nRMSE columns (raw values).
     hist_bins : DataFrame
         The lambda groups of the histograms: ``label``, ``lam_low``, ``lam_high``, ``n_models``.
     weight_edges : ndarray, shape (B + 1,)
@@ -494,6 +497,9 @@ def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.Dat
     for role in ("recommended", "best objective"):
         if by_role is not None and role in by_role.index:
             r = by_role.loc[role]
+            if rows and rows[0]["trial_id"] == r["trial_id"]:
+                rows[0]["role"] = "recommended = best objective"
+                continue
             rows.append({"role": role, "trial_id": r["trial_id"], "lam": float(r["lam"]),
                          **{c: float(r[c]) for c in NRMSE_COLUMNS}})
     vals = done[list(NRMSE_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(float)

@@ -56,3 +56,52 @@ def small_dataset():
 
     rec, gt = make_synthetic_recording(n_neurons=200, n_frames=1000, seed=0)
     return preprocess(rec), gt
+
+
+def test_nrmse_radar_draws_one_closed_ring_per_model_clipped_to_the_axis():
+    radar = pd.DataFrame({"role": ["recommended", "best objective", "bad"],
+                          "trial_id": ["a", "b", "c"], "lam": [1e-3, 1e-5, 1e-1],
+                          "nrmse_v": [0.1, -0.2, 0.3], "nrmse_h": [0.2, 0.1, np.inf],
+                          "nrmse_vh": [0.1, 0.1, 0.2], "nrmse_vv": [0.3, 0.2, 1.4],
+                          "nrmse_hh": [0.0, 0.05, 0.5]})
+    fig = plots.nrmse_radar(radar)
+    ax = fig.axes[0]
+    assert ax.name == "polar"
+    lines = ax.get_lines()
+    assert len(lines) == 3
+    r = [ln.get_ydata() for ln in lines]
+    assert all(len(y) == 6 and y[0] == y[-1] for y in r)          # closed rings over 5 axes
+    assert ax.get_ylim() == (0.0, pytest.approx(1.4))              # outer radius: largest value
+    np.testing.assert_allclose(r[1][:5], [0.0, 0.1, 0.1, 0.2, 0.05])  # -0.2 drawn at 0
+    np.testing.assert_allclose(r[2][:5], [0.3, 1.4, 0.2, 1.4, 0.5])   # inf drawn at the rim
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[2].startswith("bad: lambda 0.1")
+
+
+def test_lambda_histograms_one_step_line_per_nonempty_group():
+    edges = np.linspace(-1, 1, 5)
+    hist = np.array([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    fig = plots.lambda_histograms(edges, hist, ["low", "mid", "high"], "w")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert [p.get_label() for p in ax.patches] == ["low", "high"]  # the empty group is left out
+
+
+def test_selection_figures_are_valid_pngs(tmp_path, small_dataset):
+    from analysis_helpers import family_specs, make_experiment
+
+    from raysearch.analysis import analyze
+    from raysearch.selection import selection_data
+
+    ds, _ = small_dataset
+    specs = family_specs(np.random.default_rng(0), ds.n_units, per_family=3)
+    a = analyze(make_experiment(tmp_path / "study", specs, ds), region_models=1)
+    sel = selection_data(a.results)
+    paths = plots.save_figures(a, tmp_path / "figs", selection=sel)
+    new = {"selection_radar", "weight_histograms", "coupling_histograms"}
+    assert new <= set(paths)
+    import matplotlib.image as mpimg
+
+    for name in new:
+        img = mpimg.imread(paths[name])
+        assert img.shape[0] > 100 and img.shape[1] > 100 and np.ptp(img[..., :3]) > 0, name

@@ -13,7 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "analysis"))
 
 FIGURES = {"identity_best", "identity_bad", "nrmse_vs_lambda", "bad_share_vs_lambda",
-           "region_couplings", "similarity", "pca", "assemblies"}
+           "region_couplings", "similarity", "pca", "assemblies",
+           "selection_radar", "weight_histograms", "coupling_histograms"}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,33 @@ def test_report(experiment, tmp_path):
     models = pd.read_csv(out / "tables" / "models.csv")
     assert {"trial_id", "lam", "cluster", "pc1"} <= set(models.columns)
     assert not list(out.glob("**/.*.tmp"))
+
+
+def test_report_model_selection_section(experiment, tmp_path):
+    """The section holds the recommendation and bad-share tables, then the radar chart and the
+    two histograms, each a valid non-blank PNG; its tables agree with select_model."""
+    from raysearch.analysis import analyze
+    from raysearch.report import write_report
+    from raysearch.selection import select_model
+
+    exp, _ = experiment
+    a = analyze(exp, region_models=1)
+    out = tmp_path / "report"
+    html = _check_report(write_report(a, out).parent)
+    section = html[html.index("<h2 id='model-selection'>Model selection</h2>"):]
+    section = section[:section.index("<h2>", 10)]
+    for name in ("selection_radar", "weight_histograms", "coupling_histograms"):
+        assert f"<figure id='fig-{name}'>" in section
+    assert "Bad models per lambda bin" in section and "recommended" in section
+    rec, bins = select_model(exp)
+    got = pd.read_csv(out / "tables" / "selection_recommendation.csv")
+    assert got["trial_id"].tolist() == rec["trial_id"].tolist()
+    got = pd.read_csv(out / "tables" / "selection_bad_share.csv")
+    assert got["n_fits"].tolist() == bins["n_fits"].tolist()
+    assert got["n_bad"].tolist() == bins["n_bad"].tolist()
+    radar = pd.read_csv(out / "tables" / "selection_radar.csv")
+    assert radar["role"].iloc[0].startswith("recommended")
+    assert {"bad", "worst (none bad)"} & set(radar["role"])
 
 
 def test_cli_analyze(experiment, tmp_path, capsys):

@@ -180,3 +180,125 @@ def test_distinct_lambdas_without_repeats_get_log_bins():
     out = bad_share_by_lambda(df)
     assert len(out) == 2                       # round(sqrt(4)) bins, not one per fit
     assert list(out["n_bad"]) == [0, 2]
+
+
+# --- pooled seed spread, empty fits, select_model, report data -----------------------------------
+
+def test_seed_spread_pools_the_best_lambda_and_its_grid_neighbours():
+    # five lambdas x 2 seeds; best fit at 1e-3; neighbours 1e-4 and 1e-2; 1e-5 and 1e-1 left out
+    rows, vals = [], {1e-5: (0.30, 0.90), 1e-4: (0.20, 0.26), 1e-3: (0.10, 0.12),
+                      1e-2: (0.15, 0.25), 1e-1: (0.50, 0.10)}
+    for lam, (a, b) in vals.items():
+        rows += [(f"{lam}-0", lam, 0, a, a, False, 0.3), (f"{lam}-1", lam, 1, b, b, False, 0.3)]
+    df = table(rows)
+    # each pair (a, b) has (n - 1) s^2 = (a - b)^2 / 2
+    pooled = np.sqrt(((0.20 - 0.26) ** 2 + (0.10 - 0.12) ** 2 + (0.15 - 0.25) ** 2) / 2 / 3)
+    assert seed_spread(df) == pytest.approx(pooled)
+    # a bad neighbour is not a neighbour: 1e-2 flagged bad -> 1e-4 and 1e-3 only... and 1e-1 is
+    # the next lambda with two good fits
+    df.loc[df["lam"] == 1e-2, "bad"] = True
+    pooled = np.sqrt(((0.20 - 0.26) ** 2 + (0.10 - 0.12) ** 2 + (0.50 - 0.10) ** 2) / 2 / 3)
+    assert seed_spread(df) == pytest.approx(pooled)
+
+
+def test_empty_fits_are_never_recommended():
+    """A fit with no weight above threshold (weight_density 0) has trivially matched hidden
+    statistics; even with the best objective and the largest lambda it is not a candidate."""
+    df = table([("a", 1e-3, 0, 0.10, 0.2, False, 0.2), ("b", 1e-3, 1, 0.12, 0.2, False, 0.2),
+                ("z", 1e-1, 0, -0.70, 0.99, False, 0.0), ("y", 1e-1, 1, 0.05, 0.99, False, 0.0)])
+    rec = recommend(df)
+    assert rec.row["trial_id"] == "a" and rec.best_row["trial_id"] == "a"
+    assert rec.n_bad == 2 and rec.n_empty == 2 and "2 empty" in rec.message
+    assert seed_spread(df) == pytest.approx(np.std([0.10, 0.12], ddof=1))
+    assert recommend(df, rule="best").row["trial_id"] == "a"
+    # the bad-share table counts only the bad flag
+    assert bad_share_by_lambda(df)["n_bad"].tolist() == [0, 0]
+
+
+def test_select_model_uses_finished_trials_and_the_study_objective():
+    from raysearch.selection import select_model
+
+    df = grid_table()
+    df["finished"] = True
+    df.loc[df["trial_id"] == "c", "finished"] = False     # best fit still running: not selected
+    df.attrs["study"] = {"search": {"objective": "max_nrmse"}}
+    rec, bins = select_model(df, tolerance=0.0)
+    assert rec.attrs["objective"] == "max_nrmse" and rec.attrs["tolerance_source"] == "given"
+    assert rec["role"].tolist()[:2] == ["recommended", "best objective"]
+    assert rec.iloc[0]["trial_id"] == "a"                  # lowest max_nrmse 0.30 among finished
+    # 7 finished fits over 4 lambdas (fewer than 2 per lambda): round(sqrt(7)) = 3 log bins with
+    # edges 1e-3, 1e-2, 1e-1, 1 -> {a, b}, {d}, {e, f, g, h}
+    assert bins["n_fits"].tolist() == [2, 1, 4]
+    rec, _ = select_model(df, objective="mean_nrmse", rule="best")
+    assert rec.iloc[0]["trial_id"] == "d" and "lowest mean_nrmse" in rec.attrs["message"]
+    with pytest.raises(ConfigError, match="objective"):
+        select_model(df, objective="accuracy")
+    df["finished"] = False
+    with pytest.raises(InputError, match="no finished trial"):
+        select_model(df)
+
+
+def test_sampled_pair_couplings_equal_the_dense_matrix():
+    from raysearch.analysis.couplings import LowRankCouplings
+    from raysearch.selection import pair_couplings, sample_pairs
+
+    rng = np.random.default_rng(0)
+    W, c = rng.normal(size=(6, 40)), rng.random(6)
+    J = LowRankCouplings.from_factors(W, c).dense()
+    i, j = sample_pairs(40, 300, seed=1)
+    assert len(i) <= 300 and np.all(i < j) and len(set(zip(i, j))) == len(i)
+    np.testing.assert_allclose(pair_couplings(W, c, i, j), J[i, j], rtol=1e-12, atol=1e-12)
+    # same arguments, same pairs; small N: every pair
+    assert np.array_equal(sample_pairs(40, 300, seed=1)[0], i)
+    a, b = sample_pairs(10, 1000)
+    assert len(a) == 45
+    np.testing.assert_allclose(pair_couplings(W[:, :10], c, a, b), J[:10, :10][a, b])
+
+
+def test_selection_data_histograms_against_a_hand_computation(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "analysis"))
+    from analysis_helpers import make_experiment
+
+    from raysearch.preprocessing import preprocess
+    from raysearch.search import load_results
+    from raysearch.selection import pair_couplings, sample_pairs, selection_data
+    from raysearch.synthetic import make_synthetic_recording
+
+    rec, _ = make_synthetic_recording(n_neurons=60, n_frames=300, seed=0)
+    ds = preprocess(rec)
+    rng = np.random.default_rng(0)
+    lams = [1e-4, 1e-4, 1e-1, 1e-1]
+    specs = [dict(W=rng.normal(size=(4, 60)) * s, c=rng.random(4) + 0.5, lam=lam, seed=i % 2,
+                  mean_nrmse=m, bad=b)
+             for i, (lam, s, m, b) in enumerate(zip(lams, (1.0, 1.0, 0.1, 0.1),
+                                                    (0.2, 0.25, 0.3, 0.9), (False,) * 3 + (True,)))]
+    exp = make_experiment(tmp_path / "exp", specs, ds)
+    df = load_results(exp)
+    data = selection_data(df, n_pairs=500, n_hist_bins=20, seed=3)
+    assert data.hist_bins["n_models"].tolist() == [2, 2]
+    i, j = sample_pairs(60, 500, seed=3)
+    assert data.n_pairs == len(i)
+    order = df.sort_values("lam")["trial_id"].tolist()
+    spec_of = {f"abcde_{k:05d}": s for k, s in enumerate(specs)}
+    w = [np.concatenate([spec_of[t]["W"].ravel().astype(np.float32).astype(float)
+                         for t in order[g:g + 2]]) for g in (0, 2)]
+    big = max(np.abs(x).max() for x in w)
+    edges = np.linspace(-big, big, 21)
+    np.testing.assert_allclose(data.weight_edges, edges, rtol=1e-12)
+    for g in range(2):
+        np.testing.assert_allclose(data.weight_hist[g], np.histogram(w[g], edges, density=True)[0])
+    J = [np.concatenate([pair_couplings(spec_of[t]["W"].astype(np.float32),
+                                        spec_of[t]["c"].astype(np.float32), i, j)
+                         for t in order[g:g + 2]]) for g in (0, 2)]
+    big = max(np.abs(x).max() for x in J)
+    edges = np.linspace(-big, big, 21)
+    for g in range(2):
+        np.testing.assert_allclose(data.coupling_hist[g],
+                                   np.histogram(J[g], edges, density=True)[0], rtol=1e-9)
+    # radar: recommended, best objective (same fit -> shown once) and the bad fit
+    assert data.radar["role"].tolist() == ["recommended = best objective", "bad"]
+    assert data.radar["lam"].tolist() == [1e-4, 1e-1]
+    assert data.recommendation.iloc[0]["mean_nrmse"] == pytest.approx(0.2)

@@ -197,7 +197,7 @@ def selection_lines(done, objective="mean_nrmse", rule="sparsest", tolerance=Non
         lines.append(f"  {rec.message}")
     shares = bad_share_by_lambda(done)
     lines.append("")
-    lines.append("Bad models per lambda bin (finished trials; 95% Wilson interval):")
+    lines.append("Bad models per lambda range (log bins; finished trials; 95% Wilson interval):")
     view = pd.DataFrame({
         "lam_low": shares["lam_low"].map("{:.3g}".format),
         "lam_high": shares["lam_high"].map("{:.3g}".format),
