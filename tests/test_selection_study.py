@@ -83,3 +83,31 @@ def test_plain_best_objective_recovers_less(grid_study):
     r_sparse = table.loc[sparse.iloc[0]["trial_id"], "recovery"]
     assert float(sparse.iloc[0]["lam"]) >= float(best.iloc[0]["lam"])
     assert r_sparse >= r_best
+
+
+@pytest.mark.parametrize("objective", ["max_nrmse", "mean_nrmse"])
+def test_optuna_minimises_the_study_objective(ray_session, tmp_path, objective):
+    """The value Optuna stores for each trial is the chosen objective (the other is reported)."""
+    import sys
+    from pathlib import Path
+
+    import optuna
+
+    sys.path.insert(0, str(Path(__file__).parent / "search"))
+    from search_helpers import tiny_study
+
+    from raysearch.search import load_results, run_study
+
+    study = tiny_study(tmp_path, search={"objective": objective, "num_samples": 2})
+    run = run_study(study)
+    assert run.num_errors == 0
+    df = load_results(run.experiment_dir).set_index("trial_id")
+    assert df[["mean_nrmse", "max_nrmse"]].notna().all().all()
+    stored = optuna.load_study(study_name=study.name,
+                               storage=f"sqlite:///{Path(run.experiment_dir) / 'optuna.db'}")
+    done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    got = sorted(t.value for t in done)
+    assert got == pytest.approx(sorted(df[objective].astype(float)), rel=1e-9)
+    other = "mean_nrmse" if objective == "max_nrmse" else "max_nrmse"
+    assert not np.allclose(got, sorted(df[other].astype(float)))
