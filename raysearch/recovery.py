@@ -189,17 +189,9 @@ def recovery_table(results) -> pd.DataFrame:
         df = load_results(results)
     study = df.attrs.get("study") or {}
     specs = study.get("recordings") or []
-    keys = {}
-    for spec in specs:
-        key = spec.get("name")
-        if not key:
-            if spec.get("path"):
-                from pathlib import Path
+    from raysearch.search.config import RecordingSpec
 
-                key = Path(spec["path"]).stem
-            else:
-                key = f"synthetic-{(spec.get('synthetic') or {}).get('seed', 0)}"
-        keys[key] = spec
+    keys = {RecordingSpec.model_validate(spec).key: spec for spec in specs}
     truths = {k: _truth_for(s) for k, s in keys.items()}
     truths = {k: t for k, t in truths.items() if t is not None}
     if not truths:

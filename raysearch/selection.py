@@ -4,6 +4,14 @@ Minimising the held-out nRMSE alone picks weakly regularised fits that reproduce
 but not the assemblies. The rule here is the internship's balance: **the sparsest fit whose
 objective is within a tolerance of the best, among fits that are not bad**, where the tolerance is by
 default the seed-to-seed spread of the objective near the best lambda (so it needs no tuning).
+Empty fits (no weight above the density threshold, ``weight_density == 0``) are never candidates:
+their hidden statistics match the data trivially, so their nRMSE says nothing.
+
+Entry points: :func:`recommend` (the rule on a results table), :func:`bad_share_by_lambda`
+(bad share per log-lambda bin with Wilson intervals), :func:`select_model` (both as DataFrames,
+from an experiment directory: the ``load_results`` companion exported as
+``raysearch.select_model``) and :func:`selection_data` (what the report's "Model selection"
+section draws).
 
 Everything works on the results DataFrame of :func:`raysearch.load_results` (columns ``lam``,
 ``bad``, the objective column, optionally ``weight_density``, ``seed``, ``trial_id``,
