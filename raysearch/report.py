@@ -81,7 +81,7 @@ def _selection_html(selection, figs) -> str:
              _table_html(rec[cols]) if len(rec) else "<p>No usable fit.</p>",
              "<h3>Bad models per lambda bin (95% Wilson interval)</h3>",
              _table_html(selection.bins[["lam_low", "lam_high", "n_fits", "n_bad", "share_bad",
-                                         "ci_low", "ci_high"]])]
+                                         "ci_low", "ci_high", "n_empty"]])]
     for name in SELECTION_FIGURES:
         if name in figs:
             parts.append(_figure_html(name, figs[name]))

@@ -345,11 +345,14 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
     -------
     DataFrame with one row per bin: ``lam_low``, ``lam_high`` (bin edges; the last bin includes
     its upper edge), ``lam_center`` (geometric centre), ``n_fits``, ``n_bad``, ``share_bad``,
-    ``ci_low``, ``ci_high``. Empty bins are kept with ``n_fits = 0`` and NaN share.
+    ``ci_low``, ``ci_high``, and ``n_empty`` (fits not flagged bad but without a single weight
+    above threshold, see :func:`recommend`; not counted as bad). Bins without fits are kept with
+    ``n_fits = 0`` and NaN share.
     """
     _check_columns(results, ["lam", "bad"])
     lam = pd.to_numeric(results["lam"], errors="coerce").to_numpy(float)
     bad = results["bad"].fillna(True).astype(bool).to_numpy()
+    empty = _empty(results) & ~bad
     edges = lambda_bins(lam, n_bins) if bins is None else np.asarray(bins, dtype=float)
     keep = np.isfinite(lam) & (lam > 0)
     idx = np.searchsorted(edges, lam[keep], side="right") - 1
@@ -363,7 +366,8 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
         lo, hi = wilson_interval(k, n, confidence)
         rows.append(dict(lam_low=edges[b], lam_high=edges[b + 1],
                          lam_center=float(np.sqrt(edges[b] * edges[b + 1])), n_fits=n, n_bad=k,
-                         share_bad=(k / n) if n else float("nan"), ci_low=lo, ci_high=hi))
+                         share_bad=(k / n) if n else float("nan"), ci_low=lo, ci_high=hi,
+                         n_empty=int(empty[keep][sel].sum())))
     return pd.DataFrame(rows)
 
 

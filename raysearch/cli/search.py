@@ -159,10 +159,10 @@ def _fit_line(role: str, r, objective: str) -> str:
     parts = [f"  {role + ':':<16}lambda {float(r['lam']):.4g}", f"trial {r['trial_id']}"]
     if "seed" in r:
         parts.append(f"seed {r['seed']}")
-    parts.append(f"{objective} {float(r[objective]):.4f}")
     lam_mean = r.get("lam_objective")
-    if lam_mean is not None and lam_mean == lam_mean:
-        parts.append(f"(lambda mean {float(lam_mean):.4f})")
+    parts.append(f"{objective} {float(r[objective]):.4f}" + (
+        f" (lambda mean {float(lam_mean):.4f})" if lam_mean is not None and lam_mean == lam_mean
+        else ""))
     if other in r:
         parts.append(f"{other} {float(r[other]):.4f}")
     if "weight_density" in r:
@@ -204,7 +204,7 @@ def selection_lines(done, objective="mean_nrmse", rule="sparsest", tolerance=Non
     view = pd.DataFrame({
         "lam_low": shares["lam_low"].map("{:.3g}".format),
         "lam_high": shares["lam_high"].map("{:.3g}".format),
-        "n": shares["n_fits"], "bad": shares["n_bad"],
+        "n": shares["n_fits"], "bad": shares["n_bad"], "empty": shares["n_empty"],
         "share": shares["share_bad"].map(lambda x: "-" if x != x else f"{100 * x:.0f}%"),
         "ci": [("-" if lo != lo else f"{100 * lo:.0f}-{100 * hi:.0f}%")
                for lo, hi in zip(shares["ci_low"], shares["ci_high"])]})

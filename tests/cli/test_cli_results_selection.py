@@ -52,7 +52,8 @@ def test_default_rule_tolerance_from_seed_spread(experiment, capsys):
     assert "runner-up:" in sec
     # bins: one per lambda, 2 fits each; 2/2 bad at 0.1 with Wilson CI 34-100%
     table = sec[sec.index("Bad models per lambda range"):].splitlines()[2:]
-    assert [ln.split()[2:5] for ln in table] == [["2", "0", "0%"]] * 3 + [["2", "2", "100%"]]
+    assert [ln.split()[2:6] for ln in table] == [["2", "0", "0", "0%"]] * 3 + \
+        [["2", "2", "0", "100%"]]
     assert table[-1].split()[-1] == "34-100%" and table[0].split()[-1] == "0-66%"
 
 
