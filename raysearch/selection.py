@@ -266,7 +266,6 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
                                        kind="stable")
         cands = ranked
     row = ranked.iloc[0]
-    # Runner-up: the next ranked fit at another lambda if any, else the next fit at all.
     # Runner-up: the next candidate at another lambda, else the next candidate, else the best
     # remaining good fit outside the tolerance.
     pool = ranked.iloc[1:] if rule == "sparsest" else good.iloc[0:0]
@@ -278,7 +277,7 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     if rule == "sparsest":
         n_lam = len(np.unique(_lam_groups(cands["lam"].to_numpy(float))))
         msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) at "
-               f"{n_lam} lambda(s) whose mean {objective} over seeds is <= best "
+               f"{n_lam} lambda(s) whose mean {objective} over seeds is <= the best lambda's "
                f"{best_mean:.4g} + tolerance {tol:.3g} ({source}); {unusable}")
     else:
         msg = (f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); "
