@@ -322,3 +322,18 @@ def test_lambdas_are_compared_by_their_mean_over_seeds():
     # seed spread: the best lambda is the best mean (1e-3), pooled with its neighbour 1e-2
     pooled = np.sqrt(((0.10 - 0.30) ** 2 + (0.22 - 0.20) ** 2) / 2 / 2)
     assert seed_spread(df) == pytest.approx(pooled)
+
+
+def test_pair_sampling_never_forms_the_dense_matrix():
+    """N = 200,000 units: a dense J would need 320 GB; the sampled route needs O(M * pairs)."""
+    import raysearch
+    from raysearch.selection import pair_couplings, sample_pairs, select_model
+
+    assert raysearch.select_model is select_model
+    rng = np.random.default_rng(0)
+    W, c = rng.normal(size=(3, 200_000)).astype(np.float32), rng.random(3)
+    i, j = sample_pairs(200_000, 5_000, seed=0)
+    assert 4_900 < len(i) <= 5_000
+    J = pair_couplings(W, c, i, j)
+    k = 17
+    assert J[k] == pytest.approx(float(np.sum(c * W[:, i[k]].astype(float) * W[:, j[k]])))
