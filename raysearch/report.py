@@ -43,7 +43,14 @@ def _selection(analysis):
     from raysearch.selection import selection_data
 
     try:
-        return selection_data(analysis.results), None
+        # every trial of the study (diverged fits count as bad), not only the analysed models
+        from raysearch.search import load_results
+
+        results = load_results(analysis.directory)
+    except (RaysearchError, OSError):
+        results = analysis.results
+    try:
+        return selection_data(results), None
     except RaysearchError as exc:
         return None, f"model selection skipped: {exc}"
 

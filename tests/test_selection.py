@@ -337,3 +337,27 @@ def test_pair_sampling_never_forms_the_dense_matrix():
     J = pair_couplings(W, c, i, j)
     k = 17
     assert J[k] == pytest.approx(float(np.sum(c * W[:, i[k]].astype(float) * W[:, j[k]])))
+
+
+def test_selection_data_leaves_a_diverged_model_out_of_the_histograms(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "analysis"))
+    from analysis_helpers import make_experiment
+
+    from raysearch.preprocessing import preprocess
+    from raysearch.search import load_results
+    from raysearch.selection import selection_data
+    from raysearch.synthetic import make_synthetic_recording
+
+    rec, _ = make_synthetic_recording(n_neurons=40, n_frames=300, seed=0)
+    ds = preprocess(rec)
+    rng = np.random.default_rng(0)
+    W_nan = np.full((3, 40), np.nan)
+    specs = [dict(W=rng.normal(size=(3, 40)), c=np.ones(3), lam=1e-3, seed=0, mean_nrmse=0.2),
+             dict(W=W_nan, c=np.ones(3), lam=1e-2, seed=0, mean_nrmse=0.3, bad=True)]
+    data = selection_data(load_results(make_experiment(tmp_path / "e", specs, ds)))
+    assert data.hist_bins["n_models"].sum() == 1
+    assert any("NaN" in n for n in data.notes)
+    assert data.bins["n_bad"].sum() == 1
