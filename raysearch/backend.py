@@ -81,6 +81,7 @@ class BackendRNG:
     * ``standard_normal(shape)``: N(0, 1)
     * ``integers(low, high, size)``: int64 uniform on [low, high)
     * ``permutation(n)``: a random permutation of ``arange(n)`` (int64)
+    * ``random_bytes(shape)``: uint8 uniform on 0..255
     """
 
     def __init__(self, name: str, gen: Any, wrap: Callable[[Any], Any]):
@@ -104,6 +105,19 @@ class BackendRNG:
         if self.name == "cupy":
             return self._gen.randint(low, high, size=size, dtype=np.int64)
         return self._wrap(self._gen.integers(low, high, size=size, dtype=np.int64))
+
+    def random_bytes(self, shape):
+        """Uniform random uint8 array of ``shape`` (8 random bits per entry).
+
+        On numpy / strict these are the raw 64-bit outputs of the PCG64 stream cut into bytes, a
+        quarter of the generator work of ``random`` for the same number of entries.
+        """
+        shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+        n = int(np.prod(shape, dtype=np.int64))
+        if self.name == "cupy":
+            return self._gen.randint(0, 256, size=shape, dtype=np.uint8)
+        raw = self._gen.bit_generator.random_raw((n + 7) // 8)
+        return self._wrap(raw.view(np.uint8)[:n].reshape(shape))
 
     def permutation(self, n: int):
         if self.name == "cupy":

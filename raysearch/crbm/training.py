@@ -269,18 +269,37 @@ def mean_visibles(params, H, visible, bk):
     return units.gaussian_mean(I, params["fields"], params["visible_gamma"], bk)
 
 
-def gibbs(params, V, n_steps, visible, bk, rng):
+def gibbs(params, V, n_steps, visible, bk, rng, WT=None):
     """Advance chains V (C, N) by ``n_steps`` block-Gibbs steps (h | v, then v | h).
+
+    Parameters
+    ----------
+    WT : (N, M) backend array, optional
+        :func:`weights_t` of ``params``, computed here when not given (pass it to share one copy
+        between calls). On the CPU the hidden inputs are ``V @ WT``, a faster product than
+        ``V @ W.T`` with OpenBLAS (9% at N = 5,000, M = 100, one thread).
 
     Returns the new visible states (C, N) float32; V is not modified.
     """
+    if WT is None:
+        WT = weights_t(params, bk)
+    hid = _hidden(params)
     for _ in range(int(n_steps)):
-        H = sample_hiddens(params, V, bk, rng)
+        I = hidden_inputs(params, V) if WT is None else V @ WT
+        H = units.drelu_sample(I, *hid, bk, rng)
         V = sample_visibles(params, H, visible, bk, rng)
     return V.astype(np.float32, copy=False)
 
 
-def advance_chains(params, chains, update, cfg, bk, executor=None):
+def weights_t(params, bk):
+    """C-contiguous (N, M) copy of the weights' transpose on the CPU backends, None on a device
+    (where ``V @ W.T`` is used as it is)."""
+    if bk.is_device:
+        return None
+    return bk.xp.ascontiguousarray(params["weights"].T)
+
+
+def advance_chains(params, chains, update, cfg, bk, executor=None, WT=None):
     """The Gibbs part of update ``update``: ``cfg.n_gibbs`` steps of every persistent chain.
 
     With ``cfg.n_groups > 1`` the chains are split into that many contiguous row groups, each
@@ -293,16 +312,18 @@ def advance_chains(params, chains, update, cfg, bk, executor=None):
     (C, N) float32 backend array; ``chains`` is not modified.
     """
     G = int(cfg.n_groups)
+    if WT is None:
+        WT = weights_t(params, bk)
     if G <= 1:
         return gibbs(params, chains, cfg.n_gibbs, cfg.visible, bk,
-                     bk.rng(cfg.seed, STREAM_GIBBS, int(update)))
+                     bk.rng(cfg.seed, STREAM_GIBBS, int(update)), WT)
     C = chains.shape[0]
     bounds = [(g * C // G, (g + 1) * C // G) for g in range(G)]
 
     def run(g):
         a, b = bounds[g]
         return gibbs(params, chains[a:b], cfg.n_gibbs, cfg.visible, bk,
-                     bk.rng(cfg.seed, STREAM_GIBBS, int(update), g))
+                     bk.rng(cfg.seed, STREAM_GIBBS, int(update), g), WT)
 
     parts = list(executor.map(run, range(G)) if executor is not None else map(run, range(G)))
     return bk.xp.concatenate(parts, axis=0)
@@ -355,7 +376,7 @@ def phase_moments(params, V, bk):
     return {"h": ep + em, "hp": hp, "hp2": hp2, "hm": hm, "hm2": hm2, "h2": hp2 + hm2}
 
 
-def gradients(params, V_pos, V_neg, moments_data, cfg, bk):
+def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None):
     """Log-likelihood ascent direction for every parameter (unclipped), and Var(h) on the data.
 
     Parameters
@@ -367,6 +388,8 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk):
     moments_data : dict
         Backend arrays ``mean`` (N,) (and ``sq_mean`` for gaussian units) of the full training set.
     cfg : TrainConfig
+    WT : (N, M) backend array, optional
+        :func:`weights_t` of ``params`` (computed here when not given).
 
     Returns
     -------
@@ -385,7 +408,9 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk):
     xp = bk.xp
     B, C = V_pos.shape[0], V_neg.shape[0]
     Vs = xp.concatenate([V_pos, V_neg], axis=0)
-    I = hidden_inputs(params, Vs)
+    if WT is None:
+        WT = weights_t(params, bk)
+    I = hidden_inputs(params, Vs) if WT is None else Vs @ WT
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
     pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
     neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]
@@ -523,8 +548,9 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, ex
     -------
     (params, moments, chains) : the new state; the inputs are not modified.
     """
-    chains = advance_chains(params, chains, update, cfg, bk, executor)
-    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk)
+    WT = weights_t(params, bk)
+    chains = advance_chains(params, chains, update, cfg, bk, executor, WT)
+    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk, WT)
     lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
                        cfg.decay_after)
     W_old = params["weights"]

@@ -58,7 +58,7 @@ import numpy as np
 
 __all__ = [
     "drelu_cgf", "drelu_mean", "drelu_mean_var", "drelu_branch_moments", "drelu_sample",
-    "bernoulli_mean", "bernoulli_sample", "bernoulli_cgf",
+    "bernoulli_mean", "bernoulli_sample", "bernoulli_sample_mask", "bernoulli_cgf",
     "gaussian_mean", "gaussian_sample", "gaussian_cgf",
     "hidden_inputs", "visible_inputs", "free_energy",
 ]
@@ -524,19 +524,34 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
     xp = bk.xp
     sgp = xp.sqrt(gp)
     sgm = xp.sqrt(gm)
-    x_p = tp - I
-    x_p /= sgp
-    x_m = I + tm
-    x_m /= sgm
-    mp, mm = _Mills(x_p, bk), _Mills(x_m, bk)
-    d = mp.log_m(bk)
-    d -= mm.log_m(bk)
+    if bk.is_device:
+        x_p = tp - I
+        x_p /= sgp
+        x_m = I + tm
+        x_m /= sgm
+        mp, mm = _Mills(x_p, bk), _Mills(x_m, bk)
+        d = mp.log_m(bk)
+        d -= mm.log_m(bk)
+        t_p, t_m, q_p, q_m = mp.t, mm.t, mp.q, mm.q
+    else:
+        # CPU: both branches stacked in one (2, B, M) array, so each of the ~40 elementwise
+        # passes of the Mills ratio is one NumPy call instead of two (small arrays: call overhead)
+        xs = xp.empty((2,) + tuple(I.shape), dtype=xp.result_type(I, tp))
+        xp.subtract(tp, I, out=xs[0])
+        xs[0] /= sgp
+        xp.add(I, tm, out=xs[1])
+        xs[1] /= sgm
+        x_p, x_m = xs[0], xs[1]
+        ms = _Mills(xs, bk)
+        lm = ms.log_m(bk)
+        d = lm[0] - lm[1]
+        t_p, t_m, q_p, q_m = ms.t[0], ms.t[1], ms.q[0], ms.q[1]
     d += xp.log(sgm / sgp)              # log Z+ - log Z-
     pos = rng.random(I.shape) < _expit(d, bk)
     x = xp.where(pos, x_p, x_m)
     # Phi(-x) = t/2 [* exp(-x^2/2) where x >= 0], from the chosen branch's Mills pieces
-    sf = xp.where(pos, mp.t, mm.t)
-    sf *= xp.where(x < 0, 1.0, xp.where(pos, mp.q, mm.q))
+    sf = xp.where(pos, t_p, t_m)
+    sf *= xp.where(x < 0, 1.0, xp.where(pos, q_p, q_m))
     sf *= 0.5
     u = rng.random(I.shape)
     u *= -1.0
@@ -560,17 +575,35 @@ def bernoulli_sample(I, g, bk, rng):
         out = _fused(bk, "bernoulli", I, g, rng.random(I.shape))
         if out is not None:
             return out
-    x = I + g
+    return bernoulli_sample_mask(I, g, bk, rng).astype(I.dtype)
+
+
+def bernoulli_sample_mask(I, g, bk, rng):
+    """v ~ Bernoulli(expit(g + I)) as a boolean array of I's shape.
+
+    On a device: ``u < expit(g + I)`` with float32 uniforms. On the CPU, exactly the same law with
+    a quarter of the random bits: the uniform is u = (k + f)/256 with a random byte k and a
+    float32 uniform f drawn only where the byte does not decide, i.e. v = 1 when k < floor(256 p),
+    v = 0 when k > floor(256 p), and v = [f < 256 p - k] when k == floor(256 p) (1/256 of the
+    entries). p = 1/(1 + exp(-(g + I))) uses NumPy's SIMD exp.
+    """
+    xp = bk.xp
     if bk.is_device:
-        p = bk.expit(x)
-        return (rng.random(I.shape) < p).astype(x.dtype)
-    # CPU: u < expit(x)  <=>  u (1 + exp(-x)) < 1, with NumPy's SIMD exp instead of scipy's expit
-    x *= -1.0
-    with np.errstate(over="ignore", invalid="ignore"):   # exp(-x) = inf; inf * (u = 0) = nan -> 0
-        bk.xp.exp(x, out=x)
-        x += 1.0
-        x *= rng.random(I.shape)
-    return (x < 1.0).astype(I.dtype)
+        p = bk.expit(I + g)
+        return rng.random(I.shape) < p
+    x = xp.subtract(-g, I)                              # -(g + I)
+    with np.errstate(over="ignore"):                    # exp -> inf: c = 0, v = 0
+        xp.exp(x, out=x)
+    x += 1.0
+    xp.divide(np.float32(256.0), x, out=x)              # c = 256 p in [0, 256]
+    k = rng.random_bytes(I.shape)
+    t = x.astype(np.uint16)                             # floor(c); 256 where p == 1
+    v = k < t
+    amb = xp.flatnonzero(k == t)
+    if amb.size:
+        vf, cf, kf = v.reshape(-1), x.reshape(-1), k.reshape(-1)
+        vf[amb] = rng.random(amb.shape) < (cf[amb] - kf[amb])
+    return v
 
 
 def bernoulli_cgf(I, g, bk):
