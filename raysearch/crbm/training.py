@@ -376,7 +376,25 @@ def phase_moments(params, V, bk):
     return {"h": ep + em, "hp": hp, "hp2": hp2, "hm": hm, "hm2": hm2, "h2": hp2 + hm2}
 
 
-def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None):
+def _matmul_rows(A, B, n_blocks, bk, executor=None):
+    """``A @ B`` with the rows of the result computed in ``n_blocks`` contiguous blocks, in
+    parallel threads when ``executor`` is given (NumPy releases the GIL in BLAS), one after the
+    other otherwise (the same numbers). On a device, or with one block, a plain product."""
+    R = A.shape[0]
+    G = min(int(n_blocks), R)
+    if G <= 1 or bk.is_device:
+        return A @ B
+    out = bk.xp.empty((R, B.shape[1]), dtype=bk.xp.result_type(A, B))
+
+    def run(g):
+        a, b = g * R // G, (g + 1) * R // G
+        bk.xp.matmul(A[a:b], B, out=out[a:b])
+
+    list(executor.map(run, range(G)) if executor is not None else map(run, range(G)))
+    return out
+
+
+def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=None):
     """Log-likelihood ascent direction for every parameter (unclipped), and Var(h) on the data.
 
     Parameters
@@ -390,6 +408,9 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None):
     cfg : TrainConfig
     WT : (N, M) backend array, optional
         :func:`weights_t` of ``params`` (computed here when not given).
+    executor : concurrent.futures.Executor, optional
+        With ``cfg.n_groups > 1`` the two matrix products are computed in ``n_groups`` row blocks,
+        in parallel threads when this is given (same numbers without it).
 
     Returns
     -------
@@ -410,7 +431,8 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None):
     Vs = xp.concatenate([V_pos, V_neg], axis=0)
     if WT is None:
         WT = weights_t(params, bk)
-    I = hidden_inputs(params, Vs) if WT is None else Vs @ WT
+    G = cfg.n_groups
+    I = hidden_inputs(params, Vs) if WT is None else _matmul_rows(Vs, WT, G, bk, executor)
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
     pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
     neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]
@@ -418,7 +440,7 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None):
     Hs += em                                      # E[h|v], (B + C, M)
     Hs[:B] *= np.float32(1.0 / B)
     Hs[B:] *= np.float32(-1.0 / C)
-    gW = Hs.T @ Vs
+    gW = _matmul_rows(Hs.T, Vs, G, bk, executor)
     if cfg.lam > 0:
         gW -= penalty_gradient(params["weights"], cfg.penalty, cfg.lam, bk)
     grads = {
@@ -550,7 +572,7 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, ex
     """
     WT = weights_t(params, bk)
     chains = advance_chains(params, chains, update, cfg, bk, executor, WT)
-    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk, WT)
+    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk, WT, executor)
     lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
                        cfg.decay_after)
     W_old = params["weights"]
