@@ -277,7 +277,7 @@ def gibbs(params, V, n_steps, visible, bk, rng, WT=None):
     WT : (N, M) backend array, optional
         :func:`weights_t` of ``params``, computed here when not given (pass it to share one copy
         between calls). On the CPU the hidden inputs are ``V @ WT``, a faster product than
-        ``V @ W.T`` with OpenBLAS (9% at N = 5,000, M = 100, one thread).
+        ``V @ W.T`` with OpenBLAS (8-29% measured, see BENCHMARKS.md).
 
     Returns the new visible states (C, N) float32; V is not modified.
     """
