@@ -23,3 +23,11 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     test_cmd = _readme_commands()[1]
     assert any(ln.strip() == test_cmd for ln in ci), (test_cmd, ci)
+
+
+def test_test_modules_have_unique_basenames():
+    # tests/ has no __init__.py files, so pytest imports test modules by basename: two files
+    # with the same name in different folders fail collection on a clean checkout.
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, dupes
