@@ -139,11 +139,15 @@ def test_multi_objective_study_marks_the_pareto_front(ray_session, tmp_path):
     run = run_study(study)
     df = run.results
     assert len(df) == 4 and df["pareto"].any()
+    # The front is taken over the usable fits (finished, not bad): a bad model is never on it and
+    # never pushes a good one off it.
+    usable = (df["finished"] & ~df["bad"].fillna(True).astype(bool)).to_numpy()
+    assert not np.any(df["pareto"].to_numpy() & ~usable)
     a, b = df["mean_nrmse"].to_numpy(), df["weight_density"].to_numpy()
-    for i in np.flatnonzero(df["pareto"]):  # nothing on the front is dominated
-        assert not np.any((a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
-    for i in np.flatnonzero(~df["pareto"]):  # everything off the front is
-        assert np.any((a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
+    for i in np.flatnonzero(df["pareto"]):  # nothing usable dominates a point on the front
+        assert not np.any(usable & (a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
+    for i in np.flatnonzero(usable & ~df["pareto"].to_numpy()):  # a usable fit off it is dominated
+        assert np.any(usable & (a <= a[i]) & (b <= b[i]) & ((a < a[i]) | (b < b[i])))
     trials = _optuna_trials(run, "multi")
     assert all(len(t.values) == 2 for t in trials) and len(trials) == 4
 
