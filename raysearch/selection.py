@@ -324,7 +324,10 @@ def lambda_bins(lam: np.ndarray, n_bins: int | None = None) -> np.ndarray:
     lo, hi = np.log10(lam.min()), np.log10(lam.max())
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
-    return np.logspace(lo, hi, n_bins + 1)
+    edges = np.logspace(lo, hi, n_bins + 1)
+    if lam.max() > lam.min():          # exact outer edges: 10**log10(x) may round below x
+        edges[0], edges[-1] = lam.min(), lam.max()
+    return edges
 
 
 def _first_of_groups(lam):
@@ -355,7 +358,9 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
     edges = lambda_bins(lam, n_bins) if bins is None else np.asarray(bins, dtype=float)
     keep = np.isfinite(lam) & (lam > 0)
     idx = np.searchsorted(edges, lam[keep], side="right") - 1
-    idx[lam[keep] == edges[-1]] = len(edges) - 2
+    # the outer edges belong to the outer bins, up to rounding of the edges
+    idx[np.isclose(lam[keep], edges[-1], rtol=1e-9, atol=0.0)] = len(edges) - 2
+    idx[np.isclose(lam[keep], edges[0], rtol=1e-9, atol=0.0)] = 0
     inside = (idx >= 0) & (idx < len(edges) - 1)
     rows = []
     for b in range(len(edges) - 1):

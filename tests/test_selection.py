@@ -361,3 +361,17 @@ def test_selection_data_leaves_a_diverged_model_out_of_the_histograms(tmp_path):
     assert data.hist_bins["n_models"].sum() == 1
     assert any("NaN" in n for n in data.notes)
     assert data.bins["n_bad"].sum() == 1
+
+
+def test_every_fit_is_counted_when_log_edges_round_below_the_largest_lambda():
+    # lambdas of a real quickstart run: 10**log10(max) rounded below max and dropped that fit
+    lam = [0.005547, 0.010323, 0.001, 0.005302, 0.03766576841599294, 0.001313]
+    df = pd.DataFrame({"lam": lam, "bad": [False, False, False, False, True, False]})
+    out = bad_share_by_lambda(df)
+    assert out["n_fits"].sum() == 6 and out["n_bad"].sum() == 1
+    assert out["n_bad"].iloc[-1] == 1
+    edges = lambda_bins(np.array(lam))
+    assert edges[0] == min(lam) and edges[-1] == max(lam)
+    # explicit edges that miss the largest value by rounding still count it
+    out = bad_share_by_lambda(df, bins=np.array([0.001, 0.01, max(lam) * (1 - 1e-15)]))
+    assert out["n_fits"].sum() == 6
