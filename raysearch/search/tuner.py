@@ -92,7 +92,9 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
         if spec.synthetic is not None:
             rec, _truth = make_synthetic_recording(**spec.synthetic.model_dump(exclude_none=True))
         else:
-            rec = load_recording(spec.path, drop_unlabelled=spec.drop_unlabelled,
+            # read only the signal the study uses (a whole-fish array is ~1 GB)
+            rec = load_recording(spec.path, signals=(pre["signal"],),
+                                 drop_unlabelled=spec.drop_unlabelled,
                                  on_nonfinite=spec.on_nonfinite)
         out[spec.key] = preprocess(rec, **pre)
     return out
