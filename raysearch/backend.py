@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -118,6 +119,14 @@ class BackendRNG:
             return self._gen.randint(0, 256, size=shape, dtype=np.uint8)
         raw = self._gen.bit_generator.random_raw((n + 7) // 8)
         return self._wrap(raw.view(np.uint8)[:n].reshape(shape))
+
+    def key64(self) -> int:
+        """One uniform 64-bit integer as a Python int (a host value on every backend): the key
+        of a counter-based stream such as :func:`raysearch.cpu_kernels.bernoulli_draw`'s."""
+        if self.name == "cupy":
+            hi, lo = (int(x) for x in self._gen.randint(0, 2 ** 32, size=2, dtype=np.int64).get())
+            return (hi << 32) | lo
+        return int(self._gen.bit_generator.random_raw())
 
     def permutation(self, n: int):
         if self.name == "cupy":
@@ -391,6 +400,8 @@ class Backend:
         ``logaddexp`` is ``xp.logaddexp``). They accept ``out=``.
     is_device : bool
         True when arrays live on an accelerator (host checks then cost a synchronisation).
+    use_cpu_kernels : bool
+        Whether :attr:`cpu_kernels` is offered (the NumPy backend; see there).
     """
 
     name: str
@@ -402,6 +413,7 @@ class Backend:
     expit: Callable
     logaddexp: Callable
     is_device: bool = False
+    use_cpu_kernels: bool = False
     _asarray: Callable = field(repr=False, default=None)
     _to_numpy: Callable = field(repr=False, default=None)
     _make_rng: Callable = field(repr=False, default=None)
@@ -438,8 +450,38 @@ class Backend:
         if self._sync is not None:
             self._sync()
 
+    @property
+    def cpu_kernels(self):
+        """The compiled CPU kernels (module :mod:`raysearch.cpu_kernels`) or None.
+
+        Offered on the NumPy backend when numba imports and the environment variable
+        ``RAYSEARCH_CPU_KERNELS`` is not ``0``; None on CuPy and on the strict stand-in (which
+        checks the generic array code that CuPy runs). Numeric code must work either way.
+        """
+        return _load_cpu_kernels() if self.use_cpu_kernels else None
+
+    def without_cpu_kernels(self) -> "Backend":
+        """The same backend with :attr:`cpu_kernels` None (the plain NumPy code path)."""
+        return replace(self, use_cpu_kernels=False)
+
     def __repr__(self):
-        return f"Backend({self.name!r})"
+        kern = ", cpu_kernels" if self.cpu_kernels is not None else ""
+        return f"Backend({self.name!r}{kern})"
+
+
+def _load_cpu_kernels():
+    if os.environ.get("RAYSEARCH_CPU_KERNELS", "1").strip() == "0":
+        return None
+    return _import_cpu_kernels()
+
+
+@functools.lru_cache(maxsize=None)
+def _import_cpu_kernels():
+    try:
+        from raysearch import cpu_kernels  # noqa: PLC0415 (numba is imported on first use only)
+    except ImportError:
+        return None
+    return cpu_kernels
 
 
 def _numpy_backend() -> Backend:
@@ -449,6 +491,7 @@ def _numpy_backend() -> Backend:
     return Backend(
         name="numpy", xp=np, erfcx=_sps.erfcx, log_ndtr=_sps.log_ndtr, ndtri=_sps.ndtri,
         ndtr=_sps.ndtr, expit=_sps.expit, logaddexp=np.logaddexp, is_device=False,
+        use_cpu_kernels=True,
         _asarray=lambda a, dtype: np.asarray(a, dtype=dtype),
         _to_numpy=lambda a: np.asarray(a),
         _make_rng=make_rng, _sync=None,

@@ -16,7 +16,7 @@ from raysearch.backend import get_backend
 from raysearch.crbm import units as U
 from raysearch.errors import ConfigError, InputError
 from raysearch.evaluation import (STATS, evaluate, is_bad, nrmse, nrmse_from_rmse, pair_subset,
-                                  rmse, weight_sparsity)
+                                  rmse, shuffled_rmse, weight_sparsity)
 
 
 class FakeModel:
@@ -56,27 +56,42 @@ def test_nrmse_hand_built_vectors():
     test = np.array([1.0, 2.0, 3.0, 4.0])
     train = test + np.array([0.1, -0.1, 0.1, -0.1])
     const = np.full(4, 2.5)   # shuffling a constant vector changes nothing: shuf == model
-    n, r_model, r_opt, r_shuf = nrmse(test, const, train, 0)
+    n, r_model, r_opt, r_shuf = nrmse(test, const, train)
     assert r_model == pytest.approx(math.sqrt(1.25)) and r_shuf == pytest.approx(math.sqrt(1.25))
     assert r_opt == pytest.approx(0.1)
     assert n == pytest.approx(1.0)
-    assert nrmse(test, train, train, 1)[0] == pytest.approx(0.0)     # model as good as train
+    assert nrmse(test, train, train)[0] == pytest.approx(0.0)     # model as good as train
     assert rmse([0, 0], [3, 4]) == pytest.approx(math.sqrt(12.5))
     # long random vectors: RMSE_shuf -> sqrt(var(test) + var(model)); known nRMSE
     rng = np.random.default_rng(0)
     t = rng.standard_normal(200_000)
     m, tr = t + 0.1 * rng.standard_normal(t.size), t + 0.2 * rng.standard_normal(t.size)
-    n, r_model, r_opt, r_shuf = nrmse(t, m, tr, 3)
+    n, r_model, r_opt, r_shuf = nrmse(t, m, tr)
     assert r_shuf == pytest.approx(math.sqrt(2.01), rel=0.01)
     assert n == pytest.approx((0.1 - 0.2) / (math.sqrt(2.01) - 0.2), abs=0.003)
     # degenerate cases give NaN, not an exception
-    assert math.isnan(nrmse(np.ones(3), np.ones(3), np.ones(3), 0)[0])
-    assert math.isnan(nrmse([], [], [], 0)[0])
-    assert math.isnan(nrmse([1.0, np.nan], [1.0, 2.0], [0.0, 1.0], 0)[0])
+    assert math.isnan(nrmse(np.ones(3), np.ones(3), np.ones(3))[0])
+    assert math.isnan(nrmse([], [], [])[0])
+    assert math.isnan(nrmse([1.0, np.nan], [1.0, 2.0], [0.0, 1.0])[0])
     with pytest.raises(ValueError, match="differ in length"):
-        nrmse([1, 2], [1, 2, 3], [1, 2], 0)
-    # the shuffle is seeded
-    assert nrmse(t[:50], m[:50], tr[:50], 9) == nrmse(t[:50], m[:50], tr[:50], 9)
+        nrmse([1, 2], [1, 2, 3], [1, 2])
+    # RMSE_shuf is deterministic: the same vectors give the same nRMSE
+    assert nrmse(t[:50], m[:50], tr[:50]) == nrmse(t[:50], m[:50], tr[:50])
+
+
+def test_shuffled_rmse_is_the_mean_over_all_permutation_pairs():
+    """Brute force: the MSE averaged over every pair of permutations (5! x 5! = 14,400) of two
+    5-vectors equals the closed form; a single long-vector shuffle lands on it too."""
+    a = np.array([0.3, -1.2, 2.0, 0.7, 0.1])
+    b = np.array([1.5, 0.2, -0.4, 0.9, 3.1])
+    perms = [list(p) for p in itertools.permutations(range(5))]
+    mse = np.mean([np.mean((a[p] - b[q]) ** 2) for p in perms for q in perms])
+    assert shuffled_rmse(a, b) == pytest.approx(math.sqrt(mse), rel=1e-12)
+    assert shuffled_rmse([2.0] * 4, [2.0] * 4) == 0.0
+    rng = np.random.default_rng(1)
+    x, y = rng.gamma(2.0, size=100_000), rng.standard_normal(100_000) + 1.0
+    one = rmse(x[rng.permutation(x.size)], y[rng.permutation(y.size)])
+    assert shuffled_rmse(x, y) == pytest.approx(one, rel=5e-3)
 
 
 def test_is_bad():
@@ -169,9 +184,8 @@ def test_data_statistics_match_slow_loops(backend):
         np.testing.assert_allclose(st["vv"], [vv[p] for p in zip(i, j)], atol=1e-5)
         np.testing.assert_allclose(st["hh"], hh, rtol=1e-3, atol=1e-5)
     # nRMSE recomputed from the returned vectors
-    for k, s in enumerate(STATS):
-        want = nrmse(res.stats[s]["test"], res.stats[s]["model"], res.stats[s]["train"],
-                     np.random.default_rng([1, 7001, k]))
+    for s in STATS:
+        want = nrmse(res.stats[s]["test"], res.stats[s]["model"], res.stats[s]["train"])
         assert res.nrmse[s] == pytest.approx(want[0], rel=1e-4, abs=1e-6) or math.isnan(want[0])
 
 

@@ -284,6 +284,16 @@ def gibbs(params, V, n_steps, visible, bk, rng, WT=None):
     if WT is None:
         WT = weights_t(params, bk)
     hid = _hidden(params)
+    K = bk.cpu_kernels if visible == "bernoulli" else None
+    if K is not None:
+        # compiled CPU path (raysearch.cpu_kernels): the draw of v also lists its ones, and the
+        # hidden inputs are sums of rows of WT over them (spikes are sparse); same law as below
+        V = bk.xp.asarray(V, dtype=np.float32)
+        I = K.sparse_hidden_inputs(V, WT)
+        for _ in range(int(n_steps)):
+            H = units.drelu_sample(I, *hid, bk, rng)
+            V, I = K.bernoulli_step(visible_inputs(params, H), params["fields"], WT, rng.key64())
+        return V
     for _ in range(int(n_steps)):
         I = hidden_inputs(params, V) if WT is None else V @ WT
         H = units.drelu_sample(I, *hid, bk, rng)
@@ -376,19 +386,23 @@ def phase_moments(params, V, bk):
     return {"h": ep + em, "hp": hp, "hp2": hp2, "hm": hm, "hm2": hm2, "h2": hp2 + hm2}
 
 
-def _matmul_rows(A, B, n_blocks, bk, executor=None):
+def _matmul_rows(A, B, n_blocks, bk, executor=None, product=None):
     """``A @ B`` with the rows of the result computed in ``n_blocks`` contiguous blocks, in
     parallel threads when ``executor`` is given (NumPy releases the GIL in BLAS), one after the
-    other otherwise (the same numbers). On a device, or with one block, a plain product."""
+    other otherwise (the same numbers). On a device, or with one block, a plain product.
+    ``product(A_rows, B)`` replaces ``A_rows @ B`` (e.g. a sparse kernel) when given."""
     R = A.shape[0]
     G = min(int(n_blocks), R)
     if G <= 1 or bk.is_device:
-        return A @ B
+        return A @ B if product is None else product(A, B)
     out = bk.xp.empty((R, B.shape[1]), dtype=bk.xp.result_type(A, B))
 
     def run(g):
         a, b = g * R // G, (g + 1) * R // G
-        bk.xp.matmul(A[a:b], B, out=out[a:b])
+        if product is None:
+            bk.xp.matmul(A[a:b], B, out=out[a:b])
+        else:
+            out[a:b] = product(A[a:b], B)
 
     list(executor.map(run, range(G)) if executor is not None else map(run, range(G)))
     return out
@@ -432,7 +446,9 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=Non
     if WT is None:
         WT = weights_t(params, bk)
     G = cfg.n_groups
-    I = hidden_inputs(params, Vs) if WT is None else _matmul_rows(Vs, WT, G, bk, executor)
+    K = bk.cpu_kernels if cfg.visible == "bernoulli" else None
+    I = (hidden_inputs(params, Vs) if WT is None else
+         _matmul_rows(Vs, WT, G, bk, executor, None if K is None else K.sparse_hidden_inputs))
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
     pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
     neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]

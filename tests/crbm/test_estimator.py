@@ -103,8 +103,13 @@ def test_periodic_checkpoint_file_resumes(tmp_path):
     assert full.n_updates_done_ == 20
 
 
-def test_fit_on_strict_backend_matches_numpy():
-    """The whole fit on the CuPy-like stand-in: any host/device mixing would raise TypeError."""
+def test_fit_on_strict_backend_matches_numpy(monkeypatch):
+    """The whole fit on the CuPy-like stand-in: any host/device mixing would raise TypeError.
+
+    The strict backend runs the generic array code (the code CuPy runs), so it is compared with
+    NumPy running that same code: the compiled CPU kernels switched off."""
+    monkeypatch.setenv("RAYSEARCH_CPU_KERNELS", "0")
+    assert get_backend("numpy").cpu_kernels is None
     X = binary_data()
     seen = []
     a = small(backend="strict").fit(X, callback=seen.append, callback_every=10)
@@ -229,13 +234,17 @@ def test_other_chain_count_and_fit_options():
         small().save_checkpoint("x.h5")
 
 
-def test_parallel_chain_groups_are_reproducible(tmp_path):
-    """n_jobs=2: threads on NumPy, sequential groups on the strict backend, same numbers; a resumed
-    fit equals an uninterrupted one; the setting is part of the result, like the seed."""
+def test_parallel_chain_groups_are_reproducible(tmp_path, monkeypatch):
+    """n_jobs=2: threads on NumPy, sequential groups on the strict backend, same numbers (generic
+    code path); with the compiled CPU kernels, threaded fits repeat exactly; a resumed fit equals
+    an uninterrupted one; the setting is part of the result, like the seed."""
     X = binary_data()
+    with monkeypatch.context() as m:
+        m.setenv("RAYSEARCH_CPU_KERNELS", "0")
+        assert_same_fit(small(n_jobs=2).fit(X), small(n_jobs=2, backend="strict").fit(X))
+    assert get_backend("numpy").cpu_kernels is not None
     a = small(n_jobs=2).fit(X)
-    b = small(n_jobs=2, backend="strict").fit(X)
-    assert_same_fit(a, b)
+    assert_same_fit(a, small(n_jobs=2).fit(X))
     assert not np.array_equal(a.weights_, small().fit(X).weights_)
     ck = tmp_path / "ck.h5"
 
