@@ -68,26 +68,36 @@ def bernoulli_draw(E, key, V, ptr, idx):
         The draws as 0.0 / 1.0.
     ptr : (B + 1,) int64, output
         Row pointers: the ones of row b are ``idx[ptr[b]:ptr[b + 1]]``.
-    idx : (B * N,) int32, output (work space; only the first ``ptr[B]`` entries are meaningful)
+    idx : (B * N + 8,) int32 or longer, output
+        Work space; only the first ``ptr[B]`` entries are meaningful.
 
     Returns
     -------
     int : the number of ones.
     """
     B, N = E.shape
+    if idx.shape[0] < B * N + 8 or ptr.shape[0] < B + 1:
+        raise ValueError("bernoulli_draw: idx needs B * N + 8 entries and ptr B + 1")
     g = uint64(_GOLDEN)
+    n_words = (N + 7) // 8
+    ones = np.zeros(8 * n_words, np.uint8)   # this row's draws as bytes, read 8 at a time below
+    words = ones.view(np.uint64)
     k = 0
     ptr[0] = 0
     for b in range(B):
         base = key + uint64(b) * uint64(N) * g
         e = E[b]
         v = V[b]
-        for n in range(N):
+        for n in range(N):                   # vectorises: hash, compare, two stores
             u = _mix(base + uint64(n + 1) * g) >> uint64(32)
-            v[n] = np.float32(float(u) * (1.0 + float(e[n])) < _TWO32)
-        for n in range(N):                   # branch-free compaction of the ones
-            idx[k] = n
-            k += v[n] != 0
+            one = float(u) * (1.0 + float(e[n])) < _TWO32
+            v[n] = np.float32(one)
+            ones[n] = one
+        for j in range(n_words):             # compaction: skip 8 zeros at once (72% of words
+            if words[j] != 0:                # at 4% ones), branch-free inside a word
+                for n in range(8 * j, 8 * j + 8):
+                    idx[k] = n
+                    k += ones[n]
         ptr[b + 1] = k
     return k
 
@@ -176,8 +186,9 @@ def _workspace(n_rows: int, size: int, with_values: bool):
     """Per-thread buffers (ptr, idx[, val]) of at least the given sizes, reused between calls
     (fresh large allocations would page-fault on every Gibbs step)."""
     ws = getattr(_local, "ws", None)
-    if ws is None or ws[0].shape[0] < n_rows + 1 or ws[1].shape[0] < size:
-        ws = (np.empty(n_rows + 1, np.int64), np.empty(size, np.int32), np.empty(size, np.float32))
+    if ws is None or ws[0].shape[0] < n_rows + 1 or ws[1].shape[0] < size + 8:
+        ws = (np.empty(n_rows + 1, np.int64), np.empty(size + 8, np.int32),
+              np.empty(size + 8, np.float32))
         _local.ws = ws
     return ws if with_values else ws[:2]
 
@@ -213,8 +224,7 @@ def bernoulli_step(I, g, WT, key):
     V : (B, N) float32 0/1, hidden_inputs : (B, M) float32
     """
     B, N = I.shape
-    E = np.add(I, g, out=I)
-    np.negative(E, out=E)
+    E = np.subtract(-g, I, out=I)                        # -(g + I)
     with np.errstate(over="ignore"):
         np.exp(E, out=E)                                 # NumPy's SIMD exp
     V = np.empty((B, N), np.float32)

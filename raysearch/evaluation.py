@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from raysearch.backend import get_backend
-from raysearch.crbm import units
+from raysearch.crbm import training, units
 from raysearch.errors import ConfigError, InputError
 
 __all__ = ["STATS", "EvaluationResult", "evaluate", "nrmse", "nrmse_from_rmse", "rmse",
@@ -304,12 +304,13 @@ def _hidden_shift(V_host, p, bk):
     return units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk).mean(axis=0)
 
 
-def _gibbs_step(v, p, visible, bk, rng):
-    h = units.drelu_sample(units.hidden_inputs(v, p["W"]), *p["hidden"], bk, rng)
-    I = units.visible_inputs(h, p["W"])
+def _trainer_params(p, visible):
+    """The evaluation's parameter dict in the trainer's layout, for :func:`training.gibbs` (the
+    same sampler as the fit, with its compiled CPU path for Bernoulli visibles)."""
+    out = {"weights": p["W"], "fields": p["g"], **dict(zip(training.HIDDEN_KEYS, p["hidden"]))}
     if visible == "gaussian":
-        return units.gaussian_sample(I, p["g"], p["gamma"], bk, rng)
-    return units.bernoulli_sample(I, p["g"], bk, rng)
+        out["visible_gamma"] = p["gamma"]
+    return out
 
 
 def _check_int(name, value, minimum):
@@ -416,12 +417,12 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     starts = np.random.default_rng([seed, _EVAL_STREAM]).integers(0, train.shape[0], n_chains)
     v = bk.asarray(train[starts])
     acc = _Moments(bk, N, M, sub, v_shift, h_shift)
+    tp = _trainer_params(p, visible)
+    WT = training.weights_t(tp, bk)
     with np.errstate(all="ignore"):     # a diverging model's chains may overflow: NaN -> bad
-        for _ in range(n_burnin):
-            v = _gibbs_step(v, p, visible, bk, rng)
+        v = training.gibbs(tp, v, n_burnin, visible, bk, rng, WT)
         for _ in range(n_samples):
-            for _ in range(n_between):
-                v = _gibbs_step(v, p, visible, bk, rng)
+            v = training.gibbs(tp, v, n_between, visible, bk, rng, WT)
             acc.add(v, units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk))
     stats["model"] = acc
 

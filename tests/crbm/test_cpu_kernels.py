@@ -75,7 +75,7 @@ def test_bernoulli_draw_frequencies_and_extremes():
     n = 0
     for key in range(12):
         V = np.empty_like(E)
-        ptr, idx = np.empty(E.shape[0] + 1, np.int64), np.empty(E.size, np.int32)
+        ptr, idx = np.empty(E.shape[0] + 1, np.int64), np.empty(E.size + 8, np.int32)
         nnz = K.bernoulli_draw(E, np.uint64(key * 7919 + 1), V, ptr, idx)
         assert set(np.unique(V)) <= {0.0, 1.0} and nnz == V.sum() == ptr[-1]
         for b in (0, 1, 9_999):
@@ -83,6 +83,14 @@ def test_bernoulli_draw_frequencies_and_extremes():
         counts += V.sum(axis=0)
         n += E.shape[0]
     assert counts[0] == 0 and counts[1] == n
+    # every entry one (the compaction's last word is full): no write past B * N + 8; too small a
+    # work space is refused
+    E1 = np.zeros((3, 13), np.float32)
+    V1, ptr1, idx1 = np.empty_like(E1), np.empty(4, np.int64), np.full(3 * 13 + 8, -1, np.int32)
+    assert K.bernoulli_draw(E1, np.uint64(1), V1, ptr1, idx1) == 39 and V1.all()
+    np.testing.assert_array_equal(idx1[:39], np.tile(np.arange(13), 3))
+    with pytest.raises(ValueError, match="B \\* N \\+ 8"):
+        K.bernoulli_draw(E1, np.uint64(1), V1, ptr1, idx1[:39])
     freq = counts / n
     se = np.sqrt(p * (1 - p) / n) + 1e-12
     z = (freq - p) / se
@@ -94,7 +102,7 @@ def test_bernoulli_draw_stream_is_independent_and_keyed():
     function of (key, b, n) only (same key: same draws; rows drawn separately: same draws)."""
     E = np.ones((400, 1000), np.float32)
     V = np.empty_like(E)
-    ptr, idx = np.empty(401, np.int64), np.empty(E.size, np.int32)
+    ptr, idx = np.empty(401, np.int64), np.empty(E.size + 8, np.int32)
     K.bernoulli_draw(E, np.uint64(123), V, ptr, idx)
     s = 2 * V.astype(np.float64) - 1
     n = s.size
