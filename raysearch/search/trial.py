@@ -62,6 +62,7 @@ def trial_settings(study, experiment_dir: str) -> dict[str, Any]:
         "eval_final": study.evaluation.final.model_dump(),
         "eval_seed": study.evaluation.seed,
         "gpu": study.resources.gpu,
+        "cpu": study.resources.cpu,
     }
 
 
@@ -237,6 +238,11 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     model = CRBM(n_hidden=n_hidden, visible=dataset.visible, penalty=s["penalty"],
                  lam=float(config["lam"]), seed=int(config["seed"]), backend=backend_name,
                  **s["crbm"])
+    if backend_name == "numpy" and "n_jobs" not in s["crbm"]:
+        # one chain thread per CPU the trial holds (Ray gives the worker that many BLAS threads);
+        # like the seed, this is part of the result, and it is the same on every restart
+        model.set_params(n_jobs=max(1, min(int(s.get("cpu", 1)),
+                                           int(model.n_chains or model.batch_size))))
 
     resume_dir = None
     ckpt = tune.get_checkpoint()

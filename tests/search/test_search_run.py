@@ -217,3 +217,15 @@ def test_failed_trial_is_error_in_tune_and_fail_in_optuna(ray_session, tmp_path)
     states = {t.params["recording"]: t.state for t in _optuna_trials(run, "fails")}
     assert states == {"fish": optuna.trial.TrialState.COMPLETE,
                       "short": optuna.trial.TrialState.FAIL}
+
+
+def test_trial_runs_one_chain_thread_per_cpu(ray_session, tmp_path):
+    """resources.cpu = 2 on the NumPy backend: the trial's CRBM advances its chains in two threads
+    (n_jobs = 2, recorded in the model file like every setting)."""
+    study = tiny_study(tmp_path, name="cpu2", search={"mode": "grid", "lam": [0.01]},
+                       resources={"cpu": 2, "gpu": 0})
+    run = run_study(study)
+    assert run.num_errors == 0
+    df = load_results(run.experiment_dir)
+    assert len(df) == 1
+    assert CRBM.load(df["model_path"][0]).n_jobs == 2
