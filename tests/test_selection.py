@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.selection import (bad_share_by_lambda, lambda_bins, recommend, seed_spread,
-                                 wilson_interval)
+from raysearch.selection import (bad_share_by_lambda, default_tolerance, lambda_bins, mean_noise,
+                                 recommend, seed_spread, subset_constant, wilson_interval)
 
 
 def table(rows):
@@ -32,16 +32,23 @@ def test_seed_spread_uses_fits_at_best_lambda():
     assert seed_spread(grid_table()) == pytest.approx(np.std([0.18, 0.20], ddof=1))
 
 
-def test_sparsest_within_seed_spread():
+def test_sparsest_within_the_default_tolerance():
     rec = recommend(grid_table())
-    tol = np.std([0.18, 0.20], ddof=1)  # 0.01414
-    # within 0.18 + 0.0141: c (0.18) only... and a? 0.20 > 0.1941 -> no. So lam = 0.01.
-    assert rec.tolerance == pytest.approx(tol)
-    assert rec.tolerance_source == "seed spread"
+    # three usable lambdas (fewer than 5: no grid scatter), so sigma_m is the seed floor: pooled
+    # spread of pairs that all differ by .02 -> .01414, over sqrt(2 seeds) -> .01;
+    # K = 3 lambdas: tolerance = d_3 * sqrt(2) * .01 = 1.9163 * .01414 = .0271
+    tol = subset_constant(3) * np.sqrt(2) * 0.01
+    assert rec.tolerance == pytest.approx(tol) and tol == pytest.approx(0.0271, abs=1e-4)
+    assert rec.tolerance_source == "95% subset of the best"
+    # lambda means 1e-3 .21, 1e-2 .19, 1e-1 .22; limit .19 + .0271 = .2171: 1e-3 and 1e-2
     assert rec.lam == pytest.approx(0.01)
     assert rec.row["trial_id"] == "c"
     assert rec.best_row["trial_id"] == "c"
     assert rec.n_bad == 2 and rec.n_fits == 8
+    # a higher confidence widens it (99%: 2.558 x .01414 = .0362 -> 1e-1 joins); a given tolerance
+    # replaces it
+    assert recommend(grid_table(), confidence=0.99).lam == pytest.approx(0.1)
+    assert recommend(grid_table(), tolerance=0.0).lam == pytest.approx(0.01)
 
 
 def test_sparsest_with_given_tolerance_picks_largest_lambda_not_bad():
@@ -89,7 +96,7 @@ def test_single_lambda_and_single_fit():
     assert rec.lam == pytest.approx(0.02) and rec.tolerance == 0.0 and rec.runner_up is None
     df = table([("x", 0.02, 0, 0.3, 0.5, False, 0.2), ("y", 0.02, 1, 0.5, 0.6, False, 0.2)])
     rec = recommend(df)
-    assert rec.tolerance == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert rec.tolerance == 0.0                # one lambda: nothing to tell it apart from
     assert rec.row["trial_id"] == "x"          # same lambda, lower objective first
     assert rec.runner_up["trial_id"] == "y"    # no other lambda: next fit
 
@@ -104,13 +111,18 @@ def test_nan_objective_and_missing_bad_flag_are_not_usable():
 
 def test_continuous_search_uses_nearest_fits_for_spread():
     lam = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 5e-2, 1e-1]
-    obj = [0.30, 0.25, 0.21, 0.20, 0.22, 0.35, 0.80]
+    obj = [0.30, 0.25, 0.21, 0.20, 0.22, 0.45, 0.80]
     df = table([(f"t{i}", l, 0, o, o + 0.1, False, 0.1) for i, (l, o) in enumerate(zip(lam, obj))])
     # the 5 fits nearest to the best lambda 3e-3 in log10: 3e-3, 1e-3, 1e-2, 3e-4, 5e-2
-    near = [0.20, 0.21, 0.22, 0.25, 0.35]
-    assert seed_spread(df) == pytest.approx(np.std(near, ddof=1))   # 0.0611
+    near = [0.20, 0.21, 0.22, 0.25, 0.45]
+    assert seed_spread(df) == pytest.approx(np.std(near, ddof=1))
+    # one fit per lambda: the noise is the scatter of single fits along lambda only (no seed
+    # floor): steps .05 .04 .01 .02 .23 .35, median .045 -> sigma_m = 1.4826 * .045 / sqrt(2)
+    assert mean_noise(df) == pytest.approx(1.4826 * 0.045 / np.sqrt(2))
     rec = recommend(df)
-    # within 0.20 + 0.0611: 1e-3 (.21), 3e-3 (.20), 1e-2 (.22), 3e-4 (.25): largest lambda 1e-2
+    assert rec.tolerance == pytest.approx(subset_constant(7) * 1.4826 * 0.045)   # 0.1529
+    # within 0.20 + 0.1529: 1e-4 (.30), 3e-4 (.25), 1e-3 (.21), 3e-3 (.20), 1e-2 (.22); not 5e-2
+    # (.45): largest lambda 1e-2
     assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "t4"
     assert rec.runner_up["trial_id"] == "t3"
 
@@ -375,3 +387,62 @@ def test_every_fit_is_counted_when_log_edges_round_below_the_largest_lambda():
     # explicit edges that miss the largest value by rounding still count it
     out = bad_share_by_lambda(df, bins=np.array([0.001, 0.01, max(lam) * (1 - 1e-15)]))
     assert out["n_fits"].sum() == 6
+
+
+# --- the default tolerance: Gupta's subset selection with the noise of a lambda mean ------------
+
+def test_subset_constant_known_values():
+    from scipy import stats
+
+    assert subset_constant(1) == 0.0
+    # two lambdas: keep the best unless m_other < m_best - d sqrt(2) sigma: P = Phi(d)
+    assert subset_constant(2) == pytest.approx(stats.norm.ppf(0.95), abs=1e-8)
+    assert subset_constant(2, 0.9) == pytest.approx(stats.norm.ppf(0.9), abs=1e-8)
+    # more lambdas, a larger margin (the minimum of more noisy means is lower)
+    ds = [subset_constant(k) for k in (2, 3, 5, 9, 30)]
+    assert all(a < b for a, b in zip(ds, ds[1:]))
+    with pytest.raises(ConfigError, match="confidence"):
+        subset_constant(3, 1.0)
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_subset_constant_keeps_the_best_with_the_stated_probability(k):
+    """Monte Carlo (seeded): k equal true means with unit noise; the set
+    {j: m_j <= min(m) + d sqrt(2)} contains lambda 0 in 95% of the draws."""
+    d = subset_constant(k)
+    m = np.random.default_rng(k).standard_normal((400_000, k))
+    kept = m[:, 0] <= m.min(axis=1) + d * np.sqrt(2)
+    assert kept.mean() == pytest.approx(0.95, abs=0.002)     # binomial sd 0.00034
+
+
+def test_mean_noise_scatter_and_seed_floor():
+    # plateau with a winner's-curse minimum and a breakdown at 1e-1 (two seeds each, +-0.005)
+    means = {1e-6: 0.02, 1e-5: 0.00, 1e-4: 0.03, 1e-3: 0.01, 1e-2: 0.04, 1e-1: 0.30}
+    rows = []
+    for lam, m in means.items():
+        rows += [(f"{lam}-0", lam, 0, m - 0.005, 1.0, False, 0.3),
+                 (f"{lam}-1", lam, 1, m + 0.005, 1.0, False, 0.3)]
+    df = table(rows)
+    # steps .02 .03 .02 .03 .26 -> median .03; seed spread .01 / sqrt(2), over sqrt(2): .005
+    assert seed_spread(df) == pytest.approx(0.01 / np.sqrt(2))
+    assert mean_noise(df) == pytest.approx(1.4826 * 0.03 / np.sqrt(2))
+    tol = subset_constant(6) * 1.4826 * 0.03                        # 0.0994
+    assert default_tolerance(df) == pytest.approx(tol)
+    rec = recommend(df)
+    # limit 0.0994: 1e-6 .. 1e-2 (.04) are candidates, 1e-1 (.30) is not; the old seed-spread
+    # tolerance (.0071) kept only the minimum 1e-5
+    assert rec.tolerance == pytest.approx(tol)
+    assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "0.01-0"
+    assert recommend(df, tolerance=seed_spread(df)).lam == pytest.approx(1e-5)
+    # equal lambda means: no scatter, the seed floor remains (seeds +-0.02 at every lambda)
+    flat = table([(f"{lam}-{s}", lam, s, 0.1 + (0.02 if s else -0.02), 1.0, False, 0.3)
+                  for lam in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) for s in (0, 1)])
+    assert mean_noise(flat) == pytest.approx(np.std([0.08, 0.12], ddof=1) / np.sqrt(2))
+    # bad and empty fits are left out of the lambda means: steps .02 .03 .02 .03, median .025
+    df.loc[df["lam"] == 1e-1, "bad"] = True
+    assert mean_noise(df) == pytest.approx(1.4826 * 0.025 / np.sqrt(2))
+    df.loc[df["lam"] == 1e-2, "weight_density"] = 0.0
+    # four lambdas left: too few for the grid scatter, the seed floor .005 remains
+    assert mean_noise(df) == pytest.approx(0.005)
+    one = table([("x", 1e-3, 0, 0.1, 0.2, False, 0.2)])
+    assert mean_noise(one) == 0.0 and default_tolerance(one) == 0.0

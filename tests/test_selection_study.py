@@ -59,7 +59,7 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
     optimum = int(np.argmax(by_lam.loc[grid].to_numpy()))
 
     rec, bins = select_model(grid_study)
-    assert rec.attrs["rule"] == "sparsest" and rec.attrs["tolerance_source"] == "seed spread"
+    assert rec.attrs["rule"] == "sparsest" and rec.attrs["tolerance_source"] == "95% subset of the best"
     chosen = rec.set_index("role").loc["recommended"]
     best = rec.set_index("role").loc["best objective"]
     step = int(np.argmin(np.abs(np.log(grid) - np.log(float(chosen["lam"])))))
