@@ -307,17 +307,57 @@ class CRBM(BaseEstimator):
                     break
             self._state = {"params": params, "moments": moments, "chains": chains,
                            "update": update}
-            final = training.sign_gauge(params, bk)
-            _, c_mu = training.hidden_mean_var(final, Xd, bk)
-            for k, v in final.items():
-                setattr(self, PARAM_ATTRS[k], bk.to_numpy(v).astype(np.float32, copy=False))
-            self.hidden_var_ = bk.to_numpy(c_mu).astype(np.float32, copy=False)
-        self.n_updates_done_ = int(update)
-        if not self.diverged_:
-            self.diverged_ = not all(np.all(np.isfinite(getattr(self, PARAM_ATTRS[k])))
-                                     for k in final)
+            self._set_fitted(params, Xd, bk, update, self.diverged_)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
+
+    def _set_fitted(self, params, Xd, bk, update, diverged):
+        """Learned attributes from training-state parameters: the sign gauge, ``hidden_var_`` over
+        the frames ``Xd`` (backend array), the update count and the divergence flag."""
+        final = training.sign_gauge(params, bk)
+        with np.errstate(all="ignore"):
+            _, c_mu = training.hidden_mean_var(final, Xd, bk)
+        for k, v in final.items():
+            setattr(self, PARAM_ATTRS[k], bk.to_numpy(v).astype(np.float32, copy=False))
+        self.hidden_var_ = bk.to_numpy(c_mu).astype(np.float32, copy=False)
+        self.n_visible_, self.n_hidden_ = int(self.weights_.shape[1]), int(self.weights_.shape[0])
+        self.n_updates_done_ = int(update)
+        self.diverged_ = bool(diverged) or not all(
+            np.all(np.isfinite(getattr(self, PARAM_ATTRS[k]))) for k in final)
+
+    def snapshot(self, X):
+        """A fitted copy of this model at its current training state.
+
+        Call it from a ``fit`` callback (the state of the last K-update boundary, e.g. to
+        evaluate a model in the middle of its fit) or after ``fit``. The copy has the same
+        settings and is what ``fit`` would leave if it stopped there: parameters in the sign
+        gauge, ``hidden_var_`` over ``X``, ``n_updates_done_``, ``diverged_``. The running fit is
+        not disturbed.
+
+        Parameters
+        ----------
+        X : Dataset or array (T, N)
+            The training frames (for ``hidden_var_``, as in ``fit``).
+
+        Returns
+        -------
+        CRBM
+        """
+        from sklearn.base import clone
+
+        state = getattr(self, "_state", None)
+        if state is None:
+            raise ConfigError("snapshot: this CRBM has no training state yet; call it during fit "
+                              "(in a callback) or after fit")
+        bk = self._backend()
+        Xh = self._check_data(X)
+        if Xh.shape[1] != state["params"]["weights"].shape[1]:
+            raise InputError(f"snapshot: X has {Xh.shape[1]} neurons, the model "
+                             f"{state['params']['weights'].shape[1]}")
+        snap = clone(self)
+        snap._set_fitted(state["params"], bk.asarray(Xh), bk, state["update"],
+                         getattr(self, "diverged_", False))
+        return snap
 
     def _check_resume(self, state, n_visible):
         s = state["settings"]

@@ -125,31 +125,6 @@ def _params_finite(model) -> bool:
     return True
 
 
-def snapshot_model(fitting, checkpoint_path: str, dataset, backend):
-    """A fitted copy of a CRBM in the middle of ``fit``, built from its checkpoint file.
-
-    The copy has the same settings and the parameters of the checkpoint in the sign gauge, with
-    ``hidden_var_`` over the training frames, exactly as ``fit`` leaves a finished model.
-    """
-    from sklearn.base import clone
-
-    from raysearch.crbm import training
-    from raysearch.crbm.estimator import PARAM_ATTRS
-    from raysearch.crbm.io import read_checkpoint
-
-    st = read_checkpoint(checkpoint_path)
-    params = {k: backend.asarray(v) for k, v in st["params"].items()}
-    params = training.sign_gauge(params, backend)
-    snap = clone(fitting)
-    for k, v in params.items():
-        setattr(snap, PARAM_ATTRS[k], backend.to_numpy(v).astype(np.float32, copy=False))
-    _, c_mu = training.hidden_mean_var(params, backend.asarray(dataset.train), backend)
-    snap.hidden_var_ = backend.to_numpy(c_mu).astype(np.float32, copy=False)
-    snap.n_visible_, snap.n_hidden_ = int(st["params"]["weights"].shape[1]), fitting.n_hidden
-    snap.n_updates_done_, snap.diverged_ = int(st["update"]), False
-    return snap
-
-
 def _node() -> tuple[str, str]:
     import ray
 
@@ -276,7 +251,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                            "eval_seconds": state["eval_seconds"],
                            "callback_seconds": state["callback_seconds"]}, fh)
             t0 = time.perf_counter()
-            snapshot = snapshot_model(fitting, ckpt_path, dataset, backend)
+            snapshot = fitting.snapshot(dataset)
             metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
             state["eval_seconds"] += time.perf_counter() - t0
             row = base | metrics | {"updates": updates, "seconds": seconds,

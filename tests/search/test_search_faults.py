@@ -32,9 +32,11 @@ psutil = pytest.importorskip("psutil")
 
 pytestmark = pytest.mark.slow
 
-# long enough to be caught mid-trial (several seconds per trial), small enough for CI
+# long enough to be caught mid-trial (about 8 s of training per trial on one core: both trials
+# must still be running when the second one has written its first checkpoint, even when its worker
+# process starts a few seconds after the first), small enough for CI
 UPDATES, EVERY = 2000, 100
-SLOW = dict(model={"n_updates": UPDATES, "n_gibbs": 10}, evaluation={"report_every": EVERY})
+SLOW = dict(model={"n_updates": UPDATES, "n_gibbs": 25}, evaluation={"report_every": EVERY})
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2",
                "RAY_health_check_timeout_ms": "1000"}
 

@@ -11,7 +11,8 @@ from raysearch.backend import get_backend
 from raysearch.crbm import CRBM
 from raysearch.evaluation import evaluate
 from raysearch.preprocessing import preprocess
-from raysearch.search.trial import METRIC_KEYS, sanitize_metrics, snapshot_model
+from raysearch.errors import ConfigError
+from raysearch.search.trial import METRIC_KEYS, sanitize_metrics
 from raysearch.synthetic import make_synthetic_recording
 
 
@@ -33,13 +34,23 @@ def dataset():
 
 
 def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
-    """A snapshot built from the checkpoint of the final boundary equals what fit leaves behind."""
-    bk = get_backend("numpy")
+    """CRBM.snapshot, taken in the checkpoint callback of each boundary (as the search trial
+    does), equals what fit leaves behind at the final one; earlier ones equal a fit with fewer
+    updates' state (resumed from the checkpoint written at that boundary)."""
     path = tmp_path / "ck.h5"
+    snaps = []
+
+    def on_boundary(m):
+        snaps.append(m.snapshot(dataset))
+        if m._state["update"] == 10:
+            m.save_checkpoint(path)
+
     model = CRBM(n_hidden=5, lam=1e-3, n_updates=30, batch_size=50, n_gibbs=2, seed=0,
                  backend="numpy")
-    model.fit(dataset, callback_every=10, checkpoint=lambda m: m.save_checkpoint(path))
-    snap = snapshot_model(model, str(path), dataset, bk)
+    model.fit(dataset, callback_every=10, checkpoint=on_boundary)
+    assert [s.n_updates_done_ for s in snaps] == [10, 20, 30]
+    assert not np.array_equal(snaps[0].weights_, snaps[2].weights_)
+    snap = snaps[-1]
     for attr in ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_",
                  "theta_minus_", "hidden_var_"):
         np.testing.assert_allclose(getattr(snap, attr), getattr(model, attr), rtol=1e-6,
@@ -48,3 +59,13 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     a = evaluate(snap, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
     b = evaluate(model, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
     assert a.mean_nrmse == pytest.approx(b.mean_nrmse, rel=1e-5)
+    # the first snapshot is the model at update 10: its weights are those of the checkpoint
+    from raysearch.crbm import training
+    from raysearch.crbm.io import read_checkpoint
+
+    st = read_checkpoint(path)
+    bk = get_backend("numpy")
+    gauged = training.sign_gauge({k: bk.asarray(v) for k, v in st["params"].items()}, bk)
+    np.testing.assert_array_equal(snaps[0].weights_, gauged["weights"])
+    with pytest.raises(ConfigError, match="no training state"):
+        CRBM(n_hidden=2).snapshot(dataset)
