@@ -5,10 +5,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from raysearch.errors import ConfigError, InputError
 from raysearch.selection import (bad_share_by_lambda, default_tolerance, lambda_bins, mean_noise,
-                                 recommend, seed_spread, subset_constant, wilson_interval)
+                                 recommend, robust_seed_spread, seed_spread, subset_constant,
+                                 wilson_interval)
 
 
 def table(rows):
@@ -34,20 +36,24 @@ def test_seed_spread_uses_fits_at_best_lambda():
 
 def test_sparsest_within_the_default_tolerance():
     rec = recommend(grid_table())
-    # three usable lambdas (fewer than 5: no grid scatter), so sigma_m is the seed floor: pooled
-    # spread of pairs that all differ by .02 -> .01414, over sqrt(2 seeds) -> .01;
-    # K = 3 lambdas: tolerance = d_3 * sqrt(2) * .01 = 1.9163 * .01414 = .0271
-    tol = subset_constant(3) * np.sqrt(2) * 0.01
-    assert rec.tolerance == pytest.approx(tol) and tol == pytest.approx(0.0271, abs=1e-4)
+    # three usable lambdas (fewer than 5: no grid scatter), so sigma_m is the seed floor: every
+    # seed pair differs by .02 (s^2 = .0002), robust spread sqrt(.0002 / median(chi2_1)) = .02097,
+    # over sqrt(2 seeds); K = 3: tolerance = d_3 * sqrt(2) * .02097 / sqrt(2) = .0402
+    sigma = np.sqrt(0.0002 / stats.chi2.median(1))
+    assert sigma == pytest.approx(1.4826 * 0.02 / np.sqrt(2), rel=1e-4)
+    tol = subset_constant(3) * sigma
+    assert rec.tolerance == pytest.approx(tol) and tol == pytest.approx(0.0402, abs=1e-4)
     assert rec.tolerance_source == "95% subset of the best"
-    # lambda means 1e-3 .21, 1e-2 .19, 1e-1 .22; limit .19 + .0271 = .2171: 1e-3 and 1e-2
-    assert rec.lam == pytest.approx(0.01)
-    assert rec.row["trial_id"] == "c"
+    # lambda means 1e-3 .21, 1e-2 .19, 1e-1 .22; limit .19 + .0402: all three; the largest
+    # lambda 0.1, its better seed e (.21)
+    assert rec.lam == pytest.approx(0.1)
+    assert rec.row["trial_id"] == "e"
     assert rec.best_row["trial_id"] == "c"
     assert rec.n_bad == 2 and rec.n_fits == 8
-    # a higher confidence widens it (99%: 2.558 x .01414 = .0362 -> 1e-1 joins); a given tolerance
-    # replaces it
-    assert recommend(grid_table(), confidence=0.99).lam == pytest.approx(0.1)
+    # confidence 50%: d_3 = .5485 -> .0115, only 1e-2; a given tolerance replaces the default
+    assert recommend(grid_table(), confidence=0.5).tolerance == pytest.approx(
+        subset_constant(3, 0.5) * sigma)
+    assert recommend(grid_table(), confidence=0.5).lam == pytest.approx(0.01)
     assert recommend(grid_table(), tolerance=0.0).lam == pytest.approx(0.01)
 
 
@@ -287,7 +293,7 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
     specs = [dict(W=rng.normal(size=(4, 60)) * s, c=rng.random(4) + 0.5, lam=lam, seed=i % 2,
                   mean_nrmse=m, bad=b)
              for i, (lam, s, m, b) in enumerate(zip(lams, (1.0, 1.0, 0.1, 0.1),
-                                                    (0.2, 0.25, 0.3, 0.9), (False,) * 3 + (True,)))]
+                                                    (0.2, 0.21, 0.3, 0.9), (False,) * 3 + (True,)))]
     exp = make_experiment(tmp_path / "exp", specs, ds)
     df = load_results(exp)
     data = selection_data(df, n_pairs=500, n_hist_bins=20, seed=3)
@@ -423,8 +429,9 @@ def test_mean_noise_scatter_and_seed_floor():
         rows += [(f"{lam}-0", lam, 0, m - 0.005, 1.0, False, 0.3),
                  (f"{lam}-1", lam, 1, m + 0.005, 1.0, False, 0.3)]
     df = table(rows)
-    # steps .02 .03 .02 .03 .26 -> median .03; seed spread .01 / sqrt(2), over sqrt(2): .005
+    # steps .02 .03 .02 .03 .26 -> median .03 (above the seed floor, 1.4826 * .01 / 2 = .0074)
     assert seed_spread(df) == pytest.approx(0.01 / np.sqrt(2))
+    assert robust_seed_spread(df) == pytest.approx(np.sqrt(0.01 ** 2 / 2 / stats.chi2.median(1)))
     assert mean_noise(df) == pytest.approx(1.4826 * 0.03 / np.sqrt(2))
     tol = subset_constant(6) * 1.4826 * 0.03                        # 0.0994
     assert default_tolerance(df) == pytest.approx(tol)
@@ -437,12 +444,29 @@ def test_mean_noise_scatter_and_seed_floor():
     # equal lambda means: no scatter, the seed floor remains (seeds +-0.02 at every lambda)
     flat = table([(f"{lam}-{s}", lam, s, 0.1 + (0.02 if s else -0.02), 1.0, False, 0.3)
                   for lam in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) for s in (0, 1)])
-    assert mean_noise(flat) == pytest.approx(np.std([0.08, 0.12], ddof=1) / np.sqrt(2))
+    assert mean_noise(flat) == pytest.approx(1.4826 * 0.04 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
     # bad and empty fits are left out of the lambda means: steps .02 .03 .02 .03, median .025
     df.loc[df["lam"] == 1e-1, "bad"] = True
     assert mean_noise(df) == pytest.approx(1.4826 * 0.025 / np.sqrt(2))
     df.loc[df["lam"] == 1e-2, "weight_density"] = 0.0
-    # four lambdas left: too few for the grid scatter, the seed floor .005 remains
-    assert mean_noise(df) == pytest.approx(0.005)
+    # four lambdas left: too few for the grid scatter, the seed floor remains
+    assert mean_noise(df) == pytest.approx(1.4826 * 0.01 / 2, rel=1e-4)
     one = table([("x", 1e-3, 0, 0.1, 0.2, False, 0.2)])
     assert mean_noise(one) == 0.0 and default_tolerance(one) == 0.0
+
+
+def test_robust_seed_spread_ignores_one_freak_fit():
+    """One fit with a freak objective (an nRMSE far below 0, as an h statistic can give) must not
+    set the spread: the median over lambdas of the seed variances does not see it, the pooled
+    spread does."""
+    pairs = {1e-5: (0.00, 0.02), 1e-4: (0.01, 0.03), 1e-3: (-0.60, 0.02), 1e-2: (0.05, 0.07)}
+    df = table([(f"{lam}-{s}", lam, s, v[s], 1.0, False, 0.3)
+                for lam, v in pairs.items() for s in (0, 1)])
+    # variances .0002, .0002, .1922, .0002 -> median .0002
+    assert robust_seed_spread(df) == pytest.approx(np.sqrt(0.0002 / stats.chi2.median(1)))
+    assert seed_spread(df) > 0.2
+    # three seeds per lambda: nu = 2, median(chi2_2) = 2 ln 2
+    df3 = table([(f"{lam}-{s}", lam, s, 0.1 + 0.01 * s + (lam == 1e-3) * 0.5 * s, 1.0, False, 0.3)
+                 for lam in (1e-4, 1e-3, 1e-2) for s in (0, 1, 2)])
+    assert robust_seed_spread(df3) == pytest.approx(np.sqrt(0.0001 / (2 * np.log(2) / 2)))
+    assert robust_seed_spread(table([("x", 1e-3, 0, 0.1, 0.2, False, 0.2)])) == 0.0

@@ -3,16 +3,29 @@
 
 The recommended lambda must lie within one grid step of the lambda whose models recover the
 planted assemblies best (mean over seeds of the mean best |cosine|), and the recommended model must
-recover them at least as well as the best-mean-nRMSE model. The grid is log-spaced in half decades
+recover them at least as well as the best-objective model. The grid is log-spaced in half decades
 from 1e-5 to 1e-1; N = 300 neurons (4 planted assemblies of 8), 8 hidden units, 3000 updates of 5
 Gibbs steps (about 5 s a fit on one core) and a final evaluation of 1000 chains x 50 samples
-(about 1.7 s; with 200 x 20 the evaluation noise alone is ~0.05 in mean nRMSE, as large as the
-differences the rule has to see).
+(about 1.5 s; with 200 x 20 the evaluation noise alone is ~0.05 in mean nRMSE, as large as the
+differences the rule has to see). The study minimises the worst nRMSE (``max_nrmse``, the
+published model selection's criterion).
 
-Measured offline with these settings (plain CRBM + evaluate, same seeds): recovery per lambda
-0.54, 0.62, 0.74, 0.93, 0.99, 0.98, 0.61, 0.14, 0.10; the rule recommends 1e-3. With 1000
-updates the nRMSE plateau ends before the recovery optimum (3e-3) and the rule lands two grid
-steps below it on 3 of 4 seed/data draws; that setting is not used here.
+How often the rule passes these two checks, measured offline with these settings (plain CRBM +
+evaluate, no Ray) on 16 seed/data draws (synthetic fish seeds 0-9 with fit seeds 0, 1, and fish
+0-5 with fit seeds 2, 3):
+
+- default tolerance (95% subset of the best, ``raysearch.selection.default_tolerance``):
+  16/16 with ``max_nrmse`` (always 1e-3; the optimum was 1e-3 on 11 draws, 3e-3 on 4, 3e-4 on
+  1), 14/16 with ``mean_nrmse`` (misses: one pick one step from the optimum but recovering
+  0.984 against the best-objective fit's 0.990; one pick two steps below it, 1e-3 falling
+  0.0005 outside the tolerance);
+- the former tolerance (seed-to-seed spread near the best lambda): 8/16 with either objective
+  (picks at the weak end of the nRMSE plateau, up to five grid steps below the optimum).
+
+The run here is one more draw, not one of those: Ray trials do not reproduce the offline fits bit
+for bit (3000 stochastic updates amplify any rounding difference, e.g. in BLAS), so CI does not
+see a hand-picked draw. One Ray run of this study (fish 1, seeds 0, 1) gave the optimum at 3e-3
+and picks 1e-3 (max_nrmse) and 3e-3 (mean_nrmse).
 """
 
 import numpy as np
@@ -24,10 +37,10 @@ GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 STUDY = {
     "name": "selection-grid",
-    "recordings": [{"name": "fish", "synthetic": {"n_neurons": 300, "n_frames": 1500, "seed": 0}}],
+    "recordings": [{"name": "fish", "synthetic": {"n_neurons": 300, "n_frames": 1500, "seed": 1}}],
     "model": {"n_hidden": 8, "n_updates": 3000, "batch_size": 100, "n_gibbs": 5},
     "search": {"mode": "grid", "penalty": "l2l1", "lam": GRID, "seeds": [0, 1],
-               "max_concurrent": 2},
+               "objective": "max_nrmse", "max_concurrent": 2},
     "evaluation": {"report_every": 3000,
                    "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
                    "final": {"n_chains": 1000, "n_burnin": 500, "n_samples": 50, "n_between": 10}},
@@ -59,7 +72,9 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
     optimum = int(np.argmax(by_lam.loc[grid].to_numpy()))
 
     rec, bins = select_model(grid_study)
-    assert rec.attrs["rule"] == "sparsest" and rec.attrs["tolerance_source"] == "95% subset of the best"
+    assert rec.attrs["objective"] == "max_nrmse"          # the study's objective
+    assert rec.attrs["rule"] == "sparsest"
+    assert rec.attrs["tolerance_source"] == "95% subset of the best"
     chosen = rec.set_index("role").loc["recommended"]
     best = rec.set_index("role").loc["best objective"]
     step = int(np.argmin(np.abs(np.log(grid) - np.log(float(chosen["lam"])))))
@@ -81,7 +96,7 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
 
 @pytest.mark.slow
 def test_plain_best_objective_recovers_less(grid_study):
-    """The reason for the rule: the best-mean-nRMSE model sits at the weak end of the plateau."""
+    """The reason for the rule: the best-objective model sits at the weak end of the plateau."""
     from raysearch import select_model
     from raysearch.recovery import recovery_table
 
