@@ -242,7 +242,9 @@ def mean_noise(results: pd.DataFrame, objective: str = "mean_nrmse") -> float:
     if len(means) >= MIN_LAMBDAS_FOR_SCATTER:
         steps = np.abs(np.diff(means["mean"].to_numpy(float)))
         scatter = float(1.4826 * np.median(steps) / np.sqrt(2.0))
-    n_best = int(means["n"].iloc[int(np.argmin(means["mean"].to_numpy(float)))]) if len(means) else 1
+    if len(means) == 0:
+        return 0.0
+    n_best = int(means["n"].iloc[int(np.argmin(means["mean"].to_numpy(float)))])
     if n_best >= 2:
         return max(scatter, robust_seed_spread(results, objective) / np.sqrt(n_best))
     return scatter
