@@ -4,6 +4,7 @@
     python bench/bench_trainer.py --backend cupy --sizes 40000x200
     python bench/bench_trainer.py --sizes 5000x100 --updates 50
     python bench/bench_trainer.py --threads 1 --jobs 2     # as CRBM(n_jobs=2) on 2 cores
+    RAYSEARCH_CPU_KERNELS=0 python bench/bench_trainer.py  # NumPy's generic path (no numba kernels)
 
 One JSON line per (N, M) on stdout. Data: random binary frames at 4% ones (the spike density of the
 fish recordings), T = 1000 frames; batch 100, 100 chains, 15 Gibbs steps, l2l1 penalty. The timed
@@ -116,7 +117,7 @@ def main(argv=None):
 
         threadpool_limits(args.threads)
     bk = get_backend(args.backend)
-    env = {"backend": bk.name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+    env = {"backend": bk.name, "cpu_kernels": bk.cpu_kernels is not None, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "numpy": np.__version__, "raysearch": __version__}
     for s in args.sizes:
