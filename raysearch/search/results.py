@@ -27,6 +27,8 @@ COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "statu
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
 _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
+_RMSE = [f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
+         for s in ("v", "h", "vh", "vv", "hh")]
 
 
 def _read_json_lines(path: str) -> list[dict]:
@@ -136,7 +138,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
         seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
         seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
-        trial_dir, and ``pareto`` for a two-objective study. ``finished`` is True when the
+        trial_dir, the parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), and
+        ``pareto`` for a two-objective study. ``finished`` is True when the
         trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
         TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
         training_iteration, final and timestamp. ``df.attrs["study"]`` holds the study dict.
@@ -190,6 +193,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["n_reports"] = len(reports)
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None
+        for k in _RMSE:                 # the parts of each nRMSE (NaN in older studies)
+            row[k] = float(last[k]) if last.get(k) is not None else math.nan
         rows.append(row)
         for r in reports:
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
@@ -205,7 +210,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "training_iteration"], kind="stable")
             df = df.reset_index(drop=True)
     else:
-        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA)
+        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + _RMSE)
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", "mean_nrmse")

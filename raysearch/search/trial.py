@@ -35,6 +35,10 @@ __all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial
 STAT_NAMES = ("v", "h", "vh", "vv", "hh")
 NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
 METRIC_KEYS = NRMSE_KEYS + ("mean_nrmse", "max_nrmse", "sparsity", "weight_density")
+# the parts of each nRMSE (NaN where a statistic failed), reported alongside: they show when an
+# nRMSE is ill-conditioned (rmse_shuf close to rmse_opt)
+RMSE_KEYS = tuple(f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
+                  for s in STAT_NAMES)
 CHECKPOINT_FILE = "crbm_checkpoint.h5"
 
 # Errors a numerically broken fit may raise; they mark the trial bad instead of failing it.
@@ -113,7 +117,9 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     d = res.to_dict()
     metrics = {k: d.get(k) for k in METRIC_KEYS}
     metrics["bad"] = bool(d.get("bad", False))
-    return sanitize_metrics(metrics), (res.stats if return_stats else None)
+    metrics = sanitize_metrics(metrics)
+    metrics.update({k: d.get(k) for k in RMSE_KEYS})
+    return metrics, (res.stats if return_stats else None)
 
 
 def _params_finite(model) -> bool:

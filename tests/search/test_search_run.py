@@ -17,6 +17,7 @@ import pytest
 from raysearch.cli import main
 from raysearch.crbm import CRBM
 from raysearch.errors import ConfigError, InputError
+from raysearch.evaluation import nrmse_from_rmse
 from raysearch.search import load_results, load_study, run_study, study_from_dict
 from raysearch.search.results import COLUMNS, pareto_mask
 from search_helpers import tiny_dict, tiny_study
@@ -64,6 +65,12 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
             assert math.isclose(ev.attrs["mean_nrmse"], row.mean_nrmse)
             for stat in ("v", "h", "vh", "vv", "hh"):
                 assert set(ev[stat]) >= {"train", "test", "model"}
+                # the nRMSE parts in the results table: they rebuild the nRMSE, and come from the
+                # statistic vectors stored in the model file
+                parts = [getattr(row, f"rmse_{p}_{stat}") for p in ("model", "opt", "shuf")]
+                assert getattr(row, f"nrmse_{stat}") == pytest.approx(nrmse_from_rmse(*parts))
+                t, m = ev[stat]["test"][()], ev[stat]["model"][()]
+                assert parts[0] == pytest.approx(float(np.sqrt(np.mean((t - m) ** 2))), rel=1e-5)
     # the Optuna study in the experiment dir holds every trial, COMPLETE, with the final value
     trials = _optuna_trials(run)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
