@@ -5,10 +5,10 @@ the persistent chains. Two of the four pieces of a block-Gibbs step exploit it:
 
 * :func:`bernoulli_draw` draws v ~ Bernoulli(p) for a whole (B, N) block and, in the same call,
   writes the positions of the ones in compressed-row form (``ptr``, ``idx``);
-* :func:`binary_matmul` then forms the hidden inputs ``V @ WT`` by adding, for every row, the rows
+* :func:`csr_matmul` then forms the hidden inputs ``V @ WT`` by adding, for every row, the rows
   of ``WT`` at those positions: about ``density * B * N * M`` additions instead of ``B * N * M``
-  multiply-adds. :func:`csr_rows` + :func:`csr_matmul` do the same for any sparse (B, N) array
-  (the data minibatch in the gradient).
+  multiply-adds. :func:`csr_rows` lists the non-zeros of any (B, N) array for it (the data
+  minibatch in the gradient).
 
 The dense product ``H @ W`` and the dReLU draw stay with NumPy/BLAS. The backend module
 (:mod:`raysearch.backend`) decides whether these kernels are used (NumPy backend, numba importable,
@@ -34,8 +34,8 @@ import threading
 import numpy as np
 from numba import njit, uint64
 
-__all__ = ["bernoulli_draw", "binary_matmul", "csr_rows", "csr_matmul", "sparse_hidden_inputs",
-           "bernoulli_step", "DENSE_ABOVE"]
+__all__ = ["bernoulli_draw", "csr_rows", "csr_matmul", "sparse_hidden_inputs", "bernoulli_step",
+           "DENSE_ABOVE"]
 
 #: Above this fraction of non-zeros the BLAS product is used instead of the sparse kernels
 #: (crossover measured on a 2-core AVX-512 VM: the sparse product equals BLAS at about 10% ones
@@ -124,13 +124,17 @@ def csr_rows(V, ptr, idx, val):
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def binary_matmul(ptr, idx, WT, out):
-    """out[b] = sum of WT[n] over the ones n of row b (a 0/1 matrix in compressed rows) @ WT.
+def csr_matmul(ptr, idx, val, WT, out):
+    """out = A @ WT for a sparse A (B, N) in compressed rows.
 
     Parameters
     ----------
     ptr : (B + 1,) int64, idx : int32
-        Compressed rows, as written by :func:`bernoulli_draw`.
+        Compressed rows (:func:`csr_rows`, :func:`bernoulli_draw`).
+    val : float32 array or None
+        The non-zero values; None: all ones (a 0/1 matrix, e.g. a draw of
+        :func:`bernoulli_draw`): then each row of ``out`` is a plain sum of rows of ``WT``
+        (numba compiles the None case separately, without the multiplications).
     WT : (N, M) float32, C-contiguous
     out : (B, M) float32, output
     """
@@ -143,34 +147,17 @@ def binary_matmul(ptr, idx, WT, out):
         j, end = ptr[b], ptr[b + 1]
         while j + 4 <= end:                  # four rows per pass: a quarter of the loads/stores of o
             w0, w1, w2, w3 = WT[idx[j]], WT[idx[j + 1]], WT[idx[j + 2]], WT[idx[j + 3]]
-            for m in range(M):
-                o[m] += (w0[m] + w1[m]) + (w2[m] + w3[m])
+            if val is None:
+                for m in range(M):
+                    o[m] += (w0[m] + w1[m]) + (w2[m] + w3[m])
+            else:
+                a0, a1, a2, a3 = val[j], val[j + 1], val[j + 2], val[j + 3]
+                for m in range(M):
+                    o[m] += (a0 * w0[m] + a1 * w1[m]) + (a2 * w2[m] + a3 * w3[m])
             j += 4
         while j < end:
             w0 = WT[idx[j]]
-            for m in range(M):
-                o[m] += w0[m]
-            j += 1
-
-
-@njit(nogil=True, cache=True, fastmath=True)
-def csr_matmul(ptr, idx, val, WT, out):
-    """out = A @ WT for A (B, N) in compressed rows (``ptr``, ``idx``, ``val``)."""
-    B = out.shape[0]
-    M = WT.shape[1]
-    for b in range(B):
-        o = out[b]
-        for m in range(M):
-            o[m] = 0.0
-        j, end = ptr[b], ptr[b + 1]
-        while j + 4 <= end:
-            w0, w1, w2, w3 = WT[idx[j]], WT[idx[j + 1]], WT[idx[j + 2]], WT[idx[j + 3]]
-            a0, a1, a2, a3 = val[j], val[j + 1], val[j + 2], val[j + 3]
-            for m in range(M):
-                o[m] += (a0 * w0[m] + a1 * w1[m]) + (a2 * w2[m] + a3 * w3[m])
-            j += 4
-        while j < end:
-            w0, a0 = WT[idx[j]], val[j]
+            a0 = np.float32(1.0) if val is None else val[j]
             for m in range(M):
                 o[m] += a0 * w0[m]
             j += 1
@@ -233,5 +220,5 @@ def bernoulli_step(I, g, WT, key):
     if nnz > DENSE_ABOVE * B * N:
         return V, V @ WT
     out = np.empty((B, WT.shape[1]), np.float32)
-    binary_matmul(ptr, idx, WT, out)
+    csr_matmul(ptr, idx, None, WT, out)
     return V, out

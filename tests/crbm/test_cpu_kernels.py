@@ -46,7 +46,7 @@ def test_csr_and_binary_products_equal_dense(M):
     for b in range(9):
         np.testing.assert_array_equal(idx[ptr[b]:ptr[b + 1]], np.flatnonzero(V[b]))
     out = np.full((9, M), np.nan, np.float32)
-    K.binary_matmul(ptr, idx, WT, out)
+    K.csr_matmul(ptr, idx, None, WT, out)
     np.testing.assert_allclose(out, V.astype(np.float64) @ WT, rtol=1e-5, atol=1e-5)
     Vr = _sparse(9, N, 0.3, 2, binary=False)
     K.csr_rows(Vr, ptr, idx, val)
