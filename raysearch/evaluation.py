@@ -73,12 +73,23 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
+#: An nRMSE is undefined (NaN, so the model is bad) when its denominator RMSE_shuf - RMSE_opt is at
+#: most this fraction of RMSE_shuf: the training frames then predict the test frames' statistic
+#: hardly better than chance, and the ratio is noise over almost nothing (measured: a nearly empty
+#: quickstart model had hh RMSE_opt 0.00298 vs RMSE_shuf 0.00300 and nRMSE -6.5, which made it
+#: the best mean nRMSE of its study). 0 is the limit where the denominator vanishes exactly.
+MIN_CONTRAST = 0.05
+
+
 def nrmse_from_rmse(rmse_model: float, rmse_opt: float, rmse_shuf: float) -> float:
-    """(RMSE_model - RMSE_opt)/(RMSE_shuf - RMSE_opt); NaN when the denominator is 0 or any
-    input is non-finite."""
+    """(RMSE_model - RMSE_opt)/(RMSE_shuf - RMSE_opt).
+
+    NaN when any input is non-finite or the denominator is at most :data:`MIN_CONTRAST` x
+    RMSE_shuf (ill-conditioned: the statistic does not carry over from training to test frames).
+    """
     den = rmse_shuf - rmse_opt
     if not (math.isfinite(rmse_model) and math.isfinite(rmse_opt) and math.isfinite(rmse_shuf)) \
-            or den == 0:
+            or den <= MIN_CONTRAST * rmse_shuf:
         return float("nan")
     return (rmse_model - rmse_opt) / den
 

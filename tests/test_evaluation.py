@@ -15,8 +15,8 @@ from scipy import special
 from raysearch.backend import get_backend
 from raysearch.crbm import units as U
 from raysearch.errors import ConfigError, InputError
-from raysearch.evaluation import (STATS, evaluate, is_bad, nrmse, nrmse_from_rmse, pair_subset,
-                                  rmse, shuffled_rmse, weight_sparsity)
+from raysearch.evaluation import (MIN_CONTRAST, STATS, evaluate, is_bad, nrmse, nrmse_from_rmse,
+                                  pair_subset, rmse, shuffled_rmse, weight_sparsity)
 
 
 class FakeModel:
@@ -77,6 +77,17 @@ def test_nrmse_hand_built_vectors():
         nrmse([1, 2], [1, 2, 3], [1, 2])
     # RMSE_shuf is deterministic: the same vectors give the same nRMSE
     assert nrmse(t[:50], m[:50], tr[:50]) == nrmse(t[:50], m[:50], tr[:50])
+
+
+def test_ill_conditioned_nrmse_is_nan():
+    """The quickstart's nearly empty model: hh RMSE_model 0.0026, RMSE_opt 0.00298, RMSE_shuf
+    0.00300 gave nRMSE -6.5; a denominator under MIN_CONTRAST of RMSE_shuf is NaN (bad)."""
+    assert math.isnan(nrmse_from_rmse(0.0026, 0.00298, 0.00300))
+    assert is_bad({"v": 0.1, "h": 0.1, "vh": 0.1, "vv": 0.1, "hh": float("nan")}, True)
+    shuf = 1.0
+    just_in = 1.0 - MIN_CONTRAST * 1.01
+    assert nrmse_from_rmse(0.5, just_in, shuf) == pytest.approx((0.5 - just_in) / (shuf - just_in))
+    assert math.isnan(nrmse_from_rmse(0.5, 1.0 - MIN_CONTRAST * 0.99, shuf))
 
 
 def test_shuffled_rmse_is_the_mean_over_all_permutation_pairs():
@@ -320,7 +331,12 @@ def test_gaussian_visible_model():
     res = evaluate(FakeModel(W, np.zeros(N), visible="gaussian", gamma=np.ones(N)),
                    Data(train, test), n_chains=100, n_burnin=5, n_samples=10, n_between=2,
                    return_stats=True)
-    assert np.all(np.isfinite(list(res.nrmse.values())))
+    # independent noise: a statistic is defined exactly where the training frames predict the
+    # test frames clearly better than chance (contrast above MIN_CONTRAST), NaN elsewhere
+    for s in STATS:
+        contrast = (res.rmse_shuf[s] - res.rmse_opt[s]) / res.rmse_shuf[s]
+        assert np.isfinite(res.nrmse[s]) == (contrast > MIN_CONTRAST), (s, contrast)
+    assert res.bad == (not all(np.isfinite(list(res.nrmse.values()))))
     # N(0, 1) model of N(0, 1) data: model means near 0, variances near 1 (vv covariances near 0)
     assert np.all(np.abs(res.stats["v"]["model"]) < 0.15)
     with pytest.raises(InputError, match="gamma_"):
