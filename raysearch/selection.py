@@ -34,6 +34,7 @@ Everything works on the results DataFrame of :func:`raysearch.load_results` (col
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,7 @@ def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: in
     return float(np.std(obj[near], ddof=1))
 
 
+@lru_cache(maxsize=256)
 def subset_constant(k: int, confidence: float = 0.95) -> float:
     """Critical value ``d`` of Gupta's subset selection for the smallest of ``k`` means.
 
