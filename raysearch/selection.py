@@ -13,8 +13,8 @@ evaluation noise (same evaluation seed, same held-out frames), so their spread m
 noise; ``sigma_m`` is therefore taken from the scatter of the lambda means along the grid, with a
 robust seed spread as a floor (:func:`mean_noise`). On 16 offline seed/data draws of the synthetic
 fish grid the recommendation was within one grid step of the recovery optimum, recovering at
-least as well as the best-objective fit, on 16 (``max_nrmse``) and 14 (``mean_nrmse``) draws; with
-the plain seed-spread tolerance (:func:`seed_spread`, the former default) on 8 and 8
+least as well as the best-objective fit, on 16 (``max_nrmse``) and 14 (``mean_nrmse``) draws;
+with the plain seed-spread tolerance (:func:`seed_spread`, the former default) on 8 and 10
 (``tests/test_selection_study.py`` has the details).
 Empty fits (no weight above the density threshold, ``weight_density == 0``) are never candidates:
 their hidden statistics match the data trivially, so their nRMSE says nothing.
