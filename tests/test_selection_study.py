@@ -26,8 +26,8 @@ on 16 seed/data draws (synthetic fish seeds 0-9 with fit seeds 0, 1, and fish 0-
 An earlier run of the same draws, partly with the trainer and evaluation before commits
 1f66e88-d2106fa: 16/16 and 14/16 against 8/16 and 8/16. The draw run here is fish 1 with seeds
 0, 1 (optimum 3e-3; the rule picks 1e-3 with ``max_nrmse``, 3e-3 with ``mean_nrmse``; the former
-tolerance picked 3e-4 with ``max_nrmse``, two steps off). A study of 18 fits took 2 min 20 s to 2 min 45 s
-with both trials pinned to one core.
+tolerance picked 3e-4 with ``max_nrmse``, two steps off). A study of 18 fits took 2 min 20 s to
+2 min 45 s with both trials pinned to one core.
 """
 
 import numpy as np
