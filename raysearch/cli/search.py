@@ -50,7 +50,8 @@ def register(sub):
                         "the best, among fits that are not bad (default); best: lowest objective")
     p.add_argument("--tolerance", type=float, default=None,
                    help="absolute tolerance on the objective for --rule sparsest (default: the "
-                        "seed-to-seed spread of the objective near the best lambda)")
+                        "margin within which a lambda cannot be told apart from the best at 95%% "
+                        "confidence, raysearch.selection.default_tolerance)")
     p.set_defaults(func=_results)
 
 
