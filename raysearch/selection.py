@@ -413,6 +413,11 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     best_row = good.loc[best_idx]
     if tolerance is None:
         tol, source = default_tolerance(results, objective, confidence), default_source
+        if tol == 0.0 and rule == "sparsest":
+            # nothing to estimate the noise from: say so, rather than print a bare 0
+            source += (f"; no noise estimate (one fit per lambda and fewer than "
+                       f"{MIN_LAMBDAS_FOR_SCATTER} lambdas, or a single lambda): the best "
+                       f"objective")
     else:
         tol, source = float(tolerance), "given"
 

@@ -107,6 +107,19 @@ def test_single_lambda_and_single_fit():
     assert rec.runner_up["trial_id"] == "y"    # no other lambda: next fit
 
 
+def test_no_noise_estimate_is_said():
+    """One fit per lambda and fewer than 5 lambdas (the quickstart): tolerance 0, the best
+    objective is recommended, and the source says why."""
+    df = table([("a", 0.001, 0, 0.20, 0.3, False, 0.5), ("b", 0.003, 0, 0.10, 0.3, False, 0.4),
+                ("c", 0.01, 0, 0.15, 0.3, False, 0.2), ("d", 0.03, 0, 0.18, 0.3, False, 0.1)])
+    rec = recommend(df)
+    assert rec.tolerance == 0.0 and rec.row["trial_id"] == "b"
+    assert rec.tolerance_source.startswith("95% subset of the best; no noise estimate")
+    assert "no noise estimate" in rec.message
+    # with a noise estimate the label is the plain one
+    assert recommend(grid_table()).tolerance_source == "95% subset of the best"
+
+
 def test_nan_objective_and_missing_bad_flag_are_not_usable():
     df = table([("x", 0.01, 0, float("nan"), 0.3, False, 0.5),
                 ("y", 0.1, 0, 0.4, 0.6, None, 0.3),
