@@ -28,7 +28,9 @@ independent draw from each vector, so E[MSE_shuf] = var(test) + var(model) + (me
 mean(model))^2 and RMSE_shuf = sqrt(E[MSE_shuf]). For the long vectors of a real fish this is what
 a single shuffle gives (the shuffled MSE concentrates on its mean); for short ones (h with a few
 hidden units: M = 8 values) a single random shuffle moved the denominator so much that the same
-model was flagged bad (h nRMSE 1.4) or not (-0.05) depending on the evaluation seed. A model is bad when any nRMSE is > 1 or NaN, or its parameters are non-finite.
+model was flagged bad (h nRMSE 1.4) or not (-0.05) depending on the evaluation seed. A model is
+bad when any nRMSE is > 1 or NaN (including an ill-conditioned one, see :data:`MIN_CONTRAST`), or
+its parameters are non-finite.
 
 Weight sparsity (both over all M x N weights; NaN for non-finite weights):
 

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from raysearch.errors import InputError
-from raysearch.search.trial import METRIC_KEYS
+from raysearch.search.trial import METRIC_KEYS, RMSE_KEYS
 
 __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
@@ -27,8 +27,6 @@ COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "statu
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
 _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
-_RMSE = [f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
-         for s in ("v", "h", "vh", "vv", "hh")]
 
 
 def _read_json_lines(path: str) -> list[dict]:
@@ -193,7 +191,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["n_reports"] = len(reports)
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None
-        for k in _RMSE:                 # the parts of each nRMSE (NaN in older studies)
+        for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = float(last[k]) if last.get(k) is not None else math.nan
         rows.append(row)
         for r in reports:
@@ -210,7 +208,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "training_iteration"], kind="stable")
             df = df.reset_index(drop=True)
     else:
-        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + _RMSE)
+        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", "mean_nrmse")
