@@ -261,6 +261,9 @@ class CRBM(BaseEstimator):
         t0 = time.perf_counter()
         update = start
         with contextlib.ExitStack() as stack:
+            # the training frames on the backend, for snapshot() in callbacks; dropped at the end
+            self._fit_frames = Xd
+            stack.callback(setattr, self, "_fit_frames", None)
             stack.enter_context(np.errstate(all="ignore"))
             executor = None
             if bk.name == "numpy" and self.n_jobs > 1:
@@ -325,7 +328,7 @@ class CRBM(BaseEstimator):
         self.diverged_ = bool(diverged) or not all(
             np.all(np.isfinite(getattr(self, PARAM_ATTRS[k]))) for k in final)
 
-    def snapshot(self, X):
+    def snapshot(self, X=None):
         """A fitted copy of this model at its current training state.
 
         Call it from a ``fit`` callback (the state of the last K-update boundary, e.g. to
@@ -336,8 +339,10 @@ class CRBM(BaseEstimator):
 
         Parameters
         ----------
-        X : Dataset or array (T, N)
-            The training frames (for ``hidden_var_``, as in ``fit``).
+        X : Dataset or array (T, N), optional
+            The training frames (for ``hidden_var_``, as in ``fit``). Inside a ``fit`` callback
+            leave it out: the frames ``fit`` already holds on its backend are used (no new
+            check or transfer); after ``fit`` it is required.
 
         Returns
         -------
@@ -350,12 +355,19 @@ class CRBM(BaseEstimator):
             raise ConfigError("snapshot: this CRBM has no training state yet; call it during fit "
                               "(in a callback) or after fit")
         bk = self._backend()
-        Xh = self._check_data(X)
-        if Xh.shape[1] != state["params"]["weights"].shape[1]:
-            raise InputError(f"snapshot: X has {Xh.shape[1]} neurons, the model "
-                             f"{state['params']['weights'].shape[1]}")
+        if X is None:
+            Xd = getattr(self, "_fit_frames", None)
+            if Xd is None:
+                raise ConfigError("snapshot: pass the training frames X; outside fit the model "
+                                  "does not keep them")
+        else:
+            Xh = self._check_data(X)
+            if Xh.shape[1] != state["params"]["weights"].shape[1]:
+                raise InputError(f"snapshot: X has {Xh.shape[1]} neurons, the model "
+                                 f"{state['params']['weights'].shape[1]}")
+            Xd = bk.asarray(Xh)
         snap = clone(self)
-        snap._set_fitted(state["params"], bk.asarray(Xh), bk, state["update"],
+        snap._set_fitted(state["params"], Xd, bk, state["update"],
                          getattr(self, "diverged_", False))
         return snap
 

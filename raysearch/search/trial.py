@@ -257,7 +257,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                            "eval_seconds": state["eval_seconds"],
                            "callback_seconds": state["callback_seconds"]}, fh)
             t0 = time.perf_counter()
-            snapshot = fitting.snapshot(dataset)
+            snapshot = fitting.snapshot()          # the frames fit holds: no new transfer
             metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
             state["eval_seconds"] += time.perf_counter() - t0
             row = base | metrics | {"updates": updates, "seconds": seconds,

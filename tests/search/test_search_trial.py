@@ -41,7 +41,10 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     snaps = []
 
     def on_boundary(m):
-        snaps.append(m.snapshot(dataset))
+        snaps.append(m.snapshot())                  # as the trial calls it: fit's own frames
+        given = m.snapshot(dataset)                 # the same with the frames passed in
+        for attr in ("weights_", "hidden_var_"):
+            np.testing.assert_array_equal(getattr(given, attr), getattr(snaps[-1], attr))
         if m._state["update"] == 10:
             m.save_checkpoint(path)
 
@@ -67,5 +70,8 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     bk = get_backend("numpy")
     gauged = training.sign_gauge({k: bk.asarray(v) for k, v in st["params"].items()}, bk)
     np.testing.assert_array_equal(snaps[0].weights_, gauged["weights"])
+    with pytest.raises(ConfigError, match="pass the training frames"):
+        model.snapshot()                            # after fit the frames are not kept
+    assert model.snapshot(dataset).n_updates_done_ == 30
     with pytest.raises(ConfigError, match="no training state"):
         CRBM(n_hidden=2).snapshot(dataset)
