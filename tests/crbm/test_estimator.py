@@ -28,6 +28,16 @@ def small(**kw):
     return CRBM(**base)
 
 
+def fit_and_stop(model, X, at, ck, every):
+    """Fit ``model`` on ``X``, save its checkpoint to ``ck`` at update ``at`` and stop there."""
+    def stop(progress):
+        if progress["updates"] == at:
+            model.save_checkpoint(ck)
+            return "stop"
+
+    return model.fit(X, callback=stop, callback_every=every)
+
+
 def assert_same_fit(a, b):
     for k in FITTED:
         np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
@@ -71,14 +81,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     X = binary_data()
     full = small(n_updates=40).fit(X)
     ck = tmp_path / "ck.h5"
-
-    def stop_at_15(progress):
-        if progress["updates"] == 15:
-            first.save_checkpoint(ck)
-            return "stop"
-
-    first = small(n_updates=40)
-    first.fit(X, callback=stop_at_15, callback_every=5)
+    first = fit_and_stop(small(n_updates=40), X, 15, ck, every=5)
     assert first.n_updates_done_ == 15
     resumed = small(n_updates=40).fit(X, resume_from=ck)
     assert_same_fit(full, resumed)
@@ -247,14 +250,7 @@ def test_parallel_chain_groups_are_reproducible(tmp_path, monkeypatch):
     assert_same_fit(a, small(n_jobs=2).fit(X))
     assert not np.array_equal(a.weights_, small().fit(X).weights_)
     ck = tmp_path / "ck.h5"
-
-    def stop(progress):
-        if progress["updates"] == 10:
-            first.save_checkpoint(ck)
-            return "stop"
-
-    first = small(n_jobs=2)
-    first.fit(X, callback=stop, callback_every=10)
+    fit_and_stop(small(n_jobs=2), X, 10, ck, every=10)
     assert_same_fit(a, small(n_jobs=2).fit(X, resume_from=ck))
     with pytest.raises(ConfigError, match="n_jobs"):
         small(n_jobs=1).fit(X, resume_from=ck)
