@@ -308,7 +308,7 @@ class Recommendation:
     rule, objective, sparsity_by : the settings used.
     tolerance : the objective tolerance (absolute) used around the best value.
     tolerance_source : "95% subset of the best" (the default, :func:`default_tolerance`, with
-        the confidence used) or "given".
+        the confidence used), "seed spread" or "given".
     candidates : the good fits at the lambdas within tolerance, in the order the rule ranks
         them, with column ``lam_objective`` (their lambda's mean objective).
     n_fits, n_bad : number of fits in the table and how many were bad or unusable.
@@ -369,7 +369,9 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     objective : "mean_nrmse" or "max_nrmse" (any numeric column is accepted).
     rule : "sparsest" or "best".
     tolerance : absolute tolerance on the objective; None = :func:`default_tolerance` (the
-        lambdas that cannot be told apart from the best at ``confidence``).
+        lambdas that cannot be told apart from the best at ``confidence``); ``"seed-spread"`` =
+        :func:`seed_spread` (issue 7's first proposal, kept selectable: on the synthetic grid
+        study it stopped at the weak end of the nRMSE plateau on half the draws).
     sparsity_by : "lam" or "weight_density".
     confidence : confidence level of the default tolerance (ignored when ``tolerance`` is given).
 
@@ -381,7 +383,10 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
         raise ConfigError(f"unknown selection rule {rule!r}; use one of {RULES}")
     if sparsity_by not in SPARSITY_BY:
         raise ConfigError(f"unknown sparsity measure {sparsity_by!r}; use one of {SPARSITY_BY}")
-    if tolerance is not None and not (np.isfinite(tolerance) and tolerance >= 0):
+    by_spread = isinstance(tolerance, str) and tolerance == "seed-spread"
+    if isinstance(tolerance, str) and not by_spread:
+        raise ConfigError(f"tolerance must be a number >= 0 or 'seed-spread', got {tolerance!r}")
+    if tolerance is not None and not by_spread and not (np.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -389,6 +394,8 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
     needed = ["lam", "bad", objective] + (["weight_density"] if sparsity_by == "weight_density" else [])
     _check_columns(results, needed)
 
+    if by_spread:
+        tolerance = seed_spread(results, objective)
     good = _usable(results, objective)
     n_fits = len(results)
     n_bad = n_fits - len(good)
@@ -403,7 +410,8 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
         return Recommendation(
             lam=None, row=None, best_row=None, runner_up=None, rule=rule, objective=objective,
             sparsity_by=sparsity_by, tolerance=float(tolerance or 0.0),
-            tolerance_source="given" if tolerance is not None else default_source,
+            tolerance_source=("seed spread" if by_spread else "given") if tolerance is not None
+            else default_source,
             candidates=good, n_fits=n_fits, n_bad=n_bad, n_empty=n_empty,
             message=f"no usable fit: all {n_fits} fits are bad, empty or have no finite "
                     f"{objective}",
@@ -419,7 +427,7 @@ def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = 
                        f"{MIN_LAMBDAS_FOR_SCATTER} lambdas, or a single lambda): the best "
                        f"objective")
     else:
-        tol, source = float(tolerance), "given"
+        tol, source = float(tolerance), "seed spread" if by_spread else "given"
 
     if rule == "best":
         ranked = good.sort_values([objective, "lam"], ascending=[True, False], kind="stable")

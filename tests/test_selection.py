@@ -34,6 +34,17 @@ def test_seed_spread_uses_fits_at_best_lambda():
     assert seed_spread(grid_table()) == pytest.approx(np.std([0.18, 0.20], ddof=1))
 
 
+def test_seed_spread_tolerance_by_name():
+    rec = recommend(grid_table(), tolerance="seed-spread")
+    # pooled spread over 1e-3, 1e-2, 1e-1 (each seed pair differs by .02): .02 / sqrt(2); only
+    # lambda 1e-2 (mean .19) is within .19 + .0141: its better seed c
+    assert rec.tolerance == pytest.approx(seed_spread(grid_table()))
+    assert rec.tolerance == pytest.approx(0.02 / np.sqrt(2)) and rec.tolerance_source == "seed spread"
+    assert rec.row["trial_id"] == "c"
+    with pytest.raises(ConfigError, match="seed-spread"):
+        recommend(grid_table(), tolerance="wide")
+
+
 def test_sparsest_within_the_default_tolerance():
     rec = recommend(grid_table())
     # three usable lambdas (fewer than 5: no grid scatter), so sigma_m is the seed floor: every

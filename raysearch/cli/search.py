@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -48,10 +49,11 @@ def register(sub):
     p.add_argument("--rule", choices=("sparsest", "best"), default="sparsest",
                    help="sparsest: the largest lambda whose objective is within the tolerance of "
                         "the best, among fits that are not bad (default); best: lowest objective")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=_tolerance, default=None,
                    help="absolute tolerance on the objective for --rule sparsest (default: the "
                         "margin within which a lambda cannot be told apart from the best at 95%% "
-                        "confidence, raysearch.selection.default_tolerance)")
+                        "confidence, raysearch.selection.default_tolerance); 'seed-spread': "
+                        "the seed-to-seed spread of the objective near the best lambda")
     p.set_defaults(func=_results)
 
 
@@ -111,6 +113,16 @@ def _results(args) -> int:
     else:
         print(summary(df, objective=args.objective, rule=args.rule, tolerance=args.tolerance))
     return 0
+
+
+def _tolerance(text: str):
+    """--tolerance: a number >= 0 or 'seed-spread'."""
+    if text == "seed-spread":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'seed-spread'")
 
 
 def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:

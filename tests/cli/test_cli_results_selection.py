@@ -76,6 +76,17 @@ def test_given_tolerance_picks_the_sparsest_good_fit(experiment, capsys):
     assert "lambda 0.001," in lines["best objective"]
 
 
+def test_seed_spread_tolerance_by_name(experiment, capsys):
+    """Issue 7's first proposal stays selectable: the pooled seed spread over 1e-4, 1e-3, 1e-2
+    (every seed pair differs by 0.02: 0.02 / sqrt(2)); only lambda 1e-3 (mean 0.19) is within
+    0.19 + 0.0141, so its better seed (0.18) is recommended."""
+    assert main(["results", str(experiment), "--tolerance", "seed-spread"]) == 0
+    sec = _section(capsys.readouterr().out)
+    assert f"{0.02 / np.sqrt(2):.4g} (seed spread)" in sec
+    rec_line = next(ln for ln in sec.splitlines() if "recommended:" in ln)
+    assert "lambda 0.001," in rec_line and "mean_nrmse 0.1800" in rec_line
+
+
 def test_best_rule_and_objective_option(experiment, capsys):
     assert main(["results", str(experiment), "--rule", "best", "--objective", "max_nrmse"]) == 0
     sec = _section(capsys.readouterr().out)
@@ -88,3 +99,6 @@ def test_bad_tolerance_is_one_message_and_exit_2(experiment, capsys):
     assert main(["results", str(experiment), "--tolerance", "-1"]) == 2
     err = capsys.readouterr().err
     assert "tolerance" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:                 # argparse: usage error, exit 2
+        main(["results", str(experiment), "--tolerance", "wide"])
+    assert exc.value.code == 2 and "seed-spread" in capsys.readouterr().err
