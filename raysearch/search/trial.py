@@ -19,8 +19,11 @@ leave the trial RUNNING forever).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import posixpath
+import re
 import shutil
 import socket
 import tempfile
@@ -29,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
-           "CHECKPOINT_FILE"]
+           "CHECKPOINT_FILE", "restore_checkpoint"]
 
 STAT_NAMES = ("v", "h", "vh", "vv", "hh")
 NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
@@ -180,6 +185,67 @@ def _write_model_file(model, dataset, stats, metrics: dict, trial_id: str,
         return dest
 
 
+def _checkpoint_candidates(ckpt) -> list:
+    """Tune's checkpoint first, then the other ``checkpoint_NNNNNN`` folders of the same trial,
+    newest first (as ``ray.tune.Checkpoint`` objects on the same filesystem)."""
+    from pyarrow import fs as pafs
+    from ray import tune
+
+    found = [ckpt]
+    parent = posixpath.dirname(ckpt.path.rstrip("/"))
+    try:
+        infos = ckpt.filesystem.get_file_info(pafs.FileSelector(parent))
+    except OSError:  # the trial folder itself is unreadable: only Tune's choice is left
+        return found
+    siblings = sorted((info.path for info in infos if info.type == pafs.FileType.Directory
+                       and re.fullmatch(r"checkpoint_\d+", posixpath.basename(info.path))),
+                      reverse=True)
+    found += [tune.Checkpoint(path=p, filesystem=ckpt.filesystem) for p in siblings
+              if p.rstrip("/") != ckpt.path.rstrip("/")]
+    return found
+
+
+def load_checkpoint_dir(ckpt) -> tuple[str, dict] | None:
+    """Copy ``ckpt`` to a new local folder and check it is complete; return ``(folder, progress)``
+    or ``None`` (nothing left behind) when it is missing, half-copied or unreadable."""
+    from raysearch.crbm.io import read_checkpoint
+    from raysearch.errors import RaysearchError
+
+    d = tempfile.mkdtemp(prefix="raysearch-resume-")
+    try:
+        ckpt.to_directory(d)
+        with open(os.path.join(d, "progress.json")) as fh:
+            saved = json.load(fh)
+        int(saved["updates"]), float(saved["seconds"])
+        read_checkpoint(os.path.join(d, CHECKPOINT_FILE))
+    except (OSError, ValueError, KeyError, TypeError, RaysearchError) as exc:
+        shutil.rmtree(d, ignore_errors=True)
+        logger.warning("checkpoint %s is not usable (%s)", ckpt.path, exc)
+        return None
+    return d, saved
+
+
+def restore_checkpoint(ckpt) -> tuple[str, dict] | None:
+    """Copy a usable checkpoint of this trial to a local folder; return ``(folder, progress)``.
+
+    ``ckpt`` is the checkpoint Tune restarts the trial from. When it is incomplete (a worker
+    killed while copying it to storage), the newest complete checkpoint in the trial's folder is
+    used instead: resuming is exact, so the fit still ends with the same parameters. ``None``
+    when no complete checkpoint is left (the fit starts over, same seed, same result). (A
+    checkpoint that is missing altogether never gets here - Tune refuses to restore from it; see
+    ``raysearch.search.tuner.repair_checkpoints``.)
+    """
+    for i, cand in enumerate(_checkpoint_candidates(ckpt)):
+        loaded = load_checkpoint_dir(cand)
+        if loaded is not None:
+            if i:
+                logger.warning("Tune's checkpoint %s is missing or incomplete; resuming from %s "
+                               "instead", ckpt.path, cand.path)
+            return loaded
+    logger.warning("no usable checkpoint left for this trial (Tune named %s): starting the fit "
+                   "over", ckpt.path)
+    return None
+
 def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None = None) -> None:
     """Fit, evaluate, checkpoint and save one cRBM (a Tune function trainable).
 
@@ -225,13 +291,13 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         model.set_params(n_jobs=max(1, min(int(s.get("cpu", 1)),
                                            int(model.n_chains or model.batch_size))))
 
-    resume_dir = None
+    resume_dir, saved = None, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
-        resume_dir = tempfile.mkdtemp(prefix="raysearch-resume-")
-        ckpt.to_directory(resume_dir)
+        restored = restore_checkpoint(ckpt)
+        if restored is not None:
+            resume_dir, saved = restored
     # eval_seconds: evaluations; callback_seconds: everything done inside fit's callbacks
-    # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds
     # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds.
     # All three add up over restarts (kept in the checkpoint's progress.json).
     state = {"eval_seconds": 0.0, "callback_seconds": 0.0, "seconds_before": 0.0,
@@ -269,8 +335,6 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     resume_from = None
     if resume_dir is not None:
         resume_from = os.path.join(resume_dir, CHECKPOINT_FILE)
-        with open(os.path.join(resume_dir, "progress.json")) as fh:
-            saved = json.load(fh)
         state["resumed_at"] = int(saved["updates"])
         state["seconds_before"] = float(saved["seconds"])
         state["eval_seconds"] = float(saved.get("eval_seconds", 0.0))

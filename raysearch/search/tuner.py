@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,6 +352,58 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
             ray.shutdown()
 
 
+def repair_checkpoints(exp_dir: str) -> list[str]:
+    """Before a restore: give every unfinished trial whose checkpoint is gone a usable one.
+
+    Tune deletes a trial's older checkpoint (``CheckpointConfig(num_to_keep)``) as soon as a newer
+    one arrives, and snapshots its experiment state a moment later. A driver killed in between
+    leaves a state that names a deleted checkpoint, and Tune then fails that trial at every
+    restart ("does not exist on storage anymore") instead of resuming it. For each such trial the
+    newest complete checkpoint in its folder is copied to the path the state names (resuming is
+    exact, so the trial continues from the newer state); with none left, a placeholder makes the
+    trial start over. Returns one line per repaired trial, also logged as warnings.
+    """
+    import pyarrow.fs as pafs
+    from ray.tune import ExperimentAnalysis
+
+    from raysearch.search.trial import _checkpoint_candidates, load_checkpoint_dir
+
+    notes = []
+    for trial in ExperimentAnalysis(exp_dir).trials:
+        ckpt = trial.checkpoint
+        if trial.status == "TERMINATED" or ckpt is None:
+            continue
+        if ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
+            continue  # there (if it is incomplete, the trial falls back by itself)
+        for cand in _checkpoint_candidates(ckpt)[1:]:
+            loaded = load_checkpoint_dir(cand)
+            if loaded is None:
+                continue
+            local, saved = loaded
+            try:
+                ckpt.filesystem.create_dir(ckpt.path, recursive=True)
+                pafs.copy_files(local, ckpt.path, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=ckpt.filesystem)
+            finally:
+                shutil.rmtree(local, ignore_errors=True)
+            notes.append(f"trial {trial.trial_id}: its checkpoint {ckpt.path} was deleted before "
+                         f"the driver stopped; restored it from {cand.path} "
+                         f"(update {saved['updates']})")
+            break
+        else:
+            # nothing to resume from: a placeholder lets Tune restart the trial, and the trial,
+            # finding no complete checkpoint, fits from the start (same seed, same result)
+            ckpt.filesystem.create_dir(ckpt.path, recursive=True)
+            with ckpt.filesystem.open_output_stream(f"{ckpt.path}/LOST.txt") as fh:
+                fh.write(b"raysearch: this checkpoint was deleted before the driver stopped and "
+                         b"no complete one was left; the trial was restarted from update 0\n")
+            notes.append(f"trial {trial.trial_id}: its checkpoint {ckpt.path} is gone and no "
+                         "complete one is left; the trial starts over")
+    for line in notes:
+        log.warning("%s", line)
+    return notes
+
+
 def resume_study(path: str | os.PathLike, address: str | None = None,
                  on_connect=None) -> StudyRun:
     """Continue an interrupted study from its experiment directory.
@@ -387,6 +440,7 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         if not tune.Tuner.can_restore(exp_dir):
             raise InputError(f"{exp_dir} cannot be restored by Ray Tune (no experiment state); "
                              "was the study started at all?")
+        repair_checkpoints(exp_dir)
         tuner = build_tuner(study, datasets, exp_dir, restore=True)
         grid = tuner.fit()
         return _finish(exp_dir, grid, url)

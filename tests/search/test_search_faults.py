@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,15 +42,16 @@ FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_t
                "RAY_health_check_timeout_ms": "1000"}
 
 
-def _checkpointed_trials(exp_dir: Path) -> int:
-    """Trial dirs that hold at least one checkpoint and no model file yet (= in flight)."""
+def _in_flight(exp_dir: Path) -> list[Path]:
+    """Trial dirs that hold at least one checkpoint and no model file yet."""
     done = {p.stem for p in (exp_dir / "models").glob("*.h5")}
-    n = 0
-    for d in exp_dir.glob("crbm_trial_*"):
-        if any(d.glob("checkpoint_*")) and not any(d.name.startswith(f"crbm_trial_{t}")
-                                                   for t in done):
-            n += 1
-    return n
+    return [d for d in sorted(exp_dir.glob("crbm_trial_*"))
+            if any(d.glob("checkpoint_*"))
+            and not any(d.name.startswith(f"crbm_trial_{t}") for t in done)]
+
+
+def _checkpointed_trials(exp_dir: Path) -> int:
+    return len(_in_flight(exp_dir))
 
 
 def _wait(predicate, timeout, what, proc=None):
@@ -193,17 +195,32 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
         log.close()
     before = load_results(exp_dir) if any(exp_dir.glob("experiment_state-*.json")) else None
     assert before is None or not before["finished"].all()
+    # The race CI once hit: Tune deletes a trial's older checkpoint (num_to_keep=1) when a newer
+    # one arrives and snapshots its experiment state a moment later; a driver killed in between
+    # leaves a state naming a deleted checkpoint. Make it happen for one in-flight trial: only
+    # its newest checkpoint is kept (workers go on checkpointing for a moment after the driver
+    # dies, so there may be several) and moves up one index, so the one Tune's state names is gone.
+    raced = _in_flight(exp_dir)[0]
+    *older, newest = sorted(raced.glob("checkpoint_*"))
+    for d in older:
+        shutil.rmtree(d)
+    newest.rename(raced / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")
+    raced_at = json.loads((raced / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}"
+                           / "progress.json").read_text())["updates"]
 
     res = subprocess.run(raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True,
                          text=True, timeout=240)
     left = kill_tagged(tag)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "was deleted before the driver stopped; restored it from" in res.stderr, res.stderr[-3000:]
     assert "Best lambda:" in res.stdout
     assert left == [], f"Ray processes left running after resume: {left}"
     df = load_results(exp_dir)
     assert len(df) == 3 and df["trial_id"].is_unique, df
     assert df["finished"].all() and (df["updates"] == UPDATES).all()
     assert (df["resumed_at"].fillna(0) >= EVERY).sum() >= 2, df[["trial_id", "resumed_at"]]
+    raced_row = df[[raced.name.startswith(f"crbm_trial_{t}_") for t in df["trial_id"]]]
+    assert raced_row["resumed_at"].tolist() == [raced_at], (raced_row, raced_at)
     hist = load_results(exp_dir, history=True)
     _assert_continued(hist, df["trial_id"], EVERY)
     import optuna

@@ -75,3 +75,96 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     assert model.snapshot(dataset).n_updates_done_ == 30
     with pytest.raises(ConfigError, match="no training state"):
         CRBM(n_hidden=2).snapshot(dataset)
+
+
+def _trial_checkpoints(dataset, trial_dir, boundaries=(10, 20, 30)):
+    """Write checkpoint_00000i folders as the trial does (CRBM checkpoint + progress.json)."""
+    import json
+
+    from raysearch.search.trial import CHECKPOINT_FILE
+
+    written = []
+
+    def on_boundary(fitting):
+        u = fitting._state["update"]
+        if u not in boundaries:
+            return
+        d = trial_dir / f"checkpoint_{len(written):06d}"
+        d.mkdir(parents=True)
+        fitting.save_checkpoint(d / CHECKPOINT_FILE)
+        (d / "progress.json").write_text(json.dumps({"updates": u, "seconds": 0.1 * u}))
+        written.append(d)
+
+    CRBM(n_hidden=4, n_updates=40, batch_size=50, n_gibbs=2, seed=3).fit(
+        dataset, callback_every=10, checkpoint=on_boundary)
+    return written
+
+
+def test_restore_checkpoint_falls_back_to_the_newest_complete_one(dataset, tmp_path):
+    """After a driver crash Tune may name a checkpoint it has already deleted (num_to_keep) or one
+    a killed worker left half-copied: the trial then resumes from the newest complete checkpoint in
+    its folder, and starts over only when none is left."""
+    import shutil
+
+    from ray import tune
+
+    from raysearch.search.trial import CHECKPOINT_FILE, restore_checkpoint
+
+    trial_dir = tmp_path / "crbm_trial_x"
+    c0, c1, c2 = _trial_checkpoints(dataset, trial_dir)
+
+    def restored(path):
+        out = restore_checkpoint(tune.Checkpoint(path=str(path)))
+        if out is None:
+            return None
+        d, saved = out
+        shutil.rmtree(d)
+        return saved["updates"]
+
+    assert restored(c1) == 20                      # Tune's checkpoint is there: it is used
+    shutil.rmtree(c1)                              # deleted after a newer one arrived
+    assert restored(c1) == 30                      # -> the newest one in the folder
+    (c2 / CHECKPOINT_FILE).write_bytes((c2 / CHECKPOINT_FILE).read_bytes()[:2000])  # half-copied
+    assert restored(c1) == 10                      # -> skip the broken one, take the next older
+    (c0 / "progress.json").unlink()
+    assert restored(c1) is None                    # nothing usable: start over
+    assert restored(tmp_path / "nowhere" / "checkpoint_000004") is None
+
+
+def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(dataset, tmp_path,
+                                                                     monkeypatch):
+    """The driver-side half: a trial whose Tune-named checkpoint is gone gets the newest complete
+    one copied to that path; with none left, a placeholder (the trial then starts over); finished
+    trials and trials whose checkpoint is there are left alone."""
+    from types import SimpleNamespace
+
+    import ray.tune
+    from ray import tune
+
+    from raysearch.search import tuner
+    from raysearch.search.trial import restore_checkpoint
+
+    a, b, c, d = (tmp_path / f"crbm_trial_{x}" for x in "abcd")
+    _, a1, _ = _trial_checkpoints(dataset, a)       # a: names a1, which gets deleted
+    import shutil
+    shutil.rmtree(a1)
+    b0, _, _ = _trial_checkpoints(dataset, b)       # b: all gone -> placeholder
+    for x in b.glob("checkpoint_*"):
+        shutil.rmtree(x)
+    c0, _, _ = _trial_checkpoints(dataset, c)       # c: named one present -> untouched
+    d.mkdir()                                       # d: finished -> untouched
+    trials = [SimpleNamespace(trial_id=t, status=st, checkpoint=tune.Checkpoint(path=str(p)))
+              for t, st, p in (("a", "RUNNING", a1), ("b", "ERROR", b0), ("c", "PENDING", c0),
+                               ("d", "TERMINATED", d / "checkpoint_000003"))]
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis",
+                        lambda path: SimpleNamespace(trials=trials))
+    before_c = sorted(p.name for p in c.rglob("*"))
+    notes = tuner.repair_checkpoints(str(tmp_path))
+    assert len(notes) == 2 and notes[0].startswith("trial a:") and "update 30" in notes[0]
+    assert notes[1].startswith("trial b:") and "starts over" in notes[1]
+    loaded, saved = restore_checkpoint(trials[0].checkpoint)   # a1 now holds update 30
+    shutil.rmtree(loaded)
+    assert saved["updates"] == 30
+    assert b0.is_dir() and restore_checkpoint(trials[1].checkpoint) is None
+    assert sorted(p.name for p in c.rglob("*")) == before_c
+    assert not (d / "checkpoint_000003").exists()
