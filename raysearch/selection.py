@@ -43,6 +43,10 @@ from raysearch.errors import ConfigError, InputError
 
 #: Objectives a study may minimise; both are always reported.
 OBJECTIVES = ("mean_nrmse", "max_nrmse")
+# what a study minimises unless it says otherwise: the worst of the five nRMSEs, as the published
+# model selection did (it maximised the worst criterion); one ill-conditioned, very negative
+# nRMSE cannot make a fit look good under it (see README, "Choosing the objective")
+DEFAULT_OBJECTIVE = "max_nrmse"
 RULES = ("sparsest", "best")
 SPARSITY_BY = ("lam", "weight_density")
 #: Fewest lambdas (with a usable fit) from which :func:`mean_noise` reads the noise from the scatter
@@ -106,7 +110,7 @@ def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(groups))[groups]
 
 
-def seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse", n_near: int = 5) -> float:
+def seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, n_near: int = 5) -> float:
     """Seed-to-seed spread (standard deviation) of the objective near the best lambda.
 
     The rule's former default tolerance, kept for comparison (``recommend(df,
@@ -192,7 +196,7 @@ def subset_constant(k: int, confidence: float = 0.95) -> float:
     return float(optimize.brentq(p_keep, 0.0, 20.0, xtol=1e-10))
 
 
-def lambda_means(results: pd.DataFrame, objective: str = "mean_nrmse") -> pd.DataFrame:
+def lambda_means(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> pd.DataFrame:
     """Mean objective of each lambda over its usable fits (not bad, not empty, finite).
 
     Returns
@@ -212,7 +216,7 @@ def lambda_means(results: pd.DataFrame, objective: str = "mean_nrmse") -> pd.Dat
                          "mean": np.bincount(groups, weights=obj) / n})
 
 
-def mean_noise(results: pd.DataFrame, objective: str = "mean_nrmse") -> float:
+def mean_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
     """Noise (standard deviation) of one lambda's mean objective, ``sigma_m``.
 
     Two estimates of the same noise, each blind to part of it; the larger is returned:
@@ -252,7 +256,7 @@ def mean_noise(results: pd.DataFrame, objective: str = "mean_nrmse") -> float:
     return scatter
 
 
-def robust_seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse") -> float:
+def robust_seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
     """Seed-to-seed standard deviation of the objective, robust to a freak fit.
 
     Over the lambdas with at least two usable fits, the median of their sample variances
@@ -281,7 +285,7 @@ def robust_seed_spread(results: pd.DataFrame, objective: str = "mean_nrmse") -> 
     return float(np.sqrt(np.median(var) / (stats.chi2.median(nu) / nu)))
 
 
-def default_tolerance(results: pd.DataFrame, objective: str = "mean_nrmse",
+def default_tolerance(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
                       confidence: float = 0.95) -> float:
     """The rule's default tolerance: ``subset_constant(K, confidence) * sqrt(2) * mean_noise``.
 
@@ -348,7 +352,7 @@ class Recommendation:
         return out
 
 
-def recommend(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = "sparsest",
+def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: str = "sparsest",
               tolerance: float | None = None, sparsity_by: str = "lam",
               confidence: float = 0.95) -> Recommendation:
     """Recommend a lambda and a model from a results table.
@@ -559,7 +563,7 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
     return pd.DataFrame(rows)
 
 
-def selection_summary(results: pd.DataFrame, objective: str = "mean_nrmse", rule: str = "sparsest",
+def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: str = "sparsest",
                       tolerance: float | None = None, sparsity_by: str = "lam",
                       n_bins: int | None = None,
                       confidence: float = 0.95) -> tuple[Recommendation, pd.DataFrame]:
@@ -571,7 +575,7 @@ def selection_summary(results: pd.DataFrame, objective: str = "mean_nrmse", rule
 
 def _study_objective(df: pd.DataFrame) -> str:
     study = df.attrs.get("study") or {}
-    return (study.get("search") or {}).get("objective") or "mean_nrmse"
+    return (study.get("search") or {}).get("objective") or DEFAULT_OBJECTIVE
 
 
 def select_model(results, objective: str | None = None, rule: str = "sparsest",
@@ -589,7 +593,7 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
     results : path or DataFrame
         An experiment directory, or the DataFrame of ``load_results`` for it.
     objective : {"mean_nrmse", "max_nrmse"}, optional
-        Default: the study's ``search.objective`` (``mean_nrmse`` when unknown).
+        Default: the study's ``search.objective`` (``max_nrmse`` when unknown).
     rule, tolerance, sparsity_by, confidence : see :func:`recommend`.
     n_bins : see :func:`bad_share_by_lambda`.
 

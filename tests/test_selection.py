@@ -7,10 +7,25 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from raysearch import selection
 from raysearch.errors import ConfigError, InputError
-from raysearch.selection import (bad_share_by_lambda, default_tolerance, lambda_bins, mean_noise,
-                                 recommend, robust_seed_spread, seed_spread, subset_constant,
-                                 wilson_interval)
+from raysearch.selection import bad_share_by_lambda, lambda_bins, subset_constant, wilson_interval
+
+
+# The known answers below are worked out on the tables' mean_nrmse column; the library's default
+# objective (max_nrmse) has its own test, test_default_objective_is_the_worst_nrmse.
+def _on_mean(fn):
+    def call(df, *args, **kw):
+        kw.setdefault("objective", "mean_nrmse")
+        return fn(df, *args, **kw)
+    return call
+
+
+recommend = _on_mean(selection.recommend)
+seed_spread = _on_mean(selection.seed_spread)
+mean_noise = _on_mean(selection.mean_noise)
+robust_seed_spread = _on_mean(selection.robust_seed_spread)
+default_tolerance = _on_mean(selection.default_tolerance)
 
 
 def table(rows):
@@ -27,6 +42,19 @@ def grid_table():
         ("e", 0.1, 0, 0.21, 0.35, False, 0.10), ("f", 0.1, 1, 0.23, 0.36, False, 0.12),
         ("g", 1.0, 0, 0.60, 1.50, True, 0.01), ("h", 1.0, 1, 0.55, 1.20, True, 0.02),
     ])
+
+
+def test_default_objective_is_the_worst_nrmse():
+    """Without an objective the rule ranks by max_nrmse: lambda means .305 (1e-3), .405 (1e-2),
+    .355 (1e-1); every seed pair differs by .01, so sigma = sqrt(.00005 / median(chi2_1)) and the
+    tolerance d_3 * sigma = .0201: only 1e-3 is within it, its better seed a (mean_nrmse would
+    pick 0.1, see the next test)."""
+    assert selection.DEFAULT_OBJECTIVE == "max_nrmse"
+    rec = selection.recommend(grid_table())
+    tol = subset_constant(3) * np.sqrt(0.00005 / stats.chi2.median(1))
+    assert rec.tolerance == pytest.approx(tol) and tol == pytest.approx(0.0201, abs=1e-4)
+    assert rec.lam == pytest.approx(0.001) and rec.row["trial_id"] == "a"
+    assert selection.default_tolerance(grid_table()) == pytest.approx(tol)
 
 
 def test_seed_spread_uses_fits_at_best_lambda():

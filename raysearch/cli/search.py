@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from raysearch.errors import ConfigError
+from raysearch.selection import DEFAULT_OBJECTIVE
 
 _TABLE_COLUMNS = ["trial_id", "lam", "seed", "recording", "n_hidden", "status", "mean_nrmse",
                   "max_nrmse", "bad", "sparsity", "updates", "seconds"]
@@ -142,7 +143,7 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
                            "display.float_format", "{:.4g}".format):
         lines.append(view.to_string(index=False))
     study = df.attrs.get("study") or {}
-    objective = objective or (study.get("search") or {}).get("objective", "mean_nrmse")
+    objective = objective or (study.get("search") or {}).get("objective", DEFAULT_OBJECTIVE)
     ok = df[df.get("finished", True) & ~df["bad"].fillna(True).astype(bool)]
     ok = ok[np.isfinite(ok[objective].astype(float))]
     lines.append("")
@@ -183,7 +184,7 @@ def _fit_line(role: str, r, objective: str) -> str:
     return ", ".join(parts)
 
 
-def selection_lines(done, objective="mean_nrmse", rule="sparsest", tolerance=None) -> list[str]:
+def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest", tolerance=None) -> list[str]:
     """The model-selection block of ``raysearch results``: recommendation and bad share per bin.
 
     Parameters

@@ -161,7 +161,7 @@ class SearchSpec(_Strict):
     max_concurrent: PositiveInt = 2
     sampler_seed: int = 0
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
-    objective: Literal["mean_nrmse", "max_nrmse"] = "mean_nrmse"
+    objective: Literal["mean_nrmse", "max_nrmse"] = "max_nrmse"  # selection.DEFAULT_OBJECTIVE
     asha: AshaSpec | None = None
     optuna_storage: str | None = None
 

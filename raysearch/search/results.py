@@ -20,6 +20,7 @@ import yaml
 
 from raysearch.errors import InputError
 from raysearch.search.trial import METRIC_KEYS, RMSE_KEYS
+from raysearch.selection import DEFAULT_OBJECTIVE
 
 __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
@@ -211,7 +212,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
         search = study.get("search") or {}
         if search.get("mode") == "multi":
-            objective = search.get("objective", "mean_nrmse")
+            objective = search.get("objective", DEFAULT_OBJECTIVE)
             ok = df["finished"] & ~df["bad"].fillna(True).astype(bool)
             a = np.where(ok, df[objective].to_numpy(float), np.inf)
             df["pareto"] = pareto_mask(a, df["weight_density"].to_numpy(float))

@@ -44,7 +44,8 @@ def test_default_rule_tolerance_from_seed_spread(experiment, capsys):
     out = capsys.readouterr().out
     assert out.index("trial_id") < out.index("Model selection")   # after the trial table
     sec = _section(out)
-    assert "objective mean_nrmse, rule sparsest" in sec
+    # no study.yaml says otherwise: the default objective, the worst nRMSE (here = the mean)
+    assert "objective max_nrmse, rule sparsest" in sec
     # default tolerance (raysearch.selection.default_tolerance): 3 usable lambdas, too few for the
     # grid scatter, so the noise of a lambda mean is the robust seed spread (every seed pair
     # differs by 0.02: sqrt(0.02**2 / 2 / median(chi2_1)) = 0.02097) over sqrt(2 seeds), times
