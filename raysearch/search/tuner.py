@@ -369,7 +369,13 @@ def repair_checkpoints(exp_dir: str) -> list[str]:
     from raysearch.search.trial import _checkpoint_candidates, load_checkpoint_dir
 
     notes = []
-    for trial in ExperimentAnalysis(exp_dir).trials:
+    try:
+        trials = ExperimentAnalysis(exp_dir).trials
+    except Exception as exc:  # noqa: BLE001 - the repair must never be what stops a resume
+        log.warning("could not read the experiment state to check its checkpoints (%s); "
+                    "resuming without that check", exc)
+        return notes
+    for trial in trials:
         ckpt = trial.checkpoint
         if trial.status == "TERMINATED" or ckpt is None:
             continue

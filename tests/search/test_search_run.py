@@ -201,7 +201,7 @@ def test_load_results_needs_no_ray(ray_session, tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, False]
 
 
-def test_storage_uri(ray_session, tmp_path):
+def test_storage_uri(ray_session, tmp_path, caplog):
     """Results can go to a storage URI (here file://); the model files and study.yaml go there too
     through pyarrow's filesystem layer, and the Optuna storage must then be given explicitly."""
     study = tiny_study(tmp_path, name="uri", search={"mode": "grid", "lam": [0.01]})
@@ -215,6 +215,9 @@ def test_storage_uri(ray_session, tmp_path):
     df = load_results(local)
     assert len(df) == 1 and df["finished"].all() and (local / "study.yaml").is_file()
     assert CRBM.load(df["model_path"][0]).n_updates_done_ == 40
+    from raysearch.search.tuner import repair_checkpoints   # a resume's first step, on a URI
+    assert repair_checkpoints(run.experiment_dir) == []
+    assert "could not read the experiment state" not in caplog.text
 
 
 def test_failed_trial_is_error_in_tune_and_fail_in_optuna(ray_session, tmp_path):
