@@ -200,7 +200,8 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     # leaves a state naming a deleted checkpoint. Make it happen for one in-flight trial: only
     # its newest checkpoint is kept (workers go on checkpointing for a moment after the driver
     # dies, so there may be several) and moves up one index, so the one Tune's state names is gone.
-    raced = _in_flight(exp_dir)[0]
+    # (the in-flight trial with the most checkpoints: its first one is surely in Tune's state)
+    raced = max(_in_flight(exp_dir), key=lambda d: max(p.name for p in d.glob("checkpoint_*")))
     *older, newest = sorted(raced.glob("checkpoint_*"))
     for d in older:
         shutil.rmtree(d)
