@@ -35,7 +35,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
-           "CHECKPOINT_FILE", "restore_checkpoint"]
+           "CHECKPOINT_FILE", "restore_checkpoint", "resume_from_folder"]
 
 STAT_NAMES = ("v", "h", "vh", "vv", "hh")
 NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
@@ -185,24 +185,44 @@ def _write_model_file(model, dataset, stats, metrics: dict, trial_id: str,
         return dest
 
 
-def _checkpoint_candidates(ckpt) -> list:
-    """Tune's checkpoint first, then the other ``checkpoint_NNNNNN`` folders of the same trial,
-    newest first (as ``ray.tune.Checkpoint`` objects on the same filesystem)."""
+def _folder_checkpoints(filesystem, folder: str) -> list:
+    """The ``checkpoint_NNNNNN`` folders of a trial folder, newest first (``ray.tune.Checkpoint``
+    objects); empty when the folder is missing or unreadable."""
     from pyarrow import fs as pafs
     from ray import tune
 
-    found = [ckpt]
-    parent = posixpath.dirname(ckpt.path.rstrip("/"))
     try:
-        infos = ckpt.filesystem.get_file_info(pafs.FileSelector(parent))
-    except OSError:  # the trial folder itself is unreadable: only Tune's choice is left
-        return found
-    siblings = sorted((info.path for info in infos if info.type == pafs.FileType.Directory
-                       and re.fullmatch(r"checkpoint_\d+", posixpath.basename(info.path))),
-                      reverse=True)
-    found += [tune.Checkpoint(path=p, filesystem=ckpt.filesystem) for p in siblings
-              if p.rstrip("/") != ckpt.path.rstrip("/")]
-    return found
+        infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    except OSError:
+        return []
+    paths = sorted((info.path for info in infos if info.type == pafs.FileType.Directory
+                    and re.fullmatch(r"checkpoint_\d+", posixpath.basename(info.path))),
+                   reverse=True)
+    return [tune.Checkpoint(path=p, filesystem=filesystem) for p in paths]
+
+
+def _checkpoint_candidates(ckpt) -> list:
+    """Tune's checkpoint first, then the other ``checkpoint_NNNNNN`` folders of the same trial,
+    newest first (as ``ray.tune.Checkpoint`` objects on the same filesystem)."""
+    parent = posixpath.dirname(ckpt.path.rstrip("/"))
+    return [ckpt] + [c for c in _folder_checkpoints(ckpt.filesystem, parent)
+                     if c.path.rstrip("/") != ckpt.path.rstrip("/")]
+
+
+def resume_from_folder(filesystem, folder: str) -> tuple[str, dict] | None:
+    """The newest complete checkpoint in a trial's own folder, as :func:`restore_checkpoint`.
+
+    For a trial that Tune starts without a checkpoint although it has run before: a driver that
+    died before its experiment state recorded the trial's first checkpoint leaves such a trial.
+    A new trial's folder has no checkpoint, so this is ``None`` for it.
+    """
+    for cand in _folder_checkpoints(filesystem, folder):
+        loaded = load_checkpoint_dir(cand)
+        if loaded is not None:
+            logger.warning("Tune restarted this trial without a checkpoint, but its folder has "
+                           "one: resuming from %s", cand.path)
+            return loaded
+    return None
 
 
 def load_checkpoint_dir(ckpt) -> tuple[str, dict] | None:
@@ -295,8 +315,14 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         restored = restore_checkpoint(ckpt)
-        if restored is not None:
-            resume_dir, saved = restored
+    else:
+        try:
+            storage = ctx.get_storage()
+            restored = resume_from_folder(storage.storage_filesystem, storage.trial_fs_path)
+        except (AttributeError, RuntimeError):  # no storage context (not under Tune's session)
+            restored = None
+    if restored is not None:
+        resume_dir, saved = restored
     # eval_seconds: evaluations; callback_seconds: everything done inside fit's callbacks
     # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds.
     # All three add up over restarts (kept in the checkpoint's progress.json).

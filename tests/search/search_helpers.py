@@ -90,6 +90,23 @@ def kill_tagged(tag: str) -> list[int]:
     return [p.pid for p in procs]
 
 
+def lingering_tagged(tag: str, grace: float = 15.0) -> list[str]:
+    """Processes carrying the tag that are still running ``grace`` seconds from now (Ray's
+    processes exit asynchronously after ``ray.shutdown``); they are then SIGKILLed. Returns
+    'pid name' for each of those."""
+    import psutil
+
+    _, alive = psutil.wait_procs(tagged_processes(tag), timeout=grace)
+    names = []
+    for p in alive:
+        try:
+            names.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    kill_tagged(tag)
+    return names
+
+
 def raysearch_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "raysearch", *args]
 

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from raysearch.search import load_results
-from search_helpers import kill_tagged, raysearch_cmd, tagged_env, tagged_processes, write_study
+from search_helpers import (kill_tagged, lingering_tagged, raysearch_cmd, tagged_env,
+                            tagged_processes, write_study)
 
 psutil = pytest.importorskip("psutil")
 
@@ -211,7 +212,7 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
 
     res = subprocess.run(raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True,
                          text=True, timeout=240)
-    left = kill_tagged(tag)
+    left = lingering_tagged(tag)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "was deleted before the driver stopped; restored it from" in res.stderr, res.stderr[-3000:]
     assert "Best lambda:" in res.stdout

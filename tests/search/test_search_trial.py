@@ -168,3 +168,29 @@ def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(dataset, t
     assert b0.is_dir() and restore_checkpoint(trials[1].checkpoint) is None
     assert sorted(p.name for p in c.rglob("*")) == before_c
     assert not (d / "checkpoint_000003").exists()
+
+
+def test_resume_from_folder_when_tune_gives_no_checkpoint(dataset, tmp_path):
+    """A trial Tune starts without a checkpoint looks in its own folder: a new trial's folder has
+    none (None, also for a folder not created yet); a trial that ran before under a driver that
+    died before recording its first checkpoint resumes from the newest complete one there."""
+    import shutil
+
+    from pyarrow import fs as pafs
+
+    from raysearch.search.trial import CHECKPOINT_FILE, resume_from_folder
+
+    local = pafs.LocalFileSystem()
+    assert resume_from_folder(local, str(tmp_path / "not_yet")) is None
+    trial_dir = tmp_path / "crbm_trial_y"
+    trial_dir.mkdir()
+    (trial_dir / "params.json").write_text("{}")
+    assert resume_from_folder(local, str(trial_dir)) is None
+    _, _, c2 = _trial_checkpoints(dataset, trial_dir)
+    loaded, saved = resume_from_folder(local, str(trial_dir))
+    shutil.rmtree(loaded)
+    assert saved["updates"] == 30
+    (c2 / CHECKPOINT_FILE).unlink()                     # newest incomplete: the one before it
+    loaded, saved = resume_from_folder(local, str(trial_dir))
+    shutil.rmtree(loaded)
+    assert saved["updates"] == 20
