@@ -41,7 +41,8 @@ from bench_trainer import REFERENCE_S_PER_UPDATE, bench_one  # noqa: E402
 _REFERENCE = textwrap.dedent("""
     import json, sys, time, warnings
     warnings.simplefilter("ignore")
-    src, N, M, blocks, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    src = sys.argv[1]
+    N, M, blocks, epochs = (int(a) for a in sys.argv[2:6])
     sys.path.insert(0, src)
     import numpy as np, numba, rbm
     T, B = 1000, 100

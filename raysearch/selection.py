@@ -110,7 +110,8 @@ def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(groups))[groups]
 
 
-def seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, n_near: int = 5) -> float:
+def seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
+                n_near: int = 5) -> float:
     """Seed-to-seed spread (standard deviation) of the objective near the best lambda.
 
     The rule's former default tolerance, kept for comparison (``recommend(df,
@@ -563,7 +564,8 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
     return pd.DataFrame(rows)
 
 
-def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: str = "sparsest",
+def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
+                      rule: str = "sparsest",
                       tolerance: float | None = None, sparsity_by: str = "lam",
                       n_bins: int | None = None,
                       confidence: float = 0.95) -> tuple[Recommendation, pd.DataFrame]:

@@ -184,7 +184,8 @@ def _fit_line(role: str, r, objective: str) -> str:
     return ", ".join(parts)
 
 
-def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest", tolerance=None) -> list[str]:
+def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
+                    tolerance=None) -> list[str]:
     """The model-selection block of ``raysearch results``: recommendation and bad share per bin.
 
     Parameters

@@ -266,6 +266,7 @@ def restore_checkpoint(ckpt) -> tuple[str, dict] | None:
                    "over", ckpt.path)
     return None
 
+
 def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None = None) -> None:
     """Fit, evaluate, checkpoint and save one cRBM (a Tune function trainable).
 
