@@ -29,13 +29,16 @@ P(v = 1) = p up to 2^-32 (and float64 rounding of p).
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
-from numba import njit, uint64
+from llvmlite import ir
+from numba import njit, types, uint64
+from numba.extending import intrinsic
 
 __all__ = ["bernoulli_draw", "csr_rows", "csr_matmul", "sparse_hidden_inputs", "bernoulli_step",
-           "DENSE_ABOVE"]
+           "rational_erfcx", "drelu_sample", "exp32", "log32", "ndtri32", "DENSE_ABOVE"]
 
 #: Above this fraction of non-zeros the BLAS product is used instead of the sparse kernels
 #: (crossover measured on a 2-core AVX-512 VM: the sparse product equals BLAS at about 10% ones
@@ -161,6 +164,357 @@ def csr_matmul(ptr, idx, val, WT, out):
             for m in range(M):
                 o[m] += a0 * w0[m]
             j += 1
+
+
+@njit(nogil=True, cache=True, error_model="numpy")   # numpy: x / 0 without a check, so the
+def _rational_erfcx(a, c, k, out):                     # loop vectorises (no transcendentals)
+    one = a.dtype.type(1.0)
+    two = a.dtype.type(2.0)
+    for i in range(a.shape[0]):
+        x = a[i]
+        y = (x - k) / (x + k)
+        r = y * c[12]                        # Horner, written out: a fixed degree lets LLVM
+        r = (r + c[11]) * y                  # keep c in registers and vectorise over i
+        r = (r + c[10]) * y
+        r = (r + c[9]) * y
+        r = (r + c[8]) * y
+        r = (r + c[7]) * y
+        r = (r + c[6]) * y
+        r = (r + c[5]) * y
+        r = (r + c[4]) * y
+        r = (r + c[3]) * y
+        r = (r + c[2]) * y
+        r = (r + c[1]) * y
+        r += c[0]
+        out[i] = r / (x * two + one)
+
+
+def rational_erfcx(a, coef, k):
+    """erfcx(a) for a >= 0 as ``P((a - k)/(a + k)) / (1 + 2a)``, one compiled pass.
+
+    The same floating-point operations, in the same order and precision, as the NumPy passes of
+    :func:`raysearch.crbm.units._erfcx_nonneg` (which owns the polynomial), so the same numbers;
+    one call instead of ~27 (the dReLU formulas call it on small arrays, where NumPy's per-call
+    cost dominates and two chain threads contend for the GIL).
+
+    Parameters
+    ----------
+    a : float32 or float64 array, any shape, a >= 0
+    coef : sequence of 13 float
+        Coefficients of P (degree 12), constant term first.
+    k : float
+
+    Returns
+    -------
+    array like ``a``
+    """
+    a = np.asarray(a)
+    if len(coef) != 13:
+        raise ValueError("rational_erfcx: the kernel is written for a degree-12 polynomial")
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty_like(flat)
+    c = tuple(a.dtype.type(x) for x in coef)
+    _rational_erfcx(flat, c, a.dtype.type(k), out)
+    return out.reshape(a.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# float32 exp, log and inverse normal CDF that LLVM can vectorise
+# --------------------------------------------------------------------------------------------
+# numba's math.exp / math.log are calls into libm, one element at a time (this numba has no SVML),
+# which leaves a loop that needs them at one element per call. These versions use only
+# arithmetic, floor, sqrt, selects and bit reinterpretation, so a loop over an array compiles to
+# SIMD code. Accuracy (test_cpu_kernels checks it against NumPy/SciPy): exp32 and log32 within
+# 2 float32 ulp over the whole float32 range, ndtri32 within 4e-7 relative.
+_F = np.float32
+
+
+@intrinsic
+def _as_int32(typingctx, x):
+    """The bit pattern of a float32 as an int32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _as_float32(typingctx, i):
+    """The float32 with the bit pattern of an int32."""
+    if i != types.int32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def _exp32(x):
+    # exp(x) = 2^k exp(r), |r| <= ln2/2 (Cody-Waite split of ln2: k * 0.693359375 is exact), exp(r)
+    # by its Taylor polynomial to r^7 (truncation < 6e-9), 2^k as two exponent-field powers so
+    # that results down to the subnormals and up to the overflow come out right
+    xc = min(max(x, _F(-103.98)), _F(88.73))
+    k = np.floor(xc * _F(1.4426950408889634) + _F(0.5))
+    r = xc - k * _F(0.693359375)
+    r = r - k * _F(-2.1219444005469057e-4)
+    p = r * _F(1.0 / 5040.0) + _F(1.0 / 720.0)
+    p = p * r + _F(1.0 / 120.0)
+    p = p * r + _F(1.0 / 24.0)
+    p = p * r + _F(1.0 / 6.0)
+    p = p * r + _F(0.5)
+    p = p * r + _F(1.0)
+    p = p * r + _F(1.0)
+    ki = np.int32(k)
+    k1 = np.int32(ki >> 1)
+    k2 = np.int32(ki - k1)
+    y = p * _as_float32(np.int32((k1 + 127) << 23)) * _as_float32(np.int32((k2 + 127) << 23))
+    return y if x == x else x                       # NaN stays NaN
+
+
+@njit(inline="always", error_model="numpy")
+def _log32(x):
+    # x = 2^e m, m in [sqrt(1/2), sqrt(2)); log(m) = 2 atanh(s), s = (m - 1)/(m + 1), |s| < 0.172,
+    # by its series to s^9 (truncation < 2e-9 relative); subnormal x scaled by 2^23 first
+    sub = x < _F(1.1754943508222875e-38)
+    xs = x * _F(8388608.0) if sub else x
+    bits = _as_int32(xs)
+    e = np.int32((bits >> 23) - 127)
+    e = np.int32(e - 23) if sub else e
+    m = _as_float32(np.int32((bits & 0x007FFFFF) | 0x3F800000))
+    big = m > _F(1.4142135623730951)
+    m = m * _F(0.5) if big else m
+    e = np.int32(e + 1) if big else e
+    f = m - _F(1.0)
+    s = f / (f + _F(2.0))
+    z = s * s
+    q = z * _F(1.0 / 9.0) + _F(1.0 / 7.0)
+    q = q * z + _F(1.0 / 5.0)
+    q = q * z + _F(1.0 / 3.0)
+    s2 = s + s
+    ef = _F(e)
+    y = ef * _F(0.693359375) + (ef * _F(-2.1219444005469057e-4) + (s2 + s2 * (z * q)))
+    y = _F(-np.inf) if x == _F(0.0) else y
+    y = _F(np.inf) if x == _F(np.inf) else y
+    return y if x >= _F(0.0) else _F(np.nan)        # negative or NaN: NaN
+
+
+# Chebyshev coefficients of the three pieces of ndtri32, from ``python bench/fit_ndtri.py``
+# (least-squares fits against scipy.special.ndtri; its docstring says how).
+_NDTRI_CENTRAL = (2.873473539227902, 0.42495236874574527, 0.06986317633479447,
+                  0.014427118125591084, 0.0033201004870140514, 0.00081380657611952,
+                  0.0002078684075381659, 5.465725366695836e-05, 1.4683873474056053e-05,
+                  4.010738977430938e-06, 1.1099824257047145e-06, 3.104897729781138e-07,
+                  8.76239951138134e-08)
+_NDTRI_TAIL1 = (0.794264745190562, 0.12755425151272234, -0.03168366701682764,
+                0.007228376947795108, -0.0015783437432006088, 0.0003357564395973833,
+                -7.022548669438324e-05, 1.4518309631269704e-05, -2.976598393885304e-06,
+                6.065193503053087e-07, -1.2300622005633374e-07)
+_NDTRI_TAIL2 = (0.9539705102652597, 0.038895216355066306, -0.013203958363497479,
+                0.0041041829768649245, -0.001216878037537185, 0.0003504207637153441,
+                -9.893999019995073e-05, 2.754346839385924e-05, -7.587110032847613e-06,
+                2.0729559227785917e-06, -5.627276047578163e-07, 1.519643135787685e-07,
+                -4.086275269439268e-08)
+_NC = tuple(_F(c) for c in _NDTRI_CENTRAL)
+_NT1 = tuple(_F(c) for c in _NDTRI_TAIL1)
+_NT2 = tuple(_F(c) for c in _NDTRI_TAIL2)
+
+
+@njit(inline="always", error_model="numpy")
+def _clenshaw(c, t):
+    """sum_k c[k] T_k(t) (Chebyshev series, float32, c a tuple of constants)."""
+    t2 = t + t
+    b1 = _F(0.0)
+    b2 = _F(0.0)
+    for j in range(len(c) - 1, 0, -1):
+        b1, b2 = c[j] + t2 * b1 - b2, b1
+    return c[0] + t * b1 - b2
+
+
+@njit(inline="always", error_model="numpy")
+def _ndtri32(p):
+    q = p - _F(0.5)
+    zc = q * _clenshaw(_NC, q * q * _F(2.0 / 0.180625) - _F(1.0))
+    pt = min(p, _F(1.0) - p)
+    s = np.sqrt(_F(-2.0) * _log32(pt))
+    t1 = _clenshaw(_NT1, (s - _F(2.25)) * _F(2.0 / 2.75) - _F(1.0))
+    t2 = _clenshaw(_NT2, (s - _F(5.0)) * _F(2.0 / 9.5) - _F(1.0))
+    zt = s * (t1 if s < _F(5.0) else t2)
+    zt = -zt if p < _F(0.5) else zt
+    z = zc if abs(q) <= _F(0.425) else zt
+    z = _F(-np.inf) if p <= _F(0.0) else z
+    z = _F(np.inf) if p >= _F(1.0) else z
+    return z if p == p else p
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _map32(x, out, op):
+    for i in range(x.shape[0]):
+        if op == 0:
+            out[i] = _exp32(x[i])
+        elif op == 1:
+            out[i] = _log32(x[i])
+        else:
+            out[i] = _ndtri32(x[i])
+
+
+def _elementwise(x, op):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    _map32(flat, out, op)
+    return out.reshape(x.shape)
+
+
+def exp32(x):
+    """exp of a float32 array with the kernels' vectorisable exp (for tests and benchmarks)."""
+    return _elementwise(x, 0)
+
+
+def log32(x):
+    """log of a float32 array with the kernels' vectorisable log."""
+    return _elementwise(x, 1)
+
+
+def ndtri32(p):
+    """Inverse standard normal CDF of a float32 array with the kernels' vectorisable version."""
+    return _elementwise(p, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# dReLU sampler (the formulas of raysearch.crbm.units, fused per element)
+# --------------------------------------------------------------------------------------------
+_SQRT_HALF = _F(0.7071067811865476)
+_LOG_SQRT_HALF_PI = _F(0.5 * math.log(math.pi / 2.0))
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_TWO_M24 = _F(2.0 ** -24)
+
+
+@njit(inline="always", error_model="numpy")
+def _erfcx32(a, c, k):
+    """The rational erfcx of :func:`_rational_erfcx` for one float32 a >= 0."""
+    y = (a - k) / (a + k)
+    r = y * c[12]
+    for j in range(11, 0, -1):
+        r = (r + c[j]) * y
+    r += c[0]
+    return r / (a * _F(2.0) + _F(1.0))
+
+
+@njit(inline="always", error_model="numpy")
+def _mills32(x, c, k):
+    """log M(x), t and q = exp(-x^2/2) of one branch (units._Mills, one element)."""
+    a = abs(x) * _SQRT_HALF
+    e = _erfcx32(a, c, k)
+    a2 = a * a
+    q = _exp32(-a2)
+    neg = x < _F(0.0)
+    t = _F(2.0) - q * e if neg else e
+    lm = _log32(t) + (a2 if neg else _F(0.0)) + _LOG_SQRT_HALF_PI
+    return lm, t, q
+
+
+@njit(inline="always")
+def _uniform24(key, i):
+    """Uniform float32 on [0, 1) with 24 random bits: element i of the counter-based stream."""
+    return _F(np.float32(_mix(key + uint64(i + 1) * uint64(_GOLDEN)) >> uint64(40)) * _TWO_M24)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _drelu_draw(I, sgp, sgm, tp, tm, lsr, key1, key2, c, k, x_newton, out, xs):
+    """Vectorised pass: everything but the far tail (x >= x_newton: out = +-inf, xs = x)."""
+    B, M = I.shape
+    for b in range(B):
+        row = I[b]
+        o = out[b]
+        xr = xs[b]
+        for m in range(M):
+            i = b * M + m
+            x_p = (tp[m] - row[m]) / sgp[m]
+            x_m = (row[m] + tm[m]) / sgm[m]
+            lp, t_p, q_p = _mills32(x_p, c, k)
+            lm, t_m, q_m = _mills32(x_m, c, k)
+            d = lp - lm + lsr[m]
+            pos = _uniform24(key1, i) < _F(1.0) / (_F(1.0) + _exp32(-d))
+            x = x_p if pos else x_m
+            sf = _F(0.5) * (t_p if pos else t_m) * (_F(1.0) if x < _F(0.0) else
+                                                    (q_p if pos else q_m))
+            u = _F(1.0) - _uniform24(key2, i)       # (0, 1]
+            e = max(-_ndtri32(sf * u) - x, _F(0.0))
+            e = _F(np.inf) if x >= x_newton else e
+            o[m] = e / sgp[m] if pos else -e / sgm[m]
+            xr[m] = x
+
+
+@njit(inline="always", error_model="numpy")
+def _erfcx64(a, c64, k):
+    y = (a - k) / (a + k)
+    r = y * c64[12]
+    for j in range(11, 0, -1):
+        r = (r + c64[j]) * y
+    r += c64[0]
+    return r / (a * 2.0 + 1.0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _drelu_tail(sgp, sgm, key2, c64, k, x_newton, n_steps, out, xs):
+    """Scalar pass over the rare far-tail elements: the exceedance by Newton's method on
+    x e + e^2/2 - log(M(x + e)/M(x)) = -log(u) (units._tail_excess, in float64)."""
+    B, M = out.shape
+    for b in range(B):
+        for m in range(M):
+            x = float(xs[b, m])
+            if not x >= x_newton:
+                continue
+            i = b * M + m
+            u = 1.0 - float(_uniform24(key2, i))
+            E = -math.log(u)
+            e = 2.0 * E / (x + math.sqrt(x * x + 2.0 * E))
+            log_ex = math.log(_erfcx64(x * 0.7071067811865476, c64, k))
+            for _ in range(n_steps):
+                ey = _erfcx64((x + e) * 0.7071067811865476, c64, k)
+                g = (x + 0.5 * e) * e - math.log(ey) + log_ex - E
+                e = max(e - g * ey / _SQRT_2_OVER_PI, 0.0)
+            out[b, m] = e / sgp[m] if out[b, m] > 0 else -e / sgm[m]
+
+
+def drelu_sample(I, gp, gm, tp, tm, key1, key2, erfcx_coef, erfcx_k, x_newton, newton_steps):
+    """Exact draw of h ~ P(h | I) for dReLU hidden units, float32, one compiled pass.
+
+    The formulas of :func:`raysearch.crbm.units.drelu_sample` per element (as its CUDA kernel):
+    the branch h >= 0 with probability expit(log Z+ - log Z-), then the truncated normal of that
+    branch by its inverse CDF, or, in the far tail (x >= ``x_newton``), by Newton's method on
+    the exceedance. Uniforms: element i = b M + m takes the 24-bit uniforms of the counter-based
+    streams ``key1`` (branch) and ``key2`` (inverse CDF), as :func:`bernoulli_draw` does.
+
+    Parameters
+    ----------
+    I : (B, M) float32
+    gp, gm, tp, tm : (M,) float32
+    key1, key2 : int
+        64-bit stream keys.
+    erfcx_coef, erfcx_k, x_newton, newton_steps
+        units' rational erfcx and tail-sampler settings (units owns them).
+
+    Returns
+    -------
+    (B, M) float32
+    """
+    I = np.ascontiguousarray(I, dtype=np.float32)
+    gp, gm, tp, tm = (np.ascontiguousarray(a, dtype=np.float32) for a in (gp, gm, tp, tm))
+    sgp = np.sqrt(gp)
+    sgm = np.sqrt(gm)
+    lsr = np.log(sgm / sgp)
+    out = np.empty_like(I)
+    xs = np.empty_like(I)
+    c = tuple(_F(v) for v in erfcx_coef)
+    _drelu_draw(I, sgp, sgm, tp, tm, lsr, np.uint64(key1), np.uint64(key2), c, _F(erfcx_k),
+                _F(x_newton), out, xs)
+    _drelu_tail(sgp, sgm, np.uint64(key2), tuple(float(v) for v in erfcx_coef), float(erfcx_k),
+                float(x_newton), int(newton_steps), out, xs)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

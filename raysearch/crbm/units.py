@@ -93,6 +93,9 @@ def _erfcx_nonneg(a, bk):
     """erfcx(a) for a >= 0 (a new array)."""
     if bk.is_device:
         return bk.erfcx(a)
+    K = bk.cpu_kernels
+    if K is not None and a.dtype in (np.float32, np.float64):
+        return K.rational_erfcx(a, _ERFCX_POLY, _ERFCX_K)     # the same arithmetic, one pass
     y = a - _ERFCX_K
     y /= a + _ERFCX_K
     r = y * _ERFCX_POLY[-1]
@@ -524,6 +527,11 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
         out = _fused(bk, "sample", I, gp, gm, tp, tm, u[0], u[1])
         if out is not None:
             return out
+    K = bk.cpu_kernels
+    if K is not None and I.dtype == np.float32:
+        # NumPy backend: the same formulas in one compiled, vectorised pass (raysearch.cpu_kernels)
+        return K.drelu_sample(I, gp, gm, tp, tm, rng.key64(), rng.key64(), _ERFCX_POLY,
+                              _ERFCX_K, _X_NEWTON, _NEWTON_STEPS)
     xp = bk.xp
     sgp = xp.sqrt(gp)
     sgm = xp.sqrt(gm)

@@ -185,3 +185,122 @@ def test_kernel_and_generic_gibbs_agree_in_law():
         se = np.sqrt((a.var(axis=0) + b.var(axis=0)) / a.shape[0]) + 1e-9
         z = (a.mean(axis=0) - b.mean(axis=0)) / se
         assert np.abs(z).max() < 5, np.abs(z).max()
+
+
+# ----------------------------------------------------------------------------------------------
+# Vectorisable float32 math and the compiled dReLU sampler
+# ----------------------------------------------------------------------------------------------
+def _ulps(a, b):
+    """Distance in float32 units in the last place between a (float32) and b (float64 exact)."""
+    b32 = b.astype(np.float32)
+    return np.abs(a.astype(np.float64) - b) / np.spacing(np.abs(b32)).astype(np.float64)
+
+
+def test_exp32_and_log32_against_numpy_over_the_float32_range():
+    x = np.concatenate([np.linspace(-87.3, 88.7, 400001), np.linspace(-2, 2, 100001)]).astype(np.float32)
+    assert np.max(_ulps(K.exp32(x), np.exp(x.astype(np.float64)))) <= 3
+    # subnormal results, overflow, specials
+    t = np.array([-95.0, -103.0, -104.0, -200.0, 88.8, 1e30, np.inf, -np.inf, np.nan, 0.0],
+                 np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        want = np.exp(t.astype(np.float64)).astype(np.float32)
+    got = K.exp32(t)
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-3)       # subnormals: absolute grid
+    assert got[2] <= 1e-45 and got[3] == 0
+    np.testing.assert_array_equal(got[4:], [np.inf, np.inf, np.inf, 0.0, np.nan, 1.0])
+    y = np.exp(np.linspace(-87, 88, 400001)).astype(np.float32)
+    ref = np.log(y.astype(np.float64))
+    far = np.abs(ref) > 0.1        # near log = 0 the error is absolute: check that separately
+    assert np.max(_ulps(K.log32(y)[far], ref[far])) <= 3
+    assert np.max(np.abs(K.log32(y)[~far] - ref[~far])) <= 2e-8
+    s = np.array([1e-40, 1.4e-45, 0.0, np.inf, -1.0, np.nan, 1.0], np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.log(s.astype(np.float64))
+    got = K.log32(s)
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-6)
+    np.testing.assert_array_equal(got[2:], [-np.inf, np.inf, np.nan, np.nan, 0.0])
+
+
+def test_ndtri32_against_scipy():
+    from scipy.special import ndtri
+    p = np.concatenate([np.exp(np.linspace(-103, -1e-7, 300001)),
+                        np.linspace(0, 1, 200001)]).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        want = ndtri(p.astype(np.float64))
+    got = K.ndtri32(p)
+    big = np.isfinite(want) & (np.abs(want) > 1e-3)
+    assert np.max(np.abs(got[big] / want[big] - 1)) < 4e-7
+    small = np.isfinite(want) & ~big                  # around p = 1/2: absolute error
+    assert np.max(np.abs(got[small] - want[small])) < 1e-9
+    np.testing.assert_array_equal(K.ndtri32(np.array([0.0, 1.0, np.nan], np.float32)),
+                                  [-np.inf, np.inf, np.nan])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_erfcx_is_the_array_code(dtype):
+    a = np.abs(np.random.default_rng(0).standard_normal((7, 301)) * 30).astype(dtype)
+    a[0, :4] = [0, 1e-30, 1e4, 1e30]
+    got = K.rational_erfcx(a, U._ERFCX_POLY, U._ERFCX_K)
+    want = U._erfcx_nonneg(a, get_backend("numpy").without_cpu_kernels())
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def _stream_uniforms(key, shape):
+    """The kernels' 24-bit uniforms of stream ``key``, recomputed with NumPy's uint64 arithmetic."""
+    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+    z = np.uint64(key) + i * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
+
+
+class _GivenUniforms:
+    """An rng stand-in whose ``random`` returns given arrays in turn (for the array code)."""
+
+    def __init__(self, *arrays):
+        self._arrays = list(arrays)
+
+    def random(self, shape):
+        a = self._arrays.pop(0)
+        assert a.shape == tuple(shape)
+        return a
+
+
+def test_compiled_drelu_sampler_is_the_array_code_draw_by_draw():
+    """With the same uniforms, the compiled sampler gives the array code's draws up to float32
+    rounding, in every regime (both branches, far tails handled by Newton, huge inputs)."""
+    regimes = np.array([(0.0, 1, 1, 0, 0), (5.0, 1, 1, 10, 2), (0.0, 1, 1, 50, 50),
+                        (-900.0, 1e3, 0.05, 20, 1e3), (1e4, 0.05, 0.05, 0, 0),
+                        (0.5, 2, 0.5, 1, -1), (-3.0, 1, 1, 20, -2), (30.0, 1e3, 1e3, 50, 50),
+                        (-1e4, 1e3, 0.05, 50, -50), (4.9, 1, 1, 10, 0)]).T
+    n = 3000
+    I = np.repeat(regimes[0][None, :], n, axis=0).astype(np.float32)
+    I += np.random.default_rng(1).normal(0, 0.3, I.shape).astype(np.float32)
+    params = [r.astype(np.float32) for r in regimes[1:]]
+    k1, k2 = 0x1234_5678_9ABC_DEF0, 0x0FED_CBA9_8765_4321
+    h = K.drelu_sample(I, *params, k1, k2, U._ERFCX_POLY, U._ERFCX_K, U._X_NEWTON,
+                       U._NEWTON_STEPS)
+    u1, u2 = _stream_uniforms(k1, I.shape), _stream_uniforms(k2, I.shape)
+    generic = get_backend("numpy").without_cpu_kernels()
+    want = U.drelu_sample(I, *params, generic, _GivenUniforms(u1, u2))
+    assert h.dtype == np.float32 and np.all(np.isfinite(h))
+    np.testing.assert_array_equal(h > 0, want > 0)             # the same branch everywhere
+    np.testing.assert_allclose(h, want, rtol=2e-4, atol=1e-6)
+    # the far tail (Newton) was exercised, in both directions
+    x_p = (params[2] - I) / np.sqrt(params[0])
+    x_m = (I + params[3]) / np.sqrt(params[1])
+    x = np.where(h > 0, x_p, x_m)
+    assert (x >= U._X_NEWTON).sum() > 1000 and ((x >= U._X_NEWTON) & (h < 0)).any()
+
+
+def test_units_drelu_sample_uses_the_compiled_sampler():
+    """On the NumPy backend units.drelu_sample is the compiled pass, keyed by the rng stream."""
+    nb = get_backend("numpy")
+    I = np.linspace(-4, 4, 600, dtype=np.float32).reshape(6, 100)
+    p = [np.full(100, v, np.float32) for v in (1.0, 2.0, 0.5, -0.5)]
+    rng = nb.rng(4, 2)
+    k1, k2 = rng.key64(), rng.key64()
+    want = K.drelu_sample(I, *p, k1, k2, U._ERFCX_POLY, U._ERFCX_K, U._X_NEWTON, U._NEWTON_STEPS)
+    np.testing.assert_array_equal(U.drelu_sample(I, *p, nb, nb.rng(4, 2)), want)

@@ -244,6 +244,61 @@ def test_pcd_update_is_pure_and_float32():
     np.testing.assert_array_equal(ch2, ch3)
 
 
+def _composed_update(params, moments, chains, batch, mom, update, cfg, bk, executor=None):
+    """One update as the plain composition of the building blocks (the slow, obvious version of
+    pcd_update: whole arrays, no chunks)."""
+    WT = training.weights_t(params, bk)
+    chains = training.advance_chains(params, chains, update, cfg, bk, executor, WT)
+    grads, var_h = training.gradients(params, batch, chains, mom, cfg, bk, WT, executor)
+    lr = training.learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
+                                cfg.decay_after)
+    p, m = training.rmsprop_step(params, moments, grads, lr, update + 1, cfg.beta2, cfg.epsilon,
+                                 bk)
+    p = training.centre_thresholds(p, params["weights"], mom["mean"], bk)
+    s2 = training.normalisation_scale(var_h, 0.25 * lr / cfg.learning_rate, bk)
+    p, m = training.rescale_hidden(p, m, s2, bk)
+    return training.apply_constraints(p, bk), m, chains
+
+
+@pytest.mark.parametrize("penalty, n_jobs, visible", [("l2l1", 1, "bernoulli"),
+                                                      ("l2l1", 3, "bernoulli"),
+                                                      ("l1", 2, "gaussian")])
+def test_pcd_update_equals_composition_of_building_blocks(monkeypatch, penalty, n_jobs, visible):
+    """pcd_update does the weights in cache-sized row chunks, split between threads: the same
+    arithmetic as the whole-array building blocks, so the same numbers (a few float32 ulps at
+    most, from the row-chunked matrix-vector product of the centring)."""
+    from concurrent.futures import ThreadPoolExecutor
+    Nv, Mh = 300, 23
+    rng = np.random.default_rng(5)
+    if visible == "bernoulli":
+        X = (rng.random((120, Nv)) < 0.1).astype(np.float32)
+    else:
+        X = rng.normal(0.3, 1.2, (120, Nv)).astype(np.float32)
+    mom = training.data_moments(X, visible)
+    p = training.init_params(mom, Mh, visible, 3)
+    p["weights"] *= 8.0                       # weights large enough for the penalty to matter
+    m = training.init_moments(p, BK)
+    m = {k: v + np.float32(1e-4) for k, v in m.items()}
+    ch = training.init_chains(mom, 12, visible, 3)
+    cfg = _config(lam=0.02, penalty=penalty, n_gibbs=2, learning_rate=0.01, visible=visible,
+                  n_groups=n_jobs)
+    # 4 rows per chunk: 6 chunks of 23 rows, the last one short
+    monkeypatch.setattr(training, "WEIGHT_CHUNK_BYTES", 4 * 4 * Nv)
+    assert len(training.weight_chunks(Mh, Nv, BK)) == 6
+    with ThreadPoolExecutor(n_jobs) as ex:
+        got = training.pcd_update(p, m, ch, X[:12], mom, 7, cfg, BK, ex)
+        ref = _composed_update(p, m, ch, X[:12], mom, 7, cfg, BK, ex)
+    for g, r in zip(got[:2], ref[:2]):
+        assert list(g) == list(r)
+        for k in g:
+            assert g[k].dtype == np.float32
+            np.testing.assert_allclose(g[k], r[k], rtol=2e-6, atol=1e-8, err_msg=k)
+    np.testing.assert_array_equal(got[2], ref[2])
+    # and the update did something: every parameter moved
+    for k in p:
+        assert not np.array_equal(got[0][k], p[k]), k
+
+
 def test_initialisation():
     X = (np.random.default_rng(0).random((400, 500)) < 0.1).astype(np.float32)
     mom = training.data_moments(X, "bernoulli")
