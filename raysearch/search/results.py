@@ -67,6 +67,24 @@ def _trial_states(exp_dir: Path) -> dict[str, dict]:
     return out
 
 
+def _trial_reports(tdir: Path) -> list[dict]:
+    """A trial's reports in order: those kept before resumes (``result.pre-resume-<k>.json``,
+    written by the resume when Tune restarted the trial without a recorded checkpoint) then
+    ``result.json``. Where a later file restarts at or below an earlier file's updates (the trial
+    resumed from an older checkpoint), the earlier file's rows from there on are dropped."""
+    kept = sorted(tdir.glob("result.pre-resume-*.json"),
+                  key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit()
+                  else 0)
+    parts = [_read_json_lines(str(p)) for p in kept] + [_read_json_lines(str(tdir / "result.json"))]
+    rows: list[dict] = []
+    for part in parts:
+        if part and rows and part[0].get("updates") is not None:
+            first = part[0]["updates"]
+            rows = [r for r in rows if r.get("updates") is None or r["updates"] < first]
+        rows.extend(part)
+    return rows
+
+
 def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     """trial_id -> trial directory, found from each trial's first result line or its dir name."""
     out = {}
@@ -165,7 +183,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         config = dict(st.get("config") or {})
         if not config and tdir is not None and (tdir / "params.json").is_file():
             config = json.loads((tdir / "params.json").read_text())
-        reports = _read_json_lines(str(tdir / "result.json")) if tdir is not None else []
+        reports = _trial_reports(tdir) if tdir is not None else []
         model_file = exp_dir / "models" / f"{trial_id}.h5"
         final = _model_metrics(model_file) if model_file.is_file() else None
         last = final if final is not None else (reports[-1] if reports else {})
@@ -195,9 +213,10 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = float(last[k]) if last.get(k) is not None else math.nan
         rows.append(row)
-        for r in reports:
+        for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
                                      "n_hidden", "status")}
+            h["_seq"] = seq
             for k in METRIC_KEYS + ("bad", "updates", "seconds", "node", "node_id", "final",
                                     "resumed_at",
                                     "training_iteration", "timestamp"):
@@ -206,8 +225,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
     if history:
         df = pd.DataFrame(hist)
         if len(df):
-            df = df.sort_values(["trial_id", "training_iteration"], kind="stable")
-            df = df.reset_index(drop=True)
+            # report order (a trial restarted by Tune counts training_iteration from 1 again)
+            df = df.sort_values(["trial_id", "_seq"], kind="stable")
+            df = df.drop(columns="_seq").reset_index(drop=True)
     else:
         df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
         search = study.get("search") or {}

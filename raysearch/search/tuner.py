@@ -377,7 +377,12 @@ def repair_checkpoints(exp_dir: str) -> list[str]:
         return notes
     for trial in trials:
         ckpt = trial.checkpoint
-        if trial.status == "TERMINATED" or ckpt is None:
+        if trial.status == "TERMINATED":
+            continue
+        if ckpt is None:
+            note = _keep_reports(trial)
+            if note:
+                notes.append(note)
             continue
         if ckpt.filesystem.get_file_info(ckpt.path).type != pafs.FileType.NotFound:
             continue  # there (if it is incomplete, the trial falls back by itself)
@@ -408,6 +413,42 @@ def repair_checkpoints(exp_dir: str) -> list[str]:
     for line in notes:
         log.warning("%s", line)
     return notes
+
+
+def _keep_reports(trial) -> str | None:
+    """Keep the reports of an unfinished trial that the experiment state records no checkpoint
+    for (the driver died before the state recorded its first one).
+
+    Tune restarts such a trial as new: it does not download the trial's ``result.json`` and
+    later uploads a fresh one over it, while the trial itself resumes from the checkpoints in its
+    folder (:func:`raysearch.search.trial.resume_from_folder`). The reports made before the stop
+    are therefore copied to ``result.pre-resume-<k>.json`` beside it, which
+    :func:`raysearch.search.results.load_results` reads back into the trial's history.
+    """
+    import pyarrow.fs as pafs
+
+    storage = getattr(trial, "storage", None)
+    try:
+        if storage is not None:                 # a Tune trial: its storage filesystem and path
+            fs, root = storage.storage_filesystem, storage.trial_fs_path
+        elif getattr(trial, "path", None):
+            fs, root = pafs.LocalFileSystem(), str(trial.path)
+        else:
+            return None
+        src = f"{root}/result.json"
+        info = fs.get_file_info(src)
+        if info.type != pafs.FileType.File or not info.size:
+            return None
+        k = 1
+        while fs.get_file_info(f"{root}/result.pre-resume-{k}.json").type != pafs.FileType.NotFound:
+            k += 1
+        fs.copy_file(src, f"{root}/result.pre-resume-{k}.json")
+    except Exception as exc:  # noqa: BLE001 - never what stops a resume
+        log.warning("could not keep the reports of trial %s before resuming (%s)",
+                    trial.trial_id, exc)
+        return None
+    return (f"trial {trial.trial_id}: no checkpoint recorded in the experiment state; kept its "
+            f"reports so far in result.pre-resume-{k}.json")
 
 
 def resume_study(path: str | os.PathLike, address: str | None = None,

@@ -250,3 +250,27 @@ def test_trial_runs_one_chain_thread_per_cpu(ray_session, tmp_path):
     df = load_results(run.experiment_dir)
     assert len(df) == 1
     assert CRBM.load(df["model_path"][0]).n_jobs == 2
+
+
+def test_history_includes_reports_kept_before_a_resume(tmp_path):
+    """A trial that Tune restarted without a recorded checkpoint: the reports kept by the resume
+    (result.pre-resume-<k>.json) come first in its history, rows redone after an older
+    checkpoint are not counted twice, and the row of the trial is its last report."""
+    exp = tmp_path / "study"
+    tdir = exp / "crbm_trial_abcde_00000_0_lam=0.01"
+    tdir.mkdir(parents=True)
+    (exp / "study.yaml").write_text("name: study\n")
+    (tdir / "params.json").write_text(json.dumps({"lam": 0.01, "seed": 0}))
+
+    def rows(updates, first_iteration=1):
+        return "".join(json.dumps({"trial_id": "abcde_00000", "updates": u, "mean_nrmse": u / 1e4,
+                                   "training_iteration": first_iteration + i}) + "\n"
+                       for i, u in enumerate(updates))
+
+    (tdir / "result.pre-resume-1.json").write_text(rows([100, 200, 300]))
+    (tdir / "result.pre-resume-2.json").write_text(rows([300, 400]))  # resumed at 200
+    (tdir / "result.json").write_text(rows([500, 600]))            # resumed at 400
+    hist = load_results(exp, history=True)
+    assert hist["updates"].tolist() == [100, 200, 300, 400, 500, 600]
+    df = load_results(exp)
+    assert df["updates"].tolist() == [600] and df["n_reports"].tolist() == [6]

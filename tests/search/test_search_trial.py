@@ -156,18 +156,31 @@ def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(dataset, t
     trials = [SimpleNamespace(trial_id=t, status=st, checkpoint=tune.Checkpoint(path=str(p)))
               for t, st, p in (("a", "RUNNING", a1), ("b", "ERROR", b0), ("c", "PENDING", c0),
                                ("d", "TERMINATED", d / "checkpoint_000003"))]
+    # e: running, but the state recorded no checkpoint yet: its reports so far are kept (Tune
+    # restarts it as new and uploads a fresh result.json over them); twice -> two copies
+    e = tmp_path / "crbm_trial_e"
+    e.mkdir()
+    (e / "result.json").write_text('{"updates": 10}\n{"updates": 20}\n')
+    trials.append(SimpleNamespace(trial_id="e", status="RUNNING", checkpoint=None, path=str(e)))
     monkeypatch.setattr(ray.tune, "ExperimentAnalysis",
                         lambda path: SimpleNamespace(trials=trials))
     before_c = sorted(p.name for p in c.rglob("*"))
     notes = tuner.repair_checkpoints(str(tmp_path))
-    assert len(notes) == 2 and notes[0].startswith("trial a:") and "update 30" in notes[0]
+    assert len(notes) == 3 and notes[0].startswith("trial a:") and "update 30" in notes[0]
     assert notes[1].startswith("trial b:") and "starts over" in notes[1]
+    assert notes[2].startswith("trial e:") and "result.pre-resume-1.json" in notes[2]
+    assert (e / "result.pre-resume-1.json").read_text() == (e / "result.json").read_text()
     loaded, saved = restore_checkpoint(trials[0].checkpoint)   # a1 now holds update 30
     shutil.rmtree(loaded)
     assert saved["updates"] == 30
     assert b0.is_dir() and restore_checkpoint(trials[1].checkpoint) is None
     assert sorted(p.name for p in c.rglob("*")) == before_c
     assert not (d / "checkpoint_000003").exists()
+    # a second resume of e without a recorded checkpoint keeps a second copy
+    (e / "result.json").write_text('{"updates": 30}\n')
+    del trials[:4]
+    assert "result.pre-resume-2.json" in tuner.repair_checkpoints(str(tmp_path))[0]
+    assert (e / "result.pre-resume-2.json").read_text() == '{"updates": 30}\n'
 
 
 def test_resume_from_folder_when_tune_gives_no_checkpoint(dataset, tmp_path):
