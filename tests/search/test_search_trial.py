@@ -61,7 +61,10 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     assert snap.n_updates_done_ == 30 and snap.get_params() == model.get_params()
     a = evaluate(snap, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
     b = evaluate(model, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
-    assert a.mean_nrmse == pytest.approx(b.mean_nrmse, rel=1e-5)
+    # the same evaluation (NaN where both are undefined, e.g. RMSE_opt >= RMSE_shuf this early)
+    da, db = a.to_dict(), b.to_dict()
+    keys = [k for k in da if k.startswith(("nrmse_", "rmse_")) or k == "mean_nrmse"]
+    np.testing.assert_allclose([da[k] for k in keys], [db[k] for k in keys], rtol=1e-5)
     # the first snapshot is the model at update 10: its weights are those of the checkpoint
     from raysearch.crbm import training
     from raysearch.crbm.io import read_checkpoint
