@@ -1,4 +1,14 @@
-"""Compiled CPU kernels (numba) for the Gibbs loop of Bernoulli-visible cRBMs on the NumPy backend.
+"""Compiled CPU kernels (numba) for the Gibbs loop on the NumPy backend.
+
+The dReLU hidden units (every fit):
+
+* :func:`drelu_sample` draws h ~ P(h | I) in one vectorised pass: the formulas of
+  :func:`raysearch.crbm.units.drelu_sample` (and of its CUDA kernel) per element, with float32
+  :func:`exp32`, :func:`log32` and :func:`ndtri32` written from arithmetic and bit operations so
+  that LLVM vectorises the loop (numba's own exp/log are scalar libm calls here), and the rare
+  far-tail draws by Newton's method in a scalar float64 pass. The array code makes ~60 NumPy
+  calls on small arrays per draw; two chain threads then mostly wait for each other's GIL.
+* :func:`rational_erfcx` is the array code's rational erfcx in one pass (bit-identical).
 
 Spike data are sparse (about 4% ones in the zebrafish recordings), and so are the visible states of
 the persistent chains. Two of the four pieces of a block-Gibbs step exploit it:
@@ -10,21 +20,24 @@ the persistent chains. Two of the four pieces of a block-Gibbs step exploit it:
   multiply-adds. :func:`csr_rows` lists the non-zeros of any (B, N) array for it (the data
   minibatch in the gradient).
 
-The dense product ``H @ W`` and the dReLU draw stay with NumPy/BLAS. The backend module
+The dense product ``H @ W`` stays with NumPy/BLAS. The backend module
 (:mod:`raysearch.backend`) decides whether these kernels are used (NumPy backend, numba importable,
-``RAYSEARCH_CPU_KERNELS`` not ``0``); :mod:`raysearch.crbm.training` calls them through
-``bk.cpu_kernels``. All kernels release the GIL (``nogil``), so the trainer's chain threads run
-them in parallel; none of them starts threads of its own.
+``RAYSEARCH_CPU_KERNELS`` not ``0``); :mod:`raysearch.crbm.training` and
+:mod:`raysearch.crbm.units` call them through ``bk.cpu_kernels``. All kernels release the GIL
+(``nogil``), so the trainer's chain threads run them in parallel; none of them starts threads of
+its own.
 
 Random numbers
 --------------
-The Bernoulli draw is counter-based: the uniform of element (b, n) is the top 32 bits of the
+The draws are counter-based: the uniform of element (b, n) is the top 32 bits of the
 SplitMix64 output at position ``b * N + n`` of the stream that starts at ``key`` (a 64-bit value
 drawn from the trainer's seeded PCG64 stream for that Gibbs step), i.e. ``mix(key + (b N + n + 1)
 * G)`` with the golden-ratio increment G. So a step's draws depend only on ``(key, b, n)``: they
 are reproducible, resume exactly from a checkpoint, and do not depend on how rows are split
 between threads. v = 1 exactly when ``u < 2^32 p`` with u uniform on {0, ..., 2^32 - 1}, so
-P(v = 1) = p up to 2^-32 (and float64 rounding of p).
+P(v = 1) = p up to 2^-32 (and float64 rounding of p). The dReLU draw takes the top 24 bits of
+position ``b * M + m`` of two such streams (the branch, then the inverse CDF) as float32 uniforms,
+the resolution of NumPy's float32 ``random``.
 """
 
 from __future__ import annotations
@@ -166,27 +179,24 @@ def csr_matmul(ptr, idx, val, WT, out):
             j += 1
 
 
-@njit(nogil=True, cache=True, error_model="numpy")   # numpy: x / 0 without a check, so the
-def _rational_erfcx(a, c, k, out):                     # loop vectorises (no transcendentals)
+@njit(inline="always", error_model="numpy")   # numpy: x / 0 without a check, so loops over
+def _erfcx_rat(x, c, k, one, two):                # it vectorise (no transcendental function)
+    """P((x - k)/(x + k)) / (1 + 2x) by Horner, c a tuple of 13 coefficients of x's type; the
+    array code's operations in its order (units._erfcx_nonneg)."""
+    y = (x - k) / (x + k)
+    r = y * c[12]
+    for j in range(11, 0, -1):
+        r = (r + c[j]) * y
+    r += c[0]
+    return r / (x * two + one)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _rational_erfcx(a, c, k, out):
     one = a.dtype.type(1.0)
     two = a.dtype.type(2.0)
     for i in range(a.shape[0]):
-        x = a[i]
-        y = (x - k) / (x + k)
-        r = y * c[12]                        # Horner, written out: a fixed degree lets LLVM
-        r = (r + c[11]) * y                  # keep c in registers and vectorise over i
-        r = (r + c[10]) * y
-        r = (r + c[9]) * y
-        r = (r + c[8]) * y
-        r = (r + c[7]) * y
-        r = (r + c[6]) * y
-        r = (r + c[5]) * y
-        r = (r + c[4]) * y
-        r = (r + c[3]) * y
-        r = (r + c[2]) * y
-        r = (r + c[1]) * y
-        r += c[0]
-        out[i] = r / (x * two + one)
+        out[i] = _erfcx_rat(a[i], c, k, one, two)
 
 
 def rational_erfcx(a, coef, k):
@@ -225,7 +235,8 @@ def rational_erfcx(a, coef, k):
 # which leaves a loop that needs them at one element per call. These versions use only
 # arithmetic, floor, sqrt, selects and bit reinterpretation, so a loop over an array compiles to
 # SIMD code. Accuracy (test_cpu_kernels checks it against NumPy/SciPy): exp32 and log32 within
-# 2 float32 ulp over the whole float32 range, ndtri32 within 4e-7 relative.
+# 3 float32 ulp over the float32 range (subnormals and specials handled), ndtri32 within 4e-7
+# relative.
 _F = np.float32
 
 
@@ -393,21 +404,10 @@ _TWO_M24 = _F(2.0 ** -24)
 
 
 @njit(inline="always", error_model="numpy")
-def _erfcx32(a, c, k):
-    """The rational erfcx of :func:`_rational_erfcx` for one float32 a >= 0."""
-    y = (a - k) / (a + k)
-    r = y * c[12]
-    for j in range(11, 0, -1):
-        r = (r + c[j]) * y
-    r += c[0]
-    return r / (a * _F(2.0) + _F(1.0))
-
-
-@njit(inline="always", error_model="numpy")
 def _mills32(x, c, k):
     """log M(x), t and q = exp(-x^2/2) of one branch (units._Mills, one element)."""
     a = abs(x) * _SQRT_HALF
-    e = _erfcx32(a, c, k)
+    e = _erfcx_rat(a, c, k, _F(1.0), _F(2.0))
     a2 = a * a
     q = _exp32(-a2)
     neg = x < _F(0.0)
@@ -448,16 +448,6 @@ def _drelu_draw(I, sgp, sgm, tp, tm, lsr, key1, key2, c, k, x_newton, out, xs):
             xr[m] = x
 
 
-@njit(inline="always", error_model="numpy")
-def _erfcx64(a, c64, k):
-    y = (a - k) / (a + k)
-    r = y * c64[12]
-    for j in range(11, 0, -1):
-        r = (r + c64[j]) * y
-    r += c64[0]
-    return r / (a * 2.0 + 1.0)
-
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def _drelu_tail(sgp, sgm, key2, c64, k, x_newton, n_steps, out, xs):
     """Scalar pass over the rare far-tail elements: the exceedance by Newton's method on
@@ -472,9 +462,9 @@ def _drelu_tail(sgp, sgm, key2, c64, k, x_newton, n_steps, out, xs):
             u = 1.0 - float(_uniform24(key2, i))
             E = -math.log(u)
             e = 2.0 * E / (x + math.sqrt(x * x + 2.0 * E))
-            log_ex = math.log(_erfcx64(x * 0.7071067811865476, c64, k))
+            log_ex = math.log(_erfcx_rat(x * 0.7071067811865476, c64, k, 1.0, 2.0))
             for _ in range(n_steps):
-                ey = _erfcx64((x + e) * 0.7071067811865476, c64, k)
+                ey = _erfcx_rat((x + e) * 0.7071067811865476, c64, k, 1.0, 2.0)
                 g = (x + 0.5 * e) * e - math.log(ey) + log_ex - E
                 e = max(e - g * ey / _SQRT_2_OVER_PI, 0.0)
             out[b, m] = e / sgp[m] if out[b, m] > 0 else -e / sgm[m]
