@@ -528,7 +528,7 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
         if out is not None:
             return out
     K = bk.cpu_kernels
-    if K is not None and I.dtype == np.float32:
+    if K is not None and all(a.dtype == np.float32 for a in (I, gp, gm, tp, tm)):
         # NumPy backend: the same formulas in one compiled, vectorised pass (raysearch.cpu_kernels)
         return K.drelu_sample(I, gp, gm, tp, tm, rng.key64(), rng.key64(), _ERFCX_POLY,
                               _ERFCX_K, _X_NEWTON, _NEWTON_STEPS)
