@@ -72,9 +72,11 @@ def _trial_reports(tdir: Path) -> list[dict]:
     written by the resume when Tune restarted the trial without a recorded checkpoint) then
     ``result.json``. Where a later file restarts at or below an earlier file's updates (the trial
     resumed from an older checkpoint), the earlier file's rows from there on are dropped."""
-    kept = sorted(tdir.glob("result.pre-resume-*.json"),
-                  key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit()
-                  else 0)
+    def resume_number(p: Path) -> int:
+        k = p.stem.rsplit("-", 1)[-1]
+        return int(k) if k.isdigit() else 0
+
+    kept = sorted(tdir.glob("result.pre-resume-*.json"), key=resume_number)
     parts = [_read_json_lines(str(p)) for p in kept] + [_read_json_lines(str(tdir / "result.json"))]
     rows: list[dict] = []
     for part in parts:
