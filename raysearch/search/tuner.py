@@ -4,7 +4,8 @@ Ray Tune does the orchestration (scheduling, resources, retries, checkpoints, st
 and Optuna the proposing; this module only translates a :class:`~raysearch.search.config.Study`
 into a :class:`ray.tune.Tuner`:
 
-* ``optuna``: ``OptunaSearch`` with a seeded ``TPESampler`` and an Optuna RDB storage
+* ``optuna``: ``OptunaSearch`` with a seeded ``TPESampler`` (from :mod:`raysearch.search.samplers`,
+  Optuna's samplers made picklable) and an Optuna RDB storage
   (``sqlite:///<experiment>/optuna.db`` unless ``search.optuna_storage`` names another
   SQLAlchemy URL), so ``optuna.load_study(study_name=<name>, storage=...)`` opens it later;
 * ``grid``: ``tune.grid_search`` over λ x seeds x recordings (x n_hidden);
@@ -168,14 +169,15 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
+        from raysearch.search.samplers import make_sampler
+
         storage = optuna.storages.RDBStorage(optuna_storage_url(study, exp_dir))
+        sampler = make_sampler(s.mode, s.sampler_seed)
         if s.mode == "optuna":
-            sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
             search_alg = OptunaSearch(metric=metric, mode="min", sampler=sampler,
                                       storage=storage, study_name=study.name,
                                       points_to_evaluate=_points(study))
         else:
-            sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed)
             search_alg = OptunaSearch(metric=[metric, "weight_density"], mode=["min", "min"],
                                       sampler=sampler, storage=storage, study_name=study.name,
                                       points_to_evaluate=_points(study))
