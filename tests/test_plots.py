@@ -51,8 +51,8 @@ def test_figures_of_an_analysis(tmp_path, small_dataset):
 
 @pytest.fixture(scope="module")
 def small_dataset():
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, gt = make_synthetic_recording(n_neurons=200, n_frames=1000, seed=0)
     return preprocess(rec), gt

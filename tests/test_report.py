@@ -21,8 +21,8 @@ FIGURES = {"identity_best", "identity_bad", "nrmse_vs_lambda", "bad_share_vs_lam
 def experiment(tmp_path_factory):
     from analysis_helpers import family_specs, make_experiment
 
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, gt = make_synthetic_recording(n_neurons=200, n_frames=1000, seed=0)
     ds = preprocess(rec)

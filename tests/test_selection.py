@@ -333,10 +333,10 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent / "analysis"))
     from analysis_helpers import make_experiment
 
-    from raysearch.preprocessing import preprocess
+    from raysearch.data.preprocessing import preprocess
     from raysearch.search import load_results
     from raysearch.selection import pair_couplings, sample_pairs, selection_data
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=60, n_frames=300, seed=0)
     ds = preprocess(rec)
@@ -416,10 +416,10 @@ def test_selection_data_leaves_a_diverged_model_out_of_the_histograms(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent / "analysis"))
     from analysis_helpers import make_experiment
 
-    from raysearch.preprocessing import preprocess
+    from raysearch.data.preprocessing import preprocess
     from raysearch.search import load_results
     from raysearch.selection import selection_data
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=40, n_frames=300, seed=0)
     ds = preprocess(rec)

@@ -63,7 +63,7 @@ def grid_study(ray_session, tmp_path_factory):
 @pytest.mark.slow
 def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
     from raysearch import select_model
-    from raysearch.recovery import recovery_table
+    from raysearch.analysis.recovery import recovery_table
 
     table = recovery_table(grid_study)
     assert len(table) == 2 * len(GRID)
@@ -105,7 +105,7 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
 def test_plain_best_objective_recovers_less(grid_study):
     """The reason for the rule: the best-objective model sits at the weak end of the plateau."""
     from raysearch import select_model
-    from raysearch.recovery import recovery_table
+    from raysearch.analysis.recovery import recovery_table
 
     table = recovery_table(grid_study).set_index("trial_id")
     best, _ = select_model(grid_study, rule="best")

@@ -1,6 +1,6 @@
 """Data subcommands: ``raysearch synth`` (write a synthetic fish) and ``raysearch inspect``.
 
-Both are thin calls into :mod:`raysearch.synthetic` and :mod:`raysearch.recordings`. Errors on bad
+Both are thin calls into :mod:`raysearch.data.synthetic` and :mod:`raysearch.data.recordings`. Errors on bad
 input are :class:`raysearch.errors.RaysearchError` (printed without traceback, exit status 2), and
 ``synth`` writes to a temporary file that is renamed only when complete.
 """
@@ -45,7 +45,7 @@ def register(sub):
 
 
 def _synth(args) -> int:
-    from raysearch.synthetic import write_synthetic_recording
+    from raysearch.data.synthetic import write_synthetic_recording
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -63,7 +63,7 @@ def _synth(args) -> int:
 
 
 def _inspect(args) -> int:
-    from raysearch.recordings import load_recording
+    from raysearch.data.recordings import load_recording
 
     rec = load_recording(args.file, drop_unlabelled=not args.keep_unlabelled,
                          on_nonfinite=args.on_nonfinite)

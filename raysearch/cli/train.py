@@ -1,7 +1,7 @@
 """``raysearch train``: fit one cRBM to a recording, evaluate it on held-out frames, save it.
 
-A thin layer over the library: :func:`raysearch.recordings.load_recording` (or a synthetic fish),
-:func:`raysearch.preprocessing.preprocess`, :class:`raysearch.crbm.CRBM`,
+A thin layer over the library: :func:`raysearch.data.recordings.load_recording` (or a synthetic fish),
+:func:`raysearch.data.preprocessing.preprocess`, :class:`raysearch.crbm.CRBM`,
 :func:`raysearch.evaluation.evaluate`. Progress (rate, ETA, a health figure) goes to stderr through
 tqdm; stdout gets exactly one JSON line with the metrics at the end.
 """
@@ -85,12 +85,12 @@ def _test_segments(text):
 
 def _load(args):
     if args.data == SYNTHETIC:
-        from raysearch.synthetic import make_synthetic_recording
+        from raysearch.data.synthetic import make_synthetic_recording
 
         rec, _ = make_synthetic_recording(n_neurons=args.synthetic_neurons,
                                           n_frames=args.synthetic_frames, seed=args.seed)
         return rec
-    from raysearch.recordings import load_recording
+    from raysearch.data.recordings import load_recording
 
     return load_recording(args.data, signals=(args.signal,))
 
@@ -99,7 +99,7 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from raysearch.crbm import CRBM
-    from raysearch.preprocessing import preprocess
+    from raysearch.data.preprocessing import preprocess
 
     out = Path(args.out)
     if out.suffix.lower() not in (".h5", ".hdf5"):

@@ -195,7 +195,7 @@ class CRBM(BaseEstimator):
         Parameters
         ----------
         X : Dataset or array (T, N)
-            A :class:`raysearch.preprocessing.Dataset` (its ``train`` frames are used) or the
+            A :class:`raysearch.data.preprocessing.Dataset` (its ``train`` frames are used) or the
             training frames.
         callback : callable, optional
             Called every ``callback_every`` updates and at the end with a dict: ``updates``,

@@ -275,7 +275,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     config : dict
         Tune's trial config: ``lam`` (float), ``seed`` (int), ``recording`` (key of ``datasets``),
         ``n_hidden`` (int, optional; default from settings).
-    datasets : dict[str, raysearch.preprocessing.Dataset]
+    datasets : dict[str, raysearch.data.preprocessing.Dataset]
         The preprocessed recordings, shared through the object store by ``tune.with_parameters``.
     settings : dict
         From :func:`trial_settings`.

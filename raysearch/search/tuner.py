@@ -79,12 +79,12 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
 
     Returns
     -------
-    dict[str, raysearch.preprocessing.Dataset]
+    dict[str, raysearch.data.preprocessing.Dataset]
         Keyed by :attr:`RecordingSpec.key`.
     """
-    from raysearch.preprocessing import preprocess
-    from raysearch.recordings import load_recording
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.recordings import load_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     pre = study.preprocessing.model_dump()
     if isinstance(pre["test_segments"], list):

@@ -10,10 +10,10 @@ import pytest
 from raysearch.backend import get_backend
 from raysearch.crbm import CRBM
 from raysearch.evaluation import evaluate
-from raysearch.preprocessing import preprocess
+from raysearch.data.preprocessing import preprocess
 from raysearch.errors import ConfigError
 from raysearch.search.trial import METRIC_KEYS, sanitize_metrics
-from raysearch.synthetic import make_synthetic_recording
+from raysearch.data.synthetic import make_synthetic_recording
 
 
 def test_sanitize_metrics_maps_nan_to_inf_and_flags_bad():

@@ -362,7 +362,7 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
                test_segments=(2, 6, 7), min_neurons_per_voxel: int = 1,
                on_constant: str = "drop", seed: int = 0, split_percentile: float = 10.0,
                split_max_units: int = 1000) -> Dataset:
-    """Turn a :class:`~raysearch.recordings.Recording` into a train/test :class:`Dataset`.
+    """Turn a :class:`~raysearch.data.recordings.Recording` into a train/test :class:`Dataset`.
 
     Parameters
     ----------

@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.recordings import load_recording
-from raysearch.synthetic import (REGION_NAMES, load_ground_truth, make_synthetic_recording,
+from raysearch.data.recordings import load_recording
+from raysearch.data.synthetic import (REGION_NAMES, load_ground_truth, make_synthetic_recording,
                                  write_synthetic_recording)
 
 
@@ -148,7 +148,7 @@ def test_bad_settings_and_missing_ground_truth(tmp_path):
 
 
 def test_write_failures_are_input_errors_and_leave_nothing(tmp_path, monkeypatch):
-    import raysearch.synthetic as S
+    import raysearch.data.synthetic as S
 
     def no_rename(src, dst):
         raise OSError(28, "No space left on device")
