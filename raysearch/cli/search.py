@@ -65,14 +65,28 @@ def _print_connect(url):
         print("Using the Ray instance already initialised in this process.", flush=True)
 
 
+def _print_next_steps(run) -> None:
+    """Where the results are and the commands to run next (raysearch.search.monitoring)."""
+    from raysearch.search.monitoring import next_steps
+
+    study = run.results.attrs.get("study") or {}
+    search = study.get("search") or {}
+    url = None
+    if search.get("mode", "optuna") != "grid":
+        url = search.get("optuna_storage") or (
+            f"sqlite:///{os.path.join(run.experiment_dir, 'optuna.db')}"
+            if "://" not in run.experiment_dir else None)
+    print()
+    print("\n".join(next_steps(run.experiment_dir, url)))
+
+
 def _run(args) -> int:
     from raysearch.search import run_study
 
     run = run_study(args.study, address=args.address, storage=args.storage, name=args.name,
                     on_connect=_print_connect)
     print(summary(run.results))
-    print(f"\nExperiment directory: {run.experiment_dir}")
-    print(f"Results: raysearch results {run.experiment_dir}")
+    _print_next_steps(run)
     return 0 if run.num_errors == 0 else 1
 
 
@@ -81,7 +95,7 @@ def _resume(args) -> int:
 
     run = resume_study(args.directory, address=args.address, on_connect=_print_connect)
     print(summary(run.results))
-    print(f"\nExperiment directory: {run.experiment_dir}")
+    _print_next_steps(run)
     return 0 if run.num_errors == 0 else 1
 
 

@@ -285,6 +285,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
 
     from raysearch.backend import get_backend
     from raysearch.crbm import CRBM
+    from raysearch.search.monitoring import export_trial_metrics
 
     s = settings
     dataset = datasets[config["recording"]]
@@ -356,6 +357,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
             row = base | metrics | {"updates": updates, "seconds": seconds,
                                     "eval_seconds": state["eval_seconds"], "final": False,
                                     "resumed_at": state["resumed_at"], "model_path": ""}
+            export_trial_metrics(row, s["objective"])     # Ray metrics (search.monitoring)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         state["callback_seconds"] += time.perf_counter() - t_cb
 
@@ -392,4 +394,5 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         path = _write_model_file(model, dataset, stats, final, trial_id, s["experiment_dir"])
     except _DIVERGENCE_ERRORS:  # pragma: no cover - a model too broken to save
         path = ""
+    export_trial_metrics(final, s["objective"])
     tune.report(final | {"final": True, "model_path": path})

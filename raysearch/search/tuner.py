@@ -151,11 +151,12 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     """
     from ray import tune
 
+    from raysearch.search.monitoring import named_trainable
     from raysearch.search.trial import crbm_trial, trial_settings
 
     trainable = tune.with_resources(
-        tune.with_parameters(crbm_trial, datasets=datasets,
-                             settings=trial_settings(study, exp_dir)),
+        named_trainable(tune.with_parameters(crbm_trial, datasets=datasets,
+                                             settings=trial_settings(study, exp_dir))),
         {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom})
     if restore:
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
@@ -167,8 +168,7 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     tc_metric, tc_mode = metric, "min"
     if s.mode in ("optuna", "multi"):
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
+        from raysearch.search.monitoring import MonitoredOptunaSearch as OptunaSearch
         from raysearch.search.samplers import make_sampler
 
         storage = optuna.storages.RDBStorage(optuna_storage_url(study, exp_dir))
@@ -191,6 +191,8 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
                                   grace_period=s.asha.grace_updates,
                                   reduction_factor=s.asha.reduction_factor)
     parent, name = _split_exp_dir(exp_dir)
+    from raysearch.search import monitoring
+
     return tune.Tuner(
         trainable,
         param_space=_space(study),
@@ -200,6 +202,9 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
                                     reuse_actors=study.run.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, verbose=study.run.verbose,
+            # console and loggers: raysearch.search.monitoring
+            progress_reporter=monitoring.progress_reporter(metric, multi=s.mode == "multi"),
+            callbacks=monitoring.console_callbacks(metric),
             failure_config=tune.FailureConfig(max_failures=study.run.max_failures),
             # num_to_keep makes Tune snapshot the experiment state whenever a trial has written
             # that many checkpoints, so a restore after a driver crash knows every trial's
@@ -214,8 +219,12 @@ def _split_exp_dir(exp_dir: str) -> tuple[str, str]:
     return parent, name
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None):
+def connect_ray(address: str | None = None, num_cpus: int | None = None,
+                metadata: dict[str, str] | None = None):
     """Initialise Ray for a study; return (started_here: bool, dashboard_url or None).
+
+    ``metadata`` (:func:`raysearch.search.monitoring.job_metadata`) becomes the driver's Ray job
+    metadata, which the dashboard's Jobs page shows (``job_name`` as the job's name).
 
     * Ray already initialised: used as is.
     * ``address`` given, or ``RAY_ADDRESS`` set (as under ``ray job submit``): join that cluster.
@@ -226,12 +235,13 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None):
 
     if ray.is_initialized():
         return False, None
+    job_config = ray.job_config.JobConfig(metadata=dict(metadata)) if metadata else None
     if address is not None or os.environ.get("RAY_ADDRESS"):
-        ctx = ray.init(address=address)
+        ctx = ray.init(address=address, job_config=job_config)
     else:
         with _loopback_only():
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                           dashboard_host="127.0.0.1")
+                           dashboard_host="127.0.0.1", job_config=job_config)
     url = getattr(ctx, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
@@ -264,6 +274,12 @@ def _loopback_only():
             os.environ[var] = old_env
 
 
+def _job_metadata(study: Study, exp_dir: str) -> dict[str, str]:
+    from raysearch.search.monitoring import job_metadata
+
+    return job_metadata(study, exp_dir)
+
+
 def _warn_missing_gpus(study: Study) -> None:
     import ray
 
@@ -294,6 +310,9 @@ def _set_tune_env() -> None:
     # Frequent checkpoints force experiment snapshots by design (see build_tuner); do not warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    from raysearch.search.monitoring import use_legacy_console
+
+    use_legacy_console()
 
 
 def _finish(exp_dir: str, result_grid, dashboard_url) -> StudyRun:
@@ -338,7 +357,7 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
         optuna_storage_url(study, exp_dir)  # a URI storage needs search.optuna_storage: say so now
     _set_tune_env()
     datasets = prepare_datasets(study)
-    started, url = connect_ray(address)
+    started, url = connect_ray(address, metadata=_job_metadata(study, exp_dir))
     if on_connect is not None:
         on_connect(url)
     _warn_missing_gpus(study)
@@ -480,7 +499,7 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
             study = study_from_dict(yaml.safe_load(fh.read().decode()), source=exp_dir)
     _set_tune_env()
     datasets = prepare_datasets(study)
-    started, url = connect_ray(address)
+    started, url = connect_ray(address, metadata=_job_metadata(study, exp_dir))
     if on_connect is not None:
         on_connect(url)
     try:
