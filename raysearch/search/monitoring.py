@@ -57,8 +57,9 @@ METRICS = {
     "ray_raysearch_trial_updates": "parameter updates done by the trial",
     "ray_raysearch_trial_seconds_per_update": "wall seconds per update since the trial's "
                                               "previous report",
-    "ray_raysearch_trial_objective": "latest objective (mean or max nRMSE; +Inf when diverged)",
-    "ray_raysearch_trial_nrmse": "latest nRMSE per statistic (tag statistic: v, h, vh, vv, hh)",
+    "ray_raysearch_trial_objective": "latest objective (mean or max nRMSE; 10 when not finite)",
+    "ray_raysearch_trial_nrmse": "latest nRMSE per statistic (tag statistic: v, h, vh, vv, hh; "
+                                 "10 when not finite)",
     "ray_raysearch_trial_bad": "1 when the latest evaluation flags the fit bad, else 0",
 }
 _TAGS = ("study", "trial_id", "lam")
@@ -157,7 +158,9 @@ def export_trial_metrics(row: dict, objective: str = "mean_nrmse") -> dict | Non
     objective : str
         Key of the objective in ``row``.
 
-    Never raises: monitoring must not fail a fit.
+    A NaN or infinite objective or nRMSE is exported as :data:`DIVERGED_VALUE` (Ray's metrics
+    agent does not export non-finite gauge values), as Optuna is told. Never raises: monitoring
+    must not fail a fit.
     """
     try:
         from ray import tune
@@ -176,14 +179,15 @@ def export_trial_metrics(row: dict, objective: str = "mean_nrmse") -> dict | Non
         per_update = (seconds - prev_s) / (updates - prev_u) if updates > prev_u else math.nan
         _last[trial_id] = (updates, seconds)
         values = {"updates": updates, "seconds_per_update": per_update,
-                  "objective": _float(row.get(objective)), "bad": float(bool(row.get("bad")))}
+                  "objective": finite_value(row.get(objective)),
+                  "bad": float(bool(row.get("bad")))}
         for short, v in values.items():
-            if not math.isnan(v):
+            if v is not None and not math.isnan(v):
                 _gauge(short).set(v, tags=tags)
         for s in STAT_NAMES:
-            v = _float(row.get(f"nrmse_{s}"))
+            v = finite_value(row.get(f"nrmse_{s}"))
             values[f"nrmse_{s}"] = v
-            if not math.isnan(v):
+            if v is not None:
                 _gauge("nrmse").set(v, tags=tags | {"statistic": s})
         return values
     except Exception as exc:  # noqa: BLE001

@@ -154,10 +154,11 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     from raysearch.search.monitoring import named_trainable
     from raysearch.search.trial import crbm_trial, trial_settings
 
-    trainable = tune.with_resources(
-        named_trainable(tune.with_parameters(crbm_trial, datasets=datasets,
-                                             settings=trial_settings(study, exp_dir))),
-        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom})
+    # named_trainable: the actor class "crbm_trial", each actor labelled with its trial and λ
+    trainable = named_trainable(tune.with_resources(
+        tune.with_parameters(crbm_trial, datasets=datasets,
+                             settings=trial_settings(study, exp_dir)),
+        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom}))
     if restore:
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
 
