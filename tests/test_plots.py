@@ -105,3 +105,38 @@ def test_selection_figures_are_valid_pngs(tmp_path, small_dataset):
     for name in new:
         img = mpimg.imread(paths[name])
         assert img.shape[0] > 100 and img.shape[1] > 100 and np.ptp(img[..., :3]) > 0, name
+
+
+def test_nonfinite_values_are_drawn_at_the_top_edge_not_dropped():
+    """nRMSE against lambda: a NaN and an inf value appear as marked points above every finite
+    value (at the lambda of their fit), with a legend entry that says so."""
+    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1, 1.0], "bad": [False, False, True, True],
+                        "nrmse_v": [0.2, 0.3, np.inf, np.nan],
+                        "mean_nrmse": [0.2, 0.3, 0.5, 0.6]})
+    fig = plots.nrmse_vs_lambda(res)
+    ax = fig.axes[0]
+    marked = [c for c in ax.collections if c.get_label() == plots.NONFINITE_LABEL]
+    assert len(marked) == 1
+    xy = marked[0].get_offsets()
+    assert sorted(xy[:, 0]) == [1e-1, 1.0]
+    assert np.all(xy[:, 1] > 0.3) and np.all(xy[:, 1] < ax.get_ylim()[1])
+    assert not [c for c in fig.axes[1].collections if c.get_label() == plots.NONFINITE_LABEL]
+    assert plots.NONFINITE_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert ax.get_title() == plots.LABELS["nrmse_v"]
+    # identity plot: a model statistic that is not finite is drawn too
+    stats = {"v": {"test": np.array([0.1, 0.2, 0.3]), "model": np.array([0.1, np.nan, 0.3])}}
+    fig = plots.identity_figure(stats)
+    marked = [c for c in fig.axes[0].collections if c.get_label() == plots.NONFINITE_LABEL]
+    assert marked and marked[0].get_offsets()[:, 0].tolist() == [0.2]
+
+
+def test_similarity_heatmap_labelled_by_lambda_grouped_by_cluster():
+    P = np.eye(4)
+    fig = plots.similarity_heatmap(P, labels=[1, 0, 1, 0], trial_ids=list("abcd"),
+                                   lams=[0.5, 0.02, 0.1, 0.001])
+    ax = fig.axes[0]
+    # cluster 0 first (lambda 0.001, 0.02), then cluster 1 (0.1, 0.5)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.02", "0.1", "0.5"]
+    assert "lambda" in ax.get_xlabel()
+    assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_ydata()[0] == ln.get_ydata()[-1]] \
+        == [1.5]
