@@ -115,8 +115,9 @@ def test_grid_gives_exactly_the_grid(ray_session, tmp_path):
 
 
 def test_divergence_is_a_finished_bad_trial_and_optuna_goes_on(ray_session, tmp_path):
-    """A learning rate of 1e30 makes every fit diverge: trials finish flagged bad, Optuna gets inf
-    (not NaN, which would leave its trials RUNNING) and keeps proposing."""
+    """A learning rate of 1e30 makes every fit diverge: trials finish flagged bad, Optuna gets a
+    finite stand-in for inf (not NaN, which would leave its trials RUNNING, nor inf, which its
+    plots drop; raysearch.search.monitoring.DIVERGED_VALUE) and keeps proposing."""
     study = tiny_study(tmp_path, name="diverge", model={"learning_rate": 1e30})
     run = run_study(study)
     df = run.results
@@ -126,7 +127,11 @@ def test_divergence_is_a_finished_bad_trial_and_optuna_goes_on(ray_session, tmp_
     assert all(CRBM.load(p).diverged_ for p in df["model_path"])
     trials = _optuna_trials(run, "diverge")
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
-    assert all(math.isinf(t.value) for t in trials)
+    from raysearch.search.monitoring import DIVERGED_VALUE
+
+    assert all(t.value == DIVERGED_VALUE for t in trials)
+    assert all(t.user_attrs["objective_reported"] == "inf" and t.user_attrs["bad"] is True
+               for t in trials)
 
 
 def test_asha_and_searched_n_hidden(ray_session, tmp_path):
