@@ -110,6 +110,15 @@ def _study_dict(directory) -> dict:
     return d if isinstance(d, dict) else {}
 
 
+def _bad_mask(res):
+    """The one definition of a bad fit (raysearch.verdicts, where present)."""
+    try:
+        from raysearch.verdicts import bad_mask
+    except ImportError:  # before raysearch.verdicts: the trial's flag, missing counted as bad
+        return res["bad"].astype("boolean").fillna(True).astype(bool).to_numpy()
+    return bad_mask(res)
+
+
 def header_rows(analysis, results=None, now=None) -> list[tuple[str, str]]:
     """(label, value) rows of the report's header: the study, its data, when, which version.
 
@@ -148,7 +157,7 @@ def header_rows(analysis, results=None, now=None) -> list[tuple[str, str]]:
         lam = res["lam"].astype(float).to_numpy()
         lam = lam[np.isfinite(lam)]
         span = f"; λ {lam.min():.3g} to {lam.max():.3g}" if lam.size else ""
-        n_bad = int(res["bad"].fillna(True).astype(bool).sum()) if "bad" in res else 0
+        n_bad = int(_bad_mask(res).sum()) if "bad" in res else 0
         rows.append(("Trials", f"{len(res)} ({n_bad} flagged bad){span}"))
     rows.append(("Models analysed", str(len(analysis.trial_ids))))
     recs = study.get("recordings") or []

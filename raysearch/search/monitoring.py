@@ -105,7 +105,8 @@ def named_trainable(fn):
     type
         A subclass of the class Tune would build (``wrap_function(fn)``) whose ``__name__`` is
         ``fn.__name__`` (so ``Tuner.restore`` recognises experiments of the plain function) and
-        whose instances' ``repr`` is :func:`trial_label` of their config.
+        whose instances' ``repr`` is :func:`trial_label` of their config. Its actors log no
+        "Checkpoint successfully created" line per report.
     """
     from ray.tune.trainable.function_trainable import wrap_function
 
@@ -118,7 +119,12 @@ def named_trainable(fn):
         except Exception:  # noqa: BLE001 - a repr must never raise
             return name
 
-    return type(name, (base,), {"__repr__": __repr__, "__qualname__": name,
+    def setup(self, config, *args, **kwargs):
+        # Tune logs "Checkpoint successfully created at: ..." at every report of every trial
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+        return base.setup(self, config, *args, **kwargs)
+
+    return type(name, (base,), {"__repr__": __repr__, "setup": setup, "__qualname__": name,
                                 "__module__": __name__})
 
 

@@ -304,6 +304,7 @@ def test_study_seen_from_dashboard_metrics_console(tmp_path):
     assert len(finished) == 2
     assert "╭" not in console and "result:" not in console.lower().replace("last result", "")
     assert "tensorboard" not in (console + proc.stderr).lower()
+    assert "Checkpoint successfully created" not in console + proc.stderr
     assert not list(Path(exp_dir).rglob("events.out.tfevents*"))
     assert f"raysearch results {exp_dir}" in console
     assert f"raysearch analyze {exp_dir}" in console
