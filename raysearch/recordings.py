@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError
+from raysearch.errors import ConfigError, InputError, check_readable
 
 __all__ = ["Recording", "load_recording", "SIGNALS"]
 
@@ -203,10 +203,7 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
     if on_nonfinite not in ("error", "drop"):
         raise ConfigError(f"on_nonfinite must be 'error' or 'drop', got {on_nonfinite!r}")
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a recording file")
+    check_readable(path, "recording file")
     import h5py
 
     if not h5py.is_hdf5(path):

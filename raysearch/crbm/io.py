@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import InputError
+from raysearch.errors import InputError, check_readable
 
 MODEL_FORMAT = "raysearch-crbm"
 CHECKPOINT_FORMAT = "raysearch-crbm-checkpoint"
@@ -139,8 +139,7 @@ def _open(path, expected):
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_readable(path, _what(expected))
     if not h5py.is_hdf5(path):
         raise InputError(f"{path} is not an HDF5 file, so not a {_what(expected)}")
     try:
