@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError, check_readable
+from raysearch.errors import ConfigError, InputError, RaysearchError, check_readable
 
 __all__ = ["Recording", "load_recording", "SIGNALS"]
 
@@ -223,8 +223,11 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
                 return _load_h5(f, path, signals, drop_unlabelled, on_nonfinite)
         # NWB: pynwb opens the file itself, after h5py has closed it
         return _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found)
-    except (OSError, RuntimeError, KeyError) as exc:
-        # h5py raises these when a dataset's bytes are missing (truncated file)
+    except RaysearchError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        # h5py raises these when a dataset's bytes are missing (truncated file) or its
+        # metadata is damaged (e.g. a type that cannot be represented)
         raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
 
@@ -309,7 +312,12 @@ def _coords(ds, n, path, against=None) -> np.ndarray:
         a = a * 1000.0
     elif unit is None and a.size and float(np.ptp(a, axis=0).max()) < 10.0:
         a = a * 1000.0  # published files store mm without a unit attribute
-    return a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(out)).sum())} values too "
+                         "large for a coordinate (beyond float32); the dataset is corrupt")
+    return out
 
 
 def _orient(shape, n, path, name, coords=None) -> tuple[bool, int]:

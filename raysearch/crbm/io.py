@@ -29,6 +29,7 @@ permissions an ordinary new file gets (0666 less the process umask), like the fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import InputError, check_readable
+from raysearch.errors import InputError, RaysearchError, check_readable
 
 MODEL_FORMAT = "raysearch-crbm"
 CHECKPOINT_FORMAT = "raysearch-crbm-checkpoint"
@@ -147,7 +148,10 @@ def _open(path, expected):
     except OSError as exc:
         raise InputError(f"{path}: cannot be opened as HDF5, the file may be truncated or "
                          f"corrupt ({exc})") from None
-    fmt = f.attrs.get("format")
+    try:
+        fmt = f.attrs.get("format")
+    except Exception:  # noqa: BLE001 - a damaged attribute heap; reported below
+        fmt = None
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt != expected:
@@ -157,8 +161,25 @@ def _open(path, expected):
     return f
 
 
+@contextlib.contextmanager
+def _reading(path):
+    """Turn what h5py raises on a damaged file (truncated, flipped bits) into an InputError."""
+    try:
+        yield
+    except RaysearchError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
 def load_model(path, cls=None):
     """Read a model file into a fitted CRBM; InputError with a clear message if it is not one."""
+    with _reading(path):
+        return _load_model(path, cls)
+
+
+def _load_model(path, cls):
     if cls is None:
         from raysearch.crbm.estimator import CRBM as cls
     with _open(path, MODEL_FORMAT) as f:
@@ -195,7 +216,7 @@ def load_model(path, cls=None):
 def load_units(path):
     """The /units group of a model file as a dict (coords, unit_region, n_neurons, region_names),
     or None when the model was saved without a dataset."""
-    with _open(path, MODEL_FORMAT) as f:
+    with _reading(path), _open(path, MODEL_FORMAT) as f:
         if "units" not in f:
             return None
         g = f["units"]
@@ -268,7 +289,7 @@ def is_checkpoint_file(path) -> bool:
 
 def read_checkpoint(path):
     """Read a checkpoint written by :func:`write_checkpoint` (host numpy arrays)."""
-    with _open(path, CHECKPOINT_FORMAT) as f:
+    with _reading(path), _open(path, CHECKPOINT_FORMAT) as f:
         try:
             return {
                 "params": {k: np.asarray(v) for k, v in f["params"].items()},
