@@ -545,3 +545,12 @@ def _zscore_inplace(X, mean, std):
         blk = X[t0:t0 + step]
         blk -= m
         blk *= inv
+
+
+def check_trainable(ds) -> None:
+    """Raise :class:`InputError` when a cRBM cannot learn anything from ``ds``: bernoulli training
+    frames without a single spike (every metric of such a fit would be NaN)."""
+    if ds.visible == "bernoulli" and not np.any(ds.train):
+        raise InputError(f"{ds.source}: the training frames have no spikes at all (every value "
+                         "is 0); a cRBM cannot be fitted to them and every metric would be NaN. "
+                         "Check the recording (raysearch inspect) or model the dF/F (signal dff)")

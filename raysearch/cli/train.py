@@ -212,7 +212,7 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from raysearch.crbm import CRBM
-    from raysearch.preprocessing import preprocess
+    from raysearch.preprocessing import check_trainable, preprocess
 
     out = Path(args.out)
     # settings and paths first, so a bad one fails before any data is read
@@ -226,7 +226,7 @@ def _train(args) -> int:
     ds = preprocess(rec, signal=args.signal, voxel_um=args.voxel_um, visible=args.visible,
                     transform=args.transform, threshold=args.threshold,
                     test_segments=_test_segments(args.test_segments), seed=args.seed)
-    _check_trainable(ds)
+    check_trainable(ds)
     model = CRBM(n_hidden=args.hidden, visible=ds.visible, penalty=args.penalty, lam=args.lam,
                  n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
                  learning_rate=args.lr, seed=args.seed, backend=args.backend, n_jobs=args.jobs)
@@ -266,16 +266,6 @@ def _train(args) -> int:
         result.update(metrics.to_dict())
     print(json_line(result))
     return 0
-
-
-def _check_trainable(ds) -> None:
-    """Data a cRBM cannot learn anything from: no activity at all in the training frames."""
-    import numpy as np
-
-    if ds.visible == "bernoulli" and not np.any(ds.train):
-        raise InputError(f"{ds.source}: the training frames have no spikes at all (every "
-                         "value is 0); a cRBM cannot be fitted to them and every metric would "
-                         "be NaN. Check the recording (raysearch inspect) or use --signal dff")
 
 
 def _jsonable(x):

@@ -89,7 +89,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
     dict[str, raysearch.preprocessing.Dataset]
         Keyed by :attr:`RecordingSpec.key`.
     """
-    from raysearch.preprocessing import preprocess
+    from raysearch.preprocessing import check_trainable, preprocess
     from raysearch.recordings import load_recording
     from raysearch.synthetic import make_synthetic_recording
 
@@ -106,6 +106,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
                                  drop_unlabelled=spec.drop_unlabelled,
                                  on_nonfinite=spec.on_nonfinite)
         out[spec.key] = preprocess(rec, **pre)
+        check_trainable(out[spec.key])
     return out
 
 

@@ -195,6 +195,22 @@ def test_fit_resume_checks_the_data_fingerprint(tmp_path):
     assert CRBM(**kw).fit(A, resume_from=ck).n_updates_done_ == 20
 
 
+def test_checkpoint_without_fingerprint_resumes_with_a_warning(tmp_path, caplog):
+    """Checkpoints written before the fingerprint existed are still accepted (with a warning)."""
+    import logging
+
+    rng = np.random.default_rng(1)
+    A = (rng.random((200, 12)) < 0.2).astype(np.float32)
+    ck = tmp_path / "ck.h5"
+    kw = dict(n_hidden=2, n_updates=20, batch_size=20, n_gibbs=1, backend="numpy")
+    CRBM(**kw).fit(A, checkpoint=(ck, 10))
+    with h5py.File(ck, "a") as f:
+        del f.attrs["data_fingerprint"]
+    with caplog.at_level(logging.WARNING):
+        assert CRBM(**kw).fit(A, resume_from=ck).n_updates_done_ == 20
+    assert "no fingerprint" in caplog.text
+
+
 def test_data_fingerprint_is_exact_and_sees_shape_and_dtype():
     from raysearch.crbm.io import data_fingerprint
 
@@ -376,6 +392,21 @@ def test_all_zero_spikes_are_an_error_before_training(tmp_path, capsys):
     assert rc == 2 and out == ""
     assert "no spikes" in one_error_line(err, "train")
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_all_zero_spikes_in_a_study_are_an_error_before_ray_starts(tmp_path, capsys):
+    import yaml
+
+    T, N = 400, 30
+    path = write_recording(tmp_path / "zero.h5", np.zeros((T, N), np.uint8),
+                           labels=np.ones((1, N), np.uint8), names=["all"])
+    study = {"name": "zero", "recordings": [{"path": str(path)}],
+             "search": {"lam": {"low": 1e-4, "high": 1}},
+             "run": {"storage_path": str(tmp_path / "results")}}
+    (tmp_path / "zero.yaml").write_text(yaml.safe_dump(study))
+    rc, out, err = run(capsys, "run", str(tmp_path / "zero.yaml"))
+    assert rc == 2 and "no spikes" in one_error_line(err, "run")
+    assert "Ray dashboard" not in out and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("times, word", [(np.zeros(50), "constant"),

@@ -130,3 +130,20 @@ def test_exit_status_of_run_and_resume(capsys, unfinished, errors, rc):
     assert _exit_status(run) == rc
     err = capsys.readouterr().err
     assert ("raysearch resume /x/exp" in err) == (unfinished > 0)
+
+
+def test_results_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """``raysearch results DIR | head -1``: the reader is gone before the table is written."""
+    import subprocess
+    import sys
+
+    exp = _experiment(tmp_path)
+    _state(exp / "experiment_state-2026-01-05_10-00-00.json",
+           {"abcde_00000": "TERMINATED", "abcde_00001": "TERMINATED"}, 1000.0)
+    proc = subprocess.Popen([sys.executable, "-m", "raysearch", "results", str(exp)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert "Exception ignored" not in err, err
