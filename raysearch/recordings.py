@@ -505,7 +505,8 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
             if s == "spikes":
                 raise InputError(
                     f"{path}: {d.name} should hold 0/1 spikes but has {int(bad.sum())} other "
-                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F and binarise it "
+                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F and "
+                    "binarise it "
                     "(raysearch train: --signal dff --transform binarize; Python: "
                     "signals=('dff',) and preprocess(transform='binarize'))")
             if on_nonfinite == "error":
@@ -602,8 +603,8 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
             raise InputError(f"{path}: {series.name} has {times.size} timestamps but T = {T}")
         if "dff" not in signals:
             raise InputError(f"{path}: NWB files provide dF/F (or fluorescence) only; asked for "
-                             f"{list(signals)}; use the dF/F (raysearch train: --signal dff; a study: "
-                             "preprocessing.signal: dff; Python: signals=('dff',))")
+                             f"{list(signals)}; use the dF/F (raysearch train: --signal dff; "
+                             "a study: preprocessing.signal: dff; Python: signals=('dff',))")
         if "spikes" in signals:
             log.warning("%s: NWB has no binary spikes; Recording.spikes is None", path)
         labels, names = np.ones((n, 1), dtype=bool), ["all"]

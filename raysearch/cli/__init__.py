@@ -4,8 +4,9 @@ Each subcommand lives in its own module (``data``, ``train``, ``search``, ``anal
 ``register(subparsers)``; the command handlers are thin calls into the library. A
 :class:`raysearch.errors.RaysearchError`, or an operating-system error on a named file (no
 permission, a directory where a file was expected), is printed as one line (no traceback) and exits
-with 2. Output cut short by the reader (``raysearch inspect FILE | head -1``) ends quietly. Without a
-command, the usage goes to stderr and the exit status is 2 (as for any other usage error).
+with 2. Output cut short by the reader (``raysearch inspect FILE | head -1``) ends quietly.
+Without a command, the usage goes to stderr and the exit status is 2 (as for any other usage
+error).
 """
 
 from __future__ import annotations

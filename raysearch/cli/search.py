@@ -20,7 +20,9 @@ def register(sub):
     p = sub.add_parser("run", help="run a lambda search (default: the quickstart study)",
                        description="Run a study with Ray Tune. Without --address a local Ray "
                        "instance is started on 127.0.0.1 (dashboard included); with --address "
-                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster.")
+                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster. "
+                       "Exit status: 0 all trials ended, 1 some trials errored, 3 the study did "
+                       "not finish (e.g. Ctrl+C; continue it with `raysearch resume DIR`).")
     p.add_argument("study", nargs="?", default=None,
                    help="study YAML file (default: the packaged quickstart study)")
     p.add_argument("--address", default=None,
@@ -33,7 +35,8 @@ def register(sub):
 
     p = sub.add_parser("resume", help="continue an interrupted study",
                        description="Continue a study from its experiment directory: finished "
-                       "trials are kept, interrupted ones continue from their last checkpoint.")
+                       "trials are kept, interrupted ones continue from their last checkpoint. "
+                       "Exit status as for run.")
     p.add_argument("directory", help="experiment directory (<storage>/<name>)")
     p.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     p.set_defaults(func=_resume)

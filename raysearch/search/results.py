@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
-_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir",
-          "model_error"]
+_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id",
+          "trial_dir", "model_error"]
 
 
 def _read_json_lines(path: str, warn: bool = True) -> list[dict]:

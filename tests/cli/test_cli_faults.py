@@ -323,7 +323,8 @@ def test_num_samples_has_an_upper_bound(tmp_path):
 
     base = {"name": "big", "recordings": [{"synthetic": {}}]}
     with pytest.raises(ConfigError, match="at most 10000 trials"):
-        study_from_dict({**base, "search": {"lam": {"low": 1e-4, "high": 1}, "num_samples": 10**12}})
+        study_from_dict({**base, "search": {"lam": {"low": 1e-4, "high": 1},
+                                            "num_samples": 10**12}})
     study_from_dict({**base, "search": {"lam": {"low": 1e-4, "high": 1},
                                         "num_samples": MAX_TRIALS}})
     with pytest.raises(ConfigError, match="at most 10000 trials"):
