@@ -82,7 +82,7 @@ def _inspect(args) -> int:
         + ")",
         f"frames:      {s['n_frames']} ({s['duration_s']:.1f} s)",
         f"frame rate:  " + (f"{s['frame_rate_hz']:.3f} Hz" if math.isfinite(s["frame_rate_hz"])
-                            else "unknown (frame times not increasing)"),
+                            else "unknown (fewer than 2 frames)"),
         f"signals:     {', '.join(s['signals'])}",
         f"spike rate:  {rate} per neuron-frame",
         f"ref coords:  {'yes' if s['has_ref_coords'] else 'no'}",

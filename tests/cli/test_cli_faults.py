@@ -462,6 +462,8 @@ def test_inspect_json_has_null_not_nan(tmp_path, capsys):
     rc, out, err = run(capsys, "inspect", str(path), "--json")
     assert rc == 0, err
     assert _strict_json(out)["frame_rate_hz"] is None
+    rc, out, err = run(capsys, "inspect", str(path))
+    assert rc == 0 and "frame rate:  unknown (fewer than 2 frames)" in out and "nan" not in out
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
