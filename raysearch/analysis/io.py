@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import InputError
+from raysearch.errors import InputError, check_readable
 
 STATS = ("v", "h", "vh", "vv", "hh")
 
@@ -18,6 +18,7 @@ def _open(path):
         raise InputError(f"model file {path} is on remote storage; copy the experiment "
                          "directory to a local path (e.g. `aws s3 sync`, `gsutil rsync`) and "
                          "analyze that")
+    check_readable(path, "model file")
     try:
         return h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:

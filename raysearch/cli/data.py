@@ -7,9 +7,11 @@ input are :class:`raysearch.errors.RaysearchError` (printed without traceback, e
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
+
+from raysearch.cli.train import json_line
 
 from raysearch.errors import ConfigError, InputError
 
@@ -69,7 +71,7 @@ def _inspect(args) -> int:
                          on_nonfinite=args.on_nonfinite)
     s = rec.summary()
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_line(s, indent=2))
         return 0
     rate = "n/a (no spikes)" if s["mean_spike_rate"] is None else f"{s['mean_spike_rate']:.4f}"
     lines = [
@@ -79,7 +81,8 @@ def _inspect(args) -> int:
         + (f", {s['n_nonfinite_dropped']} with NaN/inf" if s["n_nonfinite_dropped"] else "")
         + ")",
         f"frames:      {s['n_frames']} ({s['duration_s']:.1f} s)",
-        f"frame rate:  {s['frame_rate_hz']:.3f} Hz",
+        f"frame rate:  " + (f"{s['frame_rate_hz']:.3f} Hz" if math.isfinite(s["frame_rate_hz"])
+                            else "unknown (fewer than 2 frames)"),
         f"signals:     {', '.join(s['signals'])}",
         f"spike rate:  {rate} per neuron-frame",
         f"ref coords:  {'yes' if s['has_ref_coords'] else 'no'}",

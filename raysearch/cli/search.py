@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
@@ -19,7 +20,9 @@ def register(sub):
     p = sub.add_parser("run", help="run a lambda search (default: the quickstart study)",
                        description="Run a study with Ray Tune. Without --address a local Ray "
                        "instance is started on 127.0.0.1 (dashboard included); with --address "
-                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster.")
+                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster. "
+                       "Exit status: 0 all trials ended, 1 some trials errored, 3 the study did "
+                       "not finish (e.g. Ctrl+C; continue it with `raysearch resume DIR`).")
     p.add_argument("study", nargs="?", default=None,
                    help="study YAML file (default: the packaged quickstart study)")
     p.add_argument("--address", default=None,
@@ -32,7 +35,8 @@ def register(sub):
 
     p = sub.add_parser("resume", help="continue an interrupted study",
                        description="Continue a study from its experiment directory: finished "
-                       "trials are kept, interrupted ones continue from their last checkpoint.")
+                       "trials are kept, interrupted ones continue from their last checkpoint. "
+                       "Exit status as for run.")
     p.add_argument("directory", help="experiment directory (<storage>/<name>)")
     p.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     p.set_defaults(func=_resume)
@@ -80,23 +84,54 @@ def _print_next_steps(run) -> None:
     print("\n".join(next_steps(run.experiment_dir, url)))
 
 
-def _run(args) -> int:
-    from raysearch.search import run_study
+#: exit status of ``run``/``resume`` when the study did not finish (interrupted, e.g. Ctrl+C)
+EXIT_UNFINISHED = 3
 
-    run = run_study(args.study, address=args.address, storage=args.storage, name=args.name,
-                    on_connect=_print_connect)
+
+def _resume_hint(exp_dir) -> None:
+    print(f"raysearch: the study did not finish; continue it with:\n  raysearch resume {exp_dir}",
+          file=sys.stderr, flush=True)
+
+
+def _exit_status(run) -> int:
+    """0: every trial ended without error; 1: some trials errored; 3: the study did not finish
+    (trials left running or never started, e.g. after Ctrl+C), with the resume command printed."""
+    if not run.complete:
+        print(f"\n{run.num_unfinished} trial(s) of the study did not finish.")
+        _resume_hint(run.experiment_dir)
+        return EXIT_UNFINISHED
+    return 0 if run.num_errors == 0 else 1
+
+
+def _run(args) -> int:
+    from raysearch.search import load_study, run_study
+    from raysearch.search.tuner import experiment_dir
+
+    study = load_study(args.study)
+    exp_dir = experiment_dir(study, args.storage, args.name)
+    try:
+        run = run_study(study, address=args.address, storage=args.storage, name=args.name,
+                        on_connect=_print_connect)
+    except KeyboardInterrupt:
+        if os.path.isdir(exp_dir):
+            _resume_hint(exp_dir)
+        raise
     print(summary(run.results))
     _print_next_steps(run)
-    return 0 if run.num_errors == 0 else 1
+    return _exit_status(run)
 
 
 def _resume(args) -> int:
     from raysearch.search import resume_study
 
-    run = resume_study(args.directory, address=args.address, on_connect=_print_connect)
+    try:
+        run = resume_study(args.directory, address=args.address, on_connect=_print_connect)
+    except KeyboardInterrupt:
+        _resume_hint(args.directory)
+        raise
     print(summary(run.results))
     _print_next_steps(run)
-    return 0 if run.num_errors == 0 else 1
+    return _exit_status(run)
 
 
 def _write_table(df, path: str, fmt: str) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError
+from raysearch.errors import ConfigError, InputError, RaysearchError, check_readable
 
 __all__ = ["Recording", "load_recording", "SIGNALS"]
 
@@ -204,10 +204,7 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
     if on_nonfinite not in ("error", "drop"):
         raise ConfigError(f"on_nonfinite must be 'error' or 'drop', got {on_nonfinite!r}")
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a recording file")
+    check_readable(path, "recording file")
     import h5py
 
     if not h5py.is_hdf5(path):
@@ -227,8 +224,11 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
                 return _load_h5(f, path, signals, drop_unlabelled, on_nonfinite)
         # NWB: pynwb opens the file itself, after h5py has closed it
         return _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found)
-    except (OSError, RuntimeError, KeyError) as exc:
-        # h5py raises these when a dataset's bytes are missing (truncated file)
+    except RaysearchError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        # h5py raises these when a dataset's bytes are missing (truncated file) or its
+        # metadata is damaged (e.g. a type that cannot be represented)
         raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
 
@@ -292,13 +292,15 @@ def _n_from_coords(shape, layout, path, name) -> int:
     return int(max(shape))
 
 
-def _coords(ds, n, path) -> np.ndarray:
+def _coords(ds, n, path, against=None) -> np.ndarray:
     a = np.asarray(ds[()], dtype=np.float64)
     if a.shape == (3, n) and n != 3:
         a = a.T
     elif a.shape != (n, 3):
-        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but the recording has "
-                         f"N = {n} neurons; coordinates must be (3, N) or (N, 3)")
+        src = f"{against.name} {tuple(against.shape)} and the activity give" \
+            if against is not None else "the recording has"
+        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but {src} N = {n} neurons; "
+                         "coordinates must be (3, N) or (N, 3)")
     if not np.all(np.isfinite(a)):
         raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
     unit = ds.attrs.get("unit", ds.attrs.get("units", None))
@@ -311,10 +313,15 @@ def _coords(ds, n, path) -> np.ndarray:
         a = a * 1000.0
     elif unit is None and a.size and float(np.ptp(a, axis=0).max()) < 10.0:
         a = a * 1000.0  # published files store mm without a unit attribute
-    return a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(out)).sum())} values too "
+                         "large for a coordinate (beyond float32); the dataset is corrupt")
+    return out
 
 
-def _orient(shape, n, path, name) -> tuple[bool, int]:
+def _orient(shape, n, path, name, coords=None) -> tuple[bool, int]:
     """(transposed, T) for a 2-D activity dataset with neuron count n."""
     if len(shape) != 2:
         raise InputError(f"{path}: {name} has shape {shape}; expected a 2-D (T, N) array")
@@ -322,8 +329,10 @@ def _orient(shape, n, path, name) -> tuple[bool, int]:
         return False, int(shape[0])
     if shape[0] == n:
         return True, int(shape[1])
-    raise InputError(f"{path}: {name} has shape {shape} but the coordinates give N = {n} "
-                     "neurons; the activity and the coordinates disagree on N")
+    src = f"{coords.name} {tuple(coords.shape)} gives" if coords is not None \
+        else "the coordinates give"
+    raise InputError(f"{path}: {name} has shape {shape} but {src} N = {n} neurons; the "
+                     "activity and the coordinates disagree on N")
 
 
 def _read_activity(ds, n, keep, kind, path, name, transposed) -> tuple[np.ndarray, np.ndarray]:
@@ -400,7 +409,11 @@ def _region_names(lab_ds, f, n_regions) -> list[str]:
                 names = [n.decode() if isinstance(n, bytes) else str(n)
                          for n in np.asarray(parent[cand][()]).ravel()]
                 break
-    if names is None or len(names) != n_regions:
+    if names is not None and len(names) != n_regions:
+        raise InputError(f"{lab_ds.file.filename}: {lab_ds.name} has {n_regions} regions but its "
+                         f"region names list {len(names)}; fix the names (or remove them to use "
+                         "the default names)")
+    if names is None:
         if n_regions == len(ZBRAIN_REGIONS):
             names = list(ZBRAIN_REGIONS)
         else:
@@ -427,14 +440,6 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
     layout, ds = _resolve(f, path)
     found = {p: tuple(d.shape) for p, d in _walk(f).items()}
     n = _n_from_coords(ds["coords"].shape, layout, path, ds["coords"].name)
-    coords = _coords(ds["coords"], n, path)
-    ref = _coords(ds["ref_coords"], n, path) if "ref_coords" in ds and \
-        ds["ref_coords"] is not ds["coords"] else None
-    if "labels" in ds:
-        labels, names = _labels(ds["labels"], n, path, f)
-    else:
-        log.warning("%s: no region labels found; all neurons are put in one region 'all'", path)
-        labels, names = np.ones((n, 1), dtype=bool), ["all"]
     wanted = [s for s in signals if s in ds]
     if not wanted:
         have = [s for s in SIGNALS if s in ds]
@@ -442,7 +447,16 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
     for s in signals:
         if s not in ds:
             log.warning("%s: no %s dataset; Recording.%s is None", path, s, s)
-    orient = {s: _orient(ds[s].shape, n, path, ds[s].name) for s in wanted}
+    # the activity is checked against the coordinates first, so a wrong-sized array is named
+    orient = {s: _orient(ds[s].shape, n, path, ds[s].name, ds["coords"]) for s in wanted}
+    coords = _coords(ds["coords"], n, path)
+    ref = _coords(ds["ref_coords"], n, path, against=ds["coords"]) if "ref_coords" in ds and \
+        ds["ref_coords"] is not ds["coords"] else None
+    if "labels" in ds:
+        labels, names = _labels(ds["labels"], n, path, f)
+    else:
+        log.warning("%s: no region labels found; all neurons are put in one region 'all'", path)
+        labels, names = np.ones((n, 1), dtype=bool), ["all"]
     Ts = {s: t for s, (_, t) in orient.items()}
     if len(set(Ts.values())) > 1:
         raise InputError(f"{path}: the activity arrays disagree on the number of frames: "
@@ -463,6 +477,17 @@ def _times(ds, T, path) -> np.ndarray:
                          f"T = {T} frames")
     if not np.all(np.isfinite(t)):
         raise InputError(f"{path}: {ds.name} contains NaN/inf frame times")
+    if t.size >= 2:
+        step = np.diff(t)
+        if not np.median(step) > 0:
+            what = "constant" if np.all(step == 0) else "not increasing"
+            raise InputError(f"{path}: {ds.name} (frame times) are {what} (from {t[0]:g} to "
+                             f"{t[-1]:g} s), so the frame rate is undefined; fix the times, or "
+                             "remove the dataset to use frame indices")
+        if np.any(step <= 0):
+            log.warning("%s: %s has %d frame interval(s) <= 0 (first at frame %d); the frame "
+                        "rate is taken from the median interval", path, ds.name,
+                        int((step <= 0).sum()), int(np.argmax(step <= 0)) + 1)
     return t
 
 
@@ -481,13 +506,16 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
             if s == "spikes":
                 raise InputError(
                     f"{path}: {d.name} should hold 0/1 spikes but has {int(bad.sum())} other "
-                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F with "
-                    "signals=('dff',) and binarise it in preprocess(transform='binarize')")
+                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F and "
+                    "binarise it "
+                    "(raysearch train: --signal dff --transform binarize; Python: "
+                    "signals=('dff',) and preprocess(transform='binarize'))")
             if on_nonfinite == "error":
                 raise InputError(
                     f"{path}: {d.name} has {int(bad.sum())} NaN/inf values in "
-                    f"{int((bad > 0).sum())} neurons; pass on_nonfinite='drop' to drop those "
-                    "neurons")
+                    f"{int((bad > 0).sum())} neurons; to drop those neurons pass "
+                    "--on-nonfinite drop (raysearch train/inspect), on_nonfinite: drop (study "
+                    "recordings) or on_nonfinite='drop' (Python)")
             bad_any |= bad > 0
         arrays[s] = arr
     n_nonfinite = int(bad_any.sum())
@@ -576,7 +604,8 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
             raise InputError(f"{path}: {series.name} has {times.size} timestamps but T = {T}")
         if "dff" not in signals:
             raise InputError(f"{path}: NWB files provide dF/F (or fluorescence) only; asked for "
-                             f"{list(signals)}; use signals=('dff',)")
+                             f"{list(signals)}; use the dF/F (raysearch train: --signal dff; "
+                             "a study: preprocessing.signal: dff; Python: signals=('dff',))")
         if "spikes" in signals:
             log.warning("%s: NWB has no binary spikes; Recording.spikes is None", path)
         labels, names = np.ones((n, 1), dtype=bool), ["all"]

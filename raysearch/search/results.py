@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +26,83 @@ from raysearch.selection import DEFAULT_OBJECTIVE
 
 __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
-_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
+_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id",
+          "trial_dir", "model_error"]
 
 
-def _read_json_lines(path: str) -> list[dict]:
+def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
+    """The JSON objects of a JSON-lines file; a line that is not one (e.g. cut by a crash) is
+    skipped with a warning naming the file and the line."""
     rows = []
     try:
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = raw.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash: ignore it
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    row = None
+                if not isinstance(row, dict):
+                    if warn:
+                        log.warning("%s line %d is not a JSON report (corrupt or cut short); "
+                                    "skipped it", path, number)
                     continue
+                rows.append(row)
     except FileNotFoundError:
         pass
     return rows
 
 
+_STATE_NAME = re.compile(r"experiment_state-(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.json$")
+
+
+def _state_files(exp_dir: Path) -> list[str]:
+    """Tune's ``experiment_state-<session start>.json`` files, newest session first.
+
+    Ordered by the session start time in the file name (what ``Tuner.restore`` itself uses), not
+    by modification time: at the end of a resumed run Tune uploads both the old session's file
+    and the new one, milliseconds apart and in no fixed order.
+    """
+    files = glob.glob(str(exp_dir / "experiment_state-*.json"))
+
+    def key(f):
+        m = _STATE_NAME.search(os.path.basename(f))
+        return (m is not None, m.group(1) if m else "", os.path.basename(f))
+
+    return sorted(files, key=key, reverse=True)
+
+
+def _read_state(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        log.warning("%s is not readable Tune experiment state (%s); using an older one", path,
+                    exc)
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        log.warning("%s holds no trial_data; using an older experiment state", path)
+        return None
+    return state
+
+
 def _trial_states(exp_dir: Path) -> dict[str, dict]:
-    """trial_id -> {status, logdir, config} from the newest experiment_state file."""
-    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
-    if not files:
+    """trial_id -> {status, logdir, config} from the newest experiment_state file.
+
+    Newest = latest session start in the file name (as ``Tuner.restore`` chooses); an
+    unreadable file is skipped with a warning.
+    """
+    states = [(f, st) for f in _state_files(exp_dir) if (st := _read_state(f)) is not None]
+    if not states:
         return {}
-    with open(files[-1]) as fh:
-        state = json.load(fh)
+    state = states[0][1]
     out = {}
     for entry in state.get("trial_data", []):
         info = entry[0]
@@ -92,7 +141,7 @@ def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     out = {}
     for params in exp_dir.glob("*/params.json"):
         d = params.parent
-        rows = _read_json_lines(str(d / "result.json"))
+        rows = _read_json_lines(str(d / "result.json"), warn=False)
         if rows and "trial_id" in rows[0]:
             out[rows[0]["trial_id"]] = d
         else:  # <trainable>_<trialid>_<n>_...: the id is "<run>_<index>"
@@ -104,17 +153,25 @@ def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _model_metrics(path: Path) -> dict | None:
+def _model_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """``(metrics, None)`` from a model file's /evaluation attributes, ``(None, None)`` when it has
+    none yet, or ``(None, reason)`` when the file cannot be read as a raysearch model file."""
     import h5py
 
     try:
+        if not h5py.is_hdf5(path):
+            return None, "not an HDF5 file (garbage, a pickle or another format)"
         with h5py.File(path, "r") as f:
+            if f.attrs.get("format") not in ("raysearch-crbm", b"raysearch-crbm"):
+                return None, "an HDF5 file but not a raysearch model file"
+            if "weights" not in f:
+                return None, "model file without /weights (incomplete)"
             if "evaluation" not in f:
-                return None
+                return None, None
             return {k: (v.item() if hasattr(v, "item") else v)
-                    for k, v in f["evaluation"].attrs.items()}
-    except OSError:
-        return None
+                    for k, v in f["evaluation"].attrs.items()}, None
+    except Exception as exc:  # noqa: BLE001 - h5py raises several types on corrupt files
+        return None, f"unreadable ({type(exc).__name__}: {exc}); truncated or corrupt"
 
 
 def pareto_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -133,10 +190,33 @@ def pareto_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _study(exp_dir: Path) -> dict:
+    """The experiment's study.yaml as a dict; {} with a warning when it is unreadable or corrupt
+    (the trials are read without it: penalty, default n_hidden and the objective are then
+    unknown or default)."""
     p = exp_dir / "study.yaml"
-    if p.is_file():
-        return yaml.safe_load(p.read_text()) or {}
-    return {}
+    if not p.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        log.warning("%s is unreadable or corrupt (%s); reading the trials without it",
+                    p, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s does not hold a study (a mapping); reading the trials without it", p)
+        return {}
+    for key in ("search", "model"):
+        if key in data and not isinstance(data[key], dict):
+            log.warning("%s: '%s' is not a mapping (corrupt file); ignoring it", p, key)
+            data = {**data, key: {}}
+    objective = (data.get("search") or {}).get("objective")
+    if objective is not None and objective not in ("mean_nrmse", "max_nrmse"):
+        log.warning("%s: unknown search.objective %r (corrupt file); using %s", p, objective,
+                    DEFAULT_OBJECTIVE)
+        data = {**data, "search": {k: v for k, v in data["search"].items() if k != "objective"}}
+    return data
 
 
 def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame:
@@ -187,7 +267,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             config = json.loads((tdir / "params.json").read_text())
         reports = _trial_reports(tdir) if tdir is not None else []
         model_file = exp_dir / "models" / f"{trial_id}.h5"
-        final = _model_metrics(model_file) if model_file.is_file() else None
+        final, model_error = _model_metrics(model_file) if model_file.is_file() else (None, None)
+        if model_error:
+            log.warning("model file %s of trial %s is %s", model_file, trial_id, model_error)
         last = final if final is not None else (reports[-1] if reports else {})
         row = {
             "trial_id": trial_id,
@@ -212,6 +294,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["n_reports"] = len(reports)
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None
+        row["model_error"] = model_error
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = float(last[k]) if last.get(k) is not None else math.nan
         rows.append(row)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.search.config import Study, load_study, study_from_dict
+from raysearch.search.config import Study, load_experiment_study, load_study, study_from_dict
 
 __all__ = ["run_study", "resume_study", "prepare_datasets", "build_tuner", "connect_ray",
            "experiment_dir", "optuna_storage_url", "StudyRun"]
@@ -48,6 +48,14 @@ class StudyRun:
     results: Any            # pandas.DataFrame from load_results
     num_errors: int
     dashboard_url: str | None = None
+    #: trials the study asked for that did not end (still RUNNING/PENDING/PAUSED in the saved
+    #: state, or never started) - non-zero when the run was interrupted (e.g. Ctrl+C / SIGINT)
+    num_unfinished: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every trial of the study ended (TERMINATED or ERROR)."""
+        return self.num_unfinished == 0
 
 
 def _is_uri(path: str) -> bool:
@@ -82,7 +90,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
     dict[str, raysearch.data.preprocessing.Dataset]
         Keyed by :attr:`RecordingSpec.key`.
     """
-    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.preprocessing import check_trainable, preprocess
     from raysearch.data.recordings import load_recording
     from raysearch.data.synthetic import make_synthetic_recording
 
@@ -99,6 +107,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
                                  drop_unlabelled=spec.drop_unlabelled,
                                  on_nonfinite=spec.on_nonfinite)
         out[spec.key] = preprocess(rec, **pre)
+        check_trainable(out[spec.key])
     return out
 
 
@@ -300,8 +309,11 @@ def _write_study(study: Study, exp_dir: str) -> None:
         with fs.open_output_stream(f"{root}/{STUDY_FILE}") as fh:
             fh.write(text.encode())
         return
+    from raysearch.crbm.io import umask_mode
+
     os.makedirs(exp_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=exp_dir, prefix=".study-", suffix=".yaml")
+    os.fchmod(fd, umask_mode())  # mkstemp makes it 0600; a new file follows the umask
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, os.path.join(exp_dir, STUDY_FILE))
@@ -316,12 +328,34 @@ def _set_tune_env() -> None:
     use_legacy_console()
 
 
-def _finish(exp_dir: str, result_grid, dashboard_url) -> StudyRun:
+def expected_trials(study: Study) -> int:
+    """How many trials the study runs: the grid's size, or ``search.num_samples``."""
+    s = study.search
+    if s.mode == "grid":
+        return len(s.lam) * len(s.seeds) * len(study.recordings) * len(s.n_hidden or [0])
+    return s.num_samples
+
+
+def _unfinished(study: Study, result_grid, df) -> int:
+    """Trials that did not end: not TERMINATED/ERROR in the saved state, plus never created."""
+    ended = ("TERMINATED", "ERROR")
+    if "status" in getattr(df, "columns", ()):
+        statuses = df["status"].astype(str).tolist()
+    else:
+        statuses = []
+        for r in result_grid:
+            statuses.append("ERROR" if r.error is not None else "TERMINATED")
+    open_ = sum(1 for st in statuses if st not in ended)
+    return open_ + max(0, expected_trials(study) - len(statuses))
+
+
+def _finish(exp_dir: str, result_grid, dashboard_url, study: Study) -> StudyRun:
     from raysearch.search.results import load_results
 
     df = load_results(exp_dir) if not _is_uri(exp_dir) else result_grid.get_dataframe()
     return StudyRun(experiment_dir=exp_dir, results=df, num_errors=result_grid.num_errors,
-                    dashboard_url=dashboard_url)
+                    dashboard_url=dashboard_url,
+                    num_unfinished=_unfinished(study, result_grid, df))
 
 
 def run_study(study: Study | str | os.PathLike | None = None, address: str | None = None,
@@ -366,7 +400,7 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
         _write_study(study, exp_dir)
         tuner = build_tuner(study, datasets, exp_dir)
         grid = tuner.fit()
-        return _finish(exp_dir, grid, url)
+        return _finish(exp_dir, grid, url, study)
     finally:
         if started:
             import ray
@@ -488,16 +522,20 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         if not study_file.is_file():
             raise InputError(f"{exp_dir} has no {STUDY_FILE}; give the experiment directory that "
                              "`raysearch run` created (<storage_path>/<name>)")
-        import yaml
-
-        study = study_from_dict(yaml.safe_load(study_file.read_text()), source=str(study_file))
+        study = load_experiment_study(study_file)
     else:
         import pyarrow.fs as pafs
         import yaml
 
         fs, root = pafs.FileSystem.from_uri(exp_dir)
         with fs.open_input_stream(f"{root}/{STUDY_FILE}") as fh:
-            study = study_from_dict(yaml.safe_load(fh.read().decode()), source=exp_dir)
+            raw = fh.read()
+        try:
+            data = yaml.safe_load(raw.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{exp_dir}/{STUDY_FILE} is corrupt ({exc}); restore it from the "
+                              "study file the experiment was started with") from None
+        study = study_from_dict(data, source=f"{exp_dir}/{STUDY_FILE}")
     _set_tune_env()
     datasets = prepare_datasets(study)
     started, url = connect_ray(address, metadata=_job_metadata(study, exp_dir))
@@ -512,7 +550,7 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         repair_checkpoints(exp_dir)
         tuner = build_tuner(study, datasets, exp_dir, restore=True)
         grid = tuner.fit()
-        return _finish(exp_dir, grid, url)
+        return _finish(exp_dir, grid, url, study)
     finally:
         if started:
             import ray
