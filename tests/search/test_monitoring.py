@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from raysearch.search import monitoring as mon
-from tests.search.search_helpers import tiny_dict
+from search_helpers import tiny_dict
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
