@@ -12,8 +12,9 @@ writes ``<experiment>/models/<trial_id>.h5`` (the model file with ``/units`` and
 and reports the final metrics once more with ``final=True``.
 
 A fit that diverges (non-finite parameters or metrics) is not an error: the trial ends normally
-with ``bad=True`` and every non-finite figure reported as ``inf`` (Optuna rejects NaN and would
-leave the trial RUNNING forever).
+with ``bad=True``, its ``bad_reason`` and every non-finite figure reported as ``inf`` (Optuna
+rejects NaN and would leave the trial RUNNING forever). The objectives of every bad fit are
+reported as ``inf`` (:mod:`raysearch.verdicts`): what Optuna minimises agrees with the verdict.
 """
 
 from __future__ import annotations
@@ -32,18 +33,24 @@ from typing import Any
 
 import numpy as np
 
+from raysearch import verdicts
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
            "CHECKPOINT_FILE", "restore_checkpoint", "resume_from_folder"]
 
-STAT_NAMES = ("v", "h", "vh", "vv", "hh")
-NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
-METRIC_KEYS = NRMSE_KEYS + ("mean_nrmse", "max_nrmse", "sparsity", "weight_density")
+# the metric vocabulary is raysearch.verdicts'; these names are kept for the callers
+STAT_NAMES = verdicts.STATS
+NRMSE_KEYS = verdicts.NRMSE_COLUMNS
+#: every float figure a trial reports (nRMSEs, objectives, reconstruction, their noise, sparsity)
+METRIC_KEYS = verdicts.METRIC_COLUMNS
 # the parts of each nRMSE (NaN where a statistic failed), reported alongside: they show when an
 # nRMSE is ill-conditioned (rmse_shuf close to rmse_opt)
-RMSE_KEYS = tuple(f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
-                  for s in STAT_NAMES)
+RMSE_KEYS = verdicts.RMSE_COLUMNS
+#: the verdict's text and flag fields, reported as they are
+VERDICT_KEYS = ("bad_reason", "unstable", "unstable_reason", "unassessable",
+                "unassessable_reason", "weights_converged")
 CHECKPOINT_FILE = "crbm_checkpoint.h5"
 
 # Errors a numerically broken fit may raise; they mark the trial bad instead of failing it.
@@ -76,12 +83,19 @@ def trial_settings(study, experiment_dir: str) -> dict[str, Any]:
 
 
 def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Replace NaN/None figures by inf and set ``bad`` when any objective figure is not finite.
+    """What a trial reports: every figure a finite float or ``inf``, the objectives consistent
+    with the verdict.
+
+    NaN/None figures become ``inf`` (a final NaN leaves an Optuna trial RUNNING). A non-finite
+    objective makes the fit bad (reason ``undefined`` unless one is given), and the objectives
+    of a bad fit are ``inf`` (:func:`raysearch.verdicts.reported_objective`), so Optuna, Tune's
+    schedulers and every table see a bad fit as the worst.
 
     Parameters
     ----------
     metrics : dict
-        Keys of :data:`METRIC_KEYS` (others are passed through unchanged) and ``bad``.
+        Keys of :data:`METRIC_KEYS` (others are passed through unchanged), ``bad`` and
+        ``bad_reason``.
 
     Returns
     -------
@@ -97,15 +111,20 @@ def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError):
             v = math.nan
         if not math.isfinite(v):
-            finite = False if k in NRMSE_KEYS + ("mean_nrmse", "max_nrmse") else finite
+            finite = False if k in verdicts.OBJECTIVES and k != "max_criteria" else finite
             v = math.inf
         out[k] = v
-    out["bad"] = bool(out.get("bad", False)) or not finite
+    bad = bool(out.get("bad", False)) or not finite
+    out["bad"] = bad
+    out["bad_reason"] = str(out.get("bad_reason") or ("undefined" if bad else ""))
+    for k in verdicts.OBJECTIVES:
+        out[k] = verdicts.reported_objective(out[k], bad)
     return out
 
 
 def _diverged_metrics() -> dict[str, Any]:
-    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True})
+    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True,
+                                                                  "bad_reason": "diverged"})
 
 
 def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False):
@@ -122,6 +141,7 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     d = res.to_dict()
     metrics = {k: d.get(k) for k in METRIC_KEYS}
     metrics["bad"] = bool(d.get("bad", False))
+    metrics.update({k: d.get(k) for k in VERDICT_KEYS})
     metrics = sanitize_metrics(metrics)
     metrics.update({k: d.get(k) for k in RMSE_KEYS})
     return metrics, (res.stats if return_stats else None)
@@ -387,7 +407,8 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                               "train_seconds": seconds - state["callback_seconds"],
                               "diverged": bool(getattr(model, "diverged_", False)),
                               "resumed_at": state["resumed_at"]}
-    final["bad"] = final["bad"] or final["diverged"]
+    if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
+        final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})
     try:
         path = _write_model_file(model, dataset, stats, final, trial_id, s["experiment_dir"])
     except _DIVERGENCE_ERRORS:  # pragma: no cover - a model too broken to save
