@@ -62,7 +62,7 @@ def grid_study(ray_session, tmp_path_factory):
 
 @pytest.mark.slow
 def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
-    from raysearch import select_model
+    from raysearch import load_results, select_model
     from raysearch.recovery import recovery_table
 
     table = recovery_table(grid_study)
@@ -73,7 +73,7 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
     np.testing.assert_allclose(grid, GRID, rtol=1e-9)
     optimum = int(np.argmax(by_lam.loc[grid].to_numpy()))
 
-    rec, bins = select_model(grid_study)
+    rec, bins = select_model(load_results(grid_study))
     assert rec.attrs["objective"] == "max_nrmse"          # the study's objective
     assert rec.attrs["rule"] == "sparsest"
     assert rec.attrs["tolerance_source"] == "95% subset of the best"
@@ -104,12 +104,12 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
 @pytest.mark.slow
 def test_plain_best_objective_recovers_less(grid_study):
     """The reason for the rule: the best-objective model sits at the weak end of the plateau."""
-    from raysearch import select_model
+    from raysearch import load_results, select_model
     from raysearch.recovery import recovery_table
 
     table = recovery_table(grid_study).set_index("trial_id")
-    best, _ = select_model(grid_study, rule="best")
-    sparse, _ = select_model(grid_study)
+    best, _ = select_model(load_results(grid_study), rule="best")
+    sparse, _ = select_model(load_results(grid_study))
     r_best = table.loc[best.iloc[0]["trial_id"], "recovery"]
     r_sparse = table.loc[sparse.iloc[0]["trial_id"], "recovery"]
     assert float(sparse.iloc[0]["lam"]) >= float(best.iloc[0]["lam"])
