@@ -216,6 +216,11 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
         lines.append(f"  {rec.message}")
     shares = bad_share_by_lambda(done)
     lines.append("")
+    why = {r: int(shares[f"n_{r}"].sum()) for r in verdicts.BAD_REASONS + ("unknown",)
+           if f"n_{r}" in shares}
+    if any(why.values()):
+        lines.append("Why fits are bad: " + ", ".join(f"{r} {n}" for r, n in why.items() if n)
+                     + " (raysearch.verdicts)")
     lines.append("Bad models per lambda range (log bins; finished trials; 95% Wilson interval):")
     view = pd.DataFrame({
         "lam_low": shares["lam_low"].map("{:.3g}".format),
@@ -225,8 +230,4 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
         "ci": [("-" if lo != lo else f"{100 * lo:.0f}-{100 * hi:.0f}%")
                for lo, hi in zip(shares["ci_low"], shares["ci_high"])]})
     lines.extend("  " + ln for ln in view.to_string(index=False).splitlines())
-    why = {r: int(shares[f"n_{r}"].sum()) for r in verdicts.BAD_REASONS + ("unknown",)
-           if f"n_{r}" in shares}
-    if any(why.values()):
-        lines.append("  why bad: " + ", ".join(f"{r} {n}" for r, n in why.items() if n))
     return lines
