@@ -86,7 +86,8 @@ def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """What a trial reports: every figure a finite float or ``inf``, the objectives consistent
     with the verdict.
 
-    NaN/None figures become ``inf`` (a final NaN leaves an Optuna trial RUNNING). A non-finite
+    NaN/None figures become ``inf`` (a final NaN leaves an Optuna trial RUNNING), except the nRMSE
+    of an unassessable statistic (listed in ``unassessable``), which stays NaN. A non-finite
     objective makes the fit bad (reason ``undefined`` unless one is given), and the objectives
     of a bad fit are ``inf`` (:func:`raysearch.verdicts.reported_objective`), so Optuna, Tune's
     schedulers and every table see a bad fit as the worst.
@@ -100,17 +101,21 @@ def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        A copy in which every value of :data:`METRIC_KEYS` is a finite float or ``inf``.
+        A copy in which every value of :data:`METRIC_KEYS` is a finite float or ``inf`` (NaN
+        for an unassessable statistic's nRMSE).
     """
     out = dict(metrics)
     finite = True
+    skip = {f"nrmse_{s}" for s in str(out.get("unassessable") or "").split(",") if s}
     for k in METRIC_KEYS:
         v = out.get(k)
         try:
             v = float(v)
         except (TypeError, ValueError):
             v = math.nan
-        if not math.isfinite(v):
+        if k in skip:
+            v = math.nan            # unassessable: no nRMSE (never an objective, so NaN is safe)
+        elif not math.isfinite(v):
             finite = False if k in verdicts.OBJECTIVES and k != "max_criteria" else finite
             v = math.inf
         out[k] = v
