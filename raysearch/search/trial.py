@@ -15,6 +15,9 @@ A fit that diverges (non-finite parameters or metrics) is not an error: the tria
 with ``bad=True``, its ``bad_reason`` and every non-finite figure reported as ``inf`` (Optuna
 rejects NaN and would leave the trial RUNNING forever). The objectives of every bad fit are
 reported as ``inf`` (:mod:`raysearch.verdicts`): what Optuna minimises agrees with the verdict.
+Intermediate reports (the cheap ``during`` evaluation) make the objectives inf only for a broken
+fit (:data:`BROKEN`): there, "not told from chance" is mostly the cheap evaluation's noise, and
+ASHA must still compare the trials' progress.
 """
 
 from __future__ import annotations
@@ -82,7 +85,13 @@ def trial_settings(study, experiment_dir: str) -> dict[str, Any]:
     }
 
 
-def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+#: Verdicts that make even an intermediate report's objective inf: the fit itself is broken. An
+#: intermediate (cheap, noisy) evaluation that cannot tell a fit from chance keeps its objective,
+#: so that ASHA still compares the trials' progress; the final report is always consistent.
+BROKEN = ("diverged", "unstable", "empty")
+
+
+def sanitize_metrics(metrics: dict[str, Any], final: bool = True) -> dict[str, Any]:
     """What a trial reports: every figure a finite float or ``inf``, the objectives consistent
     with the verdict.
 
@@ -97,6 +106,9 @@ def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     metrics : dict
         Keys of :data:`METRIC_KEYS` (others are passed through unchanged), ``bad`` and
         ``bad_reason``.
+    final : bool
+        False for an intermediate report: only a :data:`BROKEN` fit (or a non-finite objective)
+        reports inf objectives.
 
     Returns
     -------
@@ -122,8 +134,9 @@ def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     bad = bool(out.get("bad", False)) or not finite
     out["bad"] = bad
     out["bad_reason"] = str(out.get("bad_reason") or ("undefined" if bad else ""))
+    undefined = bad if final else (bad and (out["bad_reason"] in BROKEN or not finite))
     for k in verdicts.OBJECTIVES:
-        out[k] = verdicts.reported_objective(out[k], bad)
+        out[k] = verdicts.reported_objective(out[k], undefined)
     return out
 
 
@@ -132,7 +145,8 @@ def _diverged_metrics() -> dict[str, Any]:
                                                                   "bad_reason": "diverged"})
 
 
-def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False):
+def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False,
+              final=True):
     """Run raysearch.evaluate; return (metrics dict, stats or None). Non-finite -> bad/inf."""
     from raysearch.evaluation import evaluate
 
@@ -147,9 +161,17 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     metrics = {k: d.get(k) for k in METRIC_KEYS}
     metrics["bad"] = bool(d.get("bad", False))
     metrics.update({k: d.get(k) for k in VERDICT_KEYS})
-    metrics = sanitize_metrics(metrics)
+    if not final and d.get("bad") and d.get("bad_reason") not in BROKEN:
+        # an intermediate report: the objectives as computed (evaluate reports inf when bad)
+        metrics.update(_raw_objectives(res))
+    metrics = sanitize_metrics(metrics, final=final)
     metrics.update({k: d.get(k) for k in RMSE_KEYS})
     return metrics, (res.stats if return_stats else None)
+
+
+def _raw_objectives(res) -> dict:
+    """The objectives of an evaluation result before the verdict made them inf."""
+    return verdicts.objective_values(res.nrmse, res.unassessable, res.nllh)
 
 
 def _params_finite(model) -> bool:
@@ -376,7 +398,8 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                            "callback_seconds": state["callback_seconds"]}, fh)
             t0 = time.perf_counter()
             snapshot = fitting.snapshot()          # the frames fit holds: no new transfer
-            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
+            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend,
+                                   final=False)
             state["eval_seconds"] += time.perf_counter() - t0
             row = base | metrics | {"updates": updates, "seconds": seconds,
                                     "eval_seconds": state["eval_seconds"], "final": False,

@@ -31,6 +31,13 @@ def test_sanitize_metrics_maps_nan_to_inf_and_flags_bad():
     out = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"})
     assert out["bad_reason"] == "no_better_than_chance" and out["nrmse_vv"] == 0.5
     assert out["mean_nrmse"] == out["max_nrmse"] == out["max_criteria"] == math.inf
+    # an intermediate (cheap) evaluation that cannot tell the fit from chance keeps its objective
+    # for ASHA; a broken fit does not
+    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"},
+                           final=False)
+    assert mid["bad"] is True and mid["max_nrmse"] == 0.5
+    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "unstable"}, final=False)
+    assert mid["max_nrmse"] == math.inf
     # a non-finite sparsity alone does not make a fit bad (only the nRMSE figures do)
     assert sanitize_metrics(good | {"weight_density": float("nan")})["bad"] is False
     assert all(not math.isnan(v) for v in out.values() if isinstance(v, float))
