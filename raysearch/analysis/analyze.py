@@ -138,7 +138,9 @@ def _order_best(df, objective=None):
     from raysearch import verdicts
 
     objective = objective or verdicts.study_objective(df)
-    if objective not in df or "bad" not in df:
+    if objective not in df:             # a table from before that objective existed
+        objective = next((o for o in verdicts.OBJECTIVES if o in df), None)
+    if objective is None or "bad" not in df:
         return np.arange(len(df))
     return verdicts.rank(df, objective)
 
