@@ -39,8 +39,9 @@ import pandas as pd
 
 from raysearch import verdicts
 from raysearch.errors import ConfigError, InputError
-from raysearch.verdicts import (BAD_SCORE, DEFAULT_OBJECTIVE, NRMSE_COLUMNS, OBJECTIVES,  # noqa: F401
-                                bad_share_by_lambda, lambda_bins, wilson_interval)
+# re-exported here for the callers of the selection stage (they are raysearch.verdicts')
+from raysearch.verdicts import (BAD_SCORE, DEFAULT_OBJECTIVE, NRMSE_COLUMNS,  # noqa: F401
+                                OBJECTIVES, bad_share_by_lambda, lambda_bins, wilson_interval)
 
 RULES = ("sparsest", "best")
 SPARSITY_BY = ("lam", "weight_density")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-
-from raysearch.errors import ConfigError
 from raysearch import verdicts
+from raysearch.errors import ConfigError
 from raysearch.verdicts import DEFAULT_OBJECTIVE
 
 _TABLE_COLUMNS = ["trial_id", "lam", "seed", "recording", "n_hidden", "status", "mean_nrmse",
