@@ -73,9 +73,18 @@ def nrmse_vs_lambda(results):
     bad = bad_mask(results) if "bad" in results else np.zeros(len(results), bool)
     for ax, c in zip(axes, cols):
         y = results[c].astype(float).to_numpy()
-        y = np.where(np.isfinite(y), y, np.nan)          # a bad fit's objective is inf
-        ax.scatter(lam[~bad], y[~bad], s=12, label="good")
-        ax.scatter(lam[bad], y[bad], s=12, marker="x", color="tab:red", label="bad")
+        # a bad fit's objective is inf, an unassessable statistic NaN: neither is drawn
+        ok = np.isfinite(y) & np.isfinite(lam) & (lam > 0)
+        ax.scatter(lam[ok & ~bad], y[ok & ~bad], s=12, label="good")
+        ax.scatter(lam[ok & bad], y[ok & bad], s=12, marker="x", color="tab:red", label="bad")
+        if not ok.any():
+            ax.text(0.5, 0.5, "no finite value", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+            pos = lam[np.isfinite(lam) & (lam > 0)]
+            if pos.size:
+                ax.set_xlim(pos.min() / 1.5, pos.max() * 1.5)
+            else:
+                continue
         _log_x(ax)
         ax.set_xlabel("lambda")
         ax.set_title(c, fontsize=9)

@@ -107,3 +107,15 @@ def test_selection_figures_are_valid_pngs(tmp_path, small_dataset):
     for name in new:
         img = mpimg.imread(paths[name])
         assert img.shape[0] > 100 and img.shape[1] > 100 and np.ptp(img[..., :3]) > 0, name
+
+
+def test_nrmse_vs_lambda_draws_when_every_fit_is_bad(tmp_path):
+    """Every objective inf (bad fits) and a statistic NaN everywhere (unassessable): the figure is
+    still drawn (log axes need finite points: the panel says there are none)."""
+    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1], "bad": [True, True, True],
+                        **{c: [0.5, 0.6, 0.7] for c in plots.NRMSE_COLUMNS},
+                        "mean_nrmse": [np.inf] * 3})
+    res["nrmse_v"] = np.nan
+    fig = plots.nrmse_vs_lambda(res)
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0
