@@ -125,6 +125,9 @@ N_BLOCKS = 10
 #: non-normalisable Gaussian-dReLU model's chains grow without bound (|v| > 1e3 within ~1,500
 #: steps on a z-scored fish, whose frames stay within |v| < ~30).
 UNSTABLE_FACTOR = 10.0
+#: Contrasts below this fraction of the statistic's RMS are float32 rounding, not information (a
+#: statistic that is constant on every side, e.g. h of a model without weights).
+_FLOAT_FLOOR = 1e-5
 #: Burn-in steps between two checks of the chains' range (Gaussian visibles).
 _CHECK_EVERY = 100
 
@@ -749,7 +752,8 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
             continue
         flat, contrast = data_contrast(vec["test"][s], vec["train"][s])
         se = jackknife_se([data_contrast(vt[s], vec["train"][s])[1] for vt in vec_test])
-        if not flat > 0:
+        floor = _FLOAT_FLOOR * float(np.sqrt(np.mean(vec["test"][s] ** 2)))
+        if not flat > floor:
             skip[s] = (f"the training frames predict the test frames no better than a constant "
                        f"(RMSE(test, mean(train)) - RMSE_opt = {flat:.3g})")
         elif not contrast > Z_MARGIN * se:

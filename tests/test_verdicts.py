@@ -90,6 +90,8 @@ def test_all_zero_model_is_empty(planted):
     res = evaluate(zero, data, **KW)
     assert res.bad and res.bad_reason == "empty" and res.weight_density == 0
     assert "vh" in res.unassessable                      # no non-zero weight: no vh element
+    # h (and hh) are the same constant on data and model: not information, not a perfect score
+    assert "h" in res.unassessable and math.isnan(res.nrmse["h"])
     assert res.to_dict()["max_nrmse"] == math.inf
 
 
