@@ -48,8 +48,10 @@ nRMSE (NaN), and is left out of the objectives and of the bad rule:
 * by construction: ``v`` of z-scored units (``dataset.transform == "zscore"``): the training
   means are 0 by construction, so the training frames carry no information on <v_i> to compare a
   model with;
-* by the data (:func:`data_contrast`, from the data's statistics alone, so that a model cannot
-  make a statistic unassessable by predicting it flat): the training frames must predict the
+* by the data (:func:`data_contrast`, from the train and test statistics alone, never the
+  model's samples, so that a model cannot make a statistic unassessable by predicting it flat;
+  for h, vh and hh these are the data seen through the model's E[h|v]; contrasts within float32
+  rounding of the statistic count as none): the training frames must predict the
   test frames' statistic better than a constant does (``RMSE(test, mean(train)) > RMSE_opt``:
   there is element-wise information at all) and clearly better than the nRMSE's shuffled
   reference, ``RMSE_shuf(test, train) - RMSE_opt > Z_MARGIN * se`` with se the test-block
