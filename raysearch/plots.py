@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from raysearch.verdicts import NRMSE_COLUMNS
+
 STAT_LABELS = {"v": "<v_i>", "h": "<h_mu>", "vh": "<v_i h_mu>", "vv": "<v_i v_j> - <v_i><v_j>",
                "hh": "<h_mu h_nu> - <h_mu><h_nu>"}
-NRMSE_COLUMNS = ("nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh")
 # the statistics as a reader writes them (matplotlib mathtext)
 STAT_TEX = {"v": r"$\langle v_i\rangle$", "h": r"$\langle h_\mu\rangle$",
             "vh": r"$\langle v_i h_\mu\rangle$",
@@ -118,12 +119,23 @@ def nrmse_vs_lambda(results):
     for ax in axes[len(cols):]:
         ax.set_visible(False)
     lam = results["lam"].astype(float).to_numpy()
-    bad = results["bad"].fillna(False).astype(bool).to_numpy() if "bad" in results else \
-        np.zeros(len(results), bool)
+    from raysearch.verdicts import bad_mask
+
+    bad = bad_mask(results) if "bad" in results else np.zeros(len(results), bool)
     for ax, c in zip(axes, cols):
         y = results[c].astype(float).to_numpy()
-        ax.scatter(lam[~bad], y[~bad], s=12, label="good")
-        ax.scatter(lam[bad], y[bad], s=12, marker="x", color="tab:red", label="bad")
+        # a bad fit's objective is inf, an unassessable statistic NaN: neither is drawn
+        ok = np.isfinite(y) & np.isfinite(lam) & (lam > 0)
+        ax.scatter(lam[ok & ~bad], y[ok & ~bad], s=12, label="good")
+        ax.scatter(lam[ok & bad], y[ok & bad], s=12, marker="x", color="tab:red", label="bad")
+        if not ok.any():
+            ax.text(0.5, 0.5, "no finite value", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+            pos = lam[np.isfinite(lam) & (lam > 0)]
+            if pos.size:
+                ax.set_xlim(pos.min() / 1.5, pos.max() * 1.5)
+            else:
+                continue
         _log_x(ax)
         _mark_nonfinite(ax, lam, results[c].astype(float).to_numpy())
         ax.set_xlabel(LABELS["lam"])
@@ -133,26 +145,24 @@ def nrmse_vs_lambda(results):
     return fig
 
 
-def bad_share_vs_lambda(results, n_bins=8):
-    """Share of bad models per log-lambda bin (bar width = bin, label = count)."""
+def bad_share_vs_lambda(results=None, n_bins=None, bins=None):
+    """Share of bad models per log-lambda bin (bar width = bin, label = count), as counted by
+    :func:`raysearch.verdicts.bad_share_by_lambda` (pass its table as ``bins`` to draw exactly
+    what the report's table shows)."""
+    from raysearch.verdicts import bad_share_by_lambda
+
     fig = _figure(5, 3.2)
     ax = fig.subplots()
-    lam = results["lam"].astype(float).to_numpy()
-    bad = results["bad"].fillna(False).astype(bool).to_numpy() if "bad" in results else \
-        np.zeros(len(results), bool)
-    ok = np.isfinite(lam) & (lam > 0)
-    if ok.any():
-        lo, hi = np.log10(lam[ok].min()), np.log10(lam[ok].max())
-        edges = np.linspace(lo, hi if hi > lo else lo + 1e-3, n_bins + 1)
-        idx = np.clip(np.searchsorted(edges, np.log10(lam[ok]), side="right") - 1, 0, n_bins - 1)
-        for b in range(n_bins):
-            sel = idx == b
-            if sel.any():
-                share = bad[ok][sel].mean()
-                left, right = 10 ** edges[b], 10 ** edges[b + 1]
-                ax.bar(left, share, width=right - left, align="edge", alpha=0.7,
-                       edgecolor="k")
-                ax.text(np.sqrt(left * right), share, str(int(sel.sum())), ha="center",
+    if bins is None and results is not None and "bad" in results and "lam" in results:
+        lam = results["lam"].astype(float).to_numpy()
+        if (np.isfinite(lam) & (lam > 0)).any():
+            bins = bad_share_by_lambda(results, n_bins=n_bins)
+    if bins is not None and len(bins):
+        for r in bins.itertuples():
+            if r.n_fits:
+                ax.bar(r.lam_low, r.share_bad, width=r.lam_high - r.lam_low, align="edge",
+                       alpha=0.7, edgecolor="k")
+                ax.text(r.lam_center, r.share_bad, str(int(r.n_fits)), ha="center",
                         va="bottom", fontsize=7)
         _log_x(ax)
     ax.set_ylim(0, 1.05)
@@ -384,7 +394,9 @@ def figures(analysis, selection=None) -> dict:
     res = a.results
     if "lam" in res and res["lam"].notna().any():
         out["nrmse_vs_lambda"] = nrmse_vs_lambda(res)
-        out["bad_share_vs_lambda"] = bad_share_vs_lambda(res)
+        # the report's table (all finished trials of the study) when there is one
+        out["bad_share_vs_lambda"] = bad_share_vs_lambda(
+            res, bins=selection.bins if selection is not None else None)
     if a.region_couplings:
         out["region_couplings"] = region_heatmaps(a.region_couplings, a.region_names)
     out["similarity"] = similarity_heatmap(a.similarity.pearson, a.embedding.labels, a.trial_ids,

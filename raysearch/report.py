@@ -24,7 +24,8 @@ CAPTIONS = {
     "identity_bad": "The same for a bad model (or the worst one when none is flagged bad).",
     "nrmse_vs_lambda": "Each nRMSE against λ; crosses are bad models; open triangles at the top "
                        "edge are fits whose value is NaN or infinite (not dropped).",
-    "bad_share_vs_lambda": "Share of bad models per log-lambda bin (number of models on top).",
+    "bad_share_vs_lambda": "Share of bad models per log-lambda bin (number of models on top), as "
+                           "in the table of the model-selection section (raysearch.verdicts).",
     "region_couplings": "Region-level couplings (mean |J_ij| over neuron pairs, log10).",
     "similarity": "Pearson correlation between the models' off-diagonal couplings; rows and "
                   "columns are the models, labelled by λ, grouped by k-means cluster (lines).",
@@ -196,15 +197,18 @@ def _selection_html(selection, figs) -> str:
     rec = selection.recommendation
     a = rec.attrs
     cols = [c for c in ("role", "trial_id", "lam", "seed", "mean_nrmse", "max_nrmse",
-                        "weight_density", "bad") if c in rec.columns]
+                        "max_criteria", "nllh", "weight_density", "weights_converged", "bad",
+                        "unassessable") if c in rec.columns]
     parts = ["<h2 id='model-selection'>Model selection</h2>",
              f"<p>Rule: <b>{esc(str(a.get('rule')))}</b> on <b>{esc(str(a.get('objective')))}"
              f"</b>; tolerance {float(a.get('tolerance', 0.0)):.4g} "
              f"({esc(str(a.get('tolerance_source')))}). {esc(str(a.get('message', '')))}</p>",
              _table_html(rec[cols]) if len(rec) else "<p>No usable fit.</p>",
              "<h3>Bad models per lambda bin (95% Wilson interval)</h3>",
-             _table_html(selection.bins[["lam_low", "lam_high", "n_fits", "n_bad", "share_bad",
-                                         "ci_low", "ci_high", "n_empty"]])]
+             _table_html(selection.bins[[c for c in (
+                 "lam_low", "lam_high", "n_fits", "n_bad", "share_bad", "ci_low", "ci_high",
+                 "n_empty", "n_diverged", "n_unstable", "n_no_better_than_chance",
+                 "n_undefined", "n_unknown") if c in selection.bins]])]
     for name in SELECTION_FIGURES:
         if name in figs:
             parts.append(_figure_html(name, figs[name]))

@@ -23,7 +23,9 @@ def test_individual_figures_draw():
     assert sum(ax.get_visible() for ax in plots.nrmse_vs_lambda(res).axes) == 6
     fig = plots.bad_share_vs_lambda(res, n_bins=3)
     heights = sorted(p.get_height() for p in fig.axes[0].patches)
-    assert heights == [0.0, 0.0, 0.5]  # bins: {1e-3}, {1e-2}, {1e-1, 1} with one bad of two
+    # changed on purpose (issue 15.1): the figure counts as raysearch.verdicts does, like the
+    # report's table: a missing flag is bad, so {1e-1, 1} has two bad of two
+    assert heights == [0.0, 0.0, 1.0]  # bins: {1e-3}, {1e-2}, {1e-1, 1}
     C = rng.random((50, 3)) * 100
     member = np.zeros((4, 50), bool)
     member[0, :5] = True
@@ -140,3 +142,15 @@ def test_similarity_heatmap_labelled_by_lambda_grouped_by_cluster():
     assert "lambda" in ax.get_xlabel()
     assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_ydata()[0] == ln.get_ydata()[-1]] \
         == [1.5]
+
+
+def test_nrmse_vs_lambda_draws_when_every_fit_is_bad(tmp_path):
+    """Every objective inf (bad fits) and a statistic NaN everywhere (unassessable): the figure is
+    still drawn (log axes need finite points: the panel says there are none)."""
+    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1], "bad": [True, True, True],
+                        **{c: [0.5, 0.6, 0.7] for c in plots.NRMSE_COLUMNS},
+                        "mean_nrmse": [np.inf] * 3})
+    res["nrmse_v"] = np.nan
+    fig = plots.nrmse_vs_lambda(res)
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0

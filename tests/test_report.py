@@ -80,6 +80,7 @@ def test_report_model_selection_section(experiment, tmp_path):
     two histograms, each a valid non-blank PNG; its tables agree with select_model."""
     from raysearch.analysis import analyze
     from raysearch.report import write_report
+    from raysearch.search import load_results
     from raysearch.selection import select_model
 
     exp, _ = experiment
@@ -91,7 +92,7 @@ def test_report_model_selection_section(experiment, tmp_path):
     for name in ("selection_radar", "weight_histograms", "coupling_histograms"):
         assert f"<figure id='fig-{name}'>" in section
     assert "Bad models per lambda bin" in section and "recommended" in section
-    rec, bins = select_model(exp)
+    rec, bins = select_model(load_results(exp))   # selection takes a DataFrame (issue 15.1)
     got = pd.read_csv(out / "tables" / "selection_recommendation.csv")
     assert got["trial_id"].tolist() == rec["trial_id"].tolist()
     got = pd.read_csv(out / "tables" / "selection_bad_share.csv")

@@ -149,12 +149,17 @@ def unreadable_models(df: pd.DataFrame) -> list[str]:
             for r in bad.itertuples()]
 
 
-def _order_best(df):
-    """Indices sorted best first: not bad, then lowest mean nRMSE (NaN last)."""
-    bad = df["bad"].fillna(True).astype(bool).to_numpy() if "bad" in df else np.zeros(len(df), bool)
-    score = df["mean_nrmse"].astype(float).to_numpy() if "mean_nrmse" in df else np.zeros(len(df))
-    score = np.where(np.isfinite(score), score, np.inf)
-    return np.lexsort((score, bad))
+def _order_best(df, objective=None):
+    """Indices sorted best first by the study's objective (:func:`raysearch.verdicts.rank`:
+    usable fits by increasing objective, then the others)."""
+    from raysearch import verdicts
+
+    objective = objective or verdicts.study_objective(df)
+    if objective not in df:             # a table from before that objective existed
+        objective = next((o for o in verdicts.OBJECTIVES if o in df), None)
+    if objective is None or "bad" not in df:
+        return np.arange(len(df))
+    return verdicts.rank(df, objective)
 
 
 def analyze(directory, structural=None, n_clusters=None, similarity="auto", sketch_dim=2**15,
@@ -176,7 +181,8 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
         Sketch length of the sketch route.
     region_models : int
         Region-level couplings cost O(N^2 M) per model, so they are computed for this many models
-        (best first: not bad, lowest mean nRMSE), plus the worst bad model when there is one.
+        (best first by the study's objective, :func:`raysearch.verdicts.rank`), plus the worst
+        bad model when there is one.
     assembly_threshold : float
         Membership threshold relative to each hidden unit's largest |w|.
     chunk : int, optional
@@ -250,7 +256,10 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
                    embedding=emb, clusters=clusters, notes=notes, skipped=skipped)
     order = _order_best(df)
     best = int(order[0])
-    bad_rows = [i for i in order[::-1] if "bad" in df and bool(df["bad"].fillna(False).iloc[i])]
+    from raysearch.verdicts import bad_mask
+
+    is_bad = bad_mask(df) if "bad" in df else np.zeros(len(df), bool)
+    bad_rows = [i for i in order[::-1] if is_bad[i]]
     worst = int(bad_rows[0]) if bad_rows else (int(order[-1]) if len(order) > 1 else None)
 
     _identity(out, df, files, best, worst)

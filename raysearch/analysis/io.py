@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from raysearch.errors import InputError, check_readable
-
-STATS = ("v", "h", "vh", "vv", "hh")
+from raysearch.verdicts import STATS
 
 
 def _open(path):

@@ -6,13 +6,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
+from raysearch import verdicts
 from raysearch.errors import ConfigError
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
 
 _TABLE_COLUMNS = ["trial_id", "lam", "seed", "recording", "n_hidden", "status", "mean_nrmse",
-                  "max_nrmse", "bad", "sparsity", "updates", "seconds"]
+                  "max_nrmse", "bad", "bad_reason", "sparsity", "updates", "seconds"]
 
 
 def register(sub):
@@ -49,7 +48,7 @@ def register(sub):
     g.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
     g.add_argument("--parquet", default=None, metavar="FILE", help="write the table as Parquet")
     p.add_argument("--history", action="store_true", help="one row per report instead of per trial")
-    p.add_argument("--objective", choices=("mean_nrmse", "max_nrmse"), default=None,
+    p.add_argument("--objective", choices=verdicts.OBJECTIVES, default=None,
                    help="objective of the model selection (default: the study's search.objective)")
     p.add_argument("--rule", choices=("sparsest", "best"), default="sparsest",
                    help="sparsest: the largest lambda whose objective is within the tolerance of "
@@ -193,13 +192,13 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         lines.append(view.to_string(index=False))
     study = df.attrs.get("study") or {}
     objective = objective or (study.get("search") or {}).get("objective", DEFAULT_OBJECTIVE)
-    ok = df[df.get("finished", True) & ~df["bad"].fillna(True).astype(bool)]
-    ok = ok[np.isfinite(ok[objective].astype(float))]
+    done = df[verdicts.finished_mask(df)]
+    best_at = verdicts.best_index(done, objective) if len(done) else None
     lines.append("")
-    if ok.empty:
+    if best_at is None:
         lines.append(f"Best lambda: none (no finished trial that is not bad; {len(df)} trials)")
     else:
-        best = ok.loc[ok[objective].astype(float).idxmin()]
+        best = done.loc[best_at]
         lines.append(f"Best lambda: {best['lam']:.4g} ({objective} {best[objective]:.4f}, "
                      f"trial {best['trial_id']}, seed {best['seed']}, recording "
                      f"{best['recording']})")
@@ -207,7 +206,6 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         front = df[df["pareto"]].sort_values("lam")
         lines.append(f"Pareto front ({objective} vs weight_density): "
                      + ", ".join(f"lam={r.lam:.3g}" for r in front.itertuples()))
-    done = df[df["finished"].fillna(False).astype(bool)] if "finished" in df else df
     if len(done):
         lines.extend(selection_lines(done, objective=objective, rule=rule, tolerance=tolerance))
     n_unfinished = int((~df["finished"]).sum()) if "finished" in df else 0
@@ -218,7 +216,7 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
 
 
 def _fit_line(role: str, r, objective: str) -> str:
-    other = "max_nrmse" if objective == "mean_nrmse" else "mean_nrmse"
+    other = "max_nrmse" if objective != "max_nrmse" else "mean_nrmse"
     parts = [f"  {role + ':':<16}lambda {float(r['lam']):.4g}", f"trial {r['trial_id']}"]
     if "seed" in r:
         parts.append(f"seed {r['seed']}")
@@ -245,7 +243,8 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
     """
     import pandas as pd
 
-    from raysearch.selection import bad_share_by_lambda, recommend
+    from raysearch.selection import recommend
+    from raysearch.verdicts import bad_share_by_lambda
 
     rec = recommend(done, objective=objective, rule=rule, tolerance=tolerance)
     lines = ["", f"Model selection (objective {objective}, rule {rule}):"]
@@ -264,6 +263,11 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
         lines.append(f"  {rec.message}")
     shares = bad_share_by_lambda(done)
     lines.append("")
+    why = {r: int(shares[f"n_{r}"].sum()) for r in verdicts.BAD_REASONS + ("unknown",)
+           if f"n_{r}" in shares}
+    if any(why.values()):
+        lines.append("Why fits are bad: " + ", ".join(f"{r} {n}" for r, n in why.items() if n)
+                     + " (raysearch.verdicts)")
     lines.append("Bad models per lambda range (log bins; finished trials; 95% Wilson interval):")
     view = pd.DataFrame({
         "lam_low": shares["lam_low"].map("{:.3g}".format),

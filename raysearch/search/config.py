@@ -29,7 +29,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
                       field_validator, model_validator)
 
 from raysearch.errors import ConfigError
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
 
 __all__ = ["Study", "load_study", "study_from_dict", "default_study_path", "SearchSpec",
            "RecordingSpec", "EvalSettings"]
@@ -169,7 +169,7 @@ class SearchSpec(_Strict):
     max_concurrent: PositiveInt = 2
     sampler_seed: int = 0
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
-    objective: Literal["mean_nrmse", "max_nrmse"] = DEFAULT_OBJECTIVE
+    objective: Literal["mean_nrmse", "max_nrmse", "max_criteria"] = DEFAULT_OBJECTIVE
     asha: AshaSpec | None = None
     optuna_storage: str | None = None
 

@@ -20,19 +20,25 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from raysearch import verdicts
 from raysearch.errors import InputError
-from raysearch.search.trial import METRIC_KEYS, RMSE_KEYS
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
+
+METRIC_KEYS = verdicts.METRIC_COLUMNS
+RMSE_KEYS = verdicts.RMSE_COLUMNS
 
 __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
-           "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
-           "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
+           *verdicts.NRMSE_COLUMNS, "mean_nrmse", "max_nrmse", "bad", "bad_reason", "sparsity",
+           "weight_density", "updates", "seconds", "node", "model_path"]
 _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id",
-          "trial_dir", "model_error"]
+          "trial_dir", "model_error", "max_criteria", verdicts.RECONSTRUCTION, *verdicts.OBJECTIVE_SE_COLUMNS,
+          "weight_std", "weights_converged", "unassessable", "unassessable_reason", "unstable",
+          "unstable_reason"]
+_TEXT = ("unassessable", "unassessable_reason", "unstable_reason")
 
 
 def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
@@ -153,6 +159,13 @@ def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     return out
 
 
+def _float(v) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _model_metrics(path: Path) -> tuple[dict | None, str | None]:
     """``(metrics, None)`` from a model file's /evaluation attributes, ``(None, None)`` when it has
     none yet, or ``(None, reason)`` when the file cannot be read as a raysearch model file."""
@@ -234,10 +247,14 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
     -------
     pandas.DataFrame
         Columns :data:`COLUMNS` (trial_id, lam, seed, recording, penalty, n_hidden, status,
-        nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
-        seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
-        seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
-        trial_dir, the parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), and
+        nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, bad_reason, sparsity, weight_density,
+        updates, seconds, node, model_path), then finished, resumed_at, eval_seconds,
+        train_seconds (fit seconds without the in-fit evaluations and checkpoints), n_reports,
+        node_id, trial_dir, max_criteria, nllh, the objectives' noise (``mean_nrmse_se``,
+        ``max_nrmse_se``, ``max_criteria_se``), weight_std, weights_converged, unassessable,
+        unassessable_reason, unstable, unstable_reason (see :mod:`raysearch.verdicts`; the
+        objectives of a bad fit are inf, and empty fits of older studies are marked bad), the
+        parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), and
         ``pareto`` for a two-objective study. ``finished`` is True when the
         trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
         TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
@@ -281,8 +298,13 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             "status": st.get("status") or ("TERMINATED" if final is not None else "UNKNOWN"),
         }
         for k in METRIC_KEYS:
-            row[k] = float(last[k]) if last.get(k) is not None else math.nan
+            row[k] = _float(last.get(k))
         row["bad"] = bool(last["bad"]) if "bad" in last else None
+        row["bad_reason"] = last.get("bad_reason")
+        row["unstable"] = last.get("unstable")
+        row["weights_converged"] = last.get("weights_converged")
+        for k in _TEXT:
+            row[k] = last.get(k)
         row["updates"] = last.get("updates")
         row["seconds"] = last.get("seconds")
         row["node"] = last.get("node")
@@ -296,13 +318,13 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["trial_dir"] = str(tdir) if tdir is not None else None
         row["model_error"] = model_error
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
-            row[k] = float(last[k]) if last.get(k) is not None else math.nan
+            row[k] = _float(last.get(k))
         rows.append(row)
         for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
                                      "n_hidden", "status")}
             h["_seq"] = seq
-            for k in METRIC_KEYS + ("bad", "updates", "seconds", "node", "node_id", "final",
+            for k in METRIC_KEYS + ("bad", "bad_reason", "updates", "seconds", "node", "node_id", "final",
                                     "resumed_at",
                                     "training_iteration", "timestamp"):
                 h[k] = r.get(k)
@@ -318,10 +340,18 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", DEFAULT_OBJECTIVE)
-            ok = df["finished"] & ~df["bad"].fillna(True).astype(bool)
+            ok = verdicts.finished_mask(df) & verdicts.usable_mask(df, objective)
             a = np.where(ok, df[objective].to_numpy(float), np.inf)
             df["pareto"] = pareto_mask(a, df["weight_density"].to_numpy(float))
-    for col in ("bad",):
+    if len(df) and "bad" in df:
+        # one verdict everywhere: empty fits of older studies are bad, and every bad fit has a
+        # reason (raysearch.verdicts)
+        df["bad"] = df["bad"].astype("boolean")
+        known = df["bad"].notna().to_numpy()
+        flagged = verdicts.bad_mask(df)
+        df.loc[known & flagged, "bad"] = True
+        df["bad_reason"] = np.where(known, verdicts.bad_reasons(df).to_numpy(), None)
+    for col in ("unstable", "weights_converged"):
         if col in df and len(df):
             df[col] = df[col].astype("boolean")
     df.attrs["study"] = study
