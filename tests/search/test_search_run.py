@@ -19,6 +19,7 @@ from raysearch.crbm import CRBM
 from raysearch.errors import ConfigError, InputError
 from raysearch.evaluation import nrmse_from_rmse
 from raysearch.search import load_results, load_study, run_study, study_from_dict
+from raysearch.search.monitoring import DIVERGED_VALUE
 from raysearch.search.results import COLUMNS, pareto_mask
 from raysearch.verdicts import BAD_REASONS
 from search_helpers import tiny_dict, tiny_study
@@ -43,6 +44,9 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
     # (40-update fits have hh RMSE_shuf ~ RMSE_opt: nRMSE NaN, i.e. bad, by design)
     quick["model"]["n_updates"] = 400
     quick["evaluation"]["report_every"] = 100
+    # a final evaluation precise enough to tell these fits from chance (with the tiny study's 40
+    # chains x 10 samples every nRMSE has a noise of ~0.25 and each fit is, honestly, bad)
+    quick["evaluation"]["final"] = {"n_chains": 200, "n_burnin": 50, "n_samples": 20, "n_between": 5}
     quick["search"].update(num_samples=3, lam={"low": 1e-4, "high": 1e-2},
                            points_to_evaluate=[{"lam": 0.003}])
     study = study_from_dict(quick)
@@ -91,7 +95,10 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
     assert sorted(t.params["lam"] for t in trials) == pytest.approx(sorted(df["lam"]))
     # the study's objective: the default, the worst nRMSE
     assert study.search.objective == "max_nrmse"
-    assert sorted(t.value for t in trials) == pytest.approx(sorted(df["max_nrmse"]))
+    assert not df["bad"].all()
+    # Optuna holds the reported objective, DIVERGED_VALUE for a bad fit (whose objective is inf)
+    expected = np.where(np.isfinite(df["max_nrmse"]), df["max_nrmse"], DIVERGED_VALUE)
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(expected))
     assert trials[0].params["lam"] == pytest.approx(0.003)  # points_to_evaluate ran first
     # history: one row per report, updates every 100, the last one final
     hist = load_results(run.experiment_dir, history=True)
@@ -170,7 +177,8 @@ def test_multi_objective_study_marks_the_pareto_front(ray_session, tmp_path):
     # 300 updates and lambda <= 1e-2: the fits learn something (40-update fits have vv nRMSE
     # ~1.01 +- noise, so whether any is usable would be a coin flip)
     study = tiny_study(tmp_path, name="multi", model={"n_updates": 300},
-                       evaluation={"report_every": 100},
+                       evaluation={"report_every": 100, "final": {
+                           "n_chains": 200, "n_burnin": 50, "n_samples": 20, "n_between": 5}},
                        search={"mode": "multi", "num_samples": 4,
                                "lam": {"low": 1e-4, "high": 1e-2}})
     run = run_study(study)
