@@ -505,9 +505,9 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
     return recs, truth
 
 
-def truth_on_grid(truth: CohortTruth, joint: JointDataset) -> np.ndarray:
+def truth_on_grid(truth: CohortTruth, joint: JointDataset, fish: int | None = None) -> np.ndarray:
     """Planted assemblies on the common grid: per fish the summed member weights of each voxel,
-    summed over the fish that have the assembly.
+    summed over the fish that have the assembly (or of fish ``fish`` only).
 
     Returns
     -------
@@ -516,7 +516,7 @@ def truth_on_grid(truth: CohortTruth, joint: JointDataset) -> np.ndarray:
     from raysearch.analysis.recovery import truth_in_units
 
     G = np.zeros((truth.n_assemblies, joint.n_units))
-    for f in range(truth.n_fish):
+    for f in range(truth.n_fish) if fish is None else [int(fish)]:
         G += truth_in_units(truth.weights[f], joint.unit_of_neuron_per_fish[f], joint.n_units)
     return G
 
@@ -595,3 +595,44 @@ def load_cohort_truth(directory) -> CohortTruth:
                        expressed=np.asarray(meta["expressed"]),
                        radius_um=float(meta["radius_um"]), weights=W, activity=A,
                        params=meta["params"])
+
+
+def joint_study_dataset(study, recordings, pre: dict) -> dict:
+    """The datasets of a ``joint: true`` study: ``{"joint": JointDataset}`` built with the study's
+    preprocessing settings (``voxel_um`` is the common grid, ``joint_min_fish`` the
+    ``min_fish``). Fish names are the recording keys."""
+    from raysearch.search.config import JOINT_KEY
+
+    pre = dict(pre)
+    voxel_um = pre.pop("voxel_um")
+    transform = pre.pop("transform")
+    signal = pre.pop("signal")
+    if transform == "auto":
+        transform = "zscore" if signal == "dff" else "binarize"
+    jd = joint_dataset(recordings, voxel_um, min_fish=study.joint_min_fish, signal=signal,
+                       transform=transform, names=[r.key for r in study.recordings], **pre)
+    return {JOINT_KEY: jd}
+
+
+def per_fish_metrics(model, joint: JointDataset, eval_kw: dict, seed: int, backend) -> dict:
+    """Per-fish nRMSE of a joint model for a trial's final report: ``fish{f}_nrmse_{stat}``,
+    ``fish{f}_mean_nrmse`` (f in the study's recording order) and ``bad_any_fish``; NaN (and
+    bad_any_fish True) for a diverged model."""
+    from raysearch.evaluation import STATS, evaluate
+
+    out = {}
+    finite = not getattr(model, "diverged_", False) and all(
+        np.all(np.isfinite(np.asarray(getattr(model, a)))) for a in ("weights_", "fields_"))
+    bad = not finite
+    for f in range(joint.n_fish):
+        if finite:
+            with np.errstate(all="ignore"):
+                r = evaluate(model, joint.fish_dataset(f), seed=seed, backend=backend, **eval_kw)
+            vals, mean, bad = r.nrmse, r.mean_nrmse, bad or r.bad
+        else:
+            vals, mean = {k: float("nan") for k in STATS}, float("nan")
+        for k in STATS:
+            out[f"fish{f}_nrmse_{k}"] = float(vals[k])
+        out[f"fish{f}_mean_nrmse"] = float(mean)
+    out["bad_any_fish"] = bool(bad)
+    return out
