@@ -33,7 +33,7 @@ import pandas as pd
 
 from raysearch.errors import InputError
 
-__all__ = ["fish_expression", "expressing_fish", "match_units", "recurrence",
+__all__ = ["cross_subject_analysis", "write_cross_subject_report", "fish_expression", "expressing_fish", "match_units", "recurrence",
            "coupling_consistency", "shared_recovery", "expression_figure",
            "recurrence_figure", "report_section"]
 
@@ -211,6 +211,75 @@ def shared_recovery(model, truth_grid, shared) -> pd.DataFrame:
     C = np.abs(G @ W.T)
     return pd.DataFrame({"assembly": np.arange(G.shape[0]), "shared": np.asarray(shared),
                          "best_unit": C.argmax(1), "abs_cosine": C.max(1)})
+
+
+def cross_subject_analysis(joint, joint_model=None, per_fish_models=None, threshold: float = 0.3,
+                           min_cosine: float = 0.5) -> dict:
+    """Everything of this module for one cohort, as tables (the data step of the report).
+
+    Parameters
+    ----------
+    joint : JointDataset
+    joint_model : fitted CRBM, optional
+        A model fitted on ``joint``: gives ``"expression"`` (:func:`expressing_fish` with the raw
+        co-fluctuations as ``e_<fish>`` columns).
+    per_fish_models : sequence of fitted CRBM, optional
+        One per fish, on the common grid (e.g. fitted on ``joint.fish_dataset(f)``): gives
+        ``"recurrence"``, ``"pairs"``, ``"consistency"`` and ``"region_couplings"``.
+
+    Returns
+    -------
+    dict of DataFrame (and a list of (R, R) arrays under ``"region_couplings"``)
+    """
+    out = {}
+    if joint_model is not None:
+        e = fish_expression(joint_model, joint)
+        rel = expressing_fish(e, threshold)
+        for c in e.columns:
+            rel[f"e_{c}"] = e[c]
+        out["expression"] = rel
+    if per_fish_models is not None:
+        if len(per_fish_models) != joint.n_fish:
+            raise InputError(f"{len(per_fish_models)} per-fish models for {joint.n_fish} fish")
+        out["recurrence"], out["pairs"] = recurrence(per_fish_models, joint.fish_names,
+                                                     min_cosine)
+        out["region_couplings"], out["consistency"] = coupling_consistency(
+            per_fish_models, joint.unit_region, len(joint.region_names), joint.fish_names)
+    return out
+
+
+def write_cross_subject_report(results: dict, out_dir) -> dict:
+    """Write the figures (``figures/cross_subject_*.png``), tables (``tables/cross_subject_*.csv``)
+    and ``cross_subject.html`` of :func:`cross_subject_analysis`'s results (the drawing step).
+
+    Returns
+    -------
+    dict
+        ``{"html": Path, "figures": {name: Path}}``.
+    """
+    from pathlib import Path
+
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    figs = {}
+    if "expression" in results:
+        figs["cross_subject_expression"] = expression_figure(results["expression"])
+    if "recurrence" in results:
+        figs["cross_subject_recurrence"] = recurrence_figure(results["recurrence"])
+    paths = {}
+    for name, fig in figs.items():
+        paths[name] = out / "figures" / f"{name}.png"
+        fig.savefig(paths[name])
+    for name in ("expression", "recurrence", "pairs", "consistency", "nrmse"):
+        if name in results:
+            results[name].to_csv(out / "tables" / f"cross_subject_{name}.csv")
+    html_path = out / "cross_subject.html"
+    rel = {k: p.relative_to(out) for k, p in paths.items()}
+    html_path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>raysearch "
+                         "cross-subject</title></head><body>" + report_section(results, rel)
+                         + "</body></html>")
+    return {"html": html_path, "figures": paths}
 
 
 # ----------------------------------------------------------------------------------------------
