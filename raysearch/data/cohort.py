@@ -326,6 +326,8 @@ class CohortTruth:
         Planted weights per fish (zero rows for assemblies the fish does not have).
     activity : list of ndarray (T_f, K), float32
         On/off per frame (zero columns for assemblies the fish does not have).
+    background : list of ndarray (N_f,), float32
+        Background spike probabilities per fish.
     params : dict
     """
 
@@ -336,6 +338,7 @@ class CohortTruth:
     weights: list
     activity: list
     params: dict = field(default_factory=dict)
+    background: list = field(default_factory=list)
 
     @property
     def n_fish(self) -> int:
@@ -452,7 +455,7 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
     for f in range(F):
         expressed[f, n_shared + f * n_private: n_shared + (f + 1) * n_private] = True
 
-    recs, weights, acts = [], [], []
+    recs, weights, acts, bgs = [], [], [], []
     for f in range(F):
         rng = _cohort_rng(seed, 2, f)
         local, micro, labels = _fish_geometry(rng, N)
@@ -494,6 +497,7 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
             layout="synthetic"))
         weights.append(W)
         acts.append(A)
+        bgs.append(bg.astype(np.float32))
     params = dict(n_fish=F, n_neurons=N, n_frames=T, n_shared=int(n_shared),
                   n_private=int(n_private), seed=int(seed), radius_um=float(radius_um),
                   frame_rate=float(frame_rate), mean_rate=float(mean_rate),
@@ -501,7 +505,7 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
                   gain=float(gain), jitter_um=float(jitter_um))
     truth = CohortTruth(centres=(centres + syn._REF_CENTRE), shared=shared, expressed=expressed,
                         radius_um=float(radius_um), weights=weights, activity=acts,
-                        params=params)
+                        params=params, background=bgs)
     return recs, truth
 
 
@@ -556,8 +560,17 @@ def write_synthetic_cohort(directory, force: bool = False, **kwargs) -> list[Pat
                 tms.attrs["unit"] = "s"
                 lab = brain.create_dataset("Labels", data=rec.labels.T.astype(np.uint8))
                 lab.attrs["region_names"] = json.dumps(rec.region_names)
+                # the group of a single synthetic fish (raysearch.data.synthetic.load_ground_truth
+                # reads it); region matrices are not planted here and are left at 0
+                R = len(rec.region_names)
                 gt = h.create_group("GroundTruth")
                 gt.attrs["params"] = json.dumps(dict(truth.params, fish=f))
+                gt.attrs["region_names"] = json.dumps(rec.region_names)
+                gt.create_dataset("membership", data=(truth.weights[f] != 0).astype(np.uint8),
+                                  compression="gzip")
+                gt.create_dataset("region_coupling", data=np.zeros((R, R)))
+                gt.create_dataset("structural", data=np.zeros((R, R)))
+                gt.create_dataset("background", data=truth.background[f])
                 gt.create_dataset("weights", data=truth.weights[f], compression="gzip")
                 gt.create_dataset("activity", data=truth.activity[f].astype(np.uint8),
                                   compression="gzip")

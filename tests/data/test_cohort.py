@@ -141,6 +141,11 @@ def test_write_and_load_cohort(tmp_path):
     loaded = load_cohort_truth(out)
     np.testing.assert_array_equal(loaded.weights[1], truth.weights[1])
     np.testing.assert_array_equal(loaded.expressed, truth.expressed)
+    from raysearch.data.synthetic import load_ground_truth
+
+    g = load_ground_truth(files[1])          # the single-fish reader reads a cohort fish
+    np.testing.assert_array_equal(g.weights, truth.weights[1])
+    np.testing.assert_array_equal(g.membership, truth.weights[1] != 0)
     r = load_recording(files[1])
     np.testing.assert_array_equal(r.spikes, recs[1].spikes)
     np.testing.assert_allclose(r.ref_coords, recs[1].ref_coords, atol=1e-3)

@@ -82,3 +82,23 @@ def test_per_fish_metrics(tmp_path):
     m.diverged_ = True
     d = per_fish_metrics(m, jd, kw, 0, "numpy")
     assert math.isnan(d["fish0_mean_nrmse"]) and d["bad_any_fish"] is True
+
+
+def test_joint_study_end_to_end(ray_session, tmp_path):
+    """A tiny joint grid through Ray: one row per lambda, recording 'joint', per-fish nRMSE in
+    the final report, a loadable model on the common grid."""
+    from raysearch.crbm import CRBM
+    from raysearch.search import load_results, run_study
+
+    study = _cohort_study(tmp_path, search={"mode": "grid", "lam": [1e-3, 1e-2], "seeds": [0],
+                                            "max_concurrent": 2})
+    run = run_study(study)
+    assert run.num_errors == 0
+    df = load_results(run.experiment_dir)
+    assert len(df) == 2 and (df["recording"] == "joint").all() and df["finished"].all()
+    assert {"fish0_mean_nrmse", "fish1_mean_nrmse", "bad_any_fish"} <= set(df.columns), \
+        sorted(df.columns)
+    m = CRBM.load(df["model_path"].iloc[0])
+    from raysearch.search.tuner import prepare_datasets
+
+    assert m.weights_.shape[1] == prepare_datasets(study)["joint"].n_units
