@@ -30,6 +30,12 @@ COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "statu
 _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
 
 
+def _per_fish_columns(last: dict) -> dict:
+    """The per-fish metrics of a joint study's final report (``fish<f>_...``, ``bad_any_fish``)."""
+    return {k: v for k, v in last.items()
+            if k == "bad_any_fish" or (k.startswith("fish") and "nrmse" in k)}
+
+
 def _read_json_lines(path: str) -> list[dict]:
     rows = []
     try:
@@ -214,6 +220,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["trial_dir"] = str(tdir) if tdir is not None else None
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = float(last[k]) if last.get(k) is not None else math.nan
+        row.update(_per_fish_columns(last))     # joint studies (issue 14)
         rows.append(row)
         for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
@@ -231,7 +238,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "_seq"], kind="stable")
             df = df.drop(columns="_seq").reset_index(drop=True)
     else:
-        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
+        cols = COLUMNS + _EXTRA + list(RMSE_KEYS)
+        cols += sorted({k for r in rows for k in r} - set(cols))
+        df = pd.DataFrame(rows, columns=cols)
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", DEFAULT_OBJECTIVE)

@@ -166,6 +166,7 @@ def test_per_fish_matching_finds_shared_assemblies(cohort):
         G = G / np.linalg.norm(G, axis=1, keepdims=True).clip(1e-12)
         W = m.weights_ / np.linalg.norm(m.weights_, axis=1, keepdims=True).clip(1e-12)
         unit_cos.append(np.abs(W @ G.T))
+    linked = []
     for a in range(3):
         for b in range(3):
             if a == b:
@@ -173,11 +174,15 @@ def test_per_fish_matching_finds_shared_assemblies(cohort):
             p = pairs[(pairs.fish_a == jd.fish_names[a]) & (pairs.fish_b == jd.fish_names[b])]
             p = p.set_index("unit_a")
             for k in shared:
-                # fish a's unit for assembly k is matched to a unit of fish b that is assembly k
-                # there too (fish b may carry k on more than one unit), and the pair recurs
+                # fish a's unit for assembly k is matched one to one to a unit of fish b that is
+                # assembly k there too, and the pair recurs
                 partner = p.loc[best[a, k], "unit_b"]
-                assert unit_cos[b][partner, k] >= 0.5, (a, b, k, unit_cos[b][:, k])
-                assert p.loc[best[a, k], "recurs"]
+                linked.append(bool(unit_cos[b][partner, k] >= 0.5
+                                   and p.loc[best[a, k], "recurs"]))
+    # the one-to-one matching links most, not all: a fish model may split an assembly over two
+    # units, and the Hungarian pairing then takes the other one (20 of 24 on the full cohort of
+    # bench/cross_subject_acceptance.py)
+    assert np.mean(linked) >= 0.75, linked
     # at least the shared assemblies recur: 4 of 10 units per fish
     assert (share.to_numpy()[~np.eye(3, dtype=bool)] >= 4 / 10).all()
     mats, cons = coupling_consistency(per_fish, jd.unit_region, len(jd.region_names),

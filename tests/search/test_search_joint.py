@@ -78,6 +78,14 @@ def test_per_fish_metrics(tmp_path):
     assert set(k for k in d if k.startswith("fish0_")) == {
         "fish0_nrmse_v", "fish0_nrmse_h", "fish0_nrmse_vh", "fish0_nrmse_vv", "fish0_nrmse_hh",
         "fish0_mean_nrmse"}
+    from raysearch.data.cohort import evaluate_joint, joint_metrics
+
+    ej = evaluate_joint(m, jd, seed=0, backend="numpy", **kw)
+    assert ej["fish"]["f1"].nrmse["vv"] == pytest.approx(d["fish1_nrmse_vv"])
+    assert ej["filled_units"] == {"f0": 0, "f1": 0}
+    flat = joint_metrics(ej)
+    assert flat["fish0_nrmse_v"] == pytest.approx(d["fish0_nrmse_v"], nan_ok=True)
+    assert flat["mean_nrmse"] == pytest.approx(ej["overall"].mean_nrmse, nan_ok=True)
     # a diverged model: NaN per fish, bad
     m.diverged_ = True
     d = per_fish_metrics(m, jd, kw, 0, "numpy")
