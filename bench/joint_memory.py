@@ -35,7 +35,8 @@ def main():
     from raysearch.crbm import CRBM
     from raysearch.data.cohort import joint_dataset, make_synthetic_cohort
 
-    out = {"min_fish": a.min_fish, "fish": a.fish, "neurons": a.neurons, "frames": a.frames, "voxel_um": a.voxel_um}
+    out = {"min_fish": a.min_fish, "fish": a.fish, "neurons": a.neurons, "frames": a.frames,
+           "voxel_um": a.voxel_um}
     t = time.perf_counter()
     recs, truth = make_synthetic_cohort(n_fish=a.fish, n_neurons=a.neurons, n_frames=a.frames,
                                         n_shared=4, n_private=2, seed=0)

@@ -3,7 +3,8 @@
 Joint model (one cRBM fitted on a :class:`~raysearch.data.cohort.JointDataset`):
 :func:`fish_expression` measures, per hidden unit ``mu`` and fish ``f``, how strongly fish ``f``
 expresses the unit: the variance over fish ``f``'s frames of the unit's input ``I_mu(v) =
-sum_i w_mu,i v_i`` (all frames, train and test) minus its part from independent voxel fluctuations, per unit weight:
+sum_i w_mu,i v_i`` (all frames, train and test) minus its part from independent voxel
+fluctuations, per unit weight:
 
     e_mu,f = max(0, Var_f(I_mu) - sum_i w_mu,i^2 Var_f(v_i)) / sum_i w_mu,i^2
            = sum_{i != j} w_mu,i w_mu,j Cov_f(v_i, v_j) / ||w_mu||^2   (clipped at 0),
@@ -33,7 +34,8 @@ import pandas as pd
 
 from raysearch.errors import InputError
 
-__all__ = ["cross_subject_analysis", "write_cross_subject_report", "fish_expression", "expressing_fish", "match_units", "recurrence",
+__all__ = ["cross_subject_analysis", "write_cross_subject_report", "fish_expression",
+           "expressing_fish", "match_units", "recurrence",
            "coupling_consistency", "shared_recovery", "expression_figure",
            "recurrence_figure", "report_section"]
 
@@ -275,7 +277,7 @@ def write_cross_subject_report(results: dict, out_dir) -> dict:
         if name in results:
             results[name].to_csv(out / "tables" / f"cross_subject_{name}.csv")
     html_path = out / "cross_subject.html"
-    rel = {k: p.relative_to(out) for k, p in paths.items()}
+    rel = paths
     html_path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>raysearch "
                          "cross-subject</title></head><body>" + report_section(results, rel)
                          + "</body></html>")
@@ -322,12 +324,15 @@ def report_section(results: dict, figure_paths: dict | None = None) -> str:
         Any of ``"expression"`` (:func:`expressing_fish`'s table), ``"recurrence"`` (share
         matrix), ``"consistency"`` (coupling consistency matrix), ``"nrmse"`` (per-fish table).
     figure_paths : dict name -> path, optional
+        PNG files, embedded in the HTML.
 
     Returns
     -------
     str
     """
+    import base64
     import html
+    from pathlib import Path
 
     parts = ["<h2>Cross-subject assemblies</h2>"]
     if "nrmse" in results:
@@ -345,6 +350,8 @@ def report_section(results: dict, figure_paths: dict | None = None) -> str:
         parts.append("<h3>Region couplings: across-fish Pearson of log10</h3>"
                      + results["consistency"].to_html(classes="tbl", float_format="%.3g"))
     for name, path in (figure_paths or {}).items():
-        parts.append(f"<figure><img src='{html.escape(str(path))}' alt='{html.escape(name)}'>"
+        # embedded, so that the page is self-contained like report.html
+        b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
     return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""Several fish on one voxel grid: the joint dataset of a cross-subject cRBM, and a synthetic cohort.
+"""Several fish on one voxel grid: the joint dataset of a cross-subject cRBM; a synthetic cohort.
 
 Joint dataset (:func:`joint_dataset`)
 -------------------------------------

@@ -3,7 +3,6 @@ small synthetic cohort (3 fish x 1500 neurons x 2000 frames; one joint and three
 about a minute on one core)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from raysearch.analysis.cross_subject import (coupling_consistency, expressing_fish,
@@ -94,14 +93,16 @@ def test_coupling_consistency_identical_and_scaled():
     np.testing.assert_allclose(mats[1], 9 * mats[0], rtol=1e-5)
 
 
-def test_figures_and_section():
+def test_figures_and_section(tmp_path):
     jd = _joint(T=400)
     W = np.eye(3, 8)
     rel = expressing_fish(fish_expression(W, jd))
     share, _ = recurrence([_orthonormal(3, 8, 0)] * 2)
     assert expression_figure(rel).axes and recurrence_figure(share).axes
-    html = report_section({"expression": rel, "recurrence": share}, {"x": "figures/x.png"})
-    assert "Cross-subject" in html and "figures/x.png" in html
+    png = tmp_path / "x.png"
+    expression_figure(rel).savefig(png)
+    html = report_section({"expression": rel, "recurrence": share}, {"x": png})
+    assert "Cross-subject" in html and "src='data:image/png;base64," in html
 
 
 # ------------------------------------------------------------------------------------------
