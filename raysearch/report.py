@@ -297,6 +297,9 @@ def write_report(analysis, out_dir) -> Path:
         parts.append(f"<h3>Assemblies of {esc(str(analysis.assembly_trial))}</h3>"
                      + _table_html(analysis.assemblies.table.sort_values("size",
                                                                          ascending=False)))
+    if getattr(analysis, "cross_subject", None):       # joint studies (issue 14)
+        from raysearch.analysis.cross_subject import report_section
+        parts.append(report_section(analysis.cross_subject))
     parts.append("</body></html>")
     report = out / "report.html"
     _write_atomic(report, "\n".join(parts).encode())

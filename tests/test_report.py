@@ -174,3 +174,17 @@ def test_header_without_study_file(experiment):
     exp, _ = experiment
     rows = dict(header_rows(analyze(exp, region_models=1)))
     assert rows["Study"] == exp.name and "Penalty" not in rows and "Trials" in rows
+
+
+def test_report_cross_subject_section(experiment, tmp_path):
+    """An Analysis with a ``cross_subject`` attribute (issue 14) gets its section, tables only,
+    and the report stays self-contained."""
+    from raysearch.analysis import analyze
+    from raysearch.report import write_report
+
+    exp, _ = experiment
+    a = analyze(exp, region_models=1)
+    a.cross_subject = {"recurrence": pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["a", "b"],
+                                                  columns=["a", "b"])}
+    html = _check_report(write_report(a, tmp_path / "report").parent)
+    assert "<h2>Cross-subject assemblies</h2>" in html and "share of assemblies" in html

@@ -17,7 +17,7 @@ from raysearch.errors import ConfigError, InputError
 
 
 def register(sub):
-    """Add ``synth`` and ``inspect`` to the argparse sub-parsers ``sub``."""
+    """Add ``synth``, ``synth-cohort`` and ``inspect`` to the argparse sub-parsers ``sub``."""
     p = sub.add_parser(
         "synth", help="write a synthetic fish (cRBM HDF5 layout + ground truth)",
         description="Write a synthetic larval-zebrafish recording with planted assemblies in the "
@@ -32,6 +32,26 @@ def register(sub):
     p.add_argument("--frame-rate", type=float, default=4.0, help="Hz (default 4)")
     p.add_argument("--force", action="store_true", help="overwrite OUT.h5 if it exists")
     p.set_defaults(func=_synth)
+
+    c = sub.add_parser(
+        "synth-cohort", help="write a synthetic cohort (several fish sharing assemblies)",
+        description="Write several synthetic fish registered to one reference brain, with their "
+                    "own neuron positions and rates, sharing planted assemblies (the same places "
+                    "in the reference frame) plus private ones per fish: DIR/fish<f>.h5 (cRBM "
+                    "layout, spikes, per-fish /GroundTruth) and DIR/cohort.json (which assemblies "
+                    "are shared).")
+    c.add_argument("out", metavar="DIR", help="output folder (must not exist unless --force)")
+    c.add_argument("--fish", type=int, default=3, help="number of fish (default 3)")
+    c.add_argument("--neurons", type=int, default=3000, help="N per fish (default 3000)")
+    c.add_argument("--frames", type=int, default=2000, help="T per fish (default 2000)")
+    c.add_argument("--shared", type=int, default=4, help="shared assemblies (default 4)")
+    c.add_argument("--private", type=int, default=2,
+                   help="private assemblies per fish (default 2)")
+    c.add_argument("--radius-um", type=float, default=70.0,
+                   help="assembly radius in the reference frame (default 70)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    c.set_defaults(func=_synth_cohort)
 
     q = sub.add_parser(
         "inspect", help="summarise a recording file (layout, N, T, rates, regions, datasets)",
@@ -61,6 +81,20 @@ def _synth(args) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {out}: synthetic fish, N = {args.neurons}, T = {args.frames}, seed "
           f"{args.seed} ({out.stat().st_size / 2**20:.1f} MiB, {dt:.1f} s)")
+    return 0
+
+
+def _synth_cohort(args) -> int:
+    from raysearch.data.cohort import write_synthetic_cohort
+
+    t0 = time.perf_counter()
+    files = write_synthetic_cohort(args.out, force=args.force, n_fish=args.fish,
+                                   n_neurons=args.neurons, n_frames=args.frames,
+                                   n_shared=args.shared, n_private=args.private,
+                                   radius_um=args.radius_um, seed=args.seed)
+    print(f"wrote {args.out}: {len(files)} synthetic fish, N = {args.neurons}, T = "
+          f"{args.frames}, {args.shared} shared + {args.private} private assemblies per fish, "
+          f"seed {args.seed} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 

@@ -273,6 +273,10 @@ class RunSpec(_Strict):
     verbose: int = Field(1, ge=0, le=3)
 
 
+JOINT_KEY = "joint"
+"""The dataset key (trial ``recording``) of a joint study."""
+
+
 class Study(_Strict):
     """One λ search, as written in a study YAML file."""
 
@@ -285,6 +289,25 @@ class Study(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: ResourcesSpec = ResourcesSpec()
     run: RunSpec = RunSpec()
+    joint: bool = False
+    joint_min_fish: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _joint(self):
+        """joint: true fits one cRBM per trial on the joint dataset of all recordings
+        (:func:`raysearch.data.cohort.joint_dataset`; ``joint_min_fish`` is its ``min_fish``)."""
+        if not self.joint:
+            if self.joint_min_fish is not None:
+                raise ValueError("joint_min_fish needs joint: true")
+            return self
+        if len(self.recordings) < 2:
+            raise ValueError("joint: true needs at least 2 recordings (the fish of the cohort)")
+        if self.preprocessing.voxel_um is None:
+            raise ValueError("joint: true needs preprocessing.voxel_um (the common voxel grid)")
+        if self.joint_min_fish is not None and self.joint_min_fish > len(self.recordings):
+            raise ValueError(f"joint_min_fish ({self.joint_min_fish}) is larger than the "
+                             f"{len(self.recordings)} recordings")
+        return self
 
     @model_validator(mode="after")
     def _recording_names(self):
@@ -304,6 +327,8 @@ class Study(_Strict):
 
     @property
     def recording_keys(self) -> list[str]:
+        if self.joint:
+            return [JOINT_KEY]
         return [r.key for r in self.recordings]
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,6 +41,12 @@ _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports"
 _TEXT = ("unassessable", "unassessable_reason", "unstable_reason")
 
 
+def _per_fish_columns(last: dict) -> dict:
+    """The per-fish metrics of a joint study's final report (``fish<f>_...``, ``bad_any_fish``)."""
+    return {k: v for k, v in last.items()
+            if k == "bad_any_fish" or (k.startswith("fish") and "nrmse" in k)}
+
+
 def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
     """The JSON objects of a JSON-lines file; a line that is not one (e.g. cut by a crash) is
     skipped with a warning naming the file and the line."""
@@ -319,6 +325,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["model_error"] = model_error
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = _float(last.get(k))
+        row.update(_per_fish_columns(last))     # joint studies (issue 14)
         rows.append(row)
         for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
@@ -336,7 +343,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "_seq"], kind="stable")
             df = df.drop(columns="_seq").reset_index(drop=True)
     else:
-        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
+        cols = COLUMNS + _EXTRA + list(RMSE_KEYS)
+        cols += sorted({k for r in rows for k in r} - set(cols))
+        df = pd.DataFrame(rows, columns=cols)
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", DEFAULT_OBJECTIVE)

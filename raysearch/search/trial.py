@@ -439,6 +439,10 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                               "resumed_at": state["resumed_at"]}
     if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
         final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})
+    if hasattr(dataset, "fish_dataset"):        # joint study: nRMSE per fish (issue 14)
+        from raysearch.data.cohort import per_fish_metrics
+
+        final |= per_fish_metrics(model, dataset, s["eval_final"], s["eval_seed"], backend)
     try:
         path = _write_model_file(model, dataset, stats, final, trial_id, s["experiment_dir"])
     except _DIVERGENCE_ERRORS:  # pragma: no cover - a model too broken to save

@@ -98,6 +98,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
     if isinstance(pre["test_segments"], list):
         pre["test_segments"] = tuple(pre["test_segments"])
     out = {}
+    recs = []
     for spec in study.recordings:
         if spec.synthetic is not None:
             rec, _truth = make_synthetic_recording(**spec.synthetic.model_dump(exclude_none=True))
@@ -106,8 +107,17 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
             rec = load_recording(spec.path, signals=(pre["signal"],),
                                  drop_unlabelled=spec.drop_unlabelled,
                                  on_nonfinite=spec.on_nonfinite)
+        if study.joint:
+            recs.append(rec)
+            continue
         out[spec.key] = preprocess(rec, **pre)
         check_trainable(out[spec.key])
+    if study.joint:
+        from raysearch.data.cohort import joint_study_dataset
+
+        out = joint_study_dataset(study, recs, pre)
+        for ds in out.values():
+            check_trainable(ds)
     return out
 
 
