@@ -1,0 +1,157 @@
+"""Normalisability checks of Gaussian–dReLU cRBMs (raysearch.stability): known answers on tiny
+models (brute force over the unit sphere, hand-computed 2 x 2 cases) and an independent Gibbs
+sampler that explodes exactly where the check says unstable."""
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from raysearch.stability import (check_stability, coupling_matrix, exact_margin,
+                                 necessary_witness, sufficient_bound)
+
+
+def brute_margin(gp, gm, C, n=200_000, seed=0):
+    """min over random unit vectors u of u^T (D(u) - C) u (an upper bound close to mu*)."""
+    rng = np.random.default_rng(seed)
+    U = rng.normal(size=(n, len(gp)))
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    D = np.where(U > 0, gp, gm)
+    return float(((D * U * U).sum(1) - np.einsum("bi,ij,bj->b", U, C, U)).min())
+
+
+def random_model(rng, M, N, scale=0.6):
+    return (rng.normal(0, scale, (M, N)), rng.uniform(0.5, 1.5, N), rng.uniform(0.2, 2, M),
+            rng.uniform(0.2, 2, M))
+
+
+def test_coupling_matrix():
+    W = np.array([[1.0, 2.0], [0.0, 3.0]])
+    g = np.array([2.0, 4.0])
+    assert np.allclose(coupling_matrix(W, g), W @ np.diag(1 / g) @ W.T)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_margin_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    M = 1 + seed % 4
+    W, vg, gp, gm = random_model(rng, M, 5, scale=0.3 + 0.1 * (seed % 3))
+    C = coupling_matrix(W, vg)
+    mu, u = exact_margin(gp, gm, C)
+    brute = brute_margin(gp, gm, C)
+    assert mu <= brute + 1e-9                     # brute force only finds feasible points
+    assert brute - mu < 0.02 * (1 + abs(mu))      # and comes close to the minimum
+    assert np.isclose(np.linalg.norm(u), 1.0)
+    d = np.where(u > 0, gp, gm)
+    assert np.isclose(np.sum(d * u * u) - u @ C @ u, mu)   # the minimiser attains it
+    assert sufficient_bound(gp, gm, C) <= mu + 1e-9      # the cheap bound is a lower bound
+    upper, w, _ = necessary_witness(gp, gm, C)
+    assert upper >= mu - 1e-9                            # witnesses are upper bounds
+
+
+def test_single_unit_closed_form():
+    # M = 1: q(+1) = gp - ||w||^2/gamma, q(-1) = gm - ||w||^2/gamma
+    W = np.array([[1.0, 1.0]])      # ||w||^2_{Gamma^-1} = 2
+    vg = np.ones(2)
+    for gp, gm, want in ((3.0, 2.5, "stable"), (3.0, 1.5, "unstable"), (1.9, 4.0, "unstable")):
+        v = check_stability(W, vg, [gp], [gm])
+        assert v.verdict == want, (gp, gm, v)
+        assert np.isclose(v.margin, min(gp, gm) - 2.0)
+    v = check_stability(W, vg, [3.0], [1.5], exact_max_hidden=0)     # the cheap path alone
+    assert v.verdict == "unstable" and v.method == "single unit"
+    assert v.witness[0] == -1.0                                      # the negative branch
+
+
+def _pair_model(c12):
+    """C = [[1, c12], [c12, 1]] through W = chol(C)^T, Gamma = I."""
+    C = np.array([[1.0, c12], [c12, 1.0]])
+    return np.linalg.cholesky(C), np.ones(2), C
+
+
+def test_sign_pattern_decides_where_the_cheap_bound_cannot():
+    # unit 0 is soft on its positive branch, unit 1 on its negative branch: the only orthant with
+    # both soft branches is (+, -), where the off-diagonal is +C12 > 0 (copositive); the
+    # eigenvalue bound uses min(gp, gm) everywhere and cannot see this
+    W, vg, C = _pair_model(0.5)
+    gp, gm = np.array([1.2, 3.0]), np.array([3.0, 1.2])
+    assert sufficient_bound(gp, gm, C) < 0                       # -0.3: undetermined
+    cheap = check_stability(W, vg, gp, gm, exact_max_hidden=0)
+    assert cheap.verdict == "undetermined"
+    exact = check_stability(W, vg, gp, gm)
+    assert exact.verdict == "stable" and exact.method == "exact"
+    # by hand: (+,+) and (-,-): [[0.2, -0.5], [-0.5, 2]] is PD (det 0.15), min eig 0.0757;
+    # (+,-): diag 0.2 with off-diagonal +0.5 on the orthant -> min over the quarter circle 0.2
+    want = (2.2 - np.sqrt(1.8 ** 2 + 1.0)) / 2
+    assert np.isclose(exact.margin, want)
+    assert np.isclose(brute_margin(gp, gm, C), want, atol=1e-4)
+    # swap the soft branches onto the same orthant type: now (-,-) has both soft branches and
+    # off-diagonal -0.5: unstable, found both by the exact check and by the cheap pair search
+    gp2, gm2 = np.array([3.0, 3.0]), np.array([1.2, 1.2])
+    assert check_stability(W, vg, gp2, gm2).verdict == "unstable"
+    pair = check_stability(W, vg, gp2, gm2, exact_max_hidden=0)
+    assert pair.verdict == "unstable" and np.isclose(pair.margin, 0.2 - 0.5)
+    assert np.all(pair.witness <= 0)
+
+
+def test_boundary_is_undetermined_and_bad_parameters_unstable():
+    W = np.array([[1.0, 1.0]])
+    v = check_stability(W, np.ones(2), [2.0], [2.0])                # margin exactly 0
+    assert v.verdict == "undetermined" and abs(v.margin) < 1e-12
+    assert check_stability(W, np.array([1.0, 0.0]), [5.0], [5.0]).verdict == "unstable"
+    assert check_stability(W * np.nan, np.ones(2), [5.0], [5.0]).verdict == "unstable"
+
+
+def test_exact_and_cheap_agree_on_larger_models():
+    rng = np.random.default_rng(3)
+    for scale in (0.05, 0.15, 0.4):
+        W, vg, gp, gm = random_model(rng, 7, 30, scale=scale)
+        ex = check_stability(W, vg, gp, gm)
+        ch = check_stability(W, vg, gp, gm, exact_max_hidden=0)
+        assert ex.method in ("sufficient", "exact")
+        if ch.verdict != "undetermined":
+            assert ch.verdict == ex.verdict
+        assert ch.lower <= ex.margin + 1e-9 and ch.upper >= ex.margin - 1e-9
+
+
+# ----------------------------------------------------------------- an independent Gibbs sampler
+def _log_mills(x):
+    return special.log_ndtr(-x) + 0.5 * x * x + 0.5 * np.log(2 * np.pi)
+
+
+def _sample_drelu(I, gp, gm, tp, tm, rng):
+    """h ~ P(h | I) ∝ exp(-U(h) + I h), two truncated normals (scipy), independent of raysearch."""
+    lzp = _log_mills((tp - I) / np.sqrt(gp)) - 0.5 * np.log(gp)
+    lzm = _log_mills((tm + I) / np.sqrt(gm)) - 0.5 * np.log(gm)
+    p_pos = special.expit(lzp - lzm)
+    mp, sp = (I - tp) / gp, 1 / np.sqrt(gp)          # h > 0 branch: N(mp, sp^2) on [0, inf)
+    mn, sn = -(tm + I) / gm, 1 / np.sqrt(gm)         # -h > 0 branch: N(mn, sn^2) on [0, inf)
+    hp = stats.truncnorm.rvs(-mp / sp, np.inf, loc=mp, scale=sp, random_state=rng)
+    hn = -stats.truncnorm.rvs(-mn / sn, np.inf, loc=mn, scale=sn, random_state=rng)
+    return np.where(rng.random(I.shape) < p_pos, hp, hn)
+
+
+def independent_chain_max(W, vg, gp, gm, n_steps=1500, n_chains=20, seed=0, limit=1e6):
+    """Largest |v| seen by block-Gibbs chains (v | h Gaussian, h | v dReLU) started at v = 0."""
+    rng = np.random.default_rng(seed)
+    M, N = W.shape
+    tp = tm = np.zeros(M)
+    g = np.zeros(N)
+    v = np.zeros((n_chains, N))
+    top = 0.0
+    with np.errstate(all="ignore"):
+        for _ in range(n_steps):
+            h = _sample_drelu(v @ W.T, gp, gm, tp, tm, rng)
+            v = (g + h @ W) / vg + rng.normal(size=v.shape) / np.sqrt(vg)
+            top = max(top, float(np.max(np.abs(v))))
+            if not np.isfinite(top) or top > limit:
+                return np.inf
+    return top
+
+
+def test_gibbs_explodes_exactly_where_the_check_says_unstable():
+    W, vg, _ = _pair_model(0.5)
+    stable = (np.array([1.2, 3.0]), np.array([3.0, 1.2]))      # needs the exact check
+    unstable = (np.array([3.0, 3.0]), np.array([1.2, 1.2]))    # margin -0.3
+    assert check_stability(W, vg, *stable).verdict == "stable"
+    assert check_stability(W, vg, *unstable).verdict == "unstable"
+    assert independent_chain_max(W, vg, *stable) < 50
+    assert independent_chain_max(W, vg, *unstable) == np.inf
