@@ -62,6 +62,11 @@ __all__ = ["STATS", "EvaluationResult", "evaluate", "nrmse", "nrmse_from_rmse", 
 STATS = ("v", "h", "vh", "vv", "hh")
 _EVAL_STREAM = 7_001          # rng stream id of evaluation draws (trainer streams differ)
 _CHUNK = 1024                 # data frames per backend chunk
+#: Fewest Gibbs steps (burn-in + sampling) of the evaluation chains of a Gaussian model whose
+#: normalisability the parameter checks cannot decide (raysearch.stability): chains of
+#: non-normalisable models fitted to a 2,000-neuron z-scored fish ran away only after
+#: 1,200-1,700 steps, so 4,000 leaves a factor > 2.
+UNDETERMINED_MIN_STEPS = 4000
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +215,8 @@ class EvaluationResult:
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, dict[str, np.ndarray]] | None = None
+    unstable: bool = False
+    unstable_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-able dict of plain Python values (NaN possible for failed statistics)."""
@@ -228,6 +235,8 @@ class EvaluationResult:
         d["n_model_samples"] = int(self.n_model_samples)
         d["n_vv_pairs"] = int(self.n_vv_pairs)
         d["eval_seconds"] = float(self.seconds)
+        d["unstable"] = bool(self.unstable)
+        d["unstable_reason"] = str(self.unstable_reason)
         return d
 
 
@@ -409,6 +418,23 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
 
     if not finite:
         return failed()
+    # Gaussian visibles: a model that is not normalisable (raysearch.stability) has no statistics
+    # to compare; its chains would only run away. Undetermined models get chains of at least
+    # UNDETERMINED_MIN_STEPS Gibbs steps, long enough for a run-away to show.
+    if visible == "gaussian":
+        from raysearch.stability import check_stability
+
+        verdict = check_stability(arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"],
+                                  arrs["gamma_minus_"])
+        settings["stability"] = verdict.verdict
+        settings["stability_margin"] = float(verdict.margin)
+        if verdict.verdict == "unstable":
+            res = failed()
+            res.unstable, res.unstable_reason = True, verdict.reason
+            return res
+        if verdict.verdict == "undetermined":
+            n_burnin = max(n_burnin, UNDETERMINED_MIN_STEPS - n_samples * n_between)
+            settings["n_burnin"] = n_burnin
 
     if backend is None:
         backend = getattr(model, "backend", "auto")

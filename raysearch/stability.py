@@ -69,7 +69,7 @@ __all__ = ["StabilityVerdict", "coupling_matrix", "sufficient_bound", "necessary
 
 #: Largest M for which :func:`check_stability` runs the exact enumeration (3^M eigenproblems of
 #: size <= M: 59,049 at M = 10, a fraction of a second).
-EXACT_MAX_HIDDEN = 10
+EXACT_MAX_HIDDEN = 8
 _REL_TOL = 1e-9
 
 

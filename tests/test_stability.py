@@ -129,12 +129,14 @@ def _sample_drelu(I, gp, gm, tp, tm, rng):
     return np.where(rng.random(I.shape) < p_pos, hp, hn)
 
 
-def independent_chain_max(W, vg, gp, gm, n_steps=1500, n_chains=20, seed=0, limit=1e6):
+def independent_chain_max(W, vg, gp, gm, n_steps=1500, n_chains=20, seed=0, limit=1e6,
+                          tp=None, tm=None, g=None):
     """Largest |v| seen by block-Gibbs chains (v | h Gaussian, h | v dReLU) started at v = 0."""
     rng = np.random.default_rng(seed)
     M, N = W.shape
-    tp = tm = np.zeros(M)
-    g = np.zeros(N)
+    tp = np.zeros(M) if tp is None else np.asarray(tp, np.float64)
+    tm = np.zeros(M) if tm is None else np.asarray(tm, np.float64)
+    g = np.zeros(N) if g is None else np.asarray(g, np.float64)
     v = np.zeros((n_chains, N))
     top = 0.0
     with np.errstate(all="ignore"):
@@ -155,3 +157,81 @@ def test_gibbs_explodes_exactly_where_the_check_says_unstable():
     assert check_stability(W, vg, *unstable).verdict == "unstable"
     assert independent_chain_max(W, vg, *stable) < 50
     assert independent_chain_max(W, vg, *unstable) == np.inf
+
+
+# ----------------------------------------------------------------- wiring: fit, evaluate, files
+def _correlated_data(T=600, N=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(T, 2)) @ rng.normal(size=(2, N)) + 0.3 * rng.normal(size=(T, N))
+    return ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+
+
+def _chain_max_of(model, **kw):
+    return independent_chain_max(model.weights_, model.gamma_, model.gamma_plus_,
+                                 model.gamma_minus_, tp=model.theta_plus_,
+                                 tm=model.theta_minus_, g=model.fields_, **kw)
+
+
+@pytest.fixture(scope="module")
+def unstable_fit():
+    """lam = 0 and a large learning rate on strongly correlated z-scored data: with 16 hidden
+    units the fit leaves the normalisable region within its first 100 updates."""
+    from raysearch.crbm import CRBM
+
+    X = _correlated_data()
+    m = CRBM(n_hidden=16, visible="gaussian", lam=0.0, n_updates=600, batch_size=50,
+             learning_rate=1e-2, seed=0, backend="numpy")
+    return m.fit(X, callback_every=50), X
+
+
+def test_fit_stops_early_when_unstable_and_says_why(unstable_fit, tmp_path):
+    from raysearch.crbm import CRBM
+    from raysearch.stability import check_model
+
+    m, _ = unstable_fit
+    assert m.diverged_ and m.n_updates_done_ < 600 and m.n_updates_done_ % 50 == 0
+    assert m.diverged_reason_.startswith("unstable: not normalisable")
+    assert check_model(m).verdict == "unstable"       # the saved (sign-gauged) parameters too
+    assert np.all(np.isfinite(m.weights_))             # caught before anything overflowed
+    # an independent sampler runs away, slowly (margin -0.005: |v| 12 after 500 steps, 47 after
+    # 2,000, 1,060 after 4,000 in one run) - why short evaluation chains miss such models
+    assert _chain_max_of(m, n_steps=6000, limit=1e4) == np.inf
+    path = m.save(tmp_path / "m.h5")
+    back = CRBM.load(path)
+    assert back.diverged_ and back.diverged_reason_ == m.diverged_reason_
+
+
+def test_stable_fit_runs_to_the_end():
+    from raysearch.crbm import CRBM
+    from raysearch.stability import check_model
+
+    m = CRBM(n_hidden=4, visible="gaussian", lam=0.0, n_updates=300, batch_size=50,
+             learning_rate=1e-3, seed=0, backend="numpy").fit(_correlated_data(), callback_every=50)
+    assert not m.diverged_ and m.diverged_reason_ == "" and m.n_updates_done_ == 300
+    assert check_model(m).verdict == "stable"
+    assert _chain_max_of(m) < 100
+
+
+def test_evaluate_flags_unstable_gaussian_models(unstable_fit):
+    from types import SimpleNamespace
+
+    from raysearch.evaluation import evaluate
+
+    m, X = unstable_fit
+    ds = SimpleNamespace(train=X[:400], test=X[400:])
+    kw = dict(n_chains=20, n_burnin=50, n_samples=5, n_between=5)
+    m.diverged_ = False                 # judged on its parameters alone
+    res = evaluate(m, ds, **kw)
+    assert res.unstable and res.bad and "not normalisable" in res.unstable_reason
+    assert res.settings["stability"] == "unstable" and res.settings["stability_margin"] < 0
+    d = res.to_dict()
+    assert d["unstable"] is True and d["unstable_reason"] == res.unstable_reason
+    m.diverged_ = True
+    # a scaled-down copy is normalisable (C scales with |W|^2): evaluated normally
+    small = SimpleNamespace(**{k: getattr(m, k) for k in (
+        "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_", "theta_minus_", "gamma_")},
+        weights_=m.weights_ * 0.05, visible="gaussian", penalty="l2l1", lam=0.0,
+        backend="numpy")
+    res = evaluate(small, ds, **kw)
+    assert not res.unstable and res.unstable_reason == "" and res.settings["stability"] == "stable"
+    assert np.isfinite(res.mean_nrmse)

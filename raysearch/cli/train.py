@@ -136,6 +136,7 @@ def _train(args) -> int:
               "n_hidden": args.hidden, "lam": args.lam, "penalty": args.penalty,
               "seed": args.seed, "updates": model.n_updates_done_,
               "seconds": round(model.fit_seconds_, 3), "diverged": bool(model.diverged_),
+              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
               "backend": model._backend().name}
     if not args.no_eval:
         from raysearch.evaluation import evaluate

@@ -11,9 +11,11 @@ from that file, so the update count goes on. At the end it evaluates with the ``
 writes ``<experiment>/models/<trial_id>.h5`` (the model file with ``/units`` and ``/evaluation``),
 and reports the final metrics once more with ``final=True``.
 
-A fit that diverges (non-finite parameters or metrics) is not an error: the trial ends normally
-with ``bad=True`` and every non-finite figure reported as ``inf`` (Optuna rejects NaN and would
-leave the trial RUNNING forever).
+A fit that diverges (non-finite parameters or metrics, or a Gaussian model that stops being
+normalisable, see :mod:`raysearch.stability`) is not an error: the fit stops at that boundary, the
+trial ends normally with ``bad=True``, ``diverged=True`` and ``diverged_reason`` saying why, and
+every non-finite figure reported as ``inf`` (Optuna rejects NaN and would leave the trial RUNNING
+forever).
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     metrics["bad"] = bool(d.get("bad", False))
     metrics = sanitize_metrics(metrics)
     metrics.update({k: d.get(k) for k in RMSE_KEYS})
+    # a gaussian model that is not normalisable (raysearch.stability): bad, and why
+    metrics["unstable"] = bool(d.get("unstable", False))
+    metrics["unstable_reason"] = str(d.get("unstable_reason", ""))
     return metrics, (res.stats if return_stats else None)
 
 
@@ -386,6 +391,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                               "eval_seconds": state["eval_seconds"],
                               "train_seconds": seconds - state["callback_seconds"],
                               "diverged": bool(getattr(model, "diverged_", False)),
+                              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
                               "resumed_at": state["resumed_at"]}
     final["bad"] = final["bad"] or final["diverged"]
     try:
