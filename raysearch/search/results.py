@@ -28,6 +28,9 @@ COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "statu
            "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
            "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
 _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
+# why a trial is bad beyond its nRMSEs (raysearch.stability): it stopped as diverged, or its
+# Gaussian model is not normalisable
+_REASONS = ["diverged", "diverged_reason", "unstable", "unstable_reason"]
 
 
 def _read_json_lines(path: str) -> list[dict]:
@@ -157,7 +160,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
         seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
         seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
-        trial_dir, the parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), and
+        trial_dir, the parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``),
+        ``diverged``, ``diverged_reason``, ``unstable``, ``unstable_reason`` (why a trial is bad
+        beyond its nRMSEs, :mod:`raysearch.stability`; None where not reported), and
         ``pareto`` for a two-objective study. ``finished`` is True when the
         trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
         TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
@@ -214,6 +219,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["trial_dir"] = str(tdir) if tdir is not None else None
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = float(last[k]) if last.get(k) is not None else math.nan
+        for k in _REASONS:              # None in older studies and in reports before the final
+            row[k] = last.get(k)
         rows.append(row)
         for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
@@ -231,7 +238,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "_seq"], kind="stable")
             df = df.drop(columns="_seq").reset_index(drop=True)
     else:
-        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS))
+        df = pd.DataFrame(rows, columns=COLUMNS + _EXTRA + list(RMSE_KEYS) + _REASONS)
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", DEFAULT_OBJECTIVE)
