@@ -30,7 +30,10 @@ a single shuffle gives (the shuffled MSE concentrates on its mean); for short on
 hidden units: M = 8 values) a single random shuffle moved the denominator so much that the same
 model was flagged bad (h nRMSE 1.4) or not (-0.05) depending on the evaluation seed. A model is
 bad when any nRMSE is > 1 or NaN (including an ill-conditioned one, see :data:`MIN_CONTRAST`), or
-its parameters are non-finite.
+its parameters are non-finite, or (Gaussian visibles) :mod:`raysearch.stability` proves it is not
+normalisable: then it is not sampled, every nRMSE is NaN and ``unstable``/``unstable_reason`` say
+why. When those parameter checks cannot decide, the chains run at least
+:data:`UNDETERMINED_MIN_STEPS` Gibbs steps.
 
 Weight sparsity (both over all M x N weights; NaN for non-finite weights):
 

@@ -235,3 +235,34 @@ def test_evaluate_flags_unstable_gaussian_models(unstable_fit):
     res = evaluate(small, ds, **kw)
     assert not res.unstable and res.unstable_reason == "" and res.settings["stability"] == "stable"
     assert np.isfinite(res.mean_nrmse)
+
+
+def test_undetermined_models_get_long_evaluation_chains():
+    """Four copies of the pair model that needs the exact check, plus one plain unit: M = 9 is
+    above the exact limit, the eigenvalue bound fails and no witness exists (it is stable), so
+    the verdict is undetermined and evaluate() lengthens the chains to UNDETERMINED_MIN_STEPS."""
+    from types import SimpleNamespace
+
+    from raysearch.evaluation import UNDETERMINED_MIN_STEPS, evaluate
+    from raysearch.stability import EXACT_MAX_HIDDEN
+
+    L, _, _ = _pair_model(0.5)
+    W = np.zeros((9, 9))
+    for b in range(4):
+        W[2 * b:2 * b + 2, 2 * b:2 * b + 2] = L
+    W[8, 8] = 0.5
+    gp = np.array([1.2, 3.0] * 4 + [2.0])
+    gm = np.array([3.0, 1.2] * 4 + [2.0])
+    assert W.shape[0] > EXACT_MAX_HIDDEN
+    assert check_stability(W, np.ones(9), gp, gm).verdict == "undetermined"
+    assert check_stability(W, np.ones(9), gp, gm, exact_max_hidden=9).verdict == "stable"
+    model = SimpleNamespace(weights_=W.astype(np.float32), fields_=np.zeros(9, np.float32),
+                            gamma_plus_=gp.astype(np.float32), gamma_minus_=gm.astype(np.float32),
+                            theta_plus_=np.zeros(9, np.float32),
+                            theta_minus_=np.zeros(9, np.float32), gamma_=np.ones(9, np.float32),
+                            visible="gaussian", penalty="l2l1", lam=0.0, backend="numpy")
+    X = np.random.default_rng(0).normal(size=(200, 9)).astype(np.float32)
+    res = evaluate(model, SimpleNamespace(train=X[:150], test=X[150:]), n_chains=5,
+                   n_burnin=10, n_samples=2, n_between=5)
+    assert res.settings["stability"] == "undetermined" and not res.unstable
+    assert res.settings["n_burnin"] + 2 * 5 == UNDETERMINED_MIN_STEPS
