@@ -2,6 +2,8 @@
 models (brute force over the unit sphere, hand-computed 2 x 2 cases) and an independent Gibbs
 sampler that explodes exactly where the check says unstable."""
 
+import copy
+
 import numpy as np
 import pytest
 from scipy import special, stats
@@ -195,7 +197,7 @@ def test_fit_stops_early_when_unstable_and_says_why(unstable_fit, tmp_path):
     assert np.all(np.isfinite(m.weights_))             # caught before anything overflowed
     # an independent sampler runs away, slowly (margin -0.005: |v| 12 after 500 steps, 47 after
     # 2,000, 1,060 after 4,000 in one run) - why short evaluation chains miss such models
-    assert _chain_max_of(m, n_steps=6000, limit=1e4) == np.inf
+    assert _chain_max_of(m, n_steps=6000, n_chains=5, limit=1e4) == np.inf
     path = m.save(tmp_path / "m.h5")
     back = CRBM.load(path)
     assert back.diverged_ and back.diverged_reason_ == m.diverged_reason_
@@ -220,13 +222,13 @@ def test_evaluate_flags_unstable_gaussian_models(unstable_fit):
     m, X = unstable_fit
     ds = SimpleNamespace(train=X[:400], test=X[400:])
     kw = dict(n_chains=20, n_burnin=50, n_samples=5, n_between=5)
+    m = copy.copy(m)
     m.diverged_ = False                 # judged on its parameters alone
     res = evaluate(m, ds, **kw)
     assert res.unstable and res.bad and "not normalisable" in res.unstable_reason
     assert res.settings["stability"] == "unstable" and res.settings["stability_margin"] < 0
     d = res.to_dict()
     assert d["unstable"] is True and d["unstable_reason"] == res.unstable_reason
-    m.diverged_ = True
     # a scaled-down copy is normalisable (C scales with |W|^2): evaluated normally
     small = SimpleNamespace(**{k: getattr(m, k) for k in (
         "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_", "theta_minus_", "gamma_")},
@@ -266,3 +268,18 @@ def test_undetermined_models_get_long_evaluation_chains():
                    n_burnin=10, n_samples=2, n_between=5)
     assert res.settings["stability"] == "undetermined" and not res.unstable
     assert res.settings["n_burnin"] + 2 * 5 == UNDETERMINED_MIN_STEPS
+
+
+def test_trial_metrics_carry_the_reason(unstable_fit):
+    """The search trial's metrics of a fit stopped as unstable: bad, unstable, and why."""
+    from raysearch.search.trial import _evaluate
+
+    m, X = unstable_fit
+    from types import SimpleNamespace
+
+    ds = SimpleNamespace(train=X[:400], test=X[400:])
+    metrics, _ = _evaluate(m, ds, dict(n_chains=10, n_burnin=10, n_samples=2, n_between=2), 0,
+                           "numpy")
+    assert metrics["bad"] and metrics["unstable"]
+    assert metrics["unstable_reason"] == m.diverged_reason_
+    assert metrics["max_nrmse"] == np.inf

@@ -115,7 +115,11 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     from raysearch.evaluation import evaluate
 
     if getattr(model, "diverged_", False) or not _params_finite(model):
-        return _diverged_metrics(), None
+        metrics = _diverged_metrics()
+        why = str(getattr(model, "diverged_reason_", ""))
+        metrics["unstable"] = why.startswith("unstable")
+        metrics["unstable_reason"] = why if metrics["unstable"] else ""
+        return metrics, None
     try:
         res = evaluate(model, dataset, seed=seed, return_stats=return_stats, backend=backend,
                        **eval_kw)
