@@ -30,6 +30,17 @@ x >= 0) that of ``S Q_s S`` on the nonnegative orthant. Define the **margin**::
 * mu* = 0 exactly (strictly copositive fails, copositive holds): the linear terms decide; this
   measure-zero boundary is reported as **undetermined**.
 
+How fast chains run away: for large h, E[v | h] = Gamma^-1 W^T h and E[h | v] ~ D_s^-1 W v, so
+one block-Gibbs step maps h to about D_s^-1 C h, whose growth factor along the worst direction
+is 1 + |mu*|/g for a hidden precision g near the direction (1/(1 - |mu*|/g) exactly for one unit).
+Chains e-fold about every g/|mu*| steps: a model with mu* = -1e-4 g needs ~10^4 steps per e-fold
+and samples like a normalisable one in any evaluation, although it is not. Such **marginal**
+models (-``rel_tol`` g <= mu* < 0, g = the median of min(gp, gm), ``rel_tol`` = 1e-3 by default:
+slower than one e-fold per 1,000 steps) are reported as undetermined, with the reason; the
+evaluation then runs long chains (:data:`raysearch.evaluation.UNDETERMINED_MIN_STEPS`) on them.
+(Measured: the unstable fit of tests/test_stability.py, mu* = -0.0053, g ~ 2, grew from |v| 12
+to 1,060 between steps 500 and 4,000 - about one e-fold per 800 steps.)
+
 Three checks of increasing cost, each a small pure function of the parameters:
 
 1. sufficient (:func:`sufficient_bound`): D_s >= D_min = diag(min(gp, gm)) for every s, so
@@ -255,8 +266,12 @@ def exact_margin(gp, gm, C):
     return best, best_u
 
 
+#: Margins in [-REL_TOL g, 0) (g: median of min(gp, gm)) are "marginal": undetermined.
+REL_TOL = 1e-3
+
+
 def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=None,
-                    n_descent: int = 8) -> StabilityVerdict:
+                    n_descent: int = 8, rel_tol: float = REL_TOL) -> StabilityVerdict:
     """Normalisability verdict of a Gaussian–dReLU cRBM from its parameters.
 
     Parameters
@@ -268,6 +283,10 @@ def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=
         Run :func:`exact_margin` when M is at most this (default :data:`EXACT_MAX_HIDDEN`).
     n_descent : int
         Start directions of the witness search.
+    rel_tol : float
+        Negative margins above ``-rel_tol * median(min(gp, gm))`` (chains e-fold more slowly than
+        every ~1/rel_tol steps) are reported as undetermined ("marginal"); 0 makes every proven
+        negative margin unstable.
 
     Returns
     -------
@@ -290,6 +309,7 @@ def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=
     scale = max(float(np.max(np.abs(np.concatenate([gp, gm])))), float(np.max(np.diag(C))),
                 1e-30)
     tol = _REL_TOL * scale
+    marginal = max(tol, float(rel_tol) * float(np.median(np.minimum(gp, gm))))
     lower = sufficient_bound(gp, gm, C)
     M = gp.shape[0]
     if lower > tol:
@@ -301,19 +321,30 @@ def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=
         if mu > tol:
             return StabilityVerdict("stable", mu, mu, mu, "exact",
                                     reason=f"copositive on every sign pattern (margin {mu:.3g})")
-        if mu < -tol:
+        if mu < -marginal:
             return StabilityVerdict("unstable", mu, mu, mu, "exact", witness=u,
                                     reason=_unstable_reason(mu, u))
+        if mu < -tol:
+            return StabilityVerdict("undetermined", mu, mu, mu, "exact", witness=u,
+                                    reason=_marginal_reason(mu))
         return StabilityVerdict("undetermined", mu, mu, mu, "exact",
                                 reason="on the normalisability boundary (margin 0): the linear "
                                        "terms decide")
     upper, u, method = necessary_witness(gp, gm, C, n_descent=n_descent)
-    if upper < -tol:
+    if upper < -marginal:
         return StabilityVerdict("unstable", upper, lower, upper, method, witness=u,
                                 reason=_unstable_reason(upper, u))
+    if upper < -tol:
+        return StabilityVerdict("undetermined", upper, lower, upper, method, witness=u,
+                                reason=_marginal_reason(upper))
     return StabilityVerdict("undetermined", float("nan"), lower, upper, "none",
                             reason=f"the parameter checks cannot decide (margin in "
                                    f"[{lower:.3g}, {upper:.3g}]); only sampling can tell")
+
+
+def _marginal_reason(mu):
+    return (f"marginally not normalisable (margin {mu:.3g} < 0, within the relative tolerance): "
+            "chains run away too slowly for the parameters to decide; only sampling can tell")
 
 
 def _unstable_reason(mu, u):

@@ -283,3 +283,14 @@ def test_trial_metrics_carry_the_reason(unstable_fit):
     assert metrics["bad"] and metrics["unstable"]
     assert metrics["unstable_reason"] == m.diverged_reason_
     assert metrics["max_nrmse"] == np.inf
+
+
+def test_marginal_negative_margins_are_undetermined_unless_asked():
+    """margin = min(gp, gm) - ||w||^2 = -1e-4 on one unit (g = 2): chains would e-fold only about
+    every 2e4 steps, so the default tolerance (1e-3 g) leaves it to sampling; rel_tol=0 does not."""
+    W = np.array([[1.0, 1.0]])
+    v = check_stability(W, np.ones(2), [2.0 - 1e-4], [3.0])
+    assert v.verdict == "undetermined" and "marginally" in v.reason
+    assert np.isclose(v.margin, -1e-4)
+    assert check_stability(W, np.ones(2), [2.0 - 1e-4], [3.0], rel_tol=0).verdict == "unstable"
+    assert check_stability(W, np.ones(2), [2.0 - 1e-2], [3.0]).verdict == "unstable"
