@@ -76,12 +76,12 @@ import numpy as np
 
 __all__ = ["StabilityVerdict", "coupling_matrix", "sufficient_bound", "necessary_witness",
            "exact_margin", "check_stability", "check_model", "EXACT_MAX_HIDDEN",
-           "model_params"]
+           "model_params", "REL_TOL"]
 
 #: Largest M for which :func:`check_stability` runs the exact enumeration (3^M eigenproblems of
 #: size <= M: 59,049 at M = 10, a fraction of a second).
 EXACT_MAX_HIDDEN = 8
-_REL_TOL = 1e-9
+_BOUNDARY_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=
     C = coupling_matrix(W, vg)
     scale = max(float(np.max(np.abs(np.concatenate([gp, gm])))), float(np.max(np.diag(C))),
                 1e-30)
-    tol = _REL_TOL * scale
+    tol = _BOUNDARY_TOL * scale
     marginal = max(tol, float(rel_tol) * float(np.median(np.minimum(gp, gm))))
     lower = sufficient_bound(gp, gm, C)
     M = gp.shape[0]
