@@ -253,7 +253,7 @@ def exact_margin(gp, gm, C):
             A = -CJ[None] * signs[:, :, None] * signs[:, None, :]                 # S(-C)S
             idx = np.arange(size)
             A[:, idx, idx] += D
-            w, V = np.linalg.eigh(A)                                               # (P, k), (P, k, k)
+            w, V = np.linalg.eigh(A)                           # (P, k), (P, k, k)
             tol = 1e-9 * np.max(np.abs(V), axis=1, keepdims=True)
             pos = np.all(V > -tol, axis=1) | np.all(V < tol, axis=1)              # (P, k)
             w = np.where(pos, w, np.inf)

@@ -120,7 +120,7 @@ def _log_mills(x):
 
 
 def _sample_drelu(I, gp, gm, tp, tm, rng):
-    """h ~ P(h | I) ∝ exp(-U(h) + I h), two truncated normals (scipy), independent of raysearch."""
+    """h ~ P(h | I) ∝ exp(-U(h) + I h): two truncated normals (scipy), not raysearch code."""
     lzp = _log_mills((tp - I) / np.sqrt(gp)) - 0.5 * np.log(gp)
     lzm = _log_mills((tm + I) / np.sqrt(gm)) - 0.5 * np.log(gm)
     p_pos = special.expit(lzp - lzm)
