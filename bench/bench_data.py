@@ -41,8 +41,8 @@ CASES = {
 def run_case(case: str, path: str) -> dict:
     """Run one case in this process and return timings (call in a fresh process)."""
     import raysearch
-    from raysearch.preprocessing import preprocess
-    from raysearch.recordings import load_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.recordings import load_recording
 
     out = {"case": case}
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Fit the Chebyshev coefficients of raysearch.cpu_kernels' inverse normal CDF (``_ndtri32``).
+"""Fit the Chebyshev coefficients of raysearch.crbm.cpu_kernels' inverse normal CDF (``_ndtri32``).
 
 ndtri(p) is approximated in three pieces, each a Chebyshev series fitted by least squares at
 4,000 Chebyshev nodes against ``scipy.special.ndtri`` (float64):

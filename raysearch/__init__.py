@@ -18,12 +18,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # data
-    "Recording": "raysearch.recordings",
-    "load_recording": "raysearch.recordings",
-    "make_synthetic_recording": "raysearch.synthetic",
-    "write_synthetic_recording": "raysearch.synthetic",
-    "Dataset": "raysearch.preprocessing",
-    "preprocess": "raysearch.preprocessing",
+    "Recording": "raysearch.data.recordings",
+    "load_recording": "raysearch.data.recordings",
+    "make_synthetic_recording": "raysearch.data.synthetic",
+    "write_synthetic_recording": "raysearch.data.synthetic",
+    "Dataset": "raysearch.data.preprocessing",
+    "preprocess": "raysearch.data.preprocessing",
     # model
     "get_backend": "raysearch.backend",
     "CRBM": "raysearch.crbm",

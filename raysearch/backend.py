@@ -122,7 +122,7 @@ class BackendRNG:
 
     def key64(self) -> int:
         """One uniform 64-bit integer as a Python int (a host value on every backend): the key
-        of a counter-based stream such as :func:`raysearch.cpu_kernels.bernoulli_draw`'s."""
+        of a counter-based stream such as :func:`raysearch.crbm.cpu_kernels.bernoulli_draw`'s."""
         if self.name == "cupy":
             hi, lo = (int(x) for x in self._gen.randint(0, 2 ** 32, size=2, dtype=np.int64).get())
             return (hi << 32) | lo
@@ -452,7 +452,7 @@ class Backend:
 
     @property
     def cpu_kernels(self):
-        """The compiled CPU kernels (module :mod:`raysearch.cpu_kernels`) or None.
+        """The compiled CPU kernels (module :mod:`raysearch.crbm.cpu_kernels`) or None.
 
         Offered on the NumPy backend when numba imports and the environment variable
         ``RAYSEARCH_CPU_KERNELS`` is not ``0``; None on CuPy and on the strict stand-in (which
@@ -478,7 +478,7 @@ def _load_cpu_kernels():
 @functools.lru_cache(maxsize=None)
 def _import_cpu_kernels():
     try:
-        from raysearch import cpu_kernels  # noqa: PLC0415 (numba is imported on first use only)
+        from raysearch.crbm import cpu_kernels  # noqa: PLC0415 (numba is imported on first use only)
     except ImportError:
         return None
     return cpu_kernels

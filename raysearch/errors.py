@@ -16,3 +16,26 @@ class InputError(RaysearchError, ValueError):
 
 class ConfigError(RaysearchError, ValueError):
     """A setting, argument or study config is invalid."""
+
+
+def check_readable(path, what: str = "file") -> None:
+    """Raise :class:`InputError` (one line naming ``path``) when ``path`` cannot be opened for
+    reading: no permission, a directory, a FIFO or another OS error."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is not a regular file (a FIFO, socket or device), not a {what}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None

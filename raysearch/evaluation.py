@@ -1,9 +1,9 @@
-"""Held-out evaluation of a fitted cRBM (CRBM.md §4): five statistics, nRMSE, the bad-model flag.
+"""Held-out evaluation of a fitted cRBM: five statistics, nRMSE, reconstruction, the verdict.
 
 ::
 
     res = evaluate(model, dataset)             # defaults: 300 chains x 50 samples, 20 steps apart
-    res.nrmse["vv"], res.mean_nrmse, res.bad
+    res.nrmse["vv"], res.max_nrmse, res.nllh, res.bad, res.bad_reason, res.unassessable
     json.dumps(res.to_dict())
 
 Model samples come from ``n_chains`` independent chains, each started from a random training
@@ -28,19 +28,71 @@ independent draw from each vector, so E[MSE_shuf] = var(test) + var(model) + (me
 mean(model))^2 and RMSE_shuf = sqrt(E[MSE_shuf]). For the long vectors of a real fish this is what
 a single shuffle gives (the shuffled MSE concentrates on its mean); for short ones (h with a few
 hidden units: M = 8 values) a single random shuffle moved the denominator so much that the same
-model was flagged bad (h nRMSE 1.4) or not (-0.05) depending on the evaluation seed. A model is
-bad when any nRMSE is > 1 or NaN (including an ill-conditioned one, see :data:`MIN_CONTRAST`), or
-its parameters are non-finite, or (Gaussian visibles) :mod:`raysearch.stability` proves it is not
-normalisable: then it is not sampled, every nRMSE is NaN and ``unstable``/``unstable_reason`` say
-why. When those parameter checks cannot decide, the chains run at least
-:data:`UNDETERMINED_MIN_STEPS` Gibbs steps.
+model was flagged bad (h nRMSE 1.4) or not (-0.05) depending on the evaluation seed.
 
-Weight sparsity (both over all M x N weights; NaN for non-finite weights):
+The evaluation's own noise
+--------------------------
+Every figure comes with its noise, from two delete-one-group jackknifes: over
+:data:`N_BLOCKS` groups of model chains (the sampling noise of the model's statistics) and over
+:data:`N_BLOCKS` contiguous blocks of test frames (the noise of the held-out data, contiguous so
+that the frames' autocorrelation is inside a block). The two variances add:
+``se^2 = se_chains^2 + se_test^2`` (``nrmse_se``, ``objective_se``). These are the margins of the
+verdicts below: how far the same model, evaluated again with other chains and other held-out
+frames of the same recording, could move each figure.
+
+Unassessable statistics
+-----------------------
+A statistic that cannot inform is **unassessable** (``unassessable``: {stat: reason}); it gets no
+nRMSE (NaN), and is left out of the objectives and of the bad rule:
+
+* by construction: ``v`` of z-scored units (``dataset.transform == "zscore"``): the training
+  means are 0 by construction, so the training frames carry no information on <v_i> to compare a
+  model with;
+* by the data (:func:`data_contrast`, from the train and test statistics alone, never the
+  model's samples, so that a model cannot make a statistic unassessable by predicting it flat;
+  for h, vh and hh these are the data seen through the model's E[h|v]; contrasts within float32
+  rounding of the statistic count as none): the training frames must predict the
+  test frames' statistic better than a constant does (``RMSE(test, mean(train)) > RMSE_opt``:
+  there is element-wise information at all) and clearly better than the nRMSE's shuffled
+  reference, ``RMSE_shuf(test, train) - RMSE_opt > Z_MARGIN * se`` with se the test-block
+  jackknife of that contrast (it must stand out of the noise with which the held-out frames
+  measure it). Otherwise the nRMSE's denominator is noise and the ratio says nothing (measured
+  before: a nearly empty model had hh RMSE_opt 0.00298 against RMSE_shuf 0.00300 and nRMSE
+  -6.5). This replaces a fixed 5% contrast threshold (``MIN_CONTRAST``). On the 300-neuron
+  synthetic fish (1,050 train / 450 test frames): spikes vv contrast 0.0024 against 3 x 0.00028
+  (assessable); z-scored dF/F vv: the training frames predict it worse than a constant
+  (-0.0077): unassessable for every model;
+* a statistic without elements (``vh`` of a model whose weights are all exactly 0).
+
+The verdict (:func:`raysearch.verdicts.verdict`)
+------------------------------------------------
+``bad_reason`` is ``diverged`` (non-finite parameters or the trainer's flag), ``unstable`` (the
+parameters prove a Gaussian-dReLU model not normalisable, :mod:`raysearch.stability`: it is then
+not sampled; or model chains non-finite, or max |v| over the chains above :data:`UNSTABLE_FACTOR`
+times the largest |v| of the training frames; chains run at least
+:data:`UNDETERMINED_MIN_STEPS` Gibbs steps when the parameter checks cannot decide), ``empty``
+(``weight_density == 0``), ``no_better_than_chance`` (an assessable statistic whose
+``nRMSE + Z_MARGIN * se`` is not below 1: with RMSE_shuf in closed form a useless model lands
+just below 1, so the plain "nRMSE > 1" rule almost never fires; the margin makes it fire when
+the nRMSE cannot be told from chance by this evaluation), or ``undefined``. The
+objectives of a bad fit are reported as ``inf``.
+
+Reconstruction (the paper's sixth criterion)
+--------------------------------------------
+``nllh``: on the held-out frames, with h = E[h|v(t)], Bernoulli visibles:
+``LLH = mean_t sum_i log P(v_i(t) | h)``, ``LLH_indep`` the same under independent units with the
+training means <v_i> (clipped to [1/(2 T_train), 1 - 1/(2 T_train)]), and
+``nllh = (LLH - LLH_indep)/(-LLH_indep)``. Gaussian visibles: the normalised reconstruction error
+``nllh = 1 - sum (v - E[v|h])^2 / sum (v - <v>_train)^2``. Both: 1 = perfect reconstruction,
+0 = the independent baseline, < 0 worse than it. ``max_criteria = max(max_nrmse, 1 - nllh)``.
+
+Weight sparsity and convergence (over all M x N weights; NaN for non-finite weights):
 
 * ``weight_density``: fraction of weights with |w| > 0.01 (the paper's assembly-size measure:
   mean assembly size = weight_density * N);
 * ``sparsity``: fraction of weights that are negligible relative to their hidden unit,
-  |w_{mu i}| <= 0.01 * max_i |w_{mu i}| (scale-free; 1 - the relative density).
+  |w_{mu i}| <= 0.01 * max_i |w_{mu i}| (scale-free; 1 - the relative density);
+* ``weight_std``: std(w), and ``weights_converged``: 0.01 < std(w) < 0.1 (the reference's check).
 
 Sums are accumulated on the backend (float32, centred on the training means to avoid cancellation),
 and only the small moment arrays come back to the host.
@@ -55,14 +107,17 @@ from typing import Any
 
 import numpy as np
 
+from raysearch import verdicts
 from raysearch.backend import get_backend
 from raysearch.crbm import training, units
 from raysearch.errors import ConfigError, InputError
+from raysearch.verdicts import STATS, Z_MARGIN
 
 __all__ = ["STATS", "EvaluationResult", "evaluate", "nrmse", "nrmse_from_rmse", "rmse",
-           "pair_subset", "is_bad", "weight_sparsity"]
+           "shuffled_rmse", "data_contrast", "jackknife_se", "pair_subset",
+           "is_bad", "weight_sparsity", "weight_convergence", "reconstruction_score",
+           "N_BLOCKS", "UNSTABLE_FACTOR", "Z_MARGIN"]
 
-STATS = ("v", "h", "vh", "vv", "hh")
 _EVAL_STREAM = 7_001          # rng stream id of evaluation draws (trainer streams differ)
 _CHUNK = 1024                 # data frames per backend chunk
 #: Fewest Gibbs steps (burn-in + sampling) of the evaluation chains of a Gaussian model whose
@@ -70,6 +125,20 @@ _CHUNK = 1024                 # data frames per backend chunk
 #: non-normalisable models fitted to a 2,000-neuron z-scored fish ran away only after
 #: 1,200-1,700 steps, so 4,000 leaves a factor > 2.
 UNDETERMINED_MIN_STEPS = 4000
+#: Jackknife groups: of model chains, and of contiguous test-frame blocks (fewer when there are
+#: fewer chains / frames). 10 groups give the standard error within about 25% (9 degrees of freedom).
+N_BLOCKS = 10
+#: Model chains are unstable when max |v| over them exceeds this many times the largest |v| of the
+#: training frames (or 1, whichever is larger): a normalisable model fitted to the data does not
+#: sample values an order of magnitude outside everything it was trained on, while a
+#: non-normalisable Gaussian-dReLU model's chains grow without bound (|v| > 1e3 within ~1,500
+#: steps on a z-scored fish, whose frames stay within |v| < ~30).
+UNSTABLE_FACTOR = 10.0
+#: Contrasts below this fraction of the statistic's RMS are float32 rounding, not information (a
+#: statistic that is constant on every side, e.g. h of a model without weights).
+_FLOAT_FLOOR = 1e-5
+#: Burn-in steps between two checks of the chains' range (Gaussian visibles).
+_CHECK_EVERY = 100
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,23 +152,13 @@ def rmse(a, b) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-#: An nRMSE is undefined (NaN, so the model is bad) when its denominator RMSE_shuf - RMSE_opt is at
-#: most this fraction of RMSE_shuf: the training frames then predict the test frames' statistic
-#: hardly better than chance, and the ratio is noise over almost nothing (measured: a nearly empty
-#: quickstart model had hh RMSE_opt 0.00298 vs RMSE_shuf 0.00300 and nRMSE -6.5, which made it
-#: the best mean nRMSE of its study). 0 is the limit where the denominator vanishes exactly.
-MIN_CONTRAST = 0.05
-
-
 def nrmse_from_rmse(rmse_model: float, rmse_opt: float, rmse_shuf: float) -> float:
-    """(RMSE_model - RMSE_opt)/(RMSE_shuf - RMSE_opt).
-
-    NaN when any input is non-finite or the denominator is at most :data:`MIN_CONTRAST` x
-    RMSE_shuf (ill-conditioned: the statistic does not carry over from training to test frames).
-    """
+    """(RMSE_model - RMSE_opt)/(RMSE_shuf - RMSE_opt); NaN when an input is non-finite or the
+    denominator is not positive. (Whether the denominator is more than noise is the separate,
+    data-driven question decided in :func:`evaluate`.)"""
     den = rmse_shuf - rmse_opt
     if not (math.isfinite(rmse_model) and math.isfinite(rmse_opt) and math.isfinite(rmse_shuf)) \
-            or den <= MIN_CONTRAST * rmse_shuf:
+            or not den > 0:
         return float("nan")
     return (rmse_model - rmse_opt) / den
 
@@ -144,11 +203,46 @@ def nrmse(s_test, s_model, s_train) -> tuple[float, float, float, float]:
     return nrmse_from_rmse(r_model, r_opt, r_shuf), r_model, r_opt, r_shuf
 
 
-def is_bad(nrmse_dict: dict, params_finite: bool) -> bool:
-    """True when any nRMSE is > 1 or NaN, or the parameters are non-finite."""
-    if not params_finite:
-        return True
-    return any(not (v <= 1.0) for v in nrmse_dict.values())     # NaN compares False
+def data_contrast(s_test, s_train) -> tuple[float, float]:
+    """How much better the training frames predict the test frames' statistic than chance.
+
+    Returns
+    -------
+    (flat, shuffled) : ``RMSE(test, mean(train)) - RMSE(test, train)`` (better than a constant?)
+    and ``RMSE_shuf(test, train) - RMSE(test, train)`` (better than the shuffled reference of
+    the nRMSE, applied to the training frames' own statistic). NaN for empty vectors.
+    """
+    t = np.asarray(s_test, dtype=np.float64).ravel()
+    tr = np.asarray(s_train, dtype=np.float64).ravel()
+    if t.size == 0:
+        return float("nan"), float("nan")
+    opt = rmse(t, tr)
+    return rmse(t, np.full_like(t, tr.mean())) - opt, shuffled_rmse(t, tr) - opt
+
+
+def jackknife_se(replicates) -> float:
+    """Delete-one-group jackknife standard error: sqrt((G-1)/G sum_g (x_g - mean x)^2).
+
+    Parameters
+    ----------
+    replicates : array (G,), the estimate with group g left out. Non-finite replicates make the
+        error ``inf``; fewer than two groups give 0 (no estimate of the noise).
+    """
+    x = np.asarray(replicates, dtype=np.float64).ravel()
+    if x.size < 2:
+        return 0.0
+    if not np.all(np.isfinite(x)):
+        return float("inf")
+    g = x.size
+    return float(np.sqrt((g - 1) / g * np.sum((x - x.mean()) ** 2)))
+
+
+def is_bad(nrmse_dict: dict, params_finite: bool, nrmse_upper: dict | None = None,
+           unassessable=()) -> bool:
+    """The bad flag of :func:`raysearch.verdicts.verdict` from nRMSEs alone (no noise given: the
+    upper bounds are the nRMSEs themselves)."""
+    return verdicts.verdict(nrmse_dict, nrmse_upper or nrmse_dict, unassessable,
+                            params_finite=params_finite)[0]
 
 
 def _pair_units(n_units: int, max_pairs: int, seed: int):
@@ -185,6 +279,7 @@ def pair_subset(n_units: int, max_pairs: int = 1_000_000, seed: int = 0):
     return units_[a].astype(np.int64), units_[b].astype(np.int64)
 
 
+
 def weight_sparsity(weights) -> tuple[float, float]:
     """(sparsity, weight_density) of a (M, N) weight matrix; see the module docstring."""
     w = np.abs(np.asarray(weights, dtype=np.float64))
@@ -195,13 +290,40 @@ def weight_sparsity(weights) -> tuple[float, float]:
     return float(np.mean(rel)), density
 
 
+def weight_convergence(weights) -> tuple[float, bool]:
+    """(std(w), lo < std(w) < hi) with (lo, hi) = :data:`raysearch.verdicts.WEIGHT_STD_RANGE`."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0 or not np.all(np.isfinite(w)):
+        return float("nan"), False
+    sd = float(w.std())
+    lo, hi = verdicts.WEIGHT_STD_RANGE
+    return sd, bool(lo < sd < hi)
+
+
+def reconstruction_score(llh_model: float, llh_indep: float) -> float:
+    """Normalised reconstruction score ``(L - L_indep)/(-L_indep)`` of two summed
+    log-likelihoods (Bernoulli) or ``1 - E/E_indep`` of two summed squared errors passed as
+    ``-E`` and ``-E_indep`` (Gaussian): 1 = perfect, 0 = independent baseline. NaN when the
+    baseline is 0 or a figure is non-finite."""
+    if not (math.isfinite(llh_model) and math.isfinite(llh_indep)) or not llh_indep < 0:
+        return float("nan")
+    return (llh_model - llh_indep) / (-llh_indep)
+
+
 # --------------------------------------------------------------------------------------------
 # Result
 # --------------------------------------------------------------------------------------------
 @dataclass
 class EvaluationResult:
     """Outcome of :func:`evaluate`. ``stats`` holds ``{stat: {"train", "test", "model"}}`` host
-    vectors only when asked for (``return_stats=True``)."""
+    vectors only when asked for (``return_stats=True``).
+
+    The objectives (``mean_nrmse``, ``max_nrmse``, ``max_criteria``) are over the assessable
+    statistics and are ``inf`` for a bad fit (:func:`raysearch.verdicts.reported_objective`);
+    ``nrmse`` holds every statistic's value as computed (NaN where unassessable).
+    ``unstable`` / ``unstable_reason`` say whether (and why) the model is not normalisable or its
+    chains left the sane range; other checks (a bound on the parameters) may set them too.
+    """
 
     nrmse: dict[str, float]
     rmse_model: dict[str, float]
@@ -218,8 +340,18 @@ class EvaluationResult:
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, dict[str, np.ndarray]] | None = None
+    bad_reason: str = ""
     unstable: bool = False
     unstable_reason: str = ""
+    unassessable: dict[str, str] = field(default_factory=dict)
+    nrmse_se: dict[str, float] = field(default_factory=dict)
+    nrmse_upper: dict[str, float] = field(default_factory=dict)
+    nllh: float = float("nan")
+    max_criteria: float = float("nan")
+    objective_se: dict[str, float] = field(default_factory=dict)
+    weight_std: float = float("nan")
+    weights_converged: bool = False
+    max_abs_v: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-able dict of plain Python values (NaN possible for failed statistics)."""
@@ -228,13 +360,28 @@ class EvaluationResult:
             d[f"nrmse_{s}"] = float(self.nrmse[s])
         d["mean_nrmse"] = float(self.mean_nrmse)
         d["max_nrmse"] = float(self.max_nrmse)
+        d["max_criteria"] = float(self.max_criteria)
+        d[verdicts.RECONSTRUCTION] = float(self.nllh)
+        for o in verdicts.OBJECTIVES:
+            d[f"{o}_se"] = float(self.objective_se.get(o, float("nan")))
         d["bad"] = bool(self.bad)
+        d["bad_reason"] = str(self.bad_reason)
+        d["unstable"] = bool(self.unstable)
+        d["unstable_reason"] = str(self.unstable_reason)
+        d["unassessable"] = ",".join(s for s in STATS if s in self.unassessable)
+        d["unassessable_reason"] = "; ".join(f"{s}: {self.unassessable[s]}" for s in STATS
+                                             if s in self.unassessable)
         d["sparsity"] = float(self.sparsity)
         d["weight_density"] = float(self.weight_density)
+        d["weight_std"] = float(self.weight_std)
+        d["weights_converged"] = bool(self.weights_converged)
         d["params_finite"] = bool(self.params_finite)
         for name in ("rmse_model", "rmse_opt", "rmse_shuf"):
             for s in STATS:
                 d[f"{name}_{s}"] = float(getattr(self, name)[s])
+        for s in STATS:
+            d[f"nrmse_se_{s}"] = float(self.nrmse_se.get(s, float("nan")))
+        d["max_abs_v"] = float(self.max_abs_v)
         d["n_model_samples"] = int(self.n_model_samples)
         d["n_vv_pairs"] = int(self.n_vv_pairs)
         d["eval_seconds"] = float(self.seconds)
@@ -272,20 +419,45 @@ class _Moments:
         hc = h - self.h_shift
         self.shh += hc.T @ hc
 
-    def vectors(self, vh_mask, vh_correction=None):
-        """Host statistic vectors {v, h, vh, vv, hh} (float64)."""
-        bk, n = self.bk, float(self.n)
-        g = lambda a: bk.to_numpy(a).astype(np.float64) / n   # noqa: E731
-        mv, mh, mvh, cvv, chh = g(self.sv), g(self.sh), g(self.svh), g(self.svv), g(self.shh)
-        dv = mv if self.sub is None else mv[bk.to_numpy(self.sub)]
-        dv = dv - bk.to_numpy(self.v_shift_sub).astype(np.float64)
-        cvv -= np.outer(dv, dv)             # E[(v-c)(v-c)] - E[v-c]E[v-c] = Cov(v)
-        dh = mh - bk.to_numpy(self.h_shift).astype(np.float64)
-        chh -= np.outer(dh, dh)
-        iu = np.triu_indices(cvv.shape[0], k=1)
-        ih = np.triu_indices(chh.shape[0], k=1)
-        vh = mvh if vh_correction is None else mvh + vh_correction
-        return {"v": mv, "h": mh, "vh": vh[vh_mask], "vv": cvv[iu], "hh": chh[ih]}
+    def host(self) -> dict:
+        """The sums on the host (float64), with ``n``."""
+        g = lambda a: self.bk.to_numpy(a).astype(np.float64)   # noqa: E731
+        return {"n": float(self.n), "sv": g(self.sv), "sh": g(self.sh), "svh": g(self.svh),
+                "svv": g(self.svv), "shh": g(self.shh)}
+
+
+def _add_sums(parts) -> dict:
+    out = {k: (0.0 if k == "n" else np.zeros_like(v)) for k, v in parts[0].items()}
+    for p in parts:
+        for k in out:
+            out[k] = out[k] + p[k]
+    return out
+
+
+def _sub_sums(total: dict, part: dict) -> dict:
+    return {k: total[k] - part[k] for k in total}
+
+
+def _vectors(sums: dict, sub, v_shift_sub, h_shift, vh_mask, vh_correction=None) -> dict:
+    """Statistic vectors {v, h, vh, vv, hh} (float64, host) from host sums (:meth:`_Moments.host`).
+
+    ``sub``: host indices of the vv unit subset or None; ``v_shift_sub``, ``h_shift``: the centres
+    the quadratic sums were taken around (host)."""
+    n = sums["n"]
+    if not n > 0:
+        nan = lambda a: np.full(a.shape, np.nan)   # noqa: E731
+        mv, mh, mvh = nan(sums["sv"]), nan(sums["sh"]), nan(sums["svh"])
+        cvv, chh = nan(sums["svv"]), nan(sums["shh"])
+    else:
+        mv, mh, mvh = sums["sv"] / n, sums["sh"] / n, sums["svh"] / n
+        dv = (mv if sub is None else mv[sub]) - v_shift_sub
+        cvv = sums["svv"] / n - np.outer(dv, dv)   # E[(v-c)(v-c)] - E[v-c]E[v-c] = Cov(v)
+        dh = mh - h_shift
+        chh = sums["shh"] / n - np.outer(dh, dh)
+    iu = np.triu_indices(cvv.shape[0], k=1)
+    ih = np.triu_indices(chh.shape[0], k=1)
+    vh = mvh if vh_correction is None else mvh + vh_correction
+    return {"v": mv, "h": mh, "vh": vh[vh_mask], "vv": cvv[iu], "hh": chh[ih]}
 
 
 def _model_arrays(model):
@@ -302,31 +474,62 @@ def _model_arrays(model):
     return arrs, finite
 
 
-def _penalty_gradient(w, penalty):
-    """dPenalty/dw / lam for a (M, N) weight matrix (host)."""
-    if penalty == "l1":
-        return np.sign(w)
-    if penalty == "l2l1":
-        return np.sign(w) * np.abs(w).sum(axis=1, keepdims=True)
-    raise ConfigError(f"evaluate: unknown penalty {penalty!r} (use 'l1' or 'l2l1')")
+def _hidden_means(v, p, bk):
+    return units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk)
 
 
-def _data_moments(V_host, p, bk, sub, v_shift, h_shift):
+def _data_moments(V_host, p, bk, sub, v_shift, h_shift, n_blocks=1):
+    """Host sums of the frames of ``V_host`` in ``n_blocks`` contiguous blocks (a list)."""
     T, N = V_host.shape
     M = p["W"].shape[0]
-    acc = _Moments(bk, N, M, sub, v_shift, h_shift)
-    for s in range(0, T, _CHUNK):
-        v = bk.asarray(V_host[s:s + _CHUNK])
-        h = units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk)
-        acc.add(v, h)
-    return acc
+    edges = np.linspace(0, T, n_blocks + 1).round().astype(int)
+    out = []
+    for b in range(n_blocks):
+        acc = _Moments(bk, N, M, sub, v_shift, h_shift)
+        for s in range(edges[b], edges[b + 1], _CHUNK):
+            v = bk.asarray(V_host[s:min(s + _CHUNK, edges[b + 1])])
+            acc.add(v, _hidden_means(v, p, bk))
+        out.append(acc.host())
+    return out
+
+
+def _reconstruction_sums(V_host, p, visible, train_mean, n_train, bk, n_blocks):
+    """Per contiguous block of frames: (model figure, independent figure), summed over frames
+    and units: log-likelihoods (Bernoulli) or minus squared errors (Gaussian); see the module
+    docstring. Returns an array (n_blocks, 2)."""
+    T = V_host.shape[0]
+    edges = np.linspace(0, T, n_blocks + 1).round().astype(int)
+    out = np.zeros((n_blocks, 2))
+    m = np.asarray(train_mean, dtype=np.float64)
+    if visible == "bernoulli":
+        eps = 0.5 / max(n_train, 1)
+        q = np.clip(m, eps, 1.0 - eps)
+        log_p, log_1p = bk.asarray(np.log(q).astype(np.float32)), \
+            bk.asarray(np.log1p(-q).astype(np.float32))
+    m_b = bk.asarray(m.astype(np.float32))
+    xp = bk.xp
+    for b in range(n_blocks):
+        for s in range(edges[b], edges[b + 1], _CHUNK):
+            v = bk.asarray(V_host[s:min(s + _CHUNK, edges[b + 1])])
+            x = units.visible_inputs(_hidden_means(v, p, bk), p["W"])
+            if visible == "bernoulli":
+                x = x + p["g"]
+                model = xp.sum(v * x - bk.logaddexp(0.0, x))
+                indep = xp.sum(v * log_p + (1.0 - v) * log_1p)
+            else:
+                mu = units.gaussian_mean(x, p["g"], p["gamma"], bk)
+                model = -xp.sum((v - mu) ** 2)
+                indep = -xp.sum((v - m_b) ** 2)
+            out[b, 0] += float(bk.to_numpy(model))
+            out[b, 1] += float(bk.to_numpy(indep))
+    return out
 
 
 def _hidden_shift(V_host, p, bk):
     """Mean E[h|v] over the first chunk of frames: the centre for the hh sums (any value near
     the mean avoids cancellation; it does not change the statistic)."""
     v = bk.asarray(V_host[:_CHUNK])
-    return units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk).mean(axis=0)
+    return _hidden_means(v, p, bk).mean(axis=0)
 
 
 def _trainer_params(p, visible):
@@ -344,22 +547,79 @@ def _check_int(name, value, minimum):
     return int(value)
 
 
+def _max_abs(v, bk) -> float:
+    """max |v| of a backend array as a host float (NaN/inf when v has them)."""
+    xp = bk.xp
+    if not bool(bk.to_numpy(xp.all(xp.isfinite(v)))):
+        return float("inf")
+    return float(bk.to_numpy(xp.max(xp.abs(v)))) if v.size else 0.0
+
+
+def _sample_model(tp, v, visible, bk, rng, WT, n_burnin, n_samples, n_between, groups, p, sub,
+                  v_shift, h_shift, bound):
+    """Run the chains; return (host sums per chain group, max |v| seen, why unstable or "")."""
+    N, M = p["W"].shape[1], p["W"].shape[0]
+    accs = [_Moments(bk, N, M, sub, v_shift, h_shift) for _ in groups]
+    gaussian = visible == "gaussian"
+    seen = 0.0
+
+    def check(v):
+        nonlocal seen
+        m = _max_abs(v, bk)
+        seen = max(seen, m)
+        if not math.isfinite(m):
+            return "model chains became non-finite"
+        if gaussian and m > bound:
+            return (f"model chains left the sane range: max |v| {m:.3g} > {bound:.3g} "
+                    f"({UNSTABLE_FACTOR:g} x the largest |v| of the training frames)")
+        return ""
+
+    with np.errstate(all="ignore"):     # a diverging model's chains may overflow: caught below
+        # Gaussian chains are checked every _CHECK_EVERY burn-in steps (an exploding model stops
+        # early); Bernoulli chains in one go (same draws either way)
+        step = _CHECK_EVERY if gaussian else max(n_burnin, 1)
+        done = 0
+        while done < n_burnin:
+            k = min(step, n_burnin - done)
+            v = training.gibbs(tp, v, k, visible, bk, rng, WT)
+            done += k
+            why = check(v) if gaussian else ""
+            if why:
+                return [a.host() for a in accs], seen, why
+        for _ in range(n_samples):
+            v = training.gibbs(tp, v, n_between, visible, bk, rng, WT)
+            why = check(v)
+            if why:
+                return [a.host() for a in accs], seen, why
+            h = _hidden_means(v, p, bk)
+            for a, sl in zip(accs, groups):
+                a.add(v[sl], h[sl])
+    return [a.host() for a in accs], seen, ""
+
+
+def _parts(vec_test, vec_model, vec_train) -> dict:
+    """{stat: (nrmse, rmse_model, rmse_opt, rmse_shuf)} of one set of statistic vectors."""
+    return {s: nrmse(vec_test[s], vec_model[s], vec_train[s]) for s in STATS}
+
+
 def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_samples: int = 50,
              n_between: int = 20, seed: int = 0, max_pairs: int = 1_000_000,
              return_stats: bool = False, backend=None, pair_seed: int = 0) -> EvaluationResult:
-    """Compare the model's statistics with held-out data (CRBM.md §4).
+    """Compare the model's statistics with held-out data and give the fit its verdict.
 
     Parameters
     ----------
     model : fitted CRBM (or any object with its learned attributes)
         Uses ``weights_`` (M, N), ``fields_`` (N,), ``gamma_plus_``, ``gamma_minus_``,
         ``theta_plus_``, ``theta_minus_`` (M,), ``visible``, ``penalty``, ``lam`` and, for
-        gaussian visibles, ``gamma_`` (N,). A model with ``diverged_ = True`` is bad.
+        gaussian visibles, ``gamma_`` (N,). A model with ``diverged_ = True`` is bad (diverged).
     dataset : Dataset
-        Uses ``train`` (T_train, N) and ``test`` (T_test, N).
+        Uses ``train`` (T_train, N), ``test`` (T_test, N) and, when present, ``transform``
+        (``"zscore"``: ``v`` is unassessable by construction).
     n_chains, n_burnin, n_samples, n_between : int
         Model sampling: chains from random training frames, burn-in steps, samples per chain, Gibbs
-        steps between saved samples. Smaller values give a cheaper, noisier evaluation.
+        steps between saved samples. Smaller values give a cheaper, noisier evaluation (the noise
+        is measured and widens the verdict's margins).
     seed : int
         Seeds chain starts and Gibbs draws (not the vv pair subset, which
         depends on ``(N, max_pairs, pair_seed)`` only, so it is identical for every model of a
@@ -402,40 +662,49 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     if visible not in ("bernoulli", "gaussian"):
         raise ConfigError(f"evaluate: unknown visible type {visible!r}")
     penalty = getattr(model, "penalty", "l2l1")
+    if penalty not in ("l1", "l2l1"):
+        raise ConfigError(f"evaluate: unknown penalty {penalty!r} (use 'l1' or 'l2l1')")
     lam = float(getattr(model, "lam", 0.0))
-    params_finite = finite and not bool(getattr(model, "diverged_", False))
+    diverged = bool(getattr(model, "diverged_", False))
+    params_finite = finite and not diverged
     sparsity, density = weight_sparsity(arrs["weights_"])
+    w_std, w_conv = weight_convergence(arrs["weights_"])
     settings = dict(n_chains=n_chains, n_burnin=n_burnin, n_samples=n_samples,
                     n_between=n_between, seed=seed, max_pairs=max_pairs)
     sub_host = _pair_units(N, max_pairs, _check_int("pair_seed", pair_seed, 0))
     n_pairs = (N * (N - 1) // 2) if sub_host is None else sub_host.size * (sub_host.size - 1) // 2
-
-    def failed():
-        nan = {s: float("nan") for s in STATS}
-        return EvaluationResult(nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan),
-                                rmse_shuf=dict(nan), mean_nrmse=float("nan"),
-                                max_nrmse=float("nan"), bad=True, sparsity=sparsity,
-                                weight_density=density, params_finite=params_finite,
-                                n_model_samples=0, n_vv_pairs=n_pairs,
-                                seconds=time.perf_counter() - t0, settings=settings)
+    nan = {s: float("nan") for s in STATS}
+    inf_obj = {o: math.inf for o in verdicts.OBJECTIVES}
 
     if not finite:
-        return failed()
+        return EvaluationResult(
+            nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan), rmse_shuf=dict(nan),
+            mean_nrmse=math.inf, max_nrmse=math.inf, bad=True, sparsity=sparsity,
+            weight_density=density, params_finite=params_finite, n_model_samples=0,
+            n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
+            bad_reason="diverged", max_criteria=math.inf, objective_se=dict(inf_obj),
+            nrmse_se=dict(nan), nrmse_upper=dict(nan), weight_std=w_std, weights_converged=w_conv)
     # Gaussian visibles: a model that is not normalisable (raysearch.stability) has no statistics
     # to compare; its chains would only run away. Undetermined models get chains of at least
     # UNDETERMINED_MIN_STEPS Gibbs steps, long enough for a run-away to show.
     if visible == "gaussian":
         from raysearch.stability import check_stability
 
-        verdict = check_stability(arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"],
-                                  arrs["gamma_minus_"])
-        settings["stability"] = verdict.verdict
-        settings["stability_margin"] = float(verdict.margin)
-        if verdict.verdict == "unstable":
-            res = failed()
-            res.unstable, res.unstable_reason = True, verdict.reason
-            return res
-        if verdict.verdict == "undetermined":
+        stab = check_stability(arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"],
+                               arrs["gamma_minus_"])
+        settings["stability"] = stab.verdict
+        settings["stability_margin"] = float(stab.margin)
+        if stab.verdict == "unstable":
+            return EvaluationResult(
+                nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan), rmse_shuf=dict(nan),
+                mean_nrmse=math.inf, max_nrmse=math.inf, bad=True, sparsity=sparsity,
+                weight_density=density, params_finite=params_finite, n_model_samples=0,
+                n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
+                bad_reason="diverged" if diverged else "unstable", unstable=True,
+                unstable_reason=stab.reason, max_criteria=math.inf,
+                objective_se=dict(inf_obj), nrmse_se=dict(nan), nrmse_upper=dict(nan),
+                weight_std=w_std, weights_converged=w_conv)
+        if stab.verdict == "undetermined":
             n_burnin = max(n_burnin, UNDETERMINED_MIN_STEPS - n_samples * n_between)
             settings["n_burnin"] = n_burnin
 
@@ -448,45 +717,117 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     if visible == "gaussian":
         p["gamma"] = bk.asarray(arrs["gamma_"])
     sub = None if sub_host is None else bk.asarray(sub_host, dtype=np.int64)
-    v_shift = bk.asarray(train.mean(axis=0))
+    train_mean = train.mean(axis=0)
+    v_shift = bk.asarray(train_mean)
     h_shift = _hidden_shift(train, p, bk)
+    v_shift_sub_h = train_mean.astype(np.float64) if sub_host is None \
+        else train_mean[sub_host].astype(np.float64)
+    h_shift_h = bk.to_numpy(h_shift).astype(np.float64)
 
-    stats = {"train": _data_moments(train, p, bk, sub, v_shift, h_shift),
-             "test": _data_moments(test, p, bk, sub, v_shift, h_shift)}
+    g_test = min(N_BLOCKS, test.shape[0])
+    with np.errstate(all="ignore"):
+        train_sums = _data_moments(train, p, bk, sub, v_shift, h_shift)[0]
+        test_parts = _data_moments(test, p, bk, sub, v_shift, h_shift, g_test)
+        recon = _reconstruction_sums(test, p, visible, train_mean, train.shape[0], bk, g_test)
 
-    # model samples: independent chains from random training frames
+    # model samples: independent chains from random training frames, in groups for the jackknife
     rng = bk.rng(seed, _EVAL_STREAM)
     starts = np.random.default_rng([seed, _EVAL_STREAM]).integers(0, train.shape[0], n_chains)
-    v = bk.asarray(train[starts])
-    acc = _Moments(bk, N, M, sub, v_shift, h_shift)
+    g_chain = min(N_BLOCKS, n_chains)
+    cut = np.linspace(0, n_chains, g_chain + 1).round().astype(int)
+    groups = [slice(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:])]
     tp = _trainer_params(p, visible)
-    WT = training.weights_t(tp, bk)
-    with np.errstate(all="ignore"):     # a diverging model's chains may overflow: NaN -> bad
-        v = training.gibbs(tp, v, n_burnin, visible, bk, rng, WT)
-        for _ in range(n_samples):
-            v = training.gibbs(tp, v, n_between, visible, bk, rng, WT)
-            acc.add(v, units.drelu_mean(units.hidden_inputs(v, p["W"]), *p["hidden"], bk))
-    stats["model"] = acc
+    bound = UNSTABLE_FACTOR * max(1.0, float(np.max(np.abs(train))) if train.size else 1.0)
+    model_parts, max_abs_v, unstable_reason = _sample_model(
+        tp, bk.asarray(train[starts]), visible, bk, rng, training.weights_t(tp, bk), n_burnin,
+        n_samples, n_between, groups, p, sub, v_shift, h_shift, bound)
 
     w = arrs["weights_"].astype(np.float64)
     mask = w != 0
-    correction = lam * _penalty_gradient(w, penalty)
+    correction = training.penalty_gradient(w, penalty, lam, get_backend("numpy"))
+    test_sums = _add_sums(test_parts)
+    model_sums = _add_sums(model_parts)
+    vec_of = lambda sums, corr=None: _vectors(sums, sub_host, v_shift_sub_h, h_shift_h,  # noqa
+                                               mask, corr)
     with np.errstate(all="ignore"):
-        vec = {"train": stats["train"].vectors(mask), "test": stats["test"].vectors(mask),
-               "model": stats["model"].vectors(mask, correction)}
+        vec = {"train": vec_of(train_sums), "test": vec_of(test_sums),
+               "model": vec_of(model_sums, correction)}
+        if not unstable_reason and not all(np.all(np.isfinite(x)) for x in vec["model"].values()):
+            unstable_reason = "model statistics are non-finite"
+    unstable = bool(unstable_reason)
 
-    out = {k: {} for k in ("nrmse", "rmse_model", "rmse_opt", "rmse_shuf")}
+    # every statistic's nRMSE parts on the full evaluation and on each jackknife replicate
+    test_loo = [_sub_sums(test_sums, part) for part in test_parts] if g_test >= 2 else []
+    model_loo = [_sub_sums(model_sums, part) for part in model_parts] if g_chain >= 2 else []
+    total = recon.sum(axis=0)
+    with np.errstate(all="ignore"):
+        full = _parts(vec["test"], vec["model"], vec["train"])
+        rep_chain = [_parts(vec["test"], vec_of(ms, correction), vec["train"]) for ms in model_loo]
+        vec_test = [vec_of(ts) for ts in test_loo]
+        rep_test = [_parts(vt, vec["model"], vec["train"]) for vt in vec_test]
+    nllh = reconstruction_score(*total)
+    nllh_test = [reconstruction_score(*(total - recon[b])) for b in range(len(rep_test))]
+
+    def se_of(f):
+        """Jackknife standard error of f(parts), chains and test blocks combined."""
+        return math.hypot(jackknife_se([f(r) for r in rep_chain]),
+                          jackknife_se([f(r) for r in rep_test]))
+
+    # unassessable statistics: by construction, then by the data (model-independent for v and
+    # vv: a model cannot make a statistic unassessable by predicting it flat)
+    skip: dict[str, str] = {}
+    if getattr(dataset, "transform", None) == "zscore":
+        skip["v"] = "z-scored units: the training means are 0 by construction"
     for s in STATS:
-        with np.errstate(all="ignore"):
-            r = nrmse(vec["test"][s], vec["model"][s], vec["train"][s])
-        for name, value in zip(out, r):
-            out[name][s] = float(value)
-    values = np.array([out["nrmse"][s] for s in STATS])
+        if s in skip:
+            continue
+        if vec["test"][s].size == 0:
+            skip[s] = "no elements (no non-zero weight)"
+            continue
+        flat, contrast = data_contrast(vec["test"][s], vec["train"][s])
+        se = jackknife_se([data_contrast(vt[s], vec["train"][s])[1] for vt in vec_test])
+        floor = _FLOAT_FLOOR * float(np.sqrt(np.mean(vec["test"][s] ** 2)))
+        if not flat > floor:
+            skip[s] = (f"the training frames predict the test frames no better than a constant "
+                       f"(RMSE(test, mean(train)) - RMSE_opt = {flat:.3g})")
+        elif not contrast > Z_MARGIN * se:
+            skip[s] = (f"the training frames do not predict the test frames clearly better than "
+                       f"chance (RMSE_shuf(test, train) - RMSE_opt = {contrast:.3g}, not above "
+                       f"{Z_MARGIN:g} x its noise {se:.3g})")
+
+    out = {k: {s: float(full[s][i]) for s in STATS}
+           for i, k in enumerate(("nrmse", "rmse_model", "rmse_opt", "rmse_shuf"))}
+    for s in skip:
+        out["nrmse"][s] = float("nan")
+    objectives = verdicts.objective_values(out["nrmse"], skip, nllh)
+    nrmse_se, upper = {}, {}
+    for s in STATS:
+        se = se_of(lambda r: r[s][0])
+        nrmse_se[s] = float("nan") if s in skip else se
+        upper[s] = out["nrmse"][s] + Z_MARGIN * se
+
+    def objectives_of(r, nl):
+        n = {s: (float("nan") if s in skip else r[s][0]) for s in STATS}
+        return verdicts.objective_values(n, skip, nl)
+
+    obj_chain = [objectives_of(r, nllh) for r in rep_chain]
+    obj_test = [objectives_of(r, nl) for r, nl in zip(rep_test, nllh_test)]
+    objective_se = {o: math.hypot(jackknife_se([x[o] for x in obj_chain]),
+                                  jackknife_se([x[o] for x in obj_test]))
+                    for o in verdicts.OBJECTIVES}
+
+    bad, reason = verdicts.verdict(out["nrmse"], upper, skip, params_finite=params_finite,
+                                   diverged=diverged, unstable=unstable, weight_density=density)
+    rep = {o: verdicts.reported_objective(objectives[o], bad) for o in verdicts.OBJECTIVES}
     result = EvaluationResult(
-        **out, mean_nrmse=float(np.mean(values)), max_nrmse=float(np.max(values)),
-        bad=is_bad(out["nrmse"], params_finite), sparsity=sparsity, weight_density=density,
-        params_finite=params_finite, n_model_samples=n_chains * n_samples, n_vv_pairs=n_pairs,
-        seconds=time.perf_counter() - t0, settings=settings)
+        **out, mean_nrmse=rep["mean_nrmse"], max_nrmse=rep["max_nrmse"], bad=bad,
+        sparsity=sparsity, weight_density=density, params_finite=params_finite,
+        n_model_samples=int(model_sums["n"]), n_vv_pairs=n_pairs,
+        seconds=time.perf_counter() - t0, settings=settings, bad_reason=reason,
+        unstable=unstable, unstable_reason=unstable_reason, unassessable=skip,
+        nrmse_se=nrmse_se, nrmse_upper=upper, nllh=float(nllh),
+        max_criteria=rep["max_criteria"], objective_se=objective_se, weight_std=w_std,
+        weights_converged=w_conv, max_abs_v=float(max_abs_v))
     if return_stats:
         result.stats = {s: {side: vec[side][s].astype(np.float32) for side in vec} for s in STATS}
     return result

@@ -1,27 +1,25 @@
 """Model selection: from a finished study's results table to the lambda (and model) to use.
 
 Minimising the held-out nRMSE alone picks weakly regularised fits that reproduce the statistics
-but not the assemblies. The rule here is the internship's balance: **the sparsest lambda whose mean
-objective over seeds is within a tolerance of the best lambda's, among fits that are not bad**.
+but not the assemblies. The rule here is the internship's balance: **the sparsest lambda whose
+score is within a tolerance of the best lambda's**, where a lambda's score is the mean objective
+over all its fits with every bad fit counting as chance (:func:`lambda_scores`,
+:data:`raysearch.verdicts.BAD_SCORE` = 1), and a lambda with more than :data:`MAX_BAD_SHARE` bad
+fits is never a candidate: a lambda where most seeds failed cannot be recommended, and the rule
+does not lean toward the breakdown edge where failures concentrate.
 The default tolerance needs no tuning: it is the margin within which a lambda cannot be told apart
 from the best at 95% confidence (:func:`default_tolerance`: Gupta's subset selection,
 ``d_K * sqrt(2) * sigma_m`` for K lambdas, with ``sigma_m`` the noise of one lambda's mean
-objective from :func:`mean_noise`). Two things make that margin wider than the plain
-seed-to-seed spread the rule first used: the best mean is the minimum of K noisy means (biased
-low, so lambdas on the same plateau look worse than it), and the seeds of one lambda share
-evaluation noise (same evaluation seed, same held-out frames), so their spread misses part of the
-noise; ``sigma_m`` is therefore taken from the scatter of the lambda means along the grid, with a
-robust seed spread as a floor (:func:`mean_noise`). On 16 offline seed/data draws of the synthetic
-fish grid the recommendation was within one grid step of the recovery optimum, recovering at
-least as well as the best-objective fit, on 16 (``max_nrmse``) and 14 (``mean_nrmse``) draws;
-with the plain seed-spread tolerance (:func:`seed_spread`, the former default) on 8 and 10
-(``tests/test_selection_study.py`` has the details).
-Empty fits (no weight above the density threshold, ``weight_density == 0``) are never candidates:
-their hidden statistics match the data trivially, so their nRMSE says nothing.
+objective from :func:`mean_noise`): the evaluation's own noise (each fit reports the jackknife
+standard error of its objective) with the robust seed-to-seed spread as a floor. Tables of older
+studies, without that noise, fall back to the scatter of the lambda means along the grid (which
+also measures the curvature of the lambda curve; see :func:`mean_noise`).
+Bad fits (any ``bad_reason``, empty ones included: no weight above the density threshold) are
+never candidates. What "bad", "usable" and "best" mean is :mod:`raysearch.verdicts`'.
 
 Entry points: :func:`recommend` (the rule on a results table), :func:`bad_share_by_lambda`
-(bad share per log-lambda bin with Wilson intervals), :func:`select_model` (both as DataFrames,
-from an experiment directory: the ``load_results`` companion exported as
+(bad share per log-lambda bin with Wilson intervals, from :mod:`raysearch.verdicts`),
+:func:`select_model` (both as DataFrames, from the ``load_results`` table of a study: exported as
 ``raysearch.select_model``) and :func:`selection_data` (what the report's "Model selection"
 section draws).
 
@@ -39,33 +37,22 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from raysearch import verdicts
 from raysearch.errors import ConfigError, InputError
+# re-exported here for the callers of the selection stage (they are raysearch.verdicts')
+from raysearch.verdicts import (BAD_SCORE, DEFAULT_OBJECTIVE, NRMSE_COLUMNS,  # noqa: F401
+                                OBJECTIVES, bad_share_by_lambda, lambda_bins, wilson_interval)
 
-#: Objectives a study may minimise; both are always reported.
-OBJECTIVES = ("mean_nrmse", "max_nrmse")
-# what a study minimises unless it says otherwise: the worst of the five nRMSEs, as the published
-# model selection did (it maximised the worst criterion); one ill-conditioned, very negative
-# nRMSE cannot make a fit look good under it (see README, "Choosing the objective")
-DEFAULT_OBJECTIVE = "max_nrmse"
 RULES = ("sparsest", "best")
 SPARSITY_BY = ("lam", "weight_density")
 #: Fewest lambdas (with a usable fit) from which :func:`mean_noise` reads the noise from the scatter
-#: of the lambda means along the grid (4 steps: the median is not set by one steep step).
+#: of the lambda means along the grid (4 steps: the median is not set by one steep step); only for
+#: tables without the evaluation's own noise (``<objective>_se``, studies before issue 12).
 MIN_LAMBDAS_FOR_SCATTER = 5
-
-
-def _lam_groups(lam: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
-    """Label equal lambdas (up to ``rtol``) with the same integer, in increasing lambda order."""
-    order = np.argsort(lam, kind="stable")
-    labels = np.empty(len(lam), dtype=int)
-    g = -1
-    prev = None
-    for i in order:
-        if prev is None or not np.isclose(lam[i], prev, rtol=rtol, atol=0.0):
-            g += 1
-            prev = lam[i]
-        labels[i] = g
-    return labels
+#: A lambda whose share of bad fits is above this is never recommended, whatever its score.
+MAX_BAD_SHARE = 0.5
+_lam_groups = verdicts.lam_groups
+_first_of_groups = verdicts._first_of_groups
 
 
 def _check_columns(results: pd.DataFrame, needed) -> None:
@@ -78,13 +65,8 @@ def _check_columns(results: pd.DataFrame, needed) -> None:
 
 
 def _empty(results: pd.DataFrame) -> np.ndarray:
-    """Fits without a single weight above the density threshold (``weight_density == 0``).
-
-    Such a model has no assembly and no coupling: its hidden units ignore the data, so the hidden
-    statistics (h, hh) of data and model agree trivially and their nRMSE is a ratio of two tiny
-    numbers (it can be far below 0 or near 0 by chance). They are never recommended. Without a
-    ``weight_density`` column nothing counts as empty.
-    """
+    """Fits without a single weight above the density threshold (``weight_density == 0``): bad
+    (reason ``empty``, :mod:`raysearch.verdicts`); counted here for the messages."""
     if "weight_density" not in results.columns:
         return np.zeros(len(results), bool)
     wd = pd.to_numeric(results["weight_density"], errors="coerce").to_numpy(float)
@@ -92,15 +74,12 @@ def _empty(results: pd.DataFrame) -> np.ndarray:
 
 
 def _usable(results: pd.DataFrame, objective: str) -> pd.DataFrame:
-    """Rows that are not bad, not empty (:func:`_empty`), with a finite objective and lambda."""
-    df = results.copy()
-    obj = pd.to_numeric(df[objective], errors="coerce").astype(float)
-    lam = pd.to_numeric(df["lam"], errors="coerce").astype(float)
-    bad = df["bad"].fillna(True).astype(bool)
-    ok = np.isfinite(obj) & np.isfinite(lam) & (lam >= 0) & ~bad & ~_empty(df)
-    df = df.loc[ok].copy()
-    df[objective] = obj[ok]
-    df["lam"] = lam[ok]
+    """Rows that :func:`raysearch.verdicts.usable_mask` accepts (not bad, not empty, finite
+    objective and lambda), with numeric ``lam`` and objective columns."""
+    ok = verdicts.usable_mask(results, objective)
+    df = results.loc[ok].copy()
+    df[objective] = pd.to_numeric(df[objective], errors="coerce").astype(float)
+    df["lam"] = pd.to_numeric(df["lam"], errors="coerce").astype(float)
     return df
 
 
@@ -220,7 +199,18 @@ def lambda_means(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> p
 def mean_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
     """Noise (standard deviation) of one lambda's mean objective, ``sigma_m``.
 
-    Two estimates of the same noise, each blind to part of it; the larger is returned:
+    Studies that report the evaluation's own noise (column ``<objective>_se``: the jackknife
+    standard error of each fit's objective over chains and held-out blocks, see
+    :mod:`raysearch.evaluation`): the larger of :func:`evaluation_noise` and the robust seed
+    spread over ``sqrt(n)`` (:func:`robust_seed_spread`; seeds give different models, a noise the
+    evaluation of one model cannot see). The evaluation noise is not divided by ``sqrt(n)``: the
+    seeds of a lambda share the held-out frames and the evaluation seed. The scatter of the lambda
+    means along the grid is not used then: it measures the curvature of the lambda curve as much
+    as noise (measured: a tolerance of 0.46 in max nRMSE, wider than the whole spread of the good
+    fits, recommended a lambda that recovered the planted assemblies worse than the best fit).
+
+    Older tables (without ``<objective>_se``): two estimates of the same noise, each blind to part
+    of it; the larger is returned:
 
     - **scatter along the grid**: the lambda means ``m_1..m_K`` in increasing lambda differ from
       their neighbours by ``2 sigma_m^2`` in variance (plus the trend, which is small on the
@@ -245,16 +235,78 @@ def mean_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> flo
     objective : column to minimise.
     """
     means = lambda_means(results, objective)
+    if len(means) == 0:
+        return 0.0
+    n_best = int(means["n"].iloc[int(np.argmin(means["mean"].to_numpy(float)))])
+    own = evaluation_noise(results, objective)
+    if own is not None:
+        # the evaluation measured its own noise: use it (issue 12.5), not the grid's curvature
+        seeds = robust_seed_spread(results, objective) / np.sqrt(n_best) if n_best >= 2 else 0.0
+        return max(own, seeds)
     scatter = 0.0
     if len(means) >= MIN_LAMBDAS_FOR_SCATTER:
         steps = np.abs(np.diff(means["mean"].to_numpy(float)))
         scatter = float(1.4826 * np.median(steps) / np.sqrt(2.0))
-    if len(means) == 0:
-        return 0.0
-    n_best = int(means["n"].iloc[int(np.argmin(means["mean"].to_numpy(float)))])
     if n_best >= 2:
         return max(scatter, robust_seed_spread(results, objective) / np.sqrt(n_best))
     return scatter
+
+
+def evaluation_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE):
+    """The evaluation's own noise of one fit's objective near the best lambda, or None.
+
+    The root mean square of ``<objective>_se`` over the usable fits of the lambda with the best
+    mean objective (over all usable fits when those have none). None when the table has no
+    finite ``<objective>_se`` (studies before the evaluation reported its noise).
+    """
+    col = f"{objective}_se"
+    if col not in results.columns:
+        return None
+    df = _usable(results, objective)
+    se = pd.to_numeric(df[col], errors="coerce").to_numpy(float) if len(df) else np.zeros(0)
+    ok = np.isfinite(se)
+    if not ok.any():
+        return None
+    groups = _lam_groups(df["lam"].to_numpy(float))
+    means = _group_means(df[objective].to_numpy(float), groups)
+    at_best = (groups == groups[int(np.argmin(means))]) & ok
+    pick = se[at_best] if at_best.any() else se[ok]
+    return float(np.sqrt(np.mean(pick ** 2)))
+
+
+def lambda_scores(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> pd.DataFrame:
+    """Each lambda's score, counting its failures.
+
+    A lambda is judged by all its fits, not only the ones that survived: every bad fit (any
+    ``bad_reason``, and every fit without a finite objective) counts as
+    :data:`raysearch.verdicts.BAD_SCORE` (1: chance level), so
+    ``score = (sum of the usable fits' objectives + n_bad * BAD_SCORE) / n_fits``.
+
+    Returns
+    -------
+    DataFrame, one row per distinct positive-or-zero lambda in increasing order: ``lam``,
+    ``n_fits``, ``n_bad`` (fits that are not usable), ``share_bad``, ``mean`` (over the usable
+    fits; NaN without one) and ``score``.
+    """
+    _check_columns(results, ["lam", "bad", objective])
+    lam = pd.to_numeric(results["lam"], errors="coerce").to_numpy(float)
+    keep = np.isfinite(lam) & (lam >= 0)
+    if not keep.any():
+        return pd.DataFrame({"lam": [], "n_fits": [], "n_bad": [], "share_bad": [], "mean": [],
+                             "score": []})
+    use = verdicts.usable_mask(results, objective)[keep]
+    obj = pd.to_numeric(results[objective], errors="coerce").to_numpy(float)[keep]
+    lam = lam[keep]
+    groups = _lam_groups(lam)
+    n = np.bincount(groups)
+    n_use = np.bincount(groups, weights=use.astype(float))
+    s_use = np.bincount(groups, weights=np.where(use, obj, 0.0))
+    n_bad = n - n_use
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n_use > 0, s_use / np.maximum(n_use, 1), np.nan)
+    return pd.DataFrame({"lam": np.bincount(groups, weights=lam) / n, "n_fits": n,
+                         "n_bad": n_bad.astype(int), "share_bad": n_bad / n, "mean": mean,
+                         "score": (s_use + n_bad * BAD_SCORE) / n})
 
 
 def robust_seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
@@ -358,10 +410,11 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
               confidence: float = 0.95) -> Recommendation:
     """Recommend a lambda and a model from a results table.
 
-    ``rule="sparsest"`` (default): among fits that are not bad, not empty and have a finite
-    objective, each lambda is scored by the mean objective of its fits (over seeds; a single fit
-    is its own mean). The lambdas whose mean is at most ``best mean + tolerance`` are the
-    candidates (default tolerance: :func:`default_tolerance`, the lambdas that cannot be told apart
+    ``rule="sparsest"`` (default): each lambda is scored by the mean objective of all its fits
+    (over seeds; a single fit is its own mean), every bad or unusable fit counting as
+    :data:`raysearch.verdicts.BAD_SCORE` (:func:`lambda_scores`), and lambdas with more than
+    :data:`MAX_BAD_SHARE` bad fits are left out. The lambdas whose score is at most
+    ``best score + tolerance`` are the candidates (default tolerance: :func:`default_tolerance`, the lambdas that cannot be told apart
     from the best at ``confidence``), and the sparsest of their fits is returned: the largest lambda
     (``sparsity_by="lam"``) or the lowest weight density (``sparsity_by="weight_density"``);
     ties go to the lower objective (so at the chosen lambda, its best seed). ``rule="best"``
@@ -422,8 +475,7 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
                     f"{objective}",
         )
 
-    best_idx = good[objective].idxmin()
-    best_row = good.loc[best_idx]
+    best_row = good.loc[verdicts.best_index(good, objective)]
     if tolerance is None:
         tol, source = default_tolerance(results, objective, confidence), default_source
         if tol == 0.0 and rule == "sparsest":
@@ -441,13 +493,24 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
         # A lambda is judged by its mean objective over its good fits (its seeds): the minimum of
         # many noisy single fits is biased low, the mean of each lambda is not. Without repeats
         # (continuous searches) the mean of a lambda is its single fit.
+        # Failures count (issue 12.5): a lambda's score is over all its fits, every bad one
+        # counting as chance (lambda_scores), and a lambda where most fits failed is never a
+        # candidate (MAX_BAD_SHARE).
         good = good.copy()
-        good["lam_objective"] = _group_means(good[objective].to_numpy(float),
-                                             _lam_groups(good["lam"].to_numpy(float)))
-        best_mean = float(good["lam_objective"].min())
+        scores = lambda_scores(results, objective)
+        pos = [int(np.argmin(np.abs(np.log(scores["lam"].to_numpy(float) + 1e-300)
+                                    - np.log(x + 1e-300)))) for x in good["lam"].to_numpy(float)]
+        good["lam_objective"] = scores["score"].to_numpy(float)[pos]
+        good["lam_share_bad"] = scores["share_bad"].to_numpy(float)[pos]
+        eligible = good["lam_share_bad"].to_numpy(float) <= MAX_BAD_SHARE
+        if not eligible.any():
+            source += f"; every lambda has more than {MAX_BAD_SHARE:.0%} bad fits"
+            eligible[:] = True
+        best_mean = float(good.loc[eligible, "lam_objective"].min())
         # within the tolerance, counting values that differ from the limit only by rounding
         limit = best_mean + tol
-        cands = good.loc[good["lam_objective"] <= limit + 1e-12 * max(1.0, abs(limit))]
+        cands = good.loc[eligible & (good["lam_objective"].to_numpy(float)
+                                     <= limit + 1e-12 * max(1.0, abs(limit)))]
         if sparsity_by == "lam":
             ranked = cands.sort_values(["lam", objective], ascending=[False, True], kind="stable")
         else:
@@ -466,8 +529,9 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
     if rule == "sparsest":
         n_lam = len(np.unique(_lam_groups(cands["lam"].to_numpy(float))))
         msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) at "
-               f"{n_lam} lambda(s) whose mean {objective} over seeds is <= the best lambda's "
-               f"{best_mean:.4g} + tolerance {tol:.3g} ({source}); {unusable}")
+               f"{n_lam} lambda(s) whose score (mean {objective} over seeds, a bad fit counting "
+               f"{BAD_SCORE:g}) is <= the best lambda's {best_mean:.4g} + tolerance {tol:.3g} "
+               f"({source}); {unusable}")
     else:
         msg = (f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); "
                f"{unusable}")
@@ -475,93 +539,6 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
                           rule=rule, objective=objective, sparsity_by=sparsity_by, tolerance=tol,
                           tolerance_source=source, candidates=cands, n_fits=n_fits, n_bad=n_bad,
                           n_empty=n_empty, message=msg)
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n (scipy's ``binomtest``)."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return (float("nan"), float("nan"))
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
-def lambda_bins(lam: np.ndarray, n_bins: int | None = None) -> np.ndarray:
-    """Log-spaced bin edges over the positive lambdas.
-
-    With ``n_bins=None``: one bin per distinct lambda when there are at most 12 of them and on
-    average at least two fits each (a grid with seeds), edges at the geometric midpoints; otherwise
-    round(sqrt(number of fits)) equal bins in log10(lambda), between 1 and 8.
-    """
-    lam = np.asarray(lam, dtype=float)
-    lam = lam[np.isfinite(lam) & (lam > 0)]
-    if lam.size == 0:
-        raise InputError("no positive, finite lambda in the results: cannot bin by lambda")
-    distinct = np.unique(lam[_first_of_groups(lam)])
-    if n_bins is None and len(distinct) <= 12 and lam.size >= 2 * len(distinct):
-        logs = np.log10(distinct)
-        if len(logs) == 1:
-            return 10.0 ** np.array([logs[0] - 0.5, logs[0] + 0.5])
-        mids = (logs[1:] + logs[:-1]) / 2
-        first = logs[0] - (mids[0] - logs[0])
-        last = logs[-1] + (logs[-1] - mids[-1])
-        return 10.0 ** np.concatenate([[first], mids, [last]])
-    n_bins = int(np.clip(round(np.sqrt(lam.size)), 1, 8)) if n_bins is None else int(n_bins)
-    if n_bins < 1:
-        raise ConfigError(f"n_bins must be >= 1, got {n_bins}")
-    lo, hi = np.log10(lam.min()), np.log10(lam.max())
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    edges = np.logspace(lo, hi, n_bins + 1)
-    if lam.max() > lam.min():          # exact outer edges: 10**log10(x) may round below x
-        edges[0], edges[-1] = lam.min(), lam.max()
-    return edges
-
-
-def _first_of_groups(lam):
-    labels = _lam_groups(lam)
-    _, first = np.unique(labels, return_index=True)
-    return first
-
-
-def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
-                        bins: np.ndarray | None = None, confidence: float = 0.95) -> pd.DataFrame:
-    """Share of bad fits per (log) lambda bin, with a Wilson confidence interval.
-
-    A fit counts as bad when its ``bad`` flag is true or missing. Every fit with a positive lambda
-    is counted, finished or diverged.
-
-    Returns
-    -------
-    DataFrame with one row per bin: ``lam_low``, ``lam_high`` (bin edges; the last bin includes
-    its upper edge), ``lam_center`` (geometric centre), ``n_fits``, ``n_bad``, ``share_bad``,
-    ``ci_low``, ``ci_high``, and ``n_empty`` (fits not flagged bad but without a single weight
-    above threshold, see :func:`recommend`; not counted as bad). Bins without fits are kept with
-    ``n_fits = 0`` and NaN share.
-    """
-    _check_columns(results, ["lam", "bad"])
-    lam = pd.to_numeric(results["lam"], errors="coerce").to_numpy(float)
-    bad = results["bad"].fillna(True).astype(bool).to_numpy()
-    empty = _empty(results) & ~bad
-    edges = lambda_bins(lam, n_bins) if bins is None else np.asarray(bins, dtype=float)
-    keep = np.isfinite(lam) & (lam > 0)
-    idx = np.searchsorted(edges, lam[keep], side="right") - 1
-    # the outer edges belong to the outer bins, up to rounding of the edges
-    idx[np.isclose(lam[keep], edges[-1], rtol=1e-9, atol=0.0)] = len(edges) - 2
-    idx[np.isclose(lam[keep], edges[0], rtol=1e-9, atol=0.0)] = 0
-    inside = (idx >= 0) & (idx < len(edges) - 1)
-    rows = []
-    for b in range(len(edges) - 1):
-        sel = inside & (idx == b)
-        n = int(sel.sum())
-        k = int(bad[keep][sel].sum())
-        lo, hi = wilson_interval(k, n, confidence)
-        rows.append(dict(lam_low=edges[b], lam_high=edges[b + 1],
-                         lam_center=float(np.sqrt(edges[b] * edges[b + 1])), n_fits=n, n_bad=k,
-                         share_bad=(k / n) if n else float("nan"), ci_low=lo, ci_high=hi,
-                         n_empty=int(empty[keep][sel].sum())))
-    return pd.DataFrame(rows)
 
 
 def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
@@ -575,9 +552,7 @@ def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
             bad_share_by_lambda(results, n_bins=n_bins))
 
 
-def _study_objective(df: pd.DataFrame) -> str:
-    study = df.attrs.get("study") or {}
-    return (study.get("search") or {}).get("objective") or DEFAULT_OBJECTIVE
+_study_objective = verdicts.study_objective
 
 
 def select_model(results, objective: str | None = None, rule: str = "sparsest",
@@ -592,9 +567,10 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
 
     Parameters
     ----------
-    results : path or DataFrame
-        An experiment directory, or the DataFrame of ``load_results`` for it.
-    objective : {"mean_nrmse", "max_nrmse"}, optional
+    results : DataFrame
+        The DataFrame of ``load_results`` for a study (a path is refused: the selection stage
+        does not read files; ``select_model(load_results(DIR))``).
+    objective : {"mean_nrmse", "max_nrmse", "max_criteria"}, optional
         Default: the study's ``search.objective`` (``max_nrmse`` when unknown).
     rule, tolerance, sparsity_by, confidence : see :func:`recommend`.
     n_bins : see :func:`bad_share_by_lambda`.
@@ -608,16 +584,14 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
     bins : DataFrame
         :func:`bad_share_by_lambda` over the finished trials.
     """
-    if isinstance(results, pd.DataFrame):
-        df = results
-    else:
-        from raysearch.search import load_results
-
-        df = load_results(results)
+    if not isinstance(results, pd.DataFrame):
+        raise InputError("select_model takes the DataFrame of raysearch.load_results(DIR), "
+                         f"not {type(results).__name__}: select_model(load_results(DIR))")
+    df = results
     objective = objective or _study_objective(df)
     if objective not in OBJECTIVES and objective not in df.columns:
         raise ConfigError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
-    done = df[df["finished"].fillna(False).astype(bool)] if "finished" in df.columns else df
+    done = df[verdicts.finished_mask(df)]
     if len(done) == 0:
         raise InputError("no finished trial in the results: nothing to select from (wait for "
                          "trials to finish or resume the study)")
@@ -631,9 +605,6 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
 
 
 # --- data for the report's "Model selection" section (drawing: raysearch.plots) -------------------
-
-NRMSE_COLUMNS = ("nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh")
-
 
 @dataclass
 class SelectionData:
@@ -701,21 +672,10 @@ def sample_pairs(n_units: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray,
 
 
 def pair_couplings(weights, hidden_var, i, j) -> np.ndarray:
-    """``J_ij = sum_mu c_mu w_{mu i} w_{mu j}`` for the given pairs, from the low-rank form.
+    """``J_ij`` for the given pairs: :func:`raysearch.analysis.couplings.pair_couplings`."""
+    from raysearch.analysis.couplings import pair_couplings as _pairs
 
-    Parameters
-    ----------
-    weights : array, shape (M, N)
-    hidden_var : array, shape (M,)
-    i, j : int arrays, shape (P,), ``i != j``
-
-    Returns
-    -------
-    ndarray, shape (P,) float64 (memory O(M P), no N x N matrix)
-    """
-    W = np.asarray(weights, dtype=np.float64)
-    c = np.asarray(hidden_var, dtype=np.float64).reshape(-1)
-    return np.einsum("m,mp,mp->p", c, W[:, i], W[:, j])
+    return _pairs(weights, hidden_var, i, j)
 
 
 def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.DataFrame:
@@ -731,8 +691,10 @@ def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.Dat
                          **{c: float(r[c]) for c in NRMSE_COLUMNS}})
     vals = done[list(NRMSE_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(float)
     finite = np.isfinite(vals.to_numpy()).all(axis=1)
-    bad = done["bad"].fillna(True).astype(bool).to_numpy()
-    obj = pd.to_numeric(done[objective], errors="coerce").to_numpy(float)
+    bad = verdicts.bad_mask(done)
+    # the objective of a bad fit is inf: rank the bad ones by their worst nRMSE instead
+    obj = np.where(bad, vals.max(axis=1, skipna=True).to_numpy(float),
+                   pd.to_numeric(done[objective], errors="coerce").to_numpy(float))
     pick, role = None, "bad"
     if (bad & finite).any():
         cand = np.flatnonzero(bad & finite)
@@ -781,8 +743,7 @@ def selection_data(results: pd.DataFrame, objective: str | None = None, rule: st
 
     rec, bins = select_model(results, objective=objective, rule=rule, tolerance=tolerance)
     objective = rec.attrs.get("objective") or objective or _study_objective(results)
-    done = results[results["finished"].fillna(False).astype(bool)] \
-        if "finished" in results.columns else results
+    done = results[verdicts.finished_mask(results)]
     radar = _radar_rows(done, rec, objective)
     notes = []
     lam = pd.to_numeric(done["lam"], errors="coerce").to_numpy(float)

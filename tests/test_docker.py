@@ -473,7 +473,7 @@ def test_constraints_satisfy_pyproject():
             pins[name.lower().replace("_", "-")] = version
     project = _pyproject()["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for extra in ("gpu", "nwb") for r in project["optional-dependencies"][extra]]
+    reqs += [Requirement(r) for extra in ("gpu", "nwb", "dashboard", "tensorboard") for r in project["optional-dependencies"][extra]]
     for req in reqs:
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"constraints.txt does not pin {req.name}"
@@ -487,3 +487,52 @@ def test_docker_readme_points_to_real_files():
     text = (DOCKER / "README.md").read_text()
     for name in re.findall(r"`(docker/[\w./-]+)`", text):
         assert (ROOT / name).exists(), name
+
+
+# ------------------------------------------------------------------- monitoring (Prometheus, Grafana)
+MONITORING = DOCKER / "monitoring"
+
+
+def test_prometheus_config_reads_rays_service_discovery_file():
+    from ray._private import ray_constants
+
+    cfg = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    jobs = cfg["scrape_configs"]
+    assert [j["job_name"] for j in jobs] == ["ray"]
+    files = [f for sd in jobs[0]["file_sd_configs"] for f in sd["files"]]
+    # the file Ray's head writes (under the default temp dir /tmp/ray)
+    assert files == [f"/tmp/ray/{ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+    assert re.fullmatch(r"\d+s", cfg["global"]["scrape_interval"])
+
+
+def _grafana_exprs(dash: dict) -> list[str]:
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_grafana_dashboard_draws_every_trial_metric_and_only_those():
+    from raysearch.search.monitoring import METRICS
+
+    dash = json.loads((MONITORING / "grafana" / "raysearch_dashboard.json").read_text())
+    assert dash["uid"] and dash["title"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    used = {m for e in _grafana_exprs(dash) for m in re.findall(r"\bray_raysearch_\w+", e)}
+    assert used == set(METRICS), (used ^ set(METRICS))
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    for e in _grafana_exprs(dash):
+        assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), e
+        assert set(re.findall(r"\$(\w+)", e)) <= variables, e
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}"
+        for key in ("h", "w", "x", "y"):
+            assert isinstance(p["gridPos"][key], int)
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+
+
+def test_grafana_check_catches_an_unknown_metric(tmp_path):
+    from raysearch.search.monitoring import METRICS
+
+    dash = json.loads((MONITORING / "grafana" / "raysearch_dashboard.json").read_text())
+    dash["panels"][1]["targets"][0]["expr"] = "ray_raysearch_trial_typo"
+    used = {m for e in _grafana_exprs(dash) for m in re.findall(r"\bray_raysearch_\w+", e)}
+    assert used != set(METRICS)

@@ -21,8 +21,8 @@ FIGURES = {"identity_best", "identity_bad", "nrmse_vs_lambda", "bad_share_vs_lam
 def experiment(tmp_path_factory):
     from analysis_helpers import family_specs, make_experiment
 
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, gt = make_synthetic_recording(n_neurons=200, n_frames=1000, seed=0)
     ds = preprocess(rec)
@@ -38,8 +38,12 @@ def _check_report(out):
     import matplotlib.image as mpimg
 
     html = (out / "report.html").read_text()
-    # self-contained: no external references
-    assert not re.search(r"(src|href)=['\"](?!data:)", html)
+    # self-contained: figures embedded; the only links are to the report's own files
+    for ref in re.findall(r"(?:src|href)=['\"]([^'\"]*)", html):
+        if ref.startswith("data:"):
+            continue
+        assert re.fullmatch(r"(figures|tables)/[\w.-]+\.(png|csv)", ref), ref
+        assert (out / ref).is_file(), ref
     figs = dict(re.findall(r"<figure id='fig-([a-z_]+)'><img alt='[a-z_]+' "
                            r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", html))
     assert set(figs) == FIGURES
@@ -76,6 +80,7 @@ def test_report_model_selection_section(experiment, tmp_path):
     two histograms, each a valid non-blank PNG; its tables agree with select_model."""
     from raysearch.analysis import analyze
     from raysearch.report import write_report
+    from raysearch.search import load_results
     from raysearch.selection import select_model
 
     exp, _ = experiment
@@ -87,7 +92,7 @@ def test_report_model_selection_section(experiment, tmp_path):
     for name in ("selection_radar", "weight_histograms", "coupling_histograms"):
         assert f"<figure id='fig-{name}'>" in section
     assert "Bad models per lambda bin" in section and "recommended" in section
-    rec, bins = select_model(exp)
+    rec, bins = select_model(load_results(exp))   # selection takes a DataFrame (issue 15.1)
     got = pd.read_csv(out / "tables" / "selection_recommendation.csv")
     assert got["trial_id"].tolist() == rec["trial_id"].tolist()
     got = pd.read_csv(out / "tables" / "selection_bad_share.csv")
@@ -118,3 +123,54 @@ def test_cli_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
     assert not (tmp_path / "empty" / "analysis").exists()
+
+
+def test_report_header_labels_and_links(experiment, tmp_path):
+    """The header names the study (from study.yaml), the tables are links to the CSV files,
+    column headers and captions are words, not raw keys."""
+    import datetime
+
+    import yaml
+
+    from raysearch import __version__
+    from raysearch.analysis import analyze
+    from raysearch.report import header_rows, write_report
+
+    exp, _ = experiment
+    study = {"name": "demo", "recordings": [{"name": "fish", "synthetic": {"n_neurons": 200,
+                                                                         "n_frames": 1000}}],
+             "preprocessing": {"signal": "spikes"},
+             "search": {"mode": "optuna", "penalty": "l2l1", "lam": {"low": 1e-3, "high": 0.5},
+                        "objective": "mean_nrmse"}}
+    (exp / "study.yaml").write_text(yaml.safe_dump(study))
+    try:
+        a = analyze(exp, region_models=1)
+        when = datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.timezone.utc)
+        rows = dict(header_rows(a, a.results, now=when))
+        n, n_bad = len(a.results), int(a.results["bad"].sum())
+        lam = a.results["lam"].astype(float)
+        assert rows["Study"] == "demo" and rows["Search mode"] == "optuna"
+        assert rows["Penalty"] == "l2l1" and rows["λ searched"] == "0.001 to 0.5 (log scale)"
+        assert rows["Trials"] == f"{n} ({n_bad} flagged bad); λ {lam.min():.3g} to {lam.max():.3g}"
+        assert rows["Data"] == "fish (synthetic fish, 200 neurons, 1000 frames); signal spikes"
+        assert rows["Report date"] == "2026-01-02 03:04 UTC"
+        assert rows["raysearch version"] == __version__
+        out = tmp_path / "report"
+        html = _check_report(write_report(a, out).parent)
+    finally:
+        (exp / "study.yaml").unlink()
+    assert "<h1>raysearch analysis: demo</h1>" in html
+    for name in a.tables():
+        assert f"<a href='tables/{name}.csv'>" in html
+    assert "<th>mean nRMSE</th>" in html and "<th>mean_nrmse</th>" not in html
+    assert "<b>nRMSE against λ</b>" in html and "<b>nrmse_vs_lambda</b>" not in html
+    assert "n_models:" not in html and "models analysed: " in html
+
+
+def test_header_without_study_file(experiment):
+    from raysearch.analysis import analyze
+    from raysearch.report import header_rows
+
+    exp, _ = experiment
+    rows = dict(header_rows(analyze(exp, region_models=1)))
+    assert rows["Study"] == exp.name and "Penalty" not in rows and "Trials" in rows

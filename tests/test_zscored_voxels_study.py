@@ -39,7 +39,7 @@ def voxel_study(ray_session, tmp_path_factory):
 
 def test_zscored_voxel_study_recovers_the_planted_assemblies(voxel_study):
     from raysearch import select_model
-    from raysearch.recovery import recovery_table
+    from raysearch.analysis.recovery import recovery_table
     from raysearch.search import load_results
 
     df = load_results(voxel_study)

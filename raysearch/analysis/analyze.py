@@ -54,6 +54,10 @@ class Analysis:
     identity : dict {"best"/"bad": (trial_id, {stat: {"train","test","model"}})}
     notes : list of str
         What was skipped and why.
+    skipped : list of str
+        Model files that could not be read (garbage, a pickle, truncated), one
+        ``"<trial_id>: <path>: <reason>"`` each; with ``strict=False`` they are left out of the
+        analysis, with ``strict=True`` (the default) :func:`analyze` fails on them.
     """
 
     directory: str
@@ -73,6 +77,7 @@ class Analysis:
     unit_region: np.ndarray | None = None
     identity: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
 
     def summary(self) -> dict:
         """A few headline numbers (JSON-able)."""
@@ -86,6 +91,7 @@ class Analysis:
             out["region_consistency_mean"] = float(np.nanmean(rc[~np.eye(len(rc), dtype=bool)]))
         if self.structural is not None and len(self.structural):
             out["structural_spearman_best"] = float(self.structural["spearman"].iloc[0])
+        out["skipped_models"] = list(self.skipped)
         return out
 
     def tables(self) -> dict:
@@ -132,17 +138,33 @@ def finished_models(df: pd.DataFrame, directory) -> pd.DataFrame:
     return fin.reset_index(drop=True)
 
 
-def _order_best(df):
-    """Indices sorted best first: not bad, then lowest mean nRMSE (NaN last)."""
-    bad = df["bad"].fillna(True).astype(bool).to_numpy() if "bad" in df else np.zeros(len(df), bool)
-    score = df["mean_nrmse"].astype(float).to_numpy() if "mean_nrmse" in df else np.zeros(len(df))
-    score = np.where(np.isfinite(score), score, np.inf)
-    return np.lexsort((score, bad))
+def unreadable_models(df: pd.DataFrame) -> list[str]:
+    """``"<trial_id>: <path>: <reason>"`` for every trial whose model file exists but cannot be
+    read (the ``model_error`` column of ``load_results``)."""
+    if df is None or "model_error" not in df:
+        return []
+    bad = df[df["model_error"].notna()]
+    models = Path(df.attrs.get("experiment_dir", ".")) / "models"
+    return [f"{r.trial_id}: {models / f'{r.trial_id}.h5'}: {r.model_error}"
+            for r in bad.itertuples()]
+
+
+def _order_best(df, objective=None):
+    """Indices sorted best first by the study's objective (:func:`raysearch.verdicts.rank`:
+    usable fits by increasing objective, then the others)."""
+    from raysearch import verdicts
+
+    objective = objective or verdicts.study_objective(df)
+    if objective not in df:             # a table from before that objective existed
+        objective = next((o for o in verdicts.OBJECTIVES if o in df), None)
+    if objective is None or "bad" not in df:
+        return np.arange(len(df))
+    return verdicts.rank(df, objective)
 
 
 def analyze(directory, structural=None, n_clusters=None, similarity="auto", sketch_dim=2**15,
             region_models=10, assembly_threshold=DEFAULT_THRESHOLD, chunk=None,
-            seed=0) -> Analysis:
+            seed=0, strict=True) -> Analysis:
     """Analyze a finished (or partly finished) experiment directory.
 
     Parameters
@@ -159,20 +181,32 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
         Sketch length of the sketch route.
     region_models : int
         Region-level couplings cost O(N^2 M) per model, so they are computed for this many models
-        (best first: not bad, lowest mean nRMSE), plus the worst bad model when there is one.
+        (best first by the study's objective, :func:`raysearch.verdicts.rank`), plus the worst
+        bad model when there is one.
     assembly_threshold : float
         Membership threshold relative to each hidden unit's largest |w|.
     chunk : int, optional
         Rows of J formed at a time for region couplings (default: 64 MB blocks).
     seed : int
+    strict : bool
+        True (default): a model file that exists but cannot be read (garbage, a pickle, a
+        truncated file) is an error, since leaving it out can change the best model and the
+        recommended lambda. False: such files are left out, listed in ``skipped`` and the notes.
 
     Returns
     -------
     Analysis
     """
     directory = str(directory)
-    df = finished_models(_load_results(directory), directory)
-    notes = []
+    all_rows = _load_results(directory)
+    skipped = unreadable_models(all_rows)
+    if skipped and strict:
+        raise InputError(f"{len(skipped)} model file(s) in {directory} cannot be read: "
+                         + "; ".join(skipped) + ". Leaving them out could change the best model "
+                         "and the recommended lambda; re-run or remove those trials, or pass "
+                         "--no-strict to analyze the others")
+    df = finished_models(all_rows, directory)
+    notes = [f"model file skipped (unreadable): {line}" for line in skipped]
     info = [ModelFiles(df["model_path"].tolist()).info(k) for k in range(len(df))]
     diverged = np.array([i["diverged"] for i in info], bool)
     if diverged.any():
@@ -219,10 +253,13 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
     trial_ids = df["trial_id"].astype(str).iloc[main_idx].tolist()
 
     out = Analysis(directory=directory, results=df, trial_ids=trial_ids, similarity=sim,
-                   embedding=emb, clusters=clusters, notes=notes)
+                   embedding=emb, clusters=clusters, notes=notes, skipped=skipped)
     order = _order_best(df)
     best = int(order[0])
-    bad_rows = [i for i in order[::-1] if "bad" in df and bool(df["bad"].fillna(False).iloc[i])]
+    from raysearch.verdicts import bad_mask
+
+    is_bad = bad_mask(df) if "bad" in df else np.zeros(len(df), bool)
+    bad_rows = [i for i in order[::-1] if is_bad[i]]
     worst = int(bad_rows[0]) if bad_rows else (int(order[-1]) if len(order) > 1 else None)
 
     _identity(out, df, files, best, worst)

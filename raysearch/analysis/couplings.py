@@ -127,6 +127,24 @@ def coupling_block(W, c, rows, cols=None) -> np.ndarray:
     return block
 
 
+def pair_couplings(W, c, i, j) -> np.ndarray:
+    """``J_ij = sum_mu c_mu w_{mu i} w_{mu j}`` for given pairs, from the low-rank form.
+
+    Parameters
+    ----------
+    W : array, shape (M, N)
+    c : array, shape (M,)
+    i, j : int arrays, shape (P,), ``i != j``
+
+    Returns
+    -------
+    ndarray, shape (P,) float64 (memory O(M P), no N x N matrix)
+    """
+    W = np.asarray(W, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64).reshape(-1)
+    return np.einsum("m,mp,mp->p", c, W[:, i], W[:, j])
+
+
 def offdiag_stats(W, c) -> dict:
     """Moments of the off-diagonal coupling entries, from M x M products only.
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import InputError
-
-STATS = ("v", "h", "vh", "vv", "hh")
+from raysearch.errors import InputError, check_readable
+from raysearch.verdicts import STATS
 
 
 def _open(path):
@@ -18,6 +17,7 @@ def _open(path):
         raise InputError(f"model file {path} is on remote storage; copy the experiment "
                          "directory to a local path (e.g. `aws s3 sync`, `gsutil rsync`) and "
                          "analyze that")
+    check_readable(path, "model file")
     try:
         return h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:

@@ -229,7 +229,7 @@ def load_structural(path, region_names) -> np.ndarray:
 
 
 def _structural_from_synthetic(path, region_names):
-    from raysearch.synthetic import load_ground_truth
+    from raysearch.data.synthetic import load_ground_truth
 
     gt = load_ground_truth(path)
     names = list(gt.region_names)

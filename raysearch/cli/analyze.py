@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import argparse
+import sys
 from pathlib import Path
+
+from raysearch.cli.train import json_line
 
 
 def register(sub):
@@ -29,6 +32,10 @@ def register(sub):
                    "each costs O(N^2 M))")
     p.add_argument("--assembly-threshold", type=float, default=0.3,
                    help="assembly membership: |w| >= this x the unit's largest |w| (default 0.3)")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="fail when a model file cannot be read (garbage, a pickle, truncated); "
+                   "default. --no-strict analyzes the other models and lists the skipped files "
+                   "on stderr, in the report and in summary.json")
     p.set_defaults(func=_run)
 
 
@@ -43,9 +50,13 @@ def _run(args) -> int:
         raise ConfigError(f"--region-models must be >= 1, got {args.region_models}")
     res = analyze(args.directory, structural=args.structural, n_clusters=args.clusters,
                   similarity=args.similarity, sketch_dim=args.sketch_dim,
-                  region_models=args.region_models, assembly_threshold=args.assembly_threshold)
+                  region_models=args.region_models, assembly_threshold=args.assembly_threshold,
+                  strict=args.strict)
+    for line in res.skipped:
+        print(f"raysearch analyze: warning: skipped unreadable model file {line}",
+              file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.directory) / "analysis"
     report = write_report(res, out)
-    print(json.dumps(res.summary(), default=str))
+    print(json_line(res.summary(), default=str))
     print(f"report: {report}")
     return 0

@@ -1,15 +1,17 @@
 """Data subcommands: ``raysearch synth`` (write a synthetic fish) and ``raysearch inspect``.
 
-Both are thin calls into :mod:`raysearch.synthetic` and :mod:`raysearch.recordings`. Errors on bad
+Both are thin calls into :mod:`raysearch.data.synthetic` and :mod:`raysearch.data.recordings`. Errors on bad
 input are :class:`raysearch.errors.RaysearchError` (printed without traceback, exit status 2), and
 ``synth`` writes to a temporary file that is renamed only when complete.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
+
+from raysearch.cli.train import json_line
 
 from raysearch.errors import ConfigError, InputError
 
@@ -45,7 +47,7 @@ def register(sub):
 
 
 def _synth(args) -> int:
-    from raysearch.synthetic import write_synthetic_recording
+    from raysearch.data.synthetic import write_synthetic_recording
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -63,13 +65,13 @@ def _synth(args) -> int:
 
 
 def _inspect(args) -> int:
-    from raysearch.recordings import load_recording
+    from raysearch.data.recordings import load_recording
 
     rec = load_recording(args.file, drop_unlabelled=not args.keep_unlabelled,
                          on_nonfinite=args.on_nonfinite)
     s = rec.summary()
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json_line(s, indent=2))
         return 0
     rate = "n/a (no spikes)" if s["mean_spike_rate"] is None else f"{s['mean_spike_rate']:.4f}"
     lines = [
@@ -79,7 +81,8 @@ def _inspect(args) -> int:
         + (f", {s['n_nonfinite_dropped']} with NaN/inf" if s["n_nonfinite_dropped"] else "")
         + ")",
         f"frames:      {s['n_frames']} ({s['duration_s']:.1f} s)",
-        f"frame rate:  {s['frame_rate_hz']:.3f} Hz",
+        f"frame rate:  " + (f"{s['frame_rate_hz']:.3f} Hz" if math.isfinite(s["frame_rate_hz"])
+                            else "unknown (fewer than 2 frames)"),
         f"signals:     {', '.join(s['signals'])}",
         f"spike rate:  {rate} per neuron-frame",
         f"ref coords:  {'yes' if s['has_ref_coords'] else 'no'}",

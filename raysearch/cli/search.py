@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-import numpy as np
-
+from raysearch import verdicts
 from raysearch.errors import ConfigError
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
 
 _TABLE_COLUMNS = ["trial_id", "lam", "seed", "recording", "n_hidden", "status", "mean_nrmse",
-                  "max_nrmse", "bad", "sparsity", "updates", "seconds"]
+                  "max_nrmse", "bad", "bad_reason", "sparsity", "updates", "seconds"]
 
 
 def register(sub):
@@ -19,7 +19,9 @@ def register(sub):
     p = sub.add_parser("run", help="run a lambda search (default: the quickstart study)",
                        description="Run a study with Ray Tune. Without --address a local Ray "
                        "instance is started on 127.0.0.1 (dashboard included); with --address "
-                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster.")
+                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster. "
+                       "Exit status: 0 all trials ended, 1 some trials errored, 3 the study did "
+                       "not finish (e.g. Ctrl+C; continue it with `raysearch resume DIR`).")
     p.add_argument("study", nargs="?", default=None,
                    help="study YAML file (default: the packaged quickstart study)")
     p.add_argument("--address", default=None,
@@ -32,7 +34,8 @@ def register(sub):
 
     p = sub.add_parser("resume", help="continue an interrupted study",
                        description="Continue a study from its experiment directory: finished "
-                       "trials are kept, interrupted ones continue from their last checkpoint.")
+                       "trials are kept, interrupted ones continue from their last checkpoint. "
+                       "Exit status as for run.")
     p.add_argument("directory", help="experiment directory (<storage>/<name>)")
     p.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     p.set_defaults(func=_resume)
@@ -45,7 +48,7 @@ def register(sub):
     g.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
     g.add_argument("--parquet", default=None, metavar="FILE", help="write the table as Parquet")
     p.add_argument("--history", action="store_true", help="one row per report instead of per trial")
-    p.add_argument("--objective", choices=("mean_nrmse", "max_nrmse"), default=None,
+    p.add_argument("--objective", choices=verdicts.OBJECTIVES, default=None,
                    help="objective of the model selection (default: the study's search.objective)")
     p.add_argument("--rule", choices=("sparsest", "best"), default="sparsest",
                    help="sparsest: the largest lambda whose objective is within the tolerance of "
@@ -65,24 +68,69 @@ def _print_connect(url):
         print("Using the Ray instance already initialised in this process.", flush=True)
 
 
-def _run(args) -> int:
-    from raysearch.search import run_study
+def _print_next_steps(run) -> None:
+    """Where the results are and the commands to run next (raysearch.search.monitoring)."""
+    from raysearch.search.monitoring import next_steps
 
-    run = run_study(args.study, address=args.address, storage=args.storage, name=args.name,
-                    on_connect=_print_connect)
-    print(summary(run.results))
-    print(f"\nExperiment directory: {run.experiment_dir}")
-    print(f"Results: raysearch results {run.experiment_dir}")
+    study = run.results.attrs.get("study") or {}
+    search = study.get("search") or {}
+    url = None
+    if search.get("mode", "optuna") != "grid":
+        url = search.get("optuna_storage") or (
+            f"sqlite:///{os.path.join(run.experiment_dir, 'optuna.db')}"
+            if "://" not in run.experiment_dir else None)
+    print()
+    print("\n".join(next_steps(run.experiment_dir, url)))
+
+
+#: exit status of ``run``/``resume`` when the study did not finish (interrupted, e.g. Ctrl+C)
+EXIT_UNFINISHED = 3
+
+
+def _resume_hint(exp_dir) -> None:
+    print(f"raysearch: the study did not finish; continue it with:\n  raysearch resume {exp_dir}",
+          file=sys.stderr, flush=True)
+
+
+def _exit_status(run) -> int:
+    """0: every trial ended without error; 1: some trials errored; 3: the study did not finish
+    (trials left running or never started, e.g. after Ctrl+C), with the resume command printed."""
+    if not run.complete:
+        print(f"\n{run.num_unfinished} trial(s) of the study did not finish.")
+        _resume_hint(run.experiment_dir)
+        return EXIT_UNFINISHED
     return 0 if run.num_errors == 0 else 1
+
+
+def _run(args) -> int:
+    from raysearch.search import load_study, run_study
+    from raysearch.search.tuner import experiment_dir
+
+    study = load_study(args.study)
+    exp_dir = experiment_dir(study, args.storage, args.name)
+    try:
+        run = run_study(study, address=args.address, storage=args.storage, name=args.name,
+                        on_connect=_print_connect)
+    except KeyboardInterrupt:
+        if os.path.isdir(exp_dir):
+            _resume_hint(exp_dir)
+        raise
+    print(summary(run.results))
+    _print_next_steps(run)
+    return _exit_status(run)
 
 
 def _resume(args) -> int:
     from raysearch.search import resume_study
 
-    run = resume_study(args.directory, address=args.address, on_connect=_print_connect)
+    try:
+        run = resume_study(args.directory, address=args.address, on_connect=_print_connect)
+    except KeyboardInterrupt:
+        _resume_hint(args.directory)
+        raise
     print(summary(run.results))
-    print(f"\nExperiment directory: {run.experiment_dir}")
-    return 0 if run.num_errors == 0 else 1
+    _print_next_steps(run)
+    return _exit_status(run)
 
 
 def _write_table(df, path: str, fmt: str) -> None:
@@ -144,13 +192,13 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         lines.append(view.to_string(index=False))
     study = df.attrs.get("study") or {}
     objective = objective or (study.get("search") or {}).get("objective", DEFAULT_OBJECTIVE)
-    ok = df[df.get("finished", True) & ~df["bad"].fillna(True).astype(bool)]
-    ok = ok[np.isfinite(ok[objective].astype(float))]
+    done = df[verdicts.finished_mask(df)]
+    best_at = verdicts.best_index(done, objective) if len(done) else None
     lines.append("")
-    if ok.empty:
+    if best_at is None:
         lines.append(f"Best lambda: none (no finished trial that is not bad; {len(df)} trials)")
     else:
-        best = ok.loc[ok[objective].astype(float).idxmin()]
+        best = done.loc[best_at]
         lines.append(f"Best lambda: {best['lam']:.4g} ({objective} {best[objective]:.4f}, "
                      f"trial {best['trial_id']}, seed {best['seed']}, recording "
                      f"{best['recording']})")
@@ -158,7 +206,6 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         front = df[df["pareto"]].sort_values("lam")
         lines.append(f"Pareto front ({objective} vs weight_density): "
                      + ", ".join(f"lam={r.lam:.3g}" for r in front.itertuples()))
-    done = df[df["finished"].fillna(False).astype(bool)] if "finished" in df else df
     if len(done):
         lines.extend(selection_lines(done, objective=objective, rule=rule, tolerance=tolerance))
     n_unfinished = int((~df["finished"]).sum()) if "finished" in df else 0
@@ -169,7 +216,7 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
 
 
 def _fit_line(role: str, r, objective: str) -> str:
-    other = "max_nrmse" if objective == "mean_nrmse" else "mean_nrmse"
+    other = "max_nrmse" if objective != "max_nrmse" else "mean_nrmse"
     parts = [f"  {role + ':':<16}lambda {float(r['lam']):.4g}", f"trial {r['trial_id']}"]
     if "seed" in r:
         parts.append(f"seed {r['seed']}")
@@ -196,7 +243,8 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
     """
     import pandas as pd
 
-    from raysearch.selection import bad_share_by_lambda, recommend
+    from raysearch.selection import recommend
+    from raysearch.verdicts import bad_share_by_lambda
 
     rec = recommend(done, objective=objective, rule=rule, tolerance=tolerance)
     lines = ["", f"Model selection (objective {objective}, rule {rule}):"]
@@ -215,6 +263,11 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
         lines.append(f"  {rec.message}")
     shares = bad_share_by_lambda(done)
     lines.append("")
+    why = {r: int(shares[f"n_{r}"].sum()) for r in verdicts.BAD_REASONS + ("unknown",)
+           if f"n_{r}" in shares}
+    if any(why.values()):
+        lines.append("Why fits are bad: " + ", ".join(f"{r} {n}" for r, n in why.items() if n)
+                     + " (raysearch.verdicts)")
     lines.append("Bad models per lambda range (log bins; finished trials; 95% Wilson interval):")
     view = pd.DataFrame({
         "lam_low": shares["lam_low"].map("{:.3g}".format),

@@ -210,7 +210,7 @@ class CRBM(BaseEstimator):
         Parameters
         ----------
         X : Dataset or array (T, N)
-            A :class:`raysearch.preprocessing.Dataset` (its ``train`` frames are used) or the
+            A :class:`raysearch.data.preprocessing.Dataset` (its ``train`` frames are used) or the
             training frames.
         callback : callable, optional
             Called every ``callback_every`` updates and at the end with a dict: ``updates``,
@@ -243,6 +243,12 @@ class CRBM(BaseEstimator):
             if not _is_int(ck_every) or ck_every < 1:
                 raise ConfigError(f"checkpoint interval {ck_every!r} must be an integer >= 1")
         Xh = self._check_data(X)
+        # which data the checkpoints belong to (a resume on other data is refused)
+        self._data_fingerprint = None
+        if checkpoint is not None or resume_from is not None:
+            from raysearch.crbm.io import data_fingerprint
+
+            self._data_fingerprint = data_fingerprint(Xh)
         bk = self._backend()
         cfg = self._config()
         xp = bk.xp
@@ -254,7 +260,7 @@ class CRBM(BaseEstimator):
             from raysearch.crbm.io import read_checkpoint
 
             state = read_checkpoint(resume_from)
-            self._check_resume(state, N)
+            self._check_resume(state, N, resume_from)
             params_h, moments_h, chains_h = state["params"], state["moments"], state["chains"]
             start = int(state["update"])
         else:
@@ -397,7 +403,7 @@ class CRBM(BaseEstimator):
                          getattr(self, "diverged_", False))
         return snap
 
-    def _check_resume(self, state, n_visible):
+    def _check_resume(self, state, n_visible, path="the checkpoint"):
         s = state["settings"]
         mine = self.get_params()
         keys = ("n_hidden", "visible", "penalty", "lam", "n_updates", "batch_size", "n_chains",
@@ -411,6 +417,18 @@ class CRBM(BaseEstimator):
             raise InputError(f"cannot resume: the checkpoint has "
                              f"{state['params']['weights'].shape[1]} visible units, the data "
                              f"{n_visible}")
+        saved, mine_fp = state.get("data_fingerprint"), getattr(self, "_data_fingerprint", None)
+        if saved is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s records no fingerprint of its training data (written by an older version); "
+                "cannot check that it was fitted on the same data", path)
+        elif mine_fp is not None and saved != mine_fp:
+            raise InputError(f"cannot resume from {path}: it was written while fitting other "
+                             "training data (same settings and number of units, but another "
+                             "recording, preprocessing or split); resume on the data it was "
+                             "fitted on, or start a new fit without resuming")
 
     # ---------------------------------------------------------------- state files
     def save_checkpoint(self, path):
@@ -426,7 +444,8 @@ class CRBM(BaseEstimator):
             "params": {k: bk.to_numpy(v) for k, v in st["params"].items()},
             "moments": {k: bk.to_numpy(v) for k, v in st["moments"].items()},
             "chains": bk.to_numpy(st["chains"]), "update": int(st["update"]),
-            "settings": self.get_params()})
+            "settings": self.get_params(),
+            "data_fingerprint": getattr(self, "_data_fingerprint", None)})
         return path
 
     def save(self, path, dataset=None):

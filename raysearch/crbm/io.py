@@ -20,11 +20,17 @@ Checkpoint layout (``CRBM.save_checkpoint``)::
 
     /params/<name>, /moments/<name>   one dataset per parameter (same names as above)
     /chains         (n_chains, n_visible) persistent chains
-    attrs: format = "raysearch-crbm-checkpoint", update, settings_json, raysearch_version
+    attrs: format = "raysearch-crbm-checkpoint", update, settings_json, raysearch_version,
+           data_fingerprint (:func:`data_fingerprint` of the training frames; "none" if unknown)
+
+Files are written to a temporary file beside the target and renamed onto it; they get the
+permissions an ordinary new file gets (0666 less the process umask), like the files Tune writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import InputError
+from raysearch.errors import InputError, RaysearchError, check_readable
 
 MODEL_FORMAT = "raysearch-crbm"
 CHECKPOINT_FORMAT = "raysearch-crbm-checkpoint"
@@ -49,8 +55,18 @@ def _version():
     return __version__
 
 
+def umask_mode() -> int:
+    """The mode a new file gets from ``open()`` under the current umask (0o666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_h5(path, write):
-    """Call write(h5file) on a temporary file next to ``path``, then rename it onto ``path``."""
+    """Call write(h5file) on a temporary file next to ``path``, then rename it onto ``path``.
+
+    ``mkstemp`` creates the temporary file 0600; it is given the umask's mode before the rename.
+    """
     import h5py
 
     path = Path(path)
@@ -58,6 +74,7 @@ def _atomic_h5(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, umask_mode())
         with h5py.File(tmp, "w") as f:
             write(f)
         os.replace(tmp, path)
@@ -115,27 +132,55 @@ def save_model(model, path, dataset=None):
     return _atomic_h5(path, write)
 
 
+def _what(fmt):
+    return {MODEL_FORMAT: "raysearch model file",
+            CHECKPOINT_FORMAT: "raysearch checkpoint file"}.get(fmt, f"{fmt} file")
+
+
 def _open(path, expected):
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_readable(path, _what(expected))
     if not h5py.is_hdf5(path):
-        raise InputError(f"{path} is not an HDF5 file, so not a raysearch {expected} file")
-    f = h5py.File(path, "r")
-    fmt = f.attrs.get("format")
+        raise InputError(f"{path} is not an HDF5 file, so not a {_what(expected)}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be opened as HDF5, the file may be truncated or "
+                         f"corrupt ({exc})") from None
+    try:
+        fmt = f.attrs.get("format")
+    except Exception:  # noqa: BLE001 - a damaged attribute heap; reported below
+        fmt = None
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt != expected:
         f.close()
-        raise InputError(f"{path} is an HDF5 file but not a raysearch {expected} file "
+        raise InputError(f"{path} is an HDF5 file but not a {_what(expected)} "
                          f"(attribute format={fmt!r}, expected {expected!r})")
     return f
 
 
+@contextlib.contextmanager
+def _reading(path):
+    """Turn what h5py raises on a damaged file (truncated, flipped bits) into an InputError."""
+    try:
+        yield
+    except RaysearchError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
 def load_model(path, cls=None):
     """Read a model file into a fitted CRBM; InputError with a clear message if it is not one."""
+    with _reading(path):
+        return _load_model(path, cls)
+
+
+def _load_model(path, cls):
     if cls is None:
         from raysearch.crbm.estimator import CRBM as cls
     with _open(path, MODEL_FORMAT) as f:
@@ -173,13 +218,41 @@ def load_model(path, cls=None):
 def load_units(path):
     """The /units group of a model file as a dict (coords, unit_region, n_neurons, region_names),
     or None when the model was saved without a dataset."""
-    with _open(path, MODEL_FORMAT) as f:
+    with _reading(path), _open(path, MODEL_FORMAT) as f:
         if "units" not in f:
             return None
         g = f["units"]
         return {"coords": np.asarray(g["coords"]), "unit_region": np.asarray(g["unit_region"]),
                 "n_neurons": np.asarray(g["n_neurons"]),
                 "region_names": json.loads(g.attrs["region_names"])}
+
+
+def data_fingerprint(X) -> str:
+    """A fingerprint of training frames: SHA-256 over shape, dtype and every byte.
+
+    Stored in checkpoints so that a resume on other data (e.g. another recording with the same
+    number of neurons) is refused. Cost: one pass over the array (about 1.6 s for the 590 MB of a
+    whole fish's training frames, 3850 x 40000 float32, on one CPU core); it is computed once per
+    fit, only when the fit checkpoints or resumes.
+
+    Parameters
+    ----------
+    X : ndarray (T, N)
+        Host array (any dtype).
+
+    Returns
+    -------
+    str
+        ``"sha256:<hex>"``.
+    """
+    a = np.ascontiguousarray(X)
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(a.shape), "dtype": a.dtype.str}).encode())
+    flat = memoryview(a.reshape(-1).view(np.uint8))
+    step = 1 << 24
+    for i in range(0, len(flat), step):
+        h.update(flat[i:i + step])
+    return f"sha256:{h.hexdigest()}"
 
 
 def write_checkpoint(path, state):
@@ -196,13 +269,29 @@ def write_checkpoint(path, state):
         f.attrs["raysearch_version"] = _version()
         f.attrs["update"] = int(state["update"])
         f.attrs["settings_json"] = json.dumps(state["settings"])
+        f.attrs["data_fingerprint"] = state.get("data_fingerprint") or "none"
 
     return _atomic_h5(path, write)
 
 
+def _fingerprint_attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    return None if v in (None, "none") else str(v)
+
+
+def is_checkpoint_file(path) -> bool:
+    """True when ``path`` is an HDF5 file with ``format = "raysearch-crbm-checkpoint"``."""
+    try:
+        _open(path, CHECKPOINT_FORMAT).close()
+    except (InputError, OSError):
+        return False
+    return True
+
+
 def read_checkpoint(path):
     """Read a checkpoint written by :func:`write_checkpoint` (host numpy arrays)."""
-    with _open(path, CHECKPOINT_FORMAT) as f:
+    with _reading(path), _open(path, CHECKPOINT_FORMAT) as f:
         try:
             return {
                 "params": {k: np.asarray(v) for k, v in f["params"].items()},
@@ -210,6 +299,7 @@ def read_checkpoint(path):
                 "chains": np.asarray(f["chains"]),
                 "update": int(f.attrs["update"]),
                 "settings": json.loads(f.attrs["settings_json"]),
+                "data_fingerprint": _fingerprint_attr(f.attrs.get("data_fingerprint")),
             }
         except (KeyError, ValueError) as exc:
             raise InputError(f"{path}: incomplete checkpoint file ({exc})") from None

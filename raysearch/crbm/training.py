@@ -286,7 +286,7 @@ def gibbs(params, V, n_steps, visible, bk, rng, WT=None):
     hid = _hidden(params)
     K = bk.cpu_kernels if visible == "bernoulli" else None
     if K is not None:
-        # compiled CPU path (raysearch.cpu_kernels): the draw of v also lists its ones, and the
+        # compiled CPU path (raysearch.crbm.cpu_kernels): the draw of v also lists its ones, and the
         # hidden inputs are sums of rows of WT over them (spikes are sparse); same law as below
         V = bk.xp.asarray(V, dtype=np.float32)
         I = K.sparse_hidden_inputs(V, WT)

@@ -529,7 +529,7 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
             return out
     K = bk.cpu_kernels
     if K is not None and all(a.dtype == np.float32 for a in (I, gp, gm, tp, tm)):
-        # NumPy backend: the same formulas in one compiled, vectorised pass (raysearch.cpu_kernels)
+        # NumPy backend: the same formulas in one compiled, vectorised pass (raysearch.crbm.cpu_kernels)
         return K.drelu_sample(I, gp, gm, tp, tm, rng.key64(), rng.key64(), _ERFCX_POLY,
                               _ERFCX_K, _X_NEWTON, _NEWTON_STEPS)
     xp = bk.xp

@@ -22,19 +22,26 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
                       field_validator, model_validator)
 
 from raysearch.errors import ConfigError
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
 
 __all__ = ["Study", "load_study", "study_from_dict", "default_study_path", "SearchSpec",
            "RecordingSpec", "EvalSettings"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+#: A finite number > 0 (``.inf`` and ``.nan`` are refused when the study is read).
+FinitePositive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+#: The most trials one study may ask for (``search.num_samples``, or the grid's size): each trial
+#: is a cRBM fit of minutes to hours, so more than this is a typo, not a plan.
+MAX_TRIALS = 10_000
 
 
 class _Strict(BaseModel):
@@ -81,9 +88,9 @@ class PreprocessingSpec(_Strict):
     """Arguments of :func:`raysearch.preprocess` (same names, same defaults)."""
 
     signal: Literal["spikes", "dff"] = "spikes"
-    voxel_um: PositiveFloat | None = None
+    voxel_um: FinitePositive | None = None
     transform: str = "auto"
-    threshold: float = 0.5
+    threshold: float = Field(0.5, allow_inf_nan=False)
     visible: Literal["bernoulli", "gaussian"] | None = None
     n_segments: int = Field(10, ge=2)
     n_test_segments: int = Field(3, ge=1)
@@ -114,11 +121,11 @@ class ModelSpec(_Strict):
     batch_size: PositiveInt | None = None
     n_chains: PositiveInt | None = None
     n_gibbs: PositiveInt | None = None
-    learning_rate: PositiveFloat | None = None
-    lr_final_ratio: PositiveFloat | None = None
+    learning_rate: FinitePositive | None = None
+    lr_final_ratio: FinitePositive | None = None
     decay_after: float | None = Field(None, ge=0, le=1)
     beta2: float | None = Field(None, gt=0, lt=1)
-    epsilon: PositiveFloat | None = None
+    epsilon: FinitePositive | None = None
 
     def crbm_kwargs(self) -> dict[str, Any]:
         """Settings to pass to :class:`raysearch.CRBM` (n_hidden and the unset ones left out)."""
@@ -128,8 +135,8 @@ class ModelSpec(_Strict):
 class LamRange(_Strict):
     """A log-uniform λ range for the optuna and multi modes."""
 
-    low: PositiveFloat
-    high: PositiveFloat
+    low: FinitePositive
+    high: FinitePositive
 
     @model_validator(mode="after")
     def _order(self):
@@ -155,14 +162,14 @@ class SearchSpec(_Strict):
 
     mode: Literal["optuna", "grid", "multi"] = "optuna"
     penalty: Literal["l2l1", "l1"] = "l2l1"
-    lam: LamRange | list[PositiveFloat]
+    lam: LamRange | list[FinitePositive]
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_hidden: list[PositiveInt] | None = Field(None, min_length=1)
     num_samples: PositiveInt = 8
     max_concurrent: PositiveInt = 2
     sampler_seed: int = 0
     points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
-    objective: Literal["mean_nrmse", "max_nrmse"] = DEFAULT_OBJECTIVE
+    objective: Literal["mean_nrmse", "max_nrmse", "max_criteria"] = DEFAULT_OBJECTIVE
     asha: AshaSpec | None = None
     optuna_storage: str | None = None
 
@@ -175,6 +182,14 @@ class SearchSpec(_Strict):
             raise ValueError("seeds must be >= 0")
         return v
 
+    @field_validator("num_samples")
+    @classmethod
+    def _num_samples(cls, v):
+        if v > MAX_TRIALS:
+            raise ValueError(f"at most {MAX_TRIALS} trials per study (each trial is one cRBM "
+                             "fit); split a larger search into several studies")
+        return v
+
     @model_validator(mode="after")
     def _mode(self):
         if self.mode == "grid":
@@ -182,6 +197,10 @@ class SearchSpec(_Strict):
                 raise ValueError("mode 'grid' needs lam as a list of values, e.g. lam: [0.01, 0.1]")
             if self.points_to_evaluate:
                 raise ValueError("points_to_evaluate is for the optuna and multi modes")
+            size = len(self.lam) * len(self.seeds) * len(self.n_hidden or [0])
+            if size > MAX_TRIALS:
+                raise ValueError(f"the grid has {size} lambda x seed x n_hidden points; at most "
+                                 f"{MAX_TRIALS} trials per study (split the grid)")
         else:
             if not isinstance(self.lam, LamRange):
                 raise ValueError(f"mode '{self.mode}' needs lam as a range, e.g. "
@@ -193,7 +212,8 @@ class SearchSpec(_Strict):
                     raise ValueError(f"points_to_evaluate[{i}] has unknown keys {sorted(extra)}; "
                                      f"allowed: {sorted(allowed)}")
                 lam = p.get("lam")
-                if not isinstance(lam, (int, float)) or not self.lam.low <= lam <= self.lam.high:
+                if not isinstance(lam, (int, float)) or isinstance(lam, bool) \
+                        or not self.lam.low <= lam <= self.lam.high:
                     raise ValueError(f"points_to_evaluate[{i}].lam={lam!r} must be a number in "
                                      f"[{self.lam.low}, {self.lam.high}]")
         if self.mode == "multi" and self.asha is not None:
@@ -231,8 +251,8 @@ class ResourcesSpec(_Strict):
     ``custom``: Ray custom resources (``ray start --resources``), e.g. to keep trials on some nodes.
     """
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, gt=0, allow_inf_nan=False)
+    gpu: float = Field(0.0, ge=0, allow_inf_nan=False)
     custom: dict[str, PositiveFloat] = Field(default_factory=dict)
 
     @field_validator("gpu")
@@ -365,14 +385,42 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist (give a study YAML file, e.g. "
                           "experiments/quickstart.yaml)")
+    data = _read_yaml(path, "study file")
+    return study_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    """``yaml.safe_load`` of a UTF-8 text file; ConfigError naming the file on any problem."""
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
+                          f"{line}); save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"study file {path} is not valid YAML{at}: "
+        raise ConfigError(f"{what} {path} is not valid YAML{at}: "
                           f"{getattr(exc, 'problem', exc)}") from None
-    return study_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def load_experiment_study(path: str | os.PathLike) -> Study:
+    """The ``study.yaml`` that :func:`raysearch.search.run_study` wrote into an experiment
+    directory, validated; ConfigError naming the file when it is corrupt or not a study."""
+    path = Path(path)
+    data = _read_yaml(path, "the experiment's study file")
+    try:
+        return study_from_dict(data, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}\n(the experiment's study.yaml is corrupt or was edited; "
+                          "restore it from the study file the experiment was started with)"
+                          ) from None
 
 
 def default_study_path() -> Path:

@@ -10,53 +10,108 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from raysearch import verdicts
 from raysearch.errors import InputError
-from raysearch.search.trial import METRIC_KEYS, RMSE_KEYS
-from raysearch.selection import DEFAULT_OBJECTIVE
+from raysearch.verdicts import DEFAULT_OBJECTIVE
+
+METRIC_KEYS = verdicts.METRIC_COLUMNS
+RMSE_KEYS = verdicts.RMSE_COLUMNS
 
 __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
+log = logging.getLogger(__name__)
+
 COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
-           "nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh", "mean_nrmse", "max_nrmse",
-           "bad", "sparsity", "weight_density", "updates", "seconds", "node", "model_path"]
-_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id", "trial_dir"]
-# why a trial is bad beyond its nRMSEs (raysearch.stability): it stopped as diverged, or its
-# Gaussian model is not normalisable
-_REASONS = ["diverged", "diverged_reason", "unstable", "unstable_reason"]
+           *verdicts.NRMSE_COLUMNS, "mean_nrmse", "max_nrmse", "bad", "bad_reason", "sparsity",
+           "weight_density", "updates", "seconds", "node", "model_path"]
+_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id",
+          "trial_dir", "model_error", "max_criteria", verdicts.RECONSTRUCTION, *verdicts.OBJECTIVE_SE_COLUMNS,
+          "weight_std", "weights_converged", "unassessable", "unassessable_reason", "unstable",
+          "unstable_reason"]
+_TEXT = ("unassessable", "unassessable_reason", "unstable_reason")
+# why a trial stopped early (raysearch.stability: diverged_reason "unstable: ..." for a Gaussian
+# fit that stopped being normalisable, "non-finite parameters" otherwise)
+_REASONS = ["diverged", "diverged_reason"]
 
 
-def _read_json_lines(path: str) -> list[dict]:
+def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
+    """The JSON objects of a JSON-lines file; a line that is not one (e.g. cut by a crash) is
+    skipped with a warning naming the file and the line."""
     rows = []
     try:
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = raw.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash: ignore it
+                    row = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    row = None
+                if not isinstance(row, dict):
+                    if warn:
+                        log.warning("%s line %d is not a JSON report (corrupt or cut short); "
+                                    "skipped it", path, number)
                     continue
+                rows.append(row)
     except FileNotFoundError:
         pass
     return rows
 
 
+_STATE_NAME = re.compile(r"experiment_state-(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)\.json$")
+
+
+def _state_files(exp_dir: Path) -> list[str]:
+    """Tune's ``experiment_state-<session start>.json`` files, newest session first.
+
+    Ordered by the session start time in the file name (what ``Tuner.restore`` itself uses), not
+    by modification time: at the end of a resumed run Tune uploads both the old session's file
+    and the new one, milliseconds apart and in no fixed order.
+    """
+    files = glob.glob(str(exp_dir / "experiment_state-*.json"))
+
+    def key(f):
+        m = _STATE_NAME.search(os.path.basename(f))
+        return (m is not None, m.group(1) if m else "", os.path.basename(f))
+
+    return sorted(files, key=key, reverse=True)
+
+
+def _read_state(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        log.warning("%s is not readable Tune experiment state (%s); using an older one", path,
+                    exc)
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
+        log.warning("%s holds no trial_data; using an older experiment state", path)
+        return None
+    return state
+
+
 def _trial_states(exp_dir: Path) -> dict[str, dict]:
-    """trial_id -> {status, logdir, config} from the newest experiment_state file."""
-    files = sorted(glob.glob(str(exp_dir / "experiment_state-*.json")), key=os.path.getmtime)
-    if not files:
+    """trial_id -> {status, logdir, config} from the newest experiment_state file.
+
+    Newest = latest session start in the file name (as ``Tuner.restore`` chooses); an
+    unreadable file is skipped with a warning.
+    """
+    states = [(f, st) for f in _state_files(exp_dir) if (st := _read_state(f)) is not None]
+    if not states:
         return {}
-    with open(files[-1]) as fh:
-        state = json.load(fh)
+    state = states[0][1]
     out = {}
     for entry in state.get("trial_data", []):
         info = entry[0]
@@ -95,7 +150,7 @@ def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     out = {}
     for params in exp_dir.glob("*/params.json"):
         d = params.parent
-        rows = _read_json_lines(str(d / "result.json"))
+        rows = _read_json_lines(str(d / "result.json"), warn=False)
         if rows and "trial_id" in rows[0]:
             out[rows[0]["trial_id"]] = d
         else:  # <trainable>_<trialid>_<n>_...: the id is "<run>_<index>"
@@ -107,17 +162,32 @@ def _trial_dirs(exp_dir: Path) -> dict[str, Path]:
     return out
 
 
-def _model_metrics(path: Path) -> dict | None:
+def _float(v) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _model_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """``(metrics, None)`` from a model file's /evaluation attributes, ``(None, None)`` when it has
+    none yet, or ``(None, reason)`` when the file cannot be read as a raysearch model file."""
     import h5py
 
     try:
+        if not h5py.is_hdf5(path):
+            return None, "not an HDF5 file (garbage, a pickle or another format)"
         with h5py.File(path, "r") as f:
+            if f.attrs.get("format") not in ("raysearch-crbm", b"raysearch-crbm"):
+                return None, "an HDF5 file but not a raysearch model file"
+            if "weights" not in f:
+                return None, "model file without /weights (incomplete)"
             if "evaluation" not in f:
-                return None
+                return None, None
             return {k: (v.item() if hasattr(v, "item") else v)
-                    for k, v in f["evaluation"].attrs.items()}
-    except OSError:
-        return None
+                    for k, v in f["evaluation"].attrs.items()}, None
+    except Exception as exc:  # noqa: BLE001 - h5py raises several types on corrupt files
+        return None, f"unreadable ({type(exc).__name__}: {exc}); truncated or corrupt"
 
 
 def pareto_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -136,10 +206,33 @@ def pareto_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _study(exp_dir: Path) -> dict:
+    """The experiment's study.yaml as a dict; {} with a warning when it is unreadable or corrupt
+    (the trials are read without it: penalty, default n_hidden and the objective are then
+    unknown or default)."""
     p = exp_dir / "study.yaml"
-    if p.is_file():
-        return yaml.safe_load(p.read_text()) or {}
-    return {}
+    if not p.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        log.warning("%s is unreadable or corrupt (%s); reading the trials without it",
+                    p, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        log.warning("%s does not hold a study (a mapping); reading the trials without it", p)
+        return {}
+    for key in ("search", "model"):
+        if key in data and not isinstance(data[key], dict):
+            log.warning("%s: '%s' is not a mapping (corrupt file); ignoring it", p, key)
+            data = {**data, key: {}}
+    objective = (data.get("search") or {}).get("objective")
+    if objective is not None and objective not in ("mean_nrmse", "max_nrmse"):
+        log.warning("%s: unknown search.objective %r (corrupt file); using %s", p, objective,
+                    DEFAULT_OBJECTIVE)
+        data = {**data, "search": {k: v for k, v in data["search"].items() if k != "objective"}}
+    return data
 
 
 def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame:
@@ -157,12 +250,15 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
     -------
     pandas.DataFrame
         Columns :data:`COLUMNS` (trial_id, lam, seed, recording, penalty, n_hidden, status,
-        nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, sparsity, weight_density, updates,
-        seconds, node, model_path), then finished, resumed_at, eval_seconds, train_seconds (fit
-        seconds without the in-fit evaluations and checkpoints), n_reports, node_id,
-        trial_dir, the parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``),
-        ``diverged``, ``diverged_reason``, ``unstable``, ``unstable_reason`` (why a trial is bad
-        beyond its nRMSEs, :mod:`raysearch.stability`; None where not reported), and
+        nrmse_v..nrmse_hh, mean_nrmse, max_nrmse, bad, bad_reason, sparsity, weight_density,
+        updates, seconds, node, model_path), then finished, resumed_at, eval_seconds,
+        train_seconds (fit seconds without the in-fit evaluations and checkpoints), n_reports,
+        node_id, trial_dir, max_criteria, nllh, the objectives' noise (``mean_nrmse_se``,
+        ``max_nrmse_se``, ``max_criteria_se``), weight_std, weights_converged, unassessable,
+        unassessable_reason, unstable, unstable_reason (see :mod:`raysearch.verdicts`; the
+        objectives of a bad fit are inf, and empty fits of older studies are marked bad), the
+        parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), ``diverged`` and
+        ``diverged_reason`` (why the fit stopped early, :mod:`raysearch.stability`), and
         ``pareto`` for a two-objective study. ``finished`` is True when the
         trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
         TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
@@ -192,7 +288,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             config = json.loads((tdir / "params.json").read_text())
         reports = _trial_reports(tdir) if tdir is not None else []
         model_file = exp_dir / "models" / f"{trial_id}.h5"
-        final = _model_metrics(model_file) if model_file.is_file() else None
+        final, model_error = _model_metrics(model_file) if model_file.is_file() else (None, None)
+        if model_error:
+            log.warning("model file %s of trial %s is %s", model_file, trial_id, model_error)
         last = final if final is not None else (reports[-1] if reports else {})
         row = {
             "trial_id": trial_id,
@@ -204,8 +302,13 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             "status": st.get("status") or ("TERMINATED" if final is not None else "UNKNOWN"),
         }
         for k in METRIC_KEYS:
-            row[k] = float(last[k]) if last.get(k) is not None else math.nan
+            row[k] = _float(last.get(k))
         row["bad"] = bool(last["bad"]) if "bad" in last else None
+        row["bad_reason"] = last.get("bad_reason")
+        row["unstable"] = last.get("unstable")
+        row["weights_converged"] = last.get("weights_converged")
+        for k in _TEXT:
+            row[k] = last.get(k)
         row["updates"] = last.get("updates")
         row["seconds"] = last.get("seconds")
         row["node"] = last.get("node")
@@ -217,8 +320,9 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["n_reports"] = len(reports)
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None
+        row["model_error"] = model_error
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
-            row[k] = float(last[k]) if last.get(k) is not None else math.nan
+            row[k] = _float(last.get(k))
         for k in _REASONS:              # None in older studies and in reports before the final
             row[k] = last.get(k)
         rows.append(row)
@@ -226,7 +330,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
                                      "n_hidden", "status")}
             h["_seq"] = seq
-            for k in METRIC_KEYS + ("bad", "updates", "seconds", "node", "node_id", "final",
+            for k in METRIC_KEYS + ("bad", "bad_reason", "updates", "seconds", "node", "node_id", "final",
                                     "resumed_at",
                                     "training_iteration", "timestamp"):
                 h[k] = r.get(k)
@@ -242,10 +346,18 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         search = study.get("search") or {}
         if search.get("mode") == "multi":
             objective = search.get("objective", DEFAULT_OBJECTIVE)
-            ok = df["finished"] & ~df["bad"].fillna(True).astype(bool)
+            ok = verdicts.finished_mask(df) & verdicts.usable_mask(df, objective)
             a = np.where(ok, df[objective].to_numpy(float), np.inf)
             df["pareto"] = pareto_mask(a, df["weight_density"].to_numpy(float))
-    for col in ("bad",):
+    if len(df) and "bad" in df:
+        # one verdict everywhere: empty fits of older studies are bad, and every bad fit has a
+        # reason (raysearch.verdicts)
+        df["bad"] = df["bad"].astype("boolean")
+        known = df["bad"].notna().to_numpy()
+        flagged = verdicts.bad_mask(df)
+        df.loc[known & flagged, "bad"] = True
+        df["bad_reason"] = np.where(known, verdicts.bad_reasons(df).to_numpy(), None)
+    for col in ("unstable", "weights_converged"):
         if col in df and len(df):
             df[col] = df[col].astype("boolean")
     df.attrs["study"] = study

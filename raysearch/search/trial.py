@@ -12,10 +12,14 @@ writes ``<experiment>/models/<trial_id>.h5`` (the model file with ``/units`` and
 and reports the final metrics once more with ``final=True``.
 
 A fit that diverges (non-finite parameters or metrics, or a Gaussian model that stops being
-normalisable, see :mod:`raysearch.stability`) is not an error: the fit stops at that boundary, the
-trial ends normally with ``bad=True``, ``diverged=True`` and ``diverged_reason`` saying why, and
-every non-finite figure reported as ``inf`` (Optuna rejects NaN and would leave the trial RUNNING
-forever).
+normalisable, see :mod:`raysearch.stability`: the fit then stops at that boundary) is not an
+error: the trial ends normally with ``bad=True``, its ``bad_reason``, ``diverged=True`` and
+``diverged_reason`` saying why, and every non-finite figure reported as ``inf`` (Optuna
+rejects NaN and would leave the trial RUNNING forever). The objectives of every bad fit are
+reported as ``inf`` (:mod:`raysearch.verdicts`): what Optuna minimises agrees with the verdict.
+Intermediate reports (the cheap ``during`` evaluation) make the objectives inf only for a broken
+fit (:data:`BROKEN`): there, "not told from chance" is mostly the cheap evaluation's noise, and
+ASHA must still compare the trials' progress.
 """
 
 from __future__ import annotations
@@ -34,18 +38,24 @@ from typing import Any
 
 import numpy as np
 
+from raysearch import verdicts
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
            "CHECKPOINT_FILE", "restore_checkpoint", "resume_from_folder"]
 
-STAT_NAMES = ("v", "h", "vh", "vv", "hh")
-NRMSE_KEYS = tuple(f"nrmse_{s}" for s in STAT_NAMES)
-METRIC_KEYS = NRMSE_KEYS + ("mean_nrmse", "max_nrmse", "sparsity", "weight_density")
+# the metric vocabulary is raysearch.verdicts'; these names are kept for the callers
+STAT_NAMES = verdicts.STATS
+NRMSE_KEYS = verdicts.NRMSE_COLUMNS
+#: every float figure a trial reports (nRMSEs, objectives, reconstruction, their noise, sparsity)
+METRIC_KEYS = verdicts.METRIC_COLUMNS
 # the parts of each nRMSE (NaN where a statistic failed), reported alongside: they show when an
 # nRMSE is ill-conditioned (rmse_shuf close to rmse_opt)
-RMSE_KEYS = tuple(f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
-                  for s in STAT_NAMES)
+RMSE_KEYS = verdicts.RMSE_COLUMNS
+#: the verdict's text and flag fields, reported as they are
+VERDICT_KEYS = ("bad_reason", "unstable", "unstable_reason", "unassessable",
+                "unassessable_reason", "weights_converged")
 CHECKPOINT_FILE = "crbm_checkpoint.h5"
 
 # Errors a numerically broken fit may raise; they mark the trial bad instead of failing it.
@@ -77,40 +87,68 @@ def trial_settings(study, experiment_dir: str) -> dict[str, Any]:
     }
 
 
-def sanitize_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Replace NaN/None figures by inf and set ``bad`` when any objective figure is not finite.
+#: Verdicts that make even an intermediate report's objective inf: the fit itself is broken. An
+#: intermediate (cheap, noisy) evaluation that cannot tell a fit from chance keeps its objective,
+#: so that ASHA still compares the trials' progress; the final report is always consistent.
+BROKEN = ("diverged", "unstable", "empty")
+
+
+def sanitize_metrics(metrics: dict[str, Any], final: bool = True) -> dict[str, Any]:
+    """What a trial reports: every figure a finite float or ``inf``, the objectives consistent
+    with the verdict.
+
+    NaN/None figures become ``inf`` (a final NaN leaves an Optuna trial RUNNING), except the nRMSE
+    of an unassessable statistic (listed in ``unassessable``), which stays NaN. A non-finite
+    objective makes the fit bad (reason ``undefined`` unless one is given), and the objectives
+    of a bad fit are ``inf`` (:func:`raysearch.verdicts.reported_objective`), so Optuna, Tune's
+    schedulers and every table see a bad fit as the worst.
 
     Parameters
     ----------
     metrics : dict
-        Keys of :data:`METRIC_KEYS` (others are passed through unchanged) and ``bad``.
+        Keys of :data:`METRIC_KEYS` (others are passed through unchanged), ``bad`` and
+        ``bad_reason``.
+    final : bool
+        False for an intermediate report: only a :data:`BROKEN` fit (or a non-finite objective)
+        reports inf objectives.
 
     Returns
     -------
     dict
-        A copy in which every value of :data:`METRIC_KEYS` is a finite float or ``inf``.
+        A copy in which every value of :data:`METRIC_KEYS` is a finite float or ``inf`` (NaN
+        for an unassessable statistic's nRMSE).
     """
     out = dict(metrics)
     finite = True
+    skip = {f"nrmse_{s}" for s in str(out.get("unassessable") or "").split(",") if s}
     for k in METRIC_KEYS:
         v = out.get(k)
         try:
             v = float(v)
         except (TypeError, ValueError):
             v = math.nan
-        if not math.isfinite(v):
-            finite = False if k in NRMSE_KEYS + ("mean_nrmse", "max_nrmse") else finite
+        if k in skip:
+            v = math.nan            # unassessable: no nRMSE (never an objective, so NaN is safe)
+        elif not math.isfinite(v):
+            finite = False if k in verdicts.OBJECTIVES and k != "max_criteria" else finite
             v = math.inf
         out[k] = v
-    out["bad"] = bool(out.get("bad", False)) or not finite
+    bad = bool(out.get("bad", False)) or not finite
+    out["bad"] = bad
+    out["bad_reason"] = str(out.get("bad_reason") or ("undefined" if bad else ""))
+    undefined = bad if final else (bad and (out["bad_reason"] in BROKEN or not finite))
+    for k in verdicts.OBJECTIVES:
+        out[k] = verdicts.reported_objective(out[k], undefined)
     return out
 
 
 def _diverged_metrics() -> dict[str, Any]:
-    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True})
+    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True,
+                                                                  "bad_reason": "diverged"})
 
 
-def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False):
+def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False,
+              final=True):
     """Run raysearch.evaluate; return (metrics dict, stats or None). Non-finite -> bad/inf."""
     from raysearch.evaluation import evaluate
 
@@ -128,12 +166,18 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     d = res.to_dict()
     metrics = {k: d.get(k) for k in METRIC_KEYS}
     metrics["bad"] = bool(d.get("bad", False))
-    metrics = sanitize_metrics(metrics)
+    metrics.update({k: d.get(k) for k in VERDICT_KEYS})
+    if not final and d.get("bad") and d.get("bad_reason") not in BROKEN:
+        # an intermediate report: the objectives as computed (evaluate reports inf when bad)
+        metrics.update(_raw_objectives(res))
+    metrics = sanitize_metrics(metrics, final=final)
     metrics.update({k: d.get(k) for k in RMSE_KEYS})
-    # a gaussian model that is not normalisable (raysearch.stability): bad, and why
-    metrics["unstable"] = bool(d.get("unstable", False))
-    metrics["unstable_reason"] = str(d.get("unstable_reason", ""))
     return metrics, (res.stats if return_stats else None)
+
+
+def _raw_objectives(res) -> dict:
+    """The objectives of an evaluation result before the verdict made them inf."""
+    return verdicts.objective_values(res.nrmse, res.unassessable, res.nllh)
 
 
 def _params_finite(model) -> bool:
@@ -284,7 +328,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     config : dict
         Tune's trial config: ``lam`` (float), ``seed`` (int), ``recording`` (key of ``datasets``),
         ``n_hidden`` (int, optional; default from settings).
-    datasets : dict[str, raysearch.preprocessing.Dataset]
+    datasets : dict[str, raysearch.data.preprocessing.Dataset]
         The preprocessed recordings, shared through the object store by ``tune.with_parameters``.
     settings : dict
         From :func:`trial_settings`.
@@ -294,6 +338,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
 
     from raysearch.backend import get_backend
     from raysearch.crbm import CRBM
+    from raysearch.search.monitoring import export_trial_metrics
 
     s = settings
     dataset = datasets[config["recording"]]
@@ -360,11 +405,13 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                            "callback_seconds": state["callback_seconds"]}, fh)
             t0 = time.perf_counter()
             snapshot = fitting.snapshot()          # the frames fit holds: no new transfer
-            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend)
+            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend,
+                                   final=False)
             state["eval_seconds"] += time.perf_counter() - t0
             row = base | metrics | {"updates": updates, "seconds": seconds,
                                     "eval_seconds": state["eval_seconds"], "final": False,
                                     "resumed_at": state["resumed_at"], "model_path": ""}
+            export_trial_metrics(row, s["objective"])     # Ray metrics (search.monitoring)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         state["callback_seconds"] += time.perf_counter() - t_cb
 
@@ -397,9 +444,11 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                               "diverged": bool(getattr(model, "diverged_", False)),
                               "diverged_reason": str(getattr(model, "diverged_reason_", "")),
                               "resumed_at": state["resumed_at"]}
-    final["bad"] = final["bad"] or final["diverged"]
+    if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
+        final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})
     try:
         path = _write_model_file(model, dataset, stats, final, trial_id, s["experiment_dir"])
     except _DIVERGENCE_ERRORS:  # pragma: no cover - a model too broken to save
         path = ""
+    export_trial_metrics(final, s["objective"])
     tune.report(final | {"final": True, "model_path": path})

@@ -4,7 +4,8 @@ Ray Tune does the orchestration (scheduling, resources, retries, checkpoints, st
 and Optuna the proposing; this module only translates a :class:`~raysearch.search.config.Study`
 into a :class:`ray.tune.Tuner`:
 
-* ``optuna``: ``OptunaSearch`` with a seeded ``TPESampler`` and an Optuna RDB storage
+* ``optuna``: ``OptunaSearch`` with a seeded ``TPESampler`` (from :mod:`raysearch.search.samplers`,
+  Optuna's samplers made picklable) and an Optuna RDB storage
   (``sqlite:///<experiment>/optuna.db`` unless ``search.optuna_storage`` names another
   SQLAlchemy URL), so ``optuna.load_study(study_name=<name>, storage=...)`` opens it later;
 * ``grid``: ``tune.grid_search`` over λ x seeds x recordings (x n_hidden);
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.search.config import Study, load_study, study_from_dict
+from raysearch.search.config import Study, load_experiment_study, load_study, study_from_dict
 
 __all__ = ["run_study", "resume_study", "prepare_datasets", "build_tuner", "connect_ray",
            "experiment_dir", "optuna_storage_url", "StudyRun"]
@@ -47,6 +48,14 @@ class StudyRun:
     results: Any            # pandas.DataFrame from load_results
     num_errors: int
     dashboard_url: str | None = None
+    #: trials the study asked for that did not end (still RUNNING/PENDING/PAUSED in the saved
+    #: state, or never started) - non-zero when the run was interrupted (e.g. Ctrl+C / SIGINT)
+    num_unfinished: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every trial of the study ended (TERMINATED or ERROR)."""
+        return self.num_unfinished == 0
 
 
 def _is_uri(path: str) -> bool:
@@ -78,12 +87,12 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
 
     Returns
     -------
-    dict[str, raysearch.preprocessing.Dataset]
+    dict[str, raysearch.data.preprocessing.Dataset]
         Keyed by :attr:`RecordingSpec.key`.
     """
-    from raysearch.preprocessing import preprocess
-    from raysearch.recordings import load_recording
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import check_trainable, preprocess
+    from raysearch.data.recordings import load_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     pre = study.preprocessing.model_dump()
     if isinstance(pre["test_segments"], list):
@@ -98,6 +107,7 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
                                  drop_unlabelled=spec.drop_unlabelled,
                                  on_nonfinite=spec.on_nonfinite)
         out[spec.key] = preprocess(rec, **pre)
+        check_trainable(out[spec.key])
     return out
 
 
@@ -150,12 +160,14 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     """
     from ray import tune
 
+    from raysearch.search.monitoring import named_trainable
     from raysearch.search.trial import crbm_trial, trial_settings
 
-    trainable = tune.with_resources(
+    # named_trainable: the actor class "crbm_trial", each actor labelled with its trial and λ
+    trainable = named_trainable(tune.with_resources(
         tune.with_parameters(crbm_trial, datasets=datasets,
                              settings=trial_settings(study, exp_dir)),
-        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom})
+        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom}))
     if restore:
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
 
@@ -166,16 +178,16 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     tc_metric, tc_mode = metric, "min"
     if s.mode in ("optuna", "multi"):
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+        from raysearch.search.monitoring import MonitoredOptunaSearch as OptunaSearch
+        from raysearch.search.samplers import make_sampler
 
         storage = optuna.storages.RDBStorage(optuna_storage_url(study, exp_dir))
+        sampler = make_sampler(s.mode, s.sampler_seed)
         if s.mode == "optuna":
-            sampler = optuna.samplers.TPESampler(seed=s.sampler_seed)
             search_alg = OptunaSearch(metric=metric, mode="min", sampler=sampler,
                                       storage=storage, study_name=study.name,
                                       points_to_evaluate=_points(study))
         else:
-            sampler = optuna.samplers.NSGAIISampler(seed=s.sampler_seed)
             search_alg = OptunaSearch(metric=[metric, "weight_density"], mode=["min", "min"],
                                       sampler=sampler, storage=storage, study_name=study.name,
                                       points_to_evaluate=_points(study))
@@ -189,6 +201,8 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
                                   grace_period=s.asha.grace_updates,
                                   reduction_factor=s.asha.reduction_factor)
     parent, name = _split_exp_dir(exp_dir)
+    from raysearch.search import monitoring
+
     return tune.Tuner(
         trainable,
         param_space=_space(study),
@@ -198,6 +212,9 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
                                     reuse_actors=study.run.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=parent, verbose=study.run.verbose,
+            # console and loggers: raysearch.search.monitoring
+            progress_reporter=monitoring.progress_reporter(metric, multi=s.mode == "multi"),
+            callbacks=monitoring.console_callbacks(metric),
             failure_config=tune.FailureConfig(max_failures=study.run.max_failures),
             # num_to_keep makes Tune snapshot the experiment state whenever a trial has written
             # that many checkpoints, so a restore after a driver crash knows every trial's
@@ -212,8 +229,12 @@ def _split_exp_dir(exp_dir: str) -> tuple[str, str]:
     return parent, name
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None):
+def connect_ray(address: str | None = None, num_cpus: int | None = None,
+                metadata: dict[str, str] | None = None):
     """Initialise Ray for a study; return (started_here: bool, dashboard_url or None).
+
+    ``metadata`` (:func:`raysearch.search.monitoring.job_metadata`) becomes the driver's Ray job
+    metadata, which the dashboard's Jobs page shows (``job_name`` as the job's name).
 
     * Ray already initialised: used as is.
     * ``address`` given, or ``RAY_ADDRESS`` set (as under ``ray job submit``): join that cluster.
@@ -224,12 +245,13 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None):
 
     if ray.is_initialized():
         return False, None
+    job_config = ray.job_config.JobConfig(metadata=dict(metadata)) if metadata else None
     if address is not None or os.environ.get("RAY_ADDRESS"):
-        ctx = ray.init(address=address)
+        ctx = ray.init(address=address, job_config=job_config)
     else:
         with _loopback_only():
             ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                           dashboard_host="127.0.0.1")
+                           dashboard_host="127.0.0.1", job_config=job_config)
     url = getattr(ctx, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
@@ -262,6 +284,12 @@ def _loopback_only():
             os.environ[var] = old_env
 
 
+def _job_metadata(study: Study, exp_dir: str) -> dict[str, str]:
+    from raysearch.search.monitoring import job_metadata
+
+    return job_metadata(study, exp_dir)
+
+
 def _warn_missing_gpus(study: Study) -> None:
     import ray
 
@@ -281,8 +309,11 @@ def _write_study(study: Study, exp_dir: str) -> None:
         with fs.open_output_stream(f"{root}/{STUDY_FILE}") as fh:
             fh.write(text.encode())
         return
+    from raysearch.crbm.io import umask_mode
+
     os.makedirs(exp_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=exp_dir, prefix=".study-", suffix=".yaml")
+    os.fchmod(fd, umask_mode())  # mkstemp makes it 0600; a new file follows the umask
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, os.path.join(exp_dir, STUDY_FILE))
@@ -292,14 +323,39 @@ def _set_tune_env() -> None:
     # Frequent checkpoints force experiment snapshots by design (see build_tuner); do not warn.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    from raysearch.search.monitoring import use_legacy_console
+
+    use_legacy_console()
 
 
-def _finish(exp_dir: str, result_grid, dashboard_url) -> StudyRun:
+def expected_trials(study: Study) -> int:
+    """How many trials the study runs: the grid's size, or ``search.num_samples``."""
+    s = study.search
+    if s.mode == "grid":
+        return len(s.lam) * len(s.seeds) * len(study.recordings) * len(s.n_hidden or [0])
+    return s.num_samples
+
+
+def _unfinished(study: Study, result_grid, df) -> int:
+    """Trials that did not end: not TERMINATED/ERROR in the saved state, plus never created."""
+    ended = ("TERMINATED", "ERROR")
+    if "status" in getattr(df, "columns", ()):
+        statuses = df["status"].astype(str).tolist()
+    else:
+        statuses = []
+        for r in result_grid:
+            statuses.append("ERROR" if r.error is not None else "TERMINATED")
+    open_ = sum(1 for st in statuses if st not in ended)
+    return open_ + max(0, expected_trials(study) - len(statuses))
+
+
+def _finish(exp_dir: str, result_grid, dashboard_url, study: Study) -> StudyRun:
     from raysearch.search.results import load_results
 
     df = load_results(exp_dir) if not _is_uri(exp_dir) else result_grid.get_dataframe()
     return StudyRun(experiment_dir=exp_dir, results=df, num_errors=result_grid.num_errors,
-                    dashboard_url=dashboard_url)
+                    dashboard_url=dashboard_url,
+                    num_unfinished=_unfinished(study, result_grid, df))
 
 
 def run_study(study: Study | str | os.PathLike | None = None, address: str | None = None,
@@ -336,7 +392,7 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
         optuna_storage_url(study, exp_dir)  # a URI storage needs search.optuna_storage: say so now
     _set_tune_env()
     datasets = prepare_datasets(study)
-    started, url = connect_ray(address)
+    started, url = connect_ray(address, metadata=_job_metadata(study, exp_dir))
     if on_connect is not None:
         on_connect(url)
     _warn_missing_gpus(study)
@@ -344,7 +400,7 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
         _write_study(study, exp_dir)
         tuner = build_tuner(study, datasets, exp_dir)
         grid = tuner.fit()
-        return _finish(exp_dir, grid, url)
+        return _finish(exp_dir, grid, url, study)
     finally:
         if started:
             import ray
@@ -466,19 +522,23 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         if not study_file.is_file():
             raise InputError(f"{exp_dir} has no {STUDY_FILE}; give the experiment directory that "
                              "`raysearch run` created (<storage_path>/<name>)")
-        import yaml
-
-        study = study_from_dict(yaml.safe_load(study_file.read_text()), source=str(study_file))
+        study = load_experiment_study(study_file)
     else:
         import pyarrow.fs as pafs
         import yaml
 
         fs, root = pafs.FileSystem.from_uri(exp_dir)
         with fs.open_input_stream(f"{root}/{STUDY_FILE}") as fh:
-            study = study_from_dict(yaml.safe_load(fh.read().decode()), source=exp_dir)
+            raw = fh.read()
+        try:
+            data = yaml.safe_load(raw.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{exp_dir}/{STUDY_FILE} is corrupt ({exc}); restore it from the "
+                              "study file the experiment was started with") from None
+        study = study_from_dict(data, source=f"{exp_dir}/{STUDY_FILE}")
     _set_tune_env()
     datasets = prepare_datasets(study)
-    started, url = connect_ray(address)
+    started, url = connect_ray(address, metadata=_job_metadata(study, exp_dir))
     if on_connect is not None:
         on_connect(url)
     try:
@@ -490,7 +550,7 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         repair_checkpoints(exp_dir)
         tuner = build_tuner(study, datasets, exp_dir, restore=True)
         grid = tuner.fit()
-        return _finish(exp_dir, grid, url)
+        return _finish(exp_dir, grid, url, study)
     finally:
         if started:
             import ray

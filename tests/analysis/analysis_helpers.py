@@ -68,7 +68,10 @@ def make_experiment(root, models, dataset, recording="fish0", with_models=True):
         mn = spec.get("mean_nrmse", 0.3)
         metrics = {f"nrmse_{s}": mn for s in STATS}
         metrics.update(mean_nrmse=mn, max_nrmse=mn, bad=bool(spec.get("bad", False)),
-                       sparsity=0.5, weight_density=0.5, updates=100, seconds=1.0)
+                       sparsity=0.5, weight_density=spec.get("weight_density", 0.5),
+                       updates=100, seconds=1.0)
+        if "bad_reason" in spec:
+            metrics["bad_reason"] = spec["bad_reason"]
         write_model(exp / "models" / f"{tid}.h5", spec["W"], spec["c"], dataset,
                     lam=spec["lam"], seed=spec["seed"], metrics=metrics,
                     stats=fake_stats(rng, 0.3 if spec.get("bad") else 0.02))

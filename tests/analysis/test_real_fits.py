@@ -12,8 +12,8 @@ def fitted(tmp_path_factory):
     from analysis_helpers import make_experiment
 
     from raysearch.crbm import CRBM
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, gt = make_synthetic_recording(n_neurons=400, n_frames=2000, n_assemblies=8, seed=0)
     ds = preprocess(rec)

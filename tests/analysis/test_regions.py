@@ -84,7 +84,7 @@ def test_load_structural(tmp_path):
 
 
 def test_load_structural_from_synthetic_file(tmp_path):
-    from raysearch.synthetic import load_ground_truth, write_synthetic_recording
+    from raysearch.data.synthetic import load_ground_truth, write_synthetic_recording
 
     path = write_synthetic_recording(tmp_path / "fish.h5", n_neurons=120, n_frames=200, seed=0)
     gt = load_ground_truth(path)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from raysearch.cli import main
-from raysearch.recordings import load_recording
-from raysearch.synthetic import load_ground_truth, make_synthetic_recording
+from raysearch.data.recordings import load_recording
+from raysearch.data.synthetic import load_ground_truth, make_synthetic_recording
 
 
 def test_synth_then_inspect(tmp_path, capsys):

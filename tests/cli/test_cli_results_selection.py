@@ -23,8 +23,8 @@ GRID = {1e-4: (0.20, 0.22), 1e-3: (0.18, 0.20), 1e-2: (0.21, 0.23), 1e-1: (0.60,
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=60, n_frames=300, seed=0)
     ds = preprocess(rec)

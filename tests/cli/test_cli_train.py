@@ -36,7 +36,7 @@ def test_train_synthetic_without_eval(tmp_path, capsys):
 
 
 def test_train_recording_file_with_evaluation(tmp_path, capsys):
-    from raysearch.synthetic import write_synthetic_recording
+    from raysearch.data.synthetic import write_synthetic_recording
 
     data = write_synthetic_recording(tmp_path / "fish.h5", n_neurons=150, n_frames=500, seed=1)
     out = tmp_path / "m.h5"

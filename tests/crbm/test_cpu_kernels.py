@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (raysearch.cpu_kernels) against plain NumPy and against known laws.
+"""The compiled CPU kernels (raysearch.crbm.cpu_kernels) against plain NumPy and against known laws.
 
 Products: the sparse kernels equal the dense product (float32 tolerance) on edge cases (empty rows,
 dense rows, row lengths not a multiple of 4, non-binary values). Draws: frequencies match p within a

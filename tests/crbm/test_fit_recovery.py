@@ -13,8 +13,8 @@ from raysearch.crbm import CRBM
 
 @pytest.fixture(scope="module")
 def fish():
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, truth = make_synthetic_recording(n_neurons=300, n_frames=1500, seed=0)
     ds = preprocess(rec)
@@ -55,7 +55,7 @@ def test_held_out_statistics(fish):
 def test_random_data_gives_no_assemblies():
     """Negative control: the same fit on data with the planted structure destroyed (each neuron's
     frames shuffled independently) finds nothing that matches the assemblies."""
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, truth = make_synthetic_recording(n_neurons=300, n_frames=1500, seed=0)
     rng = np.random.default_rng(0)

@@ -87,7 +87,7 @@ def test_load_rejects_non_model_files(tmp_path, fitted):
     with pytest.raises(InputError, match="not a raysearch"):
         CRBM.load(other)
     ck = m.save_checkpoint(tmp_path / "ck.h5")
-    with pytest.raises(InputError, match="not a raysearch raysearch-crbm file"):
+    with pytest.raises(InputError, match="not a raysearch model file"):
         CRBM.load(ck)
     with pytest.raises(InputError, match="checkpoint"):
         read_checkpoint(m.save(tmp_path / "m.h5"))

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 
 from raysearch.search.tuner import prepare_datasets
-from raysearch.synthetic import write_synthetic_recording
+from raysearch.data.synthetic import write_synthetic_recording
 from search_helpers import tiny_study
 
 

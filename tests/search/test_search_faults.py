@@ -220,6 +220,7 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     df = load_results(exp_dir)
     assert len(df) == 3 and df["trial_id"].is_unique, df
     assert df["finished"].all() and (df["updates"] == UPDATES).all()
+    assert (df["status"] == "TERMINATED").all(), df[["trial_id", "status"]]
     assert (df["resumed_at"].fillna(0) >= EVERY).sum() >= 2, df[["trial_id", "resumed_at"]]
     raced_row = df[[raced.name.startswith(f"crbm_trial_{t}_") for t in df["trial_id"]]]
     assert raced_row["resumed_at"].tolist() == [raced_at], (raced_row, raced_at)
@@ -234,3 +235,50 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     assert np.allclose(sorted(t.value for t in trials if t.state.name == "COMPLETE"),
                        sorted(df["max_nrmse"]))     # the default objective
 
+
+
+def test_sigint_run_exits_nonzero_then_resumed_results_show_every_trial_finished(tmp_path):
+    """Ctrl+C (SIGINT) during ``raysearch run``: Tune stops and saves, and the command exits 3
+    (not 0) and prints ``raysearch resume DIR``, so ``run && analyze`` does not go on with a
+    partial study. ``raysearch resume`` finishes it, and ``raysearch results`` then shows every
+    trial TERMINATED and finished (Tune uploads the old and the new experiment state ~1 ms apart;
+    picking the state by modification time once showed finished trials as RUNNING)."""
+    study = write_study(tmp_path, filename="intr.yaml",
+                        **{"name": "intr", "search": {"num_samples": 3, "max_concurrent": 2},
+                           **SLOW})
+    exp_dir = tmp_path / "results" / "intr"
+    env, tag = tagged_env(tmp_path)
+    proc = subprocess.Popen(raysearch_cmd("run", str(study)), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait(lambda: _checkpointed_trials(exp_dir) >= 1, 150, "a trial with a checkpoint", proc)
+        os.kill(proc.pid, signal.SIGINT)             # once: Tune stops gracefully and saves
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left = lingering_tagged(tag)
+    assert proc.returncode == 3, out[-3000:]
+    assert f"raysearch resume {exp_dir}" in out, out[-3000:]
+    assert "did not finish" in out
+    assert left == [], f"Ray processes left running after the interrupted run: {left}"
+    before = load_results(exp_dir)
+    assert not before["finished"].all() or len(before) < 3
+
+    res = subprocess.run(raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True,
+                         text=True, timeout=300)
+    left = lingering_tagged(tag)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "did not finish" not in res.stdout + res.stderr
+    assert left == [], f"Ray processes left running after resume: {left}"
+    shown = subprocess.run(raysearch_cmd("results", str(exp_dir)), env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "RUNNING" not in shown.stdout and "did not finish" not in shown.stdout, shown.stdout
+    df = load_results(exp_dir)
+    assert len(df) == 3 and df["trial_id"].is_unique
+    assert (df["status"] == "TERMINATED").all(), df[["trial_id", "status"]]
+    assert df["finished"].all() and (df["updates"] == UPDATES).all()
+    table = shown.stdout.split("\n\n")[0]
+    assert sum(ln.split()[0] in set(df["trial_id"]) and "TERMINATED" in ln
+               for ln in table.splitlines()[1:]) == 3, table

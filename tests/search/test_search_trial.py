@@ -10,18 +10,34 @@ import pytest
 from raysearch.backend import get_backend
 from raysearch.crbm import CRBM
 from raysearch.evaluation import evaluate
-from raysearch.preprocessing import preprocess
+from raysearch.data.preprocessing import preprocess
 from raysearch.errors import ConfigError
 from raysearch.search.trial import METRIC_KEYS, sanitize_metrics
-from raysearch.synthetic import make_synthetic_recording
+from raysearch.data.synthetic import make_synthetic_recording
 
 
 def test_sanitize_metrics_maps_nan_to_inf_and_flags_bad():
-    good = {k: 0.5 for k in METRIC_KEYS} | {"bad": False, "lam": 0.1}
+    good = {k: 0.5 for k in METRIC_KEYS} | {"bad": False, "bad_reason": "", "lam": 0.1}
     assert sanitize_metrics(good) == good
     out = sanitize_metrics(good | {"nrmse_vv": float("nan"), "sparsity": None})
     assert out["nrmse_vv"] == math.inf and out["sparsity"] == math.inf
-    assert out["bad"] is True and out["lam"] == 0.1
+    # changed on purpose (issue 12.2): a NaN nRMSE alone does not make a fit bad (an unassessable
+    # statistic reports NaN; evaluate's verdict flags an undefined assessable one); a non-finite
+    # objective does, with a reason, and a bad fit's objectives are inf for Optuna (issue 12.1)
+    assert out["bad"] is False and out["lam"] == 0.1 and out["max_nrmse"] == 0.5
+    out = sanitize_metrics(good | {"max_nrmse": float("nan")})
+    assert out["bad"] is True and out["bad_reason"] == "undefined"
+    assert out["mean_nrmse"] == out["max_nrmse"] == out["max_criteria"] == math.inf
+    out = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"})
+    assert out["bad_reason"] == "no_better_than_chance" and out["nrmse_vv"] == 0.5
+    assert out["mean_nrmse"] == out["max_nrmse"] == out["max_criteria"] == math.inf
+    # an intermediate (cheap) evaluation that cannot tell the fit from chance keeps its objective
+    # for ASHA; a broken fit does not
+    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"},
+                           final=False)
+    assert mid["bad"] is True and mid["max_nrmse"] == 0.5
+    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "unstable"}, final=False)
+    assert mid["max_nrmse"] == math.inf
     # a non-finite sparsity alone does not make a fit bad (only the nRMSE figures do)
     assert sanitize_metrics(good | {"weight_density": float("nan")})["bad"] is False
     assert all(not math.isnan(v) for v in out.values() if isinstance(v, float))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.preprocessing import (percentile_split, preprocess, segment_bounds, split_scores,
+from raysearch.data.preprocessing import (percentile_split, preprocess, segment_bounds, split_scores,
                                      unit_regions, voxel_average, voxelize)
-from raysearch.recordings import Recording
-from raysearch.synthetic import make_synthetic_recording
+from raysearch.data.recordings import Recording
+from raysearch.data.synthetic import make_synthetic_recording
 
 
 def _rec(spikes=None, dff=None, coords=None, ref=None, labels=None, names=None):
@@ -79,7 +79,7 @@ def test_grid_is_anchored_so_the_same_voxel_is_the_same_place():
 
 
 def test_voxel_average_blocks_match_dense_mean(monkeypatch):
-    import raysearch.preprocessing as P
+    import raysearch.data.preprocessing as P
 
     monkeypatch.setattr(P, "_BLOCK_BYTES", 64)  # many blocks
     rng = np.random.default_rng(1)

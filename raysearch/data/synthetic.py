@@ -2,7 +2,7 @@
 
 The synthetic fish is the embedded default of raysearch: everything runs on it with no download.
 It is written in the published cRBM HDF5 layout (``Data/Brain/...``, see
-:mod:`raysearch.recordings`) so the same loader reads it, plus a ``/GroundTruth`` group that the
+:mod:`raysearch.data.recordings`) so the same loader reads it, plus a ``/GroundTruth`` group that the
 loader ignores and tests use.
 
 Generative model (all random draws derive from ``seed``; the result does not depend on how the
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.recordings import Recording
+from raysearch.data.recordings import Recording
 
 __all__ = [
     "GroundTruth",

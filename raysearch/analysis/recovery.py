@@ -1,7 +1,7 @@
 """Assembly recovery: how well a model's hidden units match the assemblies planted in a synthetic fish.
 
 For each planted assembly ``k`` (its weight vector ``g_k``, row ``k`` of
-:attr:`raysearch.synthetic.GroundTruth.weights`, shape (N,)) the score is the best absolute cosine
+:attr:`raysearch.data.synthetic.GroundTruth.weights`, shape (N,)) the score is the best absolute cosine
 similarity with any hidden unit's weight vector ``w_mu`` (row ``mu`` of the model's ``weights_``,
 shape (M, N)):
 
@@ -183,7 +183,7 @@ def assembly_recovery(weights, truth, unit_of_neuron=None, dataset=None) -> Reco
 
 def _truth_for(spec: dict):
     """GroundTruth of a study's recording spec, or None when it carries none."""
-    from raysearch.synthetic import load_ground_truth, make_synthetic_recording
+    from raysearch.data.synthetic import load_ground_truth, make_synthetic_recording
 
     if spec.get("synthetic") is not None:
         kw = {k: v for k, v in spec["synthetic"].items() if v is not None}

@@ -33,11 +33,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError
+from raysearch.errors import ConfigError, InputError, RaysearchError, check_readable
 
 __all__ = ["Recording", "load_recording", "SIGNALS"]
 
@@ -203,10 +204,7 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
     if on_nonfinite not in ("error", "drop"):
         raise ConfigError(f"on_nonfinite must be 'error' or 'drop', got {on_nonfinite!r}")
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a recording file")
+    check_readable(path, "recording file")
     import h5py
 
     if not h5py.is_hdf5(path):
@@ -226,8 +224,11 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
                 return _load_h5(f, path, signals, drop_unlabelled, on_nonfinite)
         # NWB: pynwb opens the file itself, after h5py has closed it
         return _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found)
-    except (OSError, RuntimeError, KeyError) as exc:
-        # h5py raises these when a dataset's bytes are missing (truncated file)
+    except RaysearchError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        # h5py raises these when a dataset's bytes are missing (truncated file) or its
+        # metadata is damaged (e.g. a type that cannot be represented)
         raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
 
@@ -291,13 +292,15 @@ def _n_from_coords(shape, layout, path, name) -> int:
     return int(max(shape))
 
 
-def _coords(ds, n, path) -> np.ndarray:
+def _coords(ds, n, path, against=None) -> np.ndarray:
     a = np.asarray(ds[()], dtype=np.float64)
     if a.shape == (3, n) and n != 3:
         a = a.T
     elif a.shape != (n, 3):
-        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but the recording has "
-                         f"N = {n} neurons; coordinates must be (3, N) or (N, 3)")
+        src = f"{against.name} {tuple(against.shape)} and the activity give" \
+            if against is not None else "the recording has"
+        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but {src} N = {n} neurons; "
+                         "coordinates must be (3, N) or (N, 3)")
     if not np.all(np.isfinite(a)):
         raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
     unit = ds.attrs.get("unit", ds.attrs.get("units", None))
@@ -310,10 +313,15 @@ def _coords(ds, n, path) -> np.ndarray:
         a = a * 1000.0
     elif unit is None and a.size and float(np.ptp(a, axis=0).max()) < 10.0:
         a = a * 1000.0  # published files store mm without a unit attribute
-    return a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(out)).sum())} values too "
+                         "large for a coordinate (beyond float32); the dataset is corrupt")
+    return out
 
 
-def _orient(shape, n, path, name) -> tuple[bool, int]:
+def _orient(shape, n, path, name, coords=None) -> tuple[bool, int]:
     """(transposed, T) for a 2-D activity dataset with neuron count n."""
     if len(shape) != 2:
         raise InputError(f"{path}: {name} has shape {shape}; expected a 2-D (T, N) array")
@@ -321,8 +329,10 @@ def _orient(shape, n, path, name) -> tuple[bool, int]:
         return False, int(shape[0])
     if shape[0] == n:
         return True, int(shape[1])
-    raise InputError(f"{path}: {name} has shape {shape} but the coordinates give N = {n} "
-                     "neurons; the activity and the coordinates disagree on N")
+    src = f"{coords.name} {tuple(coords.shape)} gives" if coords is not None \
+        else "the coordinates give"
+    raise InputError(f"{path}: {name} has shape {shape} but {src} N = {n} neurons; the "
+                     "activity and the coordinates disagree on N")
 
 
 def _read_activity(ds, n, keep, kind, path, name, transposed) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +409,11 @@ def _region_names(lab_ds, f, n_regions) -> list[str]:
                 names = [n.decode() if isinstance(n, bytes) else str(n)
                          for n in np.asarray(parent[cand][()]).ravel()]
                 break
-    if names is None or len(names) != n_regions:
+    if names is not None and len(names) != n_regions:
+        raise InputError(f"{lab_ds.file.filename}: {lab_ds.name} has {n_regions} regions but its "
+                         f"region names list {len(names)}; fix the names (or remove them to use "
+                         "the default names)")
+    if names is None:
         if n_regions == len(ZBRAIN_REGIONS):
             names = list(ZBRAIN_REGIONS)
         else:
@@ -426,14 +440,6 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
     layout, ds = _resolve(f, path)
     found = {p: tuple(d.shape) for p, d in _walk(f).items()}
     n = _n_from_coords(ds["coords"].shape, layout, path, ds["coords"].name)
-    coords = _coords(ds["coords"], n, path)
-    ref = _coords(ds["ref_coords"], n, path) if "ref_coords" in ds and \
-        ds["ref_coords"] is not ds["coords"] else None
-    if "labels" in ds:
-        labels, names = _labels(ds["labels"], n, path, f)
-    else:
-        log.warning("%s: no region labels found; all neurons are put in one region 'all'", path)
-        labels, names = np.ones((n, 1), dtype=bool), ["all"]
     wanted = [s for s in signals if s in ds]
     if not wanted:
         have = [s for s in SIGNALS if s in ds]
@@ -441,7 +447,16 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
     for s in signals:
         if s not in ds:
             log.warning("%s: no %s dataset; Recording.%s is None", path, s, s)
-    orient = {s: _orient(ds[s].shape, n, path, ds[s].name) for s in wanted}
+    # the activity is checked against the coordinates first, so a wrong-sized array is named
+    orient = {s: _orient(ds[s].shape, n, path, ds[s].name, ds["coords"]) for s in wanted}
+    coords = _coords(ds["coords"], n, path)
+    ref = _coords(ds["ref_coords"], n, path, against=ds["coords"]) if "ref_coords" in ds and \
+        ds["ref_coords"] is not ds["coords"] else None
+    if "labels" in ds:
+        labels, names = _labels(ds["labels"], n, path, f)
+    else:
+        log.warning("%s: no region labels found; all neurons are put in one region 'all'", path)
+        labels, names = np.ones((n, 1), dtype=bool), ["all"]
     Ts = {s: t for s, (_, t) in orient.items()}
     if len(set(Ts.values())) > 1:
         raise InputError(f"{path}: the activity arrays disagree on the number of frames: "
@@ -462,6 +477,17 @@ def _times(ds, T, path) -> np.ndarray:
                          f"T = {T} frames")
     if not np.all(np.isfinite(t)):
         raise InputError(f"{path}: {ds.name} contains NaN/inf frame times")
+    if t.size >= 2:
+        step = np.diff(t)
+        if not np.median(step) > 0:
+            what = "constant" if np.all(step == 0) else "not increasing"
+            raise InputError(f"{path}: {ds.name} (frame times) are {what} (from {t[0]:g} to "
+                             f"{t[-1]:g} s), so the frame rate is undefined; fix the times, or "
+                             "remove the dataset to use frame indices")
+        if np.any(step <= 0):
+            log.warning("%s: %s has %d frame interval(s) <= 0 (first at frame %d); the frame "
+                        "rate is taken from the median interval", path, ds.name,
+                        int((step <= 0).sum()), int(np.argmax(step <= 0)) + 1)
     return t
 
 
@@ -480,13 +506,16 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
             if s == "spikes":
                 raise InputError(
                     f"{path}: {d.name} should hold 0/1 spikes but has {int(bad.sum())} other "
-                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F with "
-                    "signals=('dff',) and binarise it in preprocess(transform='binarize')")
+                    f"values (in {int((bad > 0).sum())} neurons); read only the dF/F and "
+                    "binarise it "
+                    "(raysearch train: --signal dff --transform binarize; Python: "
+                    "signals=('dff',) and preprocess(transform='binarize'))")
             if on_nonfinite == "error":
                 raise InputError(
                     f"{path}: {d.name} has {int(bad.sum())} NaN/inf values in "
-                    f"{int((bad > 0).sum())} neurons; pass on_nonfinite='drop' to drop those "
-                    "neurons")
+                    f"{int((bad > 0).sum())} neurons; to drop those neurons pass "
+                    "--on-nonfinite drop (raysearch train/inspect), on_nonfinite: drop (study "
+                    "recordings) or on_nonfinite='drop' (Python)")
             bad_any |= bad > 0
         arrays[s] = arr
     n_nonfinite = int(bad_any.sum())
@@ -575,7 +604,8 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
             raise InputError(f"{path}: {series.name} has {times.size} timestamps but T = {T}")
         if "dff" not in signals:
             raise InputError(f"{path}: NWB files provide dF/F (or fluorescence) only; asked for "
-                             f"{list(signals)}; use signals=('dff',)")
+                             f"{list(signals)}; use the dF/F (raysearch train: --signal dff; "
+                             "a study: preprocessing.signal: dff; Python: signals=('dff',))")
         if "spikes" in signals:
             log.warning("%s: NWB has no binary spikes; Recording.spikes is None", path)
         labels, names = np.ones((n, 1), dtype=bool), ["all"]
@@ -657,302 +687,8 @@ def _nwb_coords(table, rows, path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # The 294 ZBrain atlas masks (Randlett et al. 2015) in the order of the published files' Labels
-# axis (alphabetical, as listed in the cRBM authors' RegionLabels.txt). Used to name the regions of
-# a file whose Labels have 294 rows and no names of their own.
-_ZBRAIN_REGIONS_TEXT = """\
-Diencephalon -
-Diencephalon - Anterior group of the posterior tubercular vmat2 neurons
-Diencephalon - Anterior preoptic dopaminergic cluster
-Diencephalon - Anterior pretectum cluster of vmat2 Neurons
-Diencephalon - Caudal Hypothalamus
-Diencephalon - Diffuse Nucleus of the Intermediate Hypothalamus
-Diencephalon - Dopaminergic Cluster 1 - ventral thalamic and periventricular posterior tubercular DA neurons
-Diencephalon - Dopaminergic Cluster 2 - posterior tuberculum
-Diencephalon - Dopaminergic Cluster 3 - hypothalamus
-Diencephalon - Dopaminergic Cluster 4/5 - posterior tuberculum and hypothalamus
-Diencephalon - Dopaminergic Cluster 6 - hypothalamus
-Diencephalon - Dopaminergic Cluster 7 - Caudal Hypothalamus
-Diencephalon - Dorsal Thalamus
-Diencephalon - Eminentia Thalami
-Diencephalon - Habenula
-Diencephalon - Hypothalamus - Caudal Hypothalamus Neural Cluster
-Diencephalon - Hypothalamus - Intermediate Hypothalamus Neural Cluster
-Diencephalon - Hypothalamus 6.7FRhcrtR-Gal4 cluster 1
-Diencephalon - Hypothalamus 6.7FRhcrtR-Gal4 cluster 2
-Diencephalon - Hypothalamus Gad1b Cluster 1
-Diencephalon - Hypothalamus Gad1b Cluster 2
-Diencephalon - Hypothalamus Gad1b Cluster 3 Sparse
-Diencephalon - Hypothalamus Hcrt Neurons
-Diencephalon - Hypothalamus Olig2 cluster
-Diencephalon - Hypothalamus Olig2 cluster 2
-Diencephalon - Hypothalamus Qrfp neuron cluster
-Diencephalon - Hypothalamus Vglut2 Cluster 1
-Diencephalon - Hypothalamus Vglut2 Cluster 2
-Diencephalon - Hypothalamus Vglut2 Cluster 3
-Diencephalon - Hypothalamus Vglut2 Cluster 4
-Diencephalon - Hypothalamus Vglut2 Cluster 5
-Diencephalon - Hypothalamus Vglut2 Cluster 6
-Diencephalon - Hypothalamus s1181t Cluster
-Diencephalon - Hypothamic VentroLateral VMAT cluster
-Diencephalon - Intermediate Hypothalamus
-Diencephalon - Isl1 cluster 1
-Diencephalon - Isl1 cluster 2
-Diencephalon - Isl1 cluster 3
-Diencephalon - Left Habenula Vglut2 Cluster
-Diencephalon - Medial vglut2 cluster
-Diencephalon - Migrated Area of the Pretectum (M1)
-Diencephalon - Migrated Posterior Tubercular Area (M2)
-Diencephalon - Olig2 Band
-Diencephalon - Olig2 Band 2
-Diencephalon - Optic Chiasm
-Diencephalon - Otpb Cluster 1
-Diencephalon - Otpb Cluster 2
-Diencephalon - Otpb Cluster 3
-Diencephalon - Otpb Cluster 4
-Diencephalon - Oxtl Cluster 1 in Preoptic Area
-Diencephalon - Oxtl Cluster 2
-Diencephalon - Oxtl Cluster 3
-Diencephalon - Oxtl Cluster 4 - sparse in hypothalamus
-Diencephalon - Oxtl Cluster 5
-Diencephalon - Pineal
-Diencephalon - Pineal Vmat2 cluster
-Diencephalon - Pituitary
-Diencephalon - Posterior Tuberculum
-Diencephalon - Postoptic Commissure
-Diencephalon - Preoptic Area
-Diencephalon - Preoptic Otpb Cluster
-Diencephalon - Preoptic area Vglut2 cluster
-Diencephalon - Preoptic area posterior dopaminergic cluster
-Diencephalon - Pretectal Gad1b Cluster
-Diencephalon - Pretectal dopaminergic cluster
-Diencephalon - Pretectum
-Diencephalon - Retinal Arborization Field 1 (AF1, Approximate Location)
-Diencephalon - Retinal Arborization Field 2 (AF2, Approximate Location)
-Diencephalon - Retinal Arborization Field 3 (AF3)
-Diencephalon - Retinal Arborization Field 4 (AF4)
-Diencephalon - Retinal Arborization Field 5 (AF5)
-Diencephalon - Retinal Arborization Field 6 (AF6)
-Diencephalon - Right Habenula Vglut2 Cluster
-Diencephalon - Rostral Hypothalamus
-Diencephalon - Torus Lateralis
-Diencephalon - Ventral Thalamus
-Ganglia - Anterior Lateral Line Ganglion
-Ganglia - Eyes
-Ganglia - Facial Sensory Ganglion
-Ganglia - Facial glossopharyngeal ganglion
-Ganglia - Lateral Line Neuromast D1
-Ganglia - Lateral Line Neuromast D2
-Ganglia - Lateral Line Neuromast N
-Ganglia - Lateral Line Neuromast O1
-Ganglia - Lateral Line Neuromast OC1
-Ganglia - Lateral Line Neuromast SO1
-Ganglia - Lateral Line Neuromast SO2
-Ganglia - Lateral Line Neuromast SO3
-Ganglia - Olfactory Epithelium
-Ganglia - Posterior Lateral Line Ganglia
-Ganglia - Statoacoustic Ganglion
-Ganglia - Trigeminal Ganglion
-Ganglia - Vagal Ganglia
-Mesencephalon -
-Mesencephalon - Isl1 cluster of the mesencephalic region
-Mesencephalon - Medial Tectal Band
-Mesencephalon - NucMLF (nucleus of the medial longitudinal fascicle)
-Mesencephalon - Oculomotor Nucleus nIII
-Mesencephalon - Otpb Cluster
-Mesencephalon - Oxtl Cluster Sparse
-Mesencephalon - Ptf1a Cluster
-Mesencephalon - Retinal Arborization Field 7 (AF7)
-Mesencephalon - Retinal Arborization Field 8 (AF8)
-Mesencephalon - Retinal Arborization Field 9 (AF9)
-Mesencephalon - Sparse 6.7FRhcrtR cluster
-Mesencephalon - Tectum Stratum Periventriculare
-Mesencephalon - Tectum Neuropil
-Mesencephalon - Tegmentum
-Mesencephalon - Torus Longitudinalis
-Mesencephalon - Torus Semicircularis
-Mesencephalon - Vglut2 cluster 1
-Mesencephalon - Vmat2 cluster of paraventricular organ
-Mesencephalon - Vmat2 cluster2
-Rhombencephalon -
-Rhombencephalon - 6.7FDhcrtR-Gal4 Cluster 1
-Rhombencephalon - 6.7FDhcrtR-Gal4 Cluster 2 Sparse
-Rhombencephalon - 6.7FDhcrtR-Gal4 Cluster 3
-Rhombencephalon - 6.7FDhcrtR-Gal4 Cluster 4
-Rhombencephalon - 6.7FDhcrtR-Gal4 Cluster 5
-Rhombencephalon - 6.7FDhcrtR-Gal4 Stripe 1
-Rhombencephalon - 6.7FDhcrtR-Gal4 Stripe 2
-Rhombencephalon - 6.7FDhcrtR-Gal4 Stripe 3
-Rhombencephalon - 6.7FDhcrtR-Gal4 Stripe 4
-Rhombencephalon - Anterior Cluster of nV Trigeminal Motorneurons
-Rhombencephalon - Area Postrema
-Rhombencephalon - CaD
-Rhombencephalon - CaV
-Rhombencephalon - Caudal Ventral Cluster Labelled by Spinal Backfills
-Rhombencephalon - Cerebellar Neuropil 1
-Rhombencephalon - Cerebelluar-Vglut2 enriched areas
-Rhombencephalon - Cerebellum
-Rhombencephalon - Cerebellum Gad1b Enriched Areas
-Rhombencephalon - Corpus Cerebelli
-Rhombencephalon - Eminentia Granularis
-Rhombencephalon - Gad1b Cluster 1
-Rhombencephalon - Gad1b Cluster 10
-Rhombencephalon - Gad1b Cluster 11
-Rhombencephalon - Gad1b Cluster 12
-Rhombencephalon - Gad1b Cluster 13
-Rhombencephalon - Gad1b Cluster 14
-Rhombencephalon - Gad1b Cluster 15
-Rhombencephalon - Gad1b Cluster 16
-Rhombencephalon - Gad1b Cluster 17
-Rhombencephalon - Gad1b Cluster 18
-Rhombencephalon - Gad1b Cluster 19
-Rhombencephalon - Gad1b Cluster 2
-Rhombencephalon - Gad1b Cluster 20
-Rhombencephalon - Gad1b Cluster 3
-Rhombencephalon - Gad1b Cluster 4
-Rhombencephalon - Gad1b Cluster 5
-Rhombencephalon - Gad1b Cluster 6
-Rhombencephalon - Gad1b Cluster 7
-Rhombencephalon - Gad1b Cluster 8
-Rhombencephalon - Gad1b Cluster 9
-Rhombencephalon - Gad1b Stripe 1
-Rhombencephalon - Gad1b Stripe 2
-Rhombencephalon - Gad1b Stripe 3
-Rhombencephalon - Glyt2 Cluster 1
-Rhombencephalon - Glyt2 Cluster 10
-Rhombencephalon - Glyt2 Cluster 11
-Rhombencephalon - Glyt2 Cluster 12
-Rhombencephalon - Glyt2 Cluster 13
-Rhombencephalon - Glyt2 Cluster 14
-Rhombencephalon - Glyt2 Cluster 2
-Rhombencephalon - Glyt2 Cluster 3
-Rhombencephalon - Glyt2 Cluster 4
-Rhombencephalon - Glyt2 Cluster 5
-Rhombencephalon - Glyt2 Cluster 6
-Rhombencephalon - Glyt2 Cluster 7
-Rhombencephalon - Glyt2 Cluster 8
-Rhombencephalon - Glyt2 Cluster 9
-Rhombencephalon - Glyt2 Stripe 1
-Rhombencephalon - Glyt2 Stripe 2
-Rhombencephalon - Glyt2 Stripe 3
-Rhombencephalon - Inferior Olive
-Rhombencephalon - Interpeduncular Nucleus
-Rhombencephalon - Isl1 Cluster 1
-Rhombencephalon - Isl1 Cluster 2
-Rhombencephalon - Isl1 Cluster 3
-Rhombencephalon - Isl1 Stripe 1
-Rhombencephalon - Lateral Reticular Nucleus
-Rhombencephalon - Lobus caudalis cerebelli
-Rhombencephalon - Locus Coreuleus
-Rhombencephalon - Mauthner
-Rhombencephalon - Mauthner Cell Axon Cap
-Rhombencephalon - Medial Vestibular Nucleus
-Rhombencephalon - MiD2
-Rhombencephalon - MiD3
-Rhombencephalon - MiM1
-Rhombencephalon - MiR1
-Rhombencephalon - MiR2
-Rhombencephalon - MiT
-Rhombencephalon - MiV1
-Rhombencephalon - MiV2
-Rhombencephalon - Neuropil Region 2
-Rhombencephalon - Neuropil Region 3
-Rhombencephalon - Neuropil Region 4
-Rhombencephalon - Neuropil Region 5
-Rhombencephalon - Neuropil Region 6
-Rhombencephalon - Noradrendergic neurons of the Interfascicular and Vagal areas
-Rhombencephalon - Oculomotor Nucleus nIV
-Rhombencephalon - Olig2 Cluster
-Rhombencephalon - Olig2 Stripe
-Rhombencephalon - Olig2 enriched areas in cerebellum
-Rhombencephalon - Otpb Cluster 1
-Rhombencephalon - Otpb Cluster 2 - locus coeruleus
-Rhombencephalon - Otpb Cluster 3
-Rhombencephalon - Otpb Cluster 4
-Rhombencephalon - Otpb Cluster 5
-Rhombencephalon - Otpb Cluster 6
-Rhombencephalon - Oxtl Cluster 1 Sparse
-Rhombencephalon - Oxtl Cluster 2 Near MC axon cap
-Rhombencephalon - Posterior Cluster of nV Trigeminal Motorneurons
-Rhombencephalon - Ptf1a Cluster 1
-Rhombencephalon - Ptf1a Stripe
-Rhombencephalon - Qrfp neuron cluster sparse
-Rhombencephalon - Raphe - Inferior
-Rhombencephalon - Raphe - Superior
-Rhombencephalon - Rhombomere 1
-Rhombencephalon - Rhombomere 2
-Rhombencephalon - Rhombomere 3
-Rhombencephalon - Rhombomere 4
-Rhombencephalon - Rhombomere 5
-Rhombencephalon - Rhombomere 6
-Rhombencephalon - Rhombomere 7
-Rhombencephalon - RoL-R1
-Rhombencephalon - RoL2
-Rhombencephalon - RoL3
-Rhombencephalon - RoM1
-Rhombencephalon - RoM2
-Rhombencephalon - RoM3
-Rhombencephalon - RoV3
-Rhombencephalon - S1181t Cluster
-Rhombencephalon - Small cluster of TH stained neurons
-Rhombencephalon - Spinal Backfill Vestibular Population
-Rhombencephalon - Spiral Fiber Neuron Anterior cluster
-Rhombencephalon - Spiral Fiber Neuron Posterior cluster
-Rhombencephalon - Tangential Vestibular Nucleus
-Rhombencephalon - VII Facial Motor and octavolateralis efferent neurons
-Rhombencephalon - VII' Facial Motor and octavolateralis efferent neurons
-Rhombencephalon - Valvula Cerebelli
-Rhombencephalon - Ventrolateral population of serotonergic neurons
-Rhombencephalon - Vglut2 Stripe 1
-Rhombencephalon - Vglut2 Stripe 2
-Rhombencephalon - Vglut2 Stripe 3
-Rhombencephalon - Vglut2 Stripe 4
-Rhombencephalon - Vglut2 cluster 1
-Rhombencephalon - Vglut2 cluster 2
-Rhombencephalon - Vglut2 cluster 3
-Rhombencephalon - Vglut2 cluster 4
-Rhombencephalon - Vmat2 Cluster 1
-Rhombencephalon - Vmat2 Cluster 2
-Rhombencephalon - Vmat2 Cluster 3
-Rhombencephalon - Vmat2 Cluster 4
-Rhombencephalon - Vmat2 Cluster 5
-Rhombencephalon - Vmat2 Stripe1
-Rhombencephalon - Vmat2 Stripe2
-Rhombencephalon - Vmat2 Stripe3
-Rhombencephalon - X Vagus motorneuron cluster
-Spinal Cord
-Spinal Cord - 6.7FDhcrtR-Gal4 Stripe
-Spinal Cord - Dorsal Sparse Isl1 cluster
-Spinal Cord - Gad1b Stripe 1
-Spinal Cord - Gad1b Stripe 2
-Spinal Cord - Glyt2 Stripe
-Spinal Cord - Isl1 stripe - motorneurons
-Spinal Cord - Neurons with descending projections labelled by spinal backfills
-Spinal Cord - Neuropil Region
-Spinal Cord - Olig2 Stripe
-Spinal Cord - Vglut2 Stripe 1
-Spinal Cord - Vglut2 Stripe 2
-Spinal Cord - Vglut2 Stripe 3
-Spinal Cord - Vmat2 Stripe1
-Spinal Cord - Vmat2 Stripe2
-Telencephalon -
-Telencephalon - Anterior Commisure
-Telencephalon - Isl1 cluster 1
-Telencephalon - Isl1 cluster 2
-Telencephalon - Olfactory Bulb
-Telencephalon - Olfactory bulb dopaminergic neuron areas
-Telencephalon - Olig2 Cluster
-Telencephalon - Optic Commissure
-Telencephalon - Pallium
-Telencephalon - Postoptic Commissure
-Telencephalon - S1181t Cluster
-Telencephalon - Subpallial Gad1b cluster
-Telencephalon - Subpallial Otpb Cluster 2
-Telencephalon - Subpallial Otpb strip
-Telencephalon - Subpallial Vglut2 Cluster
-Telencephalon - Subpallial dopaminergic cluster
-Telencephalon - Subpallium
-Telencephalon - Telencephalic Migrated Area 4 (M4)
-Telencephalon - Vglut2 rind
-Telencephalon - Vmat2 cluster
-"""
-ZBRAIN_REGIONS = _ZBRAIN_REGIONS_TEXT.splitlines()
+# axis (alphabetical, as listed in the cRBM authors' RegionLabels.txt), one per line in the package
+# data file zbrain_regions.txt. Used to name the regions of a file whose Labels have 294 rows and no
+# names of their own.
+ZBRAIN_REGIONS = (resources.files("raysearch.data") / "zbrain_regions.txt").read_text(
+    encoding="utf-8").splitlines()

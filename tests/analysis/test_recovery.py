@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from raysearch.errors import InputError
-from raysearch.recovery import assembly_recovery, recovery_table, truth_in_units
+from raysearch.analysis.recovery import assembly_recovery, recovery_table, truth_in_units
 
-sys.path.insert(0, str(Path(__file__).parent / "analysis"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def orthonormal(rng, n, k):
@@ -81,7 +81,7 @@ def test_bad_input_is_one_clear_error():
 def test_synthetic_fish_ground_truth_against_itself():
     """The planted weights of the synthetic fish recover themselves exactly; a random model does
     not (its best cosines are those of random directions, ~ sqrt(2 log M / N))."""
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.synthetic import make_synthetic_recording
 
     _, truth = make_synthetic_recording(n_neurons=300, n_frames=200, seed=0)
     assert assembly_recovery(truth.weights, truth).mean == pytest.approx(1.0)
@@ -94,8 +94,8 @@ def test_recovery_table_of_an_experiment_directory(tmp_path):
     planted weights scores 1, a random one low; a recording without ground truth is refused."""
     from analysis_helpers import make_experiment
 
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     spec = {"n_neurons": 120, "n_frames": 400, "seed": 3}
     rec, truth = make_synthetic_recording(**spec)
@@ -128,8 +128,8 @@ def test_recovery_table_with_voxels_rebuilds_the_unit_map(tmp_path):
     recording as the study did and sums the planted weights into the voxels."""
     from analysis_helpers import make_experiment
 
-    from raysearch.preprocessing import preprocess
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
 
     spec = {"n_neurons": 150, "n_frames": 400, "seed": 1}
     rec, truth = make_synthetic_recording(**spec)
@@ -151,7 +151,7 @@ def test_unit_truth_on_zscored_voxels_is_the_voxel_mean_over_its_sd():
     """Known answer: two voxels of 2 and 1 neurons, z-scored with s.d.s 2 and 0.5."""
     from types import SimpleNamespace
 
-    from raysearch.recovery import unit_truth
+    from raysearch.analysis.recovery import unit_truth
 
     G = np.array([[1.0, 3.0, 4.0, 9.0]])             # neuron 3 left out (-1)
     u = np.array([0, 0, 1, -1])
@@ -170,9 +170,9 @@ def test_recovery_table_on_zscored_voxels_uses_the_voxel_means(tmp_path):
     unit_truth, so a model holding exactly those vectors scores 1."""
     from analysis_helpers import make_experiment
 
-    from raysearch.preprocessing import preprocess
-    from raysearch.recovery import unit_truth
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.analysis.recovery import unit_truth
+    from raysearch.data.synthetic import make_synthetic_recording
 
     spec = {"n_neurons": 150, "n_frames": 400, "seed": 1}
     rec, truth = make_synthetic_recording(**spec)

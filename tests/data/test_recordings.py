@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.recordings import load_recording
-from raysearch.synthetic import make_synthetic_recording, write_synthetic_recording
+from raysearch.data.recordings import load_recording
+from raysearch.data.synthetic import make_synthetic_recording, write_synthetic_recording
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_fishualizer_round_trip(tmp_path, small, matlab):
 
 def test_fishualizer_transposed_with_dropped_neurons(tmp_path, small, monkeypatch):
     # small read blocks so that the transposed reader crosses several blocks
-    import raysearch.recordings as R
+    import raysearch.data.recordings as R
 
     monkeypatch.setattr(R, "_BLOCK_BYTES", 1000)
     rec = make_synthetic_recording(60, 50, n_assemblies=4, seed=1)[0]
@@ -288,7 +288,7 @@ def test_nothing_left_after_region_filtering(tmp_path, small):
 def test_published_like_file_zbrain_names_bool_spikes_chunked_dff(tmp_path, small):
     # as in the published cRBM files: 294 ZBrain masks without names, coordinates in mm with no
     # unit attribute; here also h5py-bool spikes and a chunked, compressed dF/F
-    from raysearch.recordings import ZBRAIN_REGIONS
+    from raysearch.data.recordings import ZBRAIN_REGIONS
 
     labels = np.zeros((294, 120), dtype=np.float32)
     labels[14, :60] = 1  # "Diencephalon - Habenula"

@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from raysearch.errors import ConfigError, InputError
-from raysearch.recordings import load_recording
-from raysearch.synthetic import (REGION_NAMES, load_ground_truth, make_synthetic_recording,
+from raysearch.data.recordings import load_recording
+from raysearch.data.synthetic import (REGION_NAMES, load_ground_truth, make_synthetic_recording,
                                  write_synthetic_recording)
 
 
@@ -117,11 +117,16 @@ def test_dff_follows_spikes_with_calcium_decay(fish):
     rec, _ = fish
     s = rec.spikes.astype(np.float32)
     d = rec.dff
-    # dF/F jumps on spike frames and decays after them
-    i = np.argmax(s.mean(0))
-    jump = np.diff(d[:, i])[s[1:, i] > 0].mean()
-    rest = np.diff(d[:, i])[s[1:, i] == 0].mean()
-    assert jump > 0.3 > 0 > rest
+    # dF/F jumps on spike frames and decays after them, in each of the 20 most active neurons
+    # (the jump is A_i ~ U(0.5, 1) less the decay of the calcium already there, so it varies per
+    # neuron: one neuron's value depends on which neuron is the most active, and that changes
+    # between NumPy versions, whose float32 promotion rules differ)
+    dd = np.diff(d, axis=0)
+    top = np.argsort(s.mean(0))[-20:]
+    jump = np.array([dd[s[1:, i] > 0, i].mean() for i in top])
+    rest = np.array([dd[s[1:, i] == 0, i].mean() for i in top])
+    assert jump.min() > 0.15 and np.median(jump) > 0.25
+    assert rest.max() < 0
     c = [np.corrcoef(s[:-1, j], d[1:, j])[0, 1] for j in range(0, 2000, 50)]
     assert np.median(c) > 0.2
 
@@ -143,7 +148,7 @@ def test_bad_settings_and_missing_ground_truth(tmp_path):
 
 
 def test_write_failures_are_input_errors_and_leave_nothing(tmp_path, monkeypatch):
-    import raysearch.synthetic as S
+    import raysearch.data.synthetic as S
 
     def no_rename(src, dst):
         raise OSError(28, "No space left on device")

@@ -318,7 +318,8 @@ def _check_binary(X, what):
         b = X[t0:t0 + step]
         if b.dtype != bool and np.any((b != 0) & (b != 1)):
             raise ConfigError(f"{what}: bernoulli visible units need 0/1 data but the values are "
-                              "not binary; use transform='binarize' or visible='gaussian'")
+                              "not binary; use transform='binarize' or visible='gaussian' "
+                              "(raysearch train: --transform binarize or --visible gaussian)")
 
 
 def _take_rows(X, ranges, dtype=np.float32):
@@ -362,7 +363,7 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
                test_segments=(2, 6, 7), min_neurons_per_voxel: int = 1,
                on_constant: str = "drop", seed: int = 0, split_percentile: float = 10.0,
                split_max_units: int = 1000) -> Dataset:
-    """Turn a :class:`~raysearch.recordings.Recording` into a train/test :class:`Dataset`.
+    """Turn a :class:`~raysearch.data.recordings.Recording` into a train/test :class:`Dataset`.
 
     Parameters
     ----------
@@ -468,7 +469,8 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
     if visible == "bernoulli":
         if transform == "zscore":
             raise ConfigError("transform='zscore' gives real values, which bernoulli visible "
-                              "units cannot take; use visible='gaussian' or transform='binarize'")
+                              "units cannot take; use visible='gaussian' or transform='binarize' "
+                              "(raysearch train: --visible gaussian or --transform binarize)")
         if transform == "none" and not binary_data:
             _check_binary(data, src)
     if transform == "binarize":
@@ -543,3 +545,12 @@ def _zscore_inplace(X, mean, std):
         blk = X[t0:t0 + step]
         blk -= m
         blk *= inv
+
+
+def check_trainable(ds) -> None:
+    """Raise :class:`InputError` when a cRBM cannot learn anything from ``ds``: bernoulli training
+    frames without a single spike (every metric of such a fit would be NaN)."""
+    if ds.visible == "bernoulli" and not np.any(ds.train):
+        raise InputError(f"{ds.source}: the training frames have no spikes at all (every value "
+                         "is 0); a cRBM cannot be fitted to them and every metric would be NaN. "
+                         "Check the recording (raysearch inspect) or model the dF/F (signal dff)")
