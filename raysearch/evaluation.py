@@ -66,9 +66,11 @@ nRMSE (NaN), and is left out of the objectives and of the bad rule:
 
 The verdict (:func:`raysearch.verdicts.verdict`)
 ------------------------------------------------
-``bad_reason`` is ``diverged`` (non-finite parameters or the trainer's flag), ``unstable`` (model
-chains non-finite, or max |v| over the chains above :data:`UNSTABLE_FACTOR` times the largest
-|v| of the training frames: a Gaussian-dReLU model that is not normalisable), ``empty``
+``bad_reason`` is ``diverged`` (non-finite parameters or the trainer's flag), ``unstable`` (the
+parameters prove a Gaussian-dReLU model not normalisable, :mod:`raysearch.stability`: it is then
+not sampled; or model chains non-finite, or max |v| over the chains above :data:`UNSTABLE_FACTOR`
+times the largest |v| of the training frames; chains run at least
+:data:`UNDETERMINED_MIN_STEPS` Gibbs steps when the parameter checks cannot decide), ``empty``
 (``weight_density == 0``), ``no_better_than_chance`` (an assessable statistic whose
 ``nRMSE + Z_MARGIN * se`` is not below 1: with RMSE_shuf in closed form a useless model lands
 just below 1, so the plain "nRMSE > 1" rule almost never fires; the margin makes it fire when
@@ -118,6 +120,11 @@ __all__ = ["STATS", "EvaluationResult", "evaluate", "nrmse", "nrmse_from_rmse", 
 
 _EVAL_STREAM = 7_001          # rng stream id of evaluation draws (trainer streams differ)
 _CHUNK = 1024                 # data frames per backend chunk
+#: Fewest Gibbs steps (burn-in + sampling) of the evaluation chains of a Gaussian model whose
+#: normalisability the parameter checks cannot decide (raysearch.stability): chains of
+#: non-normalisable models fitted to a 2,000-neuron z-scored fish ran away only after
+#: 1,200-1,700 steps, so 4,000 leaves a factor > 2.
+UNDETERMINED_MIN_STEPS = 4000
 #: Jackknife groups: of model chains, and of contiguous test-frame blocks (fewer when there are
 #: fewer chains / frames). 10 groups give the standard error within about 25% (9 degrees of freedom).
 N_BLOCKS = 10
@@ -378,6 +385,8 @@ class EvaluationResult:
         d["n_model_samples"] = int(self.n_model_samples)
         d["n_vv_pairs"] = int(self.n_vv_pairs)
         d["eval_seconds"] = float(self.seconds)
+        d["unstable"] = bool(self.unstable)
+        d["unstable_reason"] = str(self.unstable_reason)
         return d
 
 
@@ -675,6 +684,29 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
             n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
             bad_reason="diverged", max_criteria=math.inf, objective_se=dict(inf_obj),
             nrmse_se=dict(nan), nrmse_upper=dict(nan), weight_std=w_std, weights_converged=w_conv)
+    # Gaussian visibles: a model that is not normalisable (raysearch.stability) has no statistics
+    # to compare; its chains would only run away. Undetermined models get chains of at least
+    # UNDETERMINED_MIN_STEPS Gibbs steps, long enough for a run-away to show.
+    if visible == "gaussian":
+        from raysearch.stability import check_stability
+
+        stab = check_stability(arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"],
+                               arrs["gamma_minus_"])
+        settings["stability"] = stab.verdict
+        settings["stability_margin"] = float(stab.margin)
+        if stab.verdict == "unstable":
+            return EvaluationResult(
+                nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan), rmse_shuf=dict(nan),
+                mean_nrmse=math.inf, max_nrmse=math.inf, bad=True, sparsity=sparsity,
+                weight_density=density, params_finite=params_finite, n_model_samples=0,
+                n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
+                bad_reason="diverged" if diverged else "unstable", unstable=True,
+                unstable_reason=stab.reason, max_criteria=math.inf,
+                objective_se=dict(inf_obj), nrmse_se=dict(nan), nrmse_upper=dict(nan),
+                weight_std=w_std, weights_converged=w_conv)
+        if stab.verdict == "undetermined":
+            n_burnin = max(n_burnin, UNDETERMINED_MIN_STEPS - n_samples * n_between)
+            settings["n_burnin"] = n_burnin
 
     if backend is None:
         backend = getattr(model, "backend", "auto")

@@ -12,6 +12,15 @@ all-zero weights has cosine 0 with everything. When the model's visible units ar
 recording's neurons one to one (voxels, dropped neurons), the planted weights are first summed into
 the units (``Dataset.unit_of_neuron``).
 
+On z-scored units (dF/F, :func:`unit_truth` with a Dataset whose ``zscore_std`` is set) the planted
+assembly is expressed as the model sees it instead: a unit u averages its neurons' activity and is
+divided by its s.d. s_u, so (to first order in the assembly's drive) assembly k moves the z-scored
+unit by ``G_ku = mean_{n in u} g_kn / s_u`` - the mean planted weight of the voxel's neurons (the
+same voxel assignment preprocessing used) over the voxel's s.d. A hidden unit that captured the
+assembly has its weights along the covariance of the units with the assembly's activity, which is
+this vector; the plain sum ignores both the averaging (voxels with more neurons would count more)
+and the z-scoring (quiet voxels are amplified by it).
+
 :func:`recovery_table` gives the recovery of every finished trial of an experiment directory whose
 recording carries ground truth: a synthetic recording made on the fly by the study
 (``synthetic:``) or a file written by ``raysearch synth`` (with a ``/GroundTruth`` group).
@@ -26,7 +35,7 @@ import pandas as pd
 
 from raysearch.errors import InputError
 
-__all__ = ["Recovery", "assembly_recovery", "truth_in_units", "recovery_table"]
+__all__ = ["Recovery", "assembly_recovery", "truth_in_units", "unit_truth", "recovery_table"]
 
 
 @dataclass
@@ -86,7 +95,40 @@ def truth_in_units(truth_weights, unit_of_neuron=None, n_units=None) -> np.ndarr
     return out
 
 
-def assembly_recovery(weights, truth, unit_of_neuron=None) -> Recovery:
+def unit_truth(truth_weights, dataset) -> np.ndarray:
+    """Planted weights on a dataset's visible units (see the module docstring).
+
+    Parameters
+    ----------
+    truth_weights : array, shape (K, N)
+        Planted weights per recording neuron (``GroundTruth.weights``).
+    dataset : Dataset
+        Uses ``unit_of_neuron``, ``n_units``, and ``zscore_std`` (when set, the data are z-scored).
+
+    Returns
+    -------
+    ndarray, shape (K, n_units), float64: per unit, the mean planted weight of its neurons over
+    the unit's z-score s.d. for z-scored data; else the summed planted weights
+    (:func:`truth_in_units`).
+    """
+    n = int(dataset.n_units)
+    G = truth_in_units(truth_weights, getattr(dataset, "unit_of_neuron", None), n_units=n)
+    std = getattr(dataset, "zscore_std", None)
+    if std is None:
+        return G
+    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    if std.shape[0] != n:
+        raise InputError(f"the dataset has {n} units but {std.shape[0]} z-score s.d.s")
+    u = getattr(dataset, "unit_of_neuron", None)
+    if u is None:
+        counts = np.ones(n)
+    else:
+        u = np.asarray(u, dtype=np.int64).reshape(-1)
+        counts = np.bincount(u[u >= 0], minlength=n).astype(np.float64)
+    return G / np.maximum(counts, 1.0) / np.where(std > 0, std, 1.0)
+
+
+def assembly_recovery(weights, truth, unit_of_neuron=None, dataset=None) -> Recovery:
     """Best |cosine| of each planted assembly with any hidden unit of a model.
 
     Parameters
@@ -97,6 +139,9 @@ def assembly_recovery(weights, truth, unit_of_neuron=None) -> Recovery:
         The synthetic fish's ground truth, or its planted weights.
     unit_of_neuron : array of int, shape (N,), optional
         Neuron -> unit map when the model's units are not the neurons one to one.
+    dataset : Dataset, optional
+        The data the model was fitted to: the planted weights are mapped by :func:`unit_truth`
+        (voxel means over the z-score s.d. for z-scored data); overrides ``unit_of_neuron``.
 
     Returns
     -------
@@ -109,7 +154,13 @@ def assembly_recovery(weights, truth, unit_of_neuron=None) -> Recovery:
         raise InputError(f"model weights must be 2-D (M, N), got shape {W.shape}")
     if not np.all(np.isfinite(W)):
         raise InputError("model weights contain NaN/inf (a diverged fit): recovery is undefined")
-    G = truth_in_units(G, unit_of_neuron, n_units=W.shape[1])
+    if dataset is not None:
+        if int(dataset.n_units) != W.shape[1]:
+            raise InputError(f"the model has {W.shape[1]} visible units but the dataset "
+                             f"{dataset.n_units}")
+        G = unit_truth(G, dataset)
+    else:
+        G = truth_in_units(G, unit_of_neuron, n_units=W.shape[1])
     if G.shape[1] != W.shape[1]:
         raise InputError(f"the model has {W.shape[1]} visible units but the ground truth "
                          f"{G.shape[1]} neurons; pass unit_of_neuron (Dataset.unit_of_neuron) "
@@ -147,14 +198,20 @@ def _truth_for(spec: dict):
         return None
 
 
-def _unit_map(study: dict, spec: dict):
-    """Dataset.unit_of_neuron of one recording, rebuilt with the study's preprocessing."""
+def _study_dataset(study: dict, spec: dict):
+    """The Dataset of one recording, rebuilt with the study's preprocessing."""
     from raysearch.search.config import study_from_dict
     from raysearch.search.tuner import prepare_datasets
 
     one = dict(study, recordings=[spec])
-    ds = next(iter(prepare_datasets(study_from_dict(one)).values()))
-    return np.asarray(ds.unit_of_neuron)
+    return next(iter(prepare_datasets(study_from_dict(one)).values()))
+
+
+def _zscored(study: dict) -> bool:
+    """Whether the study's preprocessing z-scores (dF/F with transform auto, or zscore)."""
+    pre = study.get("preprocessing") or {}
+    transform = pre.get("transform", "auto")
+    return transform == "zscore" or (transform == "auto" and pre.get("signal") == "dff")
 
 
 def recovery_table(results) -> pd.DataFrame:
@@ -172,7 +229,8 @@ def recovery_table(results) -> pd.DataFrame:
     file is readable: ``trial_id``, ``lam``, ``seed``, ``recording``, ``mean_nrmse``,
     ``max_nrmse``, ``bad``, ``weight_density``, ``recovery`` (mean best |cosine|),
     ``recovery_min`` (worst planted assembly), ``n_assemblies``. Diverged models (non-finite
-    weights) get NaN recovery.
+    weights) get NaN recovery. On voxels or z-scored units the planted weights are mapped by
+    :func:`unit_truth` with the study's own preprocessing.
 
     Raises
     ------
@@ -211,13 +269,13 @@ def recovery_table(results) -> pd.DataFrame:
         except (OSError, KeyError):
             continue
         truth = truths[rec]
-        umap = None
-        if W.shape[1] != truth.weights.shape[1]:
+        ds = None
+        if W.shape[1] != truth.weights.shape[1] or _zscored(study):
             if rec not in maps:
-                maps[rec] = _unit_map(study, keys[rec])
-            umap = maps[rec]
+                maps[rec] = _study_dataset(study, keys[rec])
+            ds = maps[rec]
         if np.all(np.isfinite(W)):
-            rc = assembly_recovery(W, truth, unit_of_neuron=umap)
+            rc = assembly_recovery(W, truth, dataset=ds)
             mean, worst = rc.mean, float(rc.per_assembly.min())
         else:
             mean = worst = float("nan")

@@ -251,6 +251,7 @@ def _train(args) -> int:
               "n_hidden": args.hidden, "lam": args.lam, "penalty": args.penalty,
               "seed": args.seed, "updates": model.n_updates_done_,
               "seconds": round(model.fit_seconds_, 3), "diverged": bool(model.diverged_),
+              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
               "backend": model._backend().name}
     # the fit is saved before the evaluation, so a failing evaluation never loses it
     model.save(out, dataset=ds)

@@ -31,6 +31,17 @@ def _is_real(x):
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
+def _unstable_reason(params, bk):
+    """"unstable: ..." when the training-state parameters of a gaussian cRBM are not normalisable
+    (:func:`raysearch.stability.check_stability`; one M x M eigenproblem, plus a witness search
+    of O(M^2) steps when the eigenvalue bound fails), else "". Called at K-update boundaries."""
+    from raysearch.stability import check_stability
+
+    v = check_stability(*(bk.to_numpy(params[k]) for k in
+                          ("weights", "visible_gamma", "gamma_plus", "gamma_minus")))
+    return f"unstable: {v.reason}" if v.verdict == "unstable" else ""
+
+
 class CRBM(BaseEstimator):
     """Compositional RBM: bernoulli or gaussian visible units, dReLU hidden units (CRBM.md §1-3).
 
@@ -81,7 +92,11 @@ class CRBM(BaseEstimator):
         c_mu, the mean over training frames of Var(h_mu | v).
     n_updates_done_ : int
     diverged_ : bool
-        True when the parameters became non-finite; the fit then stopped early.
+        True when the parameters became non-finite or (gaussian visibles) the model stopped being
+        normalisable (:func:`raysearch.stability.check_stability` says "unstable" at a K-update
+        boundary); the fit then stopped early.
+    diverged_reason_ : str
+        Why (empty when not diverged): "non-finite parameters" or "unstable: <the check's reason>".
     fit_seconds_ : float
     n_visible_, n_hidden_ : int
     """
@@ -200,10 +215,11 @@ class CRBM(BaseEstimator):
         callback : callable, optional
             Called every ``callback_every`` updates and at the end with a dict: ``updates``,
             ``n_updates``, ``seconds``, ``health`` (reconstruction MSE on a fixed batch of at most
-            100 training frames), ``mean_abs_w``, ``lr``, ``diverged``. Returning ``"stop"`` ends the
-            fit after that update.
+            100 training frames), ``mean_abs_w``, ``lr``, ``diverged``, ``diverged_reason``.
+            Returning ``"stop"`` ends the fit after that update.
         callback_every : int
-            K, the interval in updates between callbacks, divergence checks and checkpoints.
+            K, the interval in updates between callbacks, divergence checks (non-finite
+            parameters; for gaussian visibles also normalisability) and checkpoints.
         checkpoint : (path, every) or callable, optional
             Save the full training state to ``path`` every ``every`` updates (a multiple of K is
             best: checks happen at callback boundaries), or call ``checkpoint(self)`` at every
@@ -263,6 +279,7 @@ class CRBM(BaseEstimator):
 
         self.n_visible_, self.n_hidden_ = N, int(self.n_hidden)
         self.diverged_ = False
+        self.diverged_reason_ = ""
         self._state = {"params": params, "moments": moments, "chains": chains, "update": start}
         t0 = time.perf_counter()
         update = start
@@ -293,7 +310,13 @@ class CRBM(BaseEstimator):
                 stop = False
                 if not finite:
                     self.diverged_ = True
+                    self.diverged_reason_ = "non-finite parameters"
                     stop = True
+                elif self.visible == "gaussian":
+                    why = _unstable_reason(params, bk)
+                    if why:
+                        self.diverged_, self.diverged_reason_ = True, why
+                        stop = True
                 if callback is not None:
                     health = float(bk.to_numpy(training.reconstruction_error(
                         params, health_batch, self.visible, bk)))
@@ -303,11 +326,11 @@ class CRBM(BaseEstimator):
                         "mean_abs_w": float(bk.to_numpy(xp.abs(params["weights"]).mean())),
                         "lr": training.learning_rate(update - 1, cfg.n_updates, cfg.learning_rate,
                                                      cfg.lr_final_ratio, cfg.decay_after),
-                        "diverged": self.diverged_,
+                        "diverged": self.diverged_, "diverged_reason": self.diverged_reason_,
                     }
                     if callback(progress) == "stop":
                         stop = True
-                if finite and checkpoint is not None:
+                if not self.diverged_ and checkpoint is not None:
                     if callable(checkpoint):
                         checkpoint(self)
                     elif update % ck_every == 0 or update == cfg.n_updates:
@@ -333,6 +356,8 @@ class CRBM(BaseEstimator):
         self.n_updates_done_ = int(update)
         self.diverged_ = bool(diverged) or not all(
             np.all(np.isfinite(getattr(self, PARAM_ATTRS[k]))) for k in final)
+        if self.diverged_ and not getattr(self, "diverged_reason_", ""):
+            self.diverged_reason_ = "non-finite parameters"
 
     def snapshot(self, X=None):
         """A fitted copy of this model at its current training state.
@@ -373,6 +398,7 @@ class CRBM(BaseEstimator):
                                  f"{state['params']['weights'].shape[1]}")
             Xd = bk.asarray(Xh)
         snap = clone(self)
+        snap.diverged_reason_ = getattr(self, "diverged_reason_", "")
         snap._set_fitted(state["params"], Xd, bk, state["update"],
                          getattr(self, "diverged_", False))
         return snap

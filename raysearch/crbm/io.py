@@ -116,6 +116,7 @@ def save_model(model, path, dataset=None):
         f.attrs["settings_json"] = json.dumps(settings)
         f.attrs["n_updates_done"] = int(getattr(model, "n_updates_done_", 0))
         f.attrs["diverged"] = bool(getattr(model, "diverged_", False))
+        f.attrs["diverged_reason"] = str(getattr(model, "diverged_reason_", ""))
         f.attrs["fit_seconds"] = float(getattr(model, "fit_seconds_", float("nan")))
         f.attrs["n_visible"] = int(N)
         if dataset is not None:
@@ -209,6 +210,7 @@ def _load_model(path, cls):
         model.n_visible_, model.n_hidden_ = N, M
         model.n_updates_done_ = int(f.attrs.get("n_updates_done", 0))
         model.diverged_ = bool(f.attrs.get("diverged", False))
+        model.diverged_reason_ = str(f.attrs.get("diverged_reason", ""))
         model.fit_seconds_ = float(f.attrs.get("fit_seconds", float("nan")))
     return model
 

@@ -39,6 +39,9 @@ _EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports"
           "weight_std", "weights_converged", "unassessable", "unassessable_reason", "unstable",
           "unstable_reason"]
 _TEXT = ("unassessable", "unassessable_reason", "unstable_reason")
+# why a trial stopped early (raysearch.stability: diverged_reason "unstable: ..." for a Gaussian
+# fit that stopped being normalisable, "non-finite parameters" otherwise)
+_REASONS = ["diverged", "diverged_reason"]
 
 
 def _per_fish_columns(last: dict) -> dict:
@@ -260,7 +263,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         ``max_nrmse_se``, ``max_criteria_se``), weight_std, weights_converged, unassessable,
         unassessable_reason, unstable, unstable_reason (see :mod:`raysearch.verdicts`; the
         objectives of a bad fit are inf, and empty fits of older studies are marked bad), the
-        parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), and
+        parts of each nRMSE (``rmse_model_v`` ... ``rmse_shuf_hh``), ``diverged`` and
+        ``diverged_reason`` (why the fit stopped early, :mod:`raysearch.stability`), and
         ``pareto`` for a two-objective study. ``finished`` is True when the
         trial wrote its model file (final evaluation done); a trial stopped early by ASHA is
         TERMINATED but not finished, and its row holds its last (intermediate) report. With history, also
@@ -326,6 +330,8 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
             row[k] = _float(last.get(k))
         row.update(_per_fish_columns(last))     # joint studies (issue 14)
+        for k in _REASONS:              # None in older studies and in reports before the final
+            row[k] = last.get(k)
         rows.append(row)
         for seq, r in enumerate(reports):
             h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
@@ -343,7 +349,7 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
             df = df.sort_values(["trial_id", "_seq"], kind="stable")
             df = df.drop(columns="_seq").reset_index(drop=True)
     else:
-        cols = COLUMNS + _EXTRA + list(RMSE_KEYS)
+        cols = COLUMNS + _EXTRA + list(RMSE_KEYS) + _REASONS
         cols += sorted({k for r in rows for k in r} - set(cols))
         df = pd.DataFrame(rows, columns=cols)
         search = study.get("search") or {}

@@ -11,8 +11,10 @@ from that file, so the update count goes on. At the end it evaluates with the ``
 writes ``<experiment>/models/<trial_id>.h5`` (the model file with ``/units`` and ``/evaluation``),
 and reports the final metrics once more with ``final=True``.
 
-A fit that diverges (non-finite parameters or metrics) is not an error: the trial ends normally
-with ``bad=True``, its ``bad_reason`` and every non-finite figure reported as ``inf`` (Optuna
+A fit that diverges (non-finite parameters or metrics, or a Gaussian model that stops being
+normalisable, see :mod:`raysearch.stability`: the fit then stops at that boundary) is not an
+error: the trial ends normally with ``bad=True``, its ``bad_reason``, ``diverged=True`` and
+``diverged_reason`` saying why, and every non-finite figure reported as ``inf`` (Optuna
 rejects NaN and would leave the trial RUNNING forever). The objectives of every bad fit are
 reported as ``inf`` (:mod:`raysearch.verdicts`): what Optuna minimises agrees with the verdict.
 Intermediate reports (the cheap ``during`` evaluation) make the objectives inf only for a broken
@@ -151,7 +153,11 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
     from raysearch.evaluation import evaluate
 
     if getattr(model, "diverged_", False) or not _params_finite(model):
-        return _diverged_metrics(), None
+        metrics = _diverged_metrics()
+        why = str(getattr(model, "diverged_reason_", ""))
+        metrics["unstable"] = why.startswith("unstable")
+        metrics["unstable_reason"] = why if metrics["unstable"] else ""
+        return metrics, None
     try:
         res = evaluate(model, dataset, seed=seed, return_stats=return_stats, backend=backend,
                        **eval_kw)
@@ -436,6 +442,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
                               "eval_seconds": state["eval_seconds"],
                               "train_seconds": seconds - state["callback_seconds"],
                               "diverged": bool(getattr(model, "diverged_", False)),
+                              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
                               "resumed_at": state["resumed_at"]}
     if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
         final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})

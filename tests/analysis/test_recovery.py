@@ -145,3 +145,46 @@ def test_recovery_table_with_voxels_rebuilds_the_unit_map(tmp_path):
     (exp / "study.yaml").write_text(yaml.safe_dump(study))
     table = recovery_table(exp)
     assert table["recovery"].tolist() == pytest.approx([1.0], abs=1e-6)
+
+
+def test_unit_truth_on_zscored_voxels_is_the_voxel_mean_over_its_sd():
+    """Known answer: two voxels of 2 and 1 neurons, z-scored with s.d.s 2 and 0.5."""
+    from types import SimpleNamespace
+
+    from raysearch.analysis.recovery import unit_truth
+
+    G = np.array([[1.0, 3.0, 4.0, 9.0]])             # neuron 3 left out (-1)
+    u = np.array([0, 0, 1, -1])
+    zs = SimpleNamespace(n_units=2, unit_of_neuron=u, zscore_std=np.array([2.0, 0.5]))
+    assert unit_truth(G, zs) == pytest.approx(np.array([[2.0 / 2.0, 4.0 / 0.5]]))
+    binar = SimpleNamespace(n_units=2, unit_of_neuron=u, zscore_std=None)
+    assert unit_truth(G, binar) == pytest.approx(np.array([[4.0, 4.0]]))     # sums, as before
+    # a model whose weights are exactly the mapped truth recovers it; the plain sum does not
+    W = np.array([[1.0, 8.0]])
+    assert assembly_recovery(W, G, dataset=zs).mean == pytest.approx(1.0)
+    assert assembly_recovery(W, G, unit_of_neuron=u).mean < 0.9
+
+
+def test_recovery_table_on_zscored_voxels_uses_the_voxel_means(tmp_path):
+    """A dF/F study on voxels: the table z-scores as the study did and maps the truth with
+    unit_truth, so a model holding exactly those vectors scores 1."""
+    from analysis_helpers import make_experiment
+
+    from raysearch.data.preprocessing import preprocess
+    from raysearch.analysis.recovery import unit_truth
+    from raysearch.data.synthetic import make_synthetic_recording
+
+    spec = {"n_neurons": 150, "n_frames": 400, "seed": 1}
+    rec, truth = make_synthetic_recording(**spec)
+    ds = preprocess(rec, signal="dff", voxel_um=40.0)
+    assert ds.zscore_std is not None and ds.n_units < 150
+    planted = unit_truth(truth.weights, ds)
+    K = truth.n_assemblies
+    models = [dict(W=planted, c=np.ones(K), lam=1e-3, seed=0, mean_nrmse=0.1)]
+    exp = make_experiment(tmp_path / "study", models, ds, recording="fish")
+    study = {"name": "study", "recordings": [{"name": "fish", "synthetic": spec}],
+             "preprocessing": {"voxel_um": 40.0, "signal": "dff"},
+             "search": {"mode": "grid", "lam": [1e-3]}}
+    (exp / "study.yaml").write_text(yaml.safe_dump(study))
+    table = recovery_table(exp)
+    assert table["recovery"].tolist() == pytest.approx([1.0], abs=1e-6)
