@@ -29,8 +29,9 @@ def main():
     from raysearch.analysis.cross_subject import (coupling_consistency, expressing_fish,
                                                   fish_expression, recurrence, shared_recovery)
     from raysearch.crbm import CRBM
-    from raysearch.data.cohort import (evaluate_joint, joint_dataset, make_synthetic_cohort,
-                                       truth_on_grid)
+    from raysearch.analysis.cross_subject import truth_on_grid
+    from raysearch.data.cohort import joint_dataset, make_synthetic_cohort
+    from raysearch.evaluation import evaluate_joint
 
     t0 = time.perf_counter()
     recs, truth = make_synthetic_cohort(n_fish=a.fish, n_neurons=a.neurons, n_frames=a.frames,

@@ -113,7 +113,8 @@ from raysearch.crbm import training, units
 from raysearch.errors import ConfigError, InputError
 from raysearch.verdicts import STATS, Z_MARGIN
 
-__all__ = ["STATS", "EvaluationResult", "evaluate", "nrmse", "nrmse_from_rmse", "rmse",
+__all__ = ["STATS", "EvaluationResult", "evaluate", "evaluate_joint", "joint_metrics",
+           "per_fish_metrics", "nrmse", "nrmse_from_rmse", "rmse",
            "shuffled_rmse", "data_contrast", "jackknife_se", "pair_subset",
            "is_bad", "weight_sparsity", "weight_convergence", "reconstruction_score",
            "N_BLOCKS", "UNSTABLE_FACTOR", "Z_MARGIN"]
@@ -831,3 +832,73 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     if return_stats:
         result.stats = {s: {side: vec[side][s].astype(np.float32) for side in vec} for s in STATS}
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Joint (cross-subject) datasets: the same evaluation per fish
+# --------------------------------------------------------------------------------------------
+def evaluate_joint(model, joint, **kwargs) -> dict:
+    """nRMSE of a joint model overall and on each fish's held-out frames.
+
+    Overall: :func:`raysearch.evaluation.evaluate` on all frames (train vs test of every fish).
+    Per fish ``f``: the same with fish ``f``'s training frames as the reference, its test frames as
+    the held-out data and chains started from its training frames. The model is one distribution
+    for all fish, so a fish's nRMSE also says how much the other fish's assemblies leak into it.
+    Filled units (see the module notes) count as observed at their mean; ``filled_units`` says
+    how many there are.
+
+    Parameters
+    ----------
+    model : fitted CRBM
+    joint : JointDataset
+    **kwargs
+        Passed to :func:`~raysearch.evaluation.evaluate`.
+
+    Returns
+    -------
+    dict
+        ``{"overall": EvaluationResult, "fish": {name: EvaluationResult}, "filled_units":
+        {name: int}}``.
+    """
+    out = {"overall": evaluate(model, joint, **kwargs), "fish": {}, "filled_units": {}}
+    for f, name in enumerate(joint.fish_names):
+        out["fish"][name] = evaluate(model, joint.fish_dataset(f), **kwargs)
+        out["filled_units"][name] = int((~joint.present[f]).sum())
+    return out
+
+
+def joint_metrics(res: dict) -> dict:
+    """Flat dict of :func:`evaluate_joint`'s result: overall keys as ``EvaluationResult.to_dict``,
+    per-fish keys ``fish{f}_nrmse_{stat}`` and ``fish{f}_mean_nrmse`` (f = 0..F-1), and
+    ``bad_any_fish``."""
+    d = res["overall"].to_dict()
+    bad_any = False
+    for f, r in enumerate(res["fish"].values()):
+        for k, v in r.nrmse.items():
+            d[f"fish{f}_nrmse_{k}"] = float(v)
+        d[f"fish{f}_mean_nrmse"] = float(r.mean_nrmse)
+        bad_any = bad_any or bool(r.bad)
+    d["bad_any_fish"] = bad_any
+    return d
+
+
+def per_fish_metrics(model, joint, eval_kw: dict, seed: int, backend) -> dict:
+    """Per-fish nRMSE of a joint model for a trial's final report: ``fish{f}_nrmse_{stat}``,
+    ``fish{f}_mean_nrmse`` (f in the study's recording order) and ``bad_any_fish``; NaN (and
+    bad_any_fish True) for a diverged model."""
+    out = {}
+    finite = not getattr(model, "diverged_", False) and all(
+        np.all(np.isfinite(np.asarray(getattr(model, a)))) for a in ("weights_", "fields_"))
+    bad = not finite
+    for f in range(joint.n_fish):
+        if finite:
+            with np.errstate(all="ignore"):
+                r = evaluate(model, joint.fish_dataset(f), seed=seed, backend=backend, **eval_kw)
+            vals, mean, bad = r.nrmse, r.mean_nrmse, bad or r.bad
+        else:
+            vals, mean = {k: float("nan") for k in STATS}, float("nan")
+        for k in STATS:
+            out[f"fish{f}_nrmse_{k}"] = float(vals[k])
+        out[f"fish{f}_mean_nrmse"] = float(mean)
+    out["bad_any_fish"] = bool(bad)
+    return out

@@ -37,7 +37,7 @@ from raysearch.errors import InputError
 __all__ = ["cross_subject_analysis", "write_cross_subject_report", "fish_expression",
            "expressing_fish", "match_units", "recurrence",
            "coupling_consistency", "shared_recovery", "expression_figure",
-           "recurrence_figure", "report_section"]
+           "recurrence_figure", "report_section", "truth_on_grid"]
 
 
 def _weights(model):
@@ -201,7 +201,7 @@ def shared_recovery(model, truth_grid, shared) -> pd.DataFrame:
     ----------
     model : fitted CRBM or ndarray (M, U)
     truth_grid : ndarray (K, U)
-        :func:`raysearch.data.cohort.truth_on_grid`.
+        :func:`truth_on_grid`.
     shared : ndarray (K,), bool
 
     Returns
@@ -355,3 +355,19 @@ def report_section(results: dict, figure_paths: dict | None = None) -> str:
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
     return "\n".join(parts)
+
+
+def truth_on_grid(truth, joint, fish: int | None = None) -> np.ndarray:
+    """Planted assemblies on the common grid: per fish the summed member weights of each voxel,
+    summed over the fish that have the assembly (or of fish ``fish`` only).
+
+    Returns
+    -------
+    ndarray, shape (K, U), float64
+    """
+    from raysearch.analysis.recovery import truth_in_units
+
+    G = np.zeros((truth.n_assemblies, joint.n_units))
+    for f in range(truth.n_fish) if fish is None else [int(fish)]:
+        G += truth_in_units(truth.weights[f], joint.unit_of_neuron_per_fish[f], joint.n_units)
+    return G

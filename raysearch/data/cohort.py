@@ -22,7 +22,7 @@ is an imputation, not an observation: training then treats the voxel as sitting 
 every frame of that fish, which adds frames with no co-fluctuation and shrinks the voxel's weights
 towards 0 roughly in proportion to the share of frames that are filled. For Bernoulli (binarised)
 data there is no neutral 0/1 value, so missing voxels are refused there (use ``min_fish`` = number
-of fish or z-scoring). Per-fish evaluation (:func:`evaluate_joint`) reports how many units of each
+of fish or z-scoring). Per-fish evaluation (:func:`raysearch.evaluation.evaluate_joint`) reports how many units of each
 fish are filled. The default (every voxel present in every fish) has no missing entries and makes
 no such assumption.
 
@@ -54,9 +54,9 @@ from raysearch.errors import ConfigError, InputError
 from raysearch.data.preprocessing import Dataset, preprocess
 from raysearch.data.recordings import Recording
 
-__all__ = ["JointDataset", "joint_dataset", "evaluate_joint", "CohortTruth",
+__all__ = ["JointDataset", "joint_dataset", "CohortTruth",
            "make_synthetic_cohort", "write_synthetic_cohort", "load_cohort_truth",
-           "truth_on_grid"]
+           ]
 
 log = logging.getLogger(__name__)
 
@@ -258,53 +258,6 @@ def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
         unit_of_neuron=None, split_rule=d.split_rule,
         fish_train=fish_train, fish_test=fish_test, fish_names=names, present=present,
         voxel_keys=vkeys, unit_of_neuron_per_fish=uon, min_fish=int(min_fish))
-
-
-def evaluate_joint(model, joint: JointDataset, **kwargs) -> dict:
-    """nRMSE of a joint model overall and on each fish's held-out frames.
-
-    Overall: :func:`raysearch.evaluation.evaluate` on all frames (train vs test of every fish).
-    Per fish ``f``: the same with fish ``f``'s training frames as the reference, its test frames as
-    the held-out data and chains started from its training frames. The model is one distribution
-    for all fish, so a fish's nRMSE also says how much the other fish's assemblies leak into it.
-    Filled units (see the module notes) count as observed at their mean; ``filled_units`` says
-    how many there are.
-
-    Parameters
-    ----------
-    model : fitted CRBM
-    joint : JointDataset
-    **kwargs
-        Passed to :func:`~raysearch.evaluation.evaluate`.
-
-    Returns
-    -------
-    dict
-        ``{"overall": EvaluationResult, "fish": {name: EvaluationResult}, "filled_units":
-        {name: int}}``.
-    """
-    from raysearch.evaluation import evaluate
-
-    out = {"overall": evaluate(model, joint, **kwargs), "fish": {}, "filled_units": {}}
-    for f, name in enumerate(joint.fish_names):
-        out["fish"][name] = evaluate(model, joint.fish_dataset(f), **kwargs)
-        out["filled_units"][name] = int((~joint.present[f]).sum())
-    return out
-
-
-def joint_metrics(res: dict) -> dict:
-    """Flat dict of :func:`evaluate_joint`'s result: overall keys as ``EvaluationResult.to_dict``,
-    per-fish keys ``fish{f}_nrmse_{stat}`` and ``fish{f}_mean_nrmse`` (f = 0..F-1), and
-    ``bad_any_fish``."""
-    d = res["overall"].to_dict()
-    bad_any = False
-    for f, r in enumerate(res["fish"].values()):
-        for k, v in r.nrmse.items():
-            d[f"fish{f}_nrmse_{k}"] = float(v)
-        d[f"fish{f}_mean_nrmse"] = float(r.mean_nrmse)
-        bad_any = bad_any or bool(r.bad)
-    d["bad_any_fish"] = bad_any
-    return d
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,22 +462,6 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
     return recs, truth
 
 
-def truth_on_grid(truth: CohortTruth, joint: JointDataset, fish: int | None = None) -> np.ndarray:
-    """Planted assemblies on the common grid: per fish the summed member weights of each voxel,
-    summed over the fish that have the assembly (or of fish ``fish`` only).
-
-    Returns
-    -------
-    ndarray, shape (K, U), float64
-    """
-    from raysearch.analysis.recovery import truth_in_units
-
-    G = np.zeros((truth.n_assemblies, joint.n_units))
-    for f in range(truth.n_fish) if fish is None else [int(fish)]:
-        G += truth_in_units(truth.weights[f], joint.unit_of_neuron_per_fish[f], joint.n_units)
-    return G
-
-
 def write_synthetic_cohort(directory, force: bool = False, **kwargs) -> list[Path]:
     """Write a synthetic cohort: ``fish{f}.h5`` (cRBM layout, spikes, with a ``/GroundTruth``
     group of that fish) and ``cohort.json`` (which assemblies are shared, centres, settings).
@@ -608,44 +545,3 @@ def load_cohort_truth(directory) -> CohortTruth:
                        expressed=np.asarray(meta["expressed"]),
                        radius_um=float(meta["radius_um"]), weights=W, activity=A,
                        params=meta["params"])
-
-
-def joint_study_dataset(study, recordings, pre: dict) -> dict:
-    """The datasets of a ``joint: true`` study: ``{"joint": JointDataset}`` built with the study's
-    preprocessing settings (``voxel_um`` is the common grid, ``joint_min_fish`` the
-    ``min_fish``). Fish names are the recording keys."""
-    from raysearch.search.config import JOINT_KEY
-
-    pre = dict(pre)
-    voxel_um = pre.pop("voxel_um")
-    transform = pre.pop("transform")
-    signal = pre.pop("signal")
-    if transform == "auto":
-        transform = "zscore" if signal == "dff" else "binarize"
-    jd = joint_dataset(recordings, voxel_um, min_fish=study.joint_min_fish, signal=signal,
-                       transform=transform, names=[r.key for r in study.recordings], **pre)
-    return {JOINT_KEY: jd}
-
-
-def per_fish_metrics(model, joint: JointDataset, eval_kw: dict, seed: int, backend) -> dict:
-    """Per-fish nRMSE of a joint model for a trial's final report: ``fish{f}_nrmse_{stat}``,
-    ``fish{f}_mean_nrmse`` (f in the study's recording order) and ``bad_any_fish``; NaN (and
-    bad_any_fish True) for a diverged model."""
-    from raysearch.evaluation import STATS, evaluate
-
-    out = {}
-    finite = not getattr(model, "diverged_", False) and all(
-        np.all(np.isfinite(np.asarray(getattr(model, a)))) for a in ("weights_", "fields_"))
-    bad = not finite
-    for f in range(joint.n_fish):
-        if finite:
-            with np.errstate(all="ignore"):
-                r = evaluate(model, joint.fish_dataset(f), seed=seed, backend=backend, **eval_kw)
-            vals, mean, bad = r.nrmse, r.mean_nrmse, bad or r.bad
-        else:
-            vals, mean = {k: float("nan") for k in STATS}, float("nan")
-        for k in STATS:
-            out[f"fish{f}_nrmse_{k}"] = float(vals[k])
-        out[f"fish{f}_mean_nrmse"] = float(mean)
-    out["bad_any_fish"] = bool(bad)
-    return out

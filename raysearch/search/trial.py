@@ -447,7 +447,7 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
         final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})
     if hasattr(dataset, "fish_dataset"):        # joint study: nRMSE per fish (issue 14)
-        from raysearch.data.cohort import per_fish_metrics
+        from raysearch.evaluation import per_fish_metrics
 
         final |= per_fish_metrics(model, dataset, s["eval_final"], s["eval_seed"], backend)
     try:

@@ -113,12 +113,28 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
         out[spec.key] = preprocess(rec, **pre)
         check_trainable(out[spec.key])
     if study.joint:
-        from raysearch.data.cohort import joint_study_dataset
-
-        out = joint_study_dataset(study, recs, pre)
+        out = _joint_study_dataset(study, recs, pre)
         for ds in out.values():
             check_trainable(ds)
     return out
+
+
+def _joint_study_dataset(study, recordings, pre: dict) -> dict:
+    """The datasets of a ``joint: true`` study: ``{"joint": JointDataset}`` built with the study's
+    preprocessing settings (``voxel_um`` is the common grid, ``joint_min_fish`` the
+    ``min_fish``). Fish names are the recording keys."""
+    from raysearch.data.cohort import joint_dataset
+    from raysearch.search.config import JOINT_KEY
+
+    pre = dict(pre)
+    voxel_um = pre.pop("voxel_um")
+    transform = pre.pop("transform")
+    signal = pre.pop("signal")
+    if transform == "auto":
+        transform = "zscore" if signal == "dff" else "binarize"
+    jd = joint_dataset(recordings, voxel_um, min_fish=study.joint_min_fish, signal=signal,
+                       transform=transform, names=[r.key for r in study.recordings], **pre)
+    return {JOINT_KEY: jd}
 
 
 def _space(study: Study):

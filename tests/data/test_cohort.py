@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from raysearch.analysis.cross_subject import truth_on_grid
 from raysearch.data.cohort import (joint_dataset, load_cohort_truth, make_synthetic_cohort,
-                                   truth_on_grid, write_synthetic_cohort)
+                                   write_synthetic_cohort)
 from raysearch.data.preprocessing import preprocess
 from raysearch.data.recordings import Recording
 from raysearch.errors import ConfigError, InputError

@@ -63,7 +63,7 @@ def test_prepare_datasets_builds_one_joint_dataset(tmp_path):
 
 def test_per_fish_metrics(tmp_path):
     from raysearch.crbm import CRBM
-    from raysearch.data.cohort import per_fish_metrics
+    from raysearch.evaluation import per_fish_metrics
     from raysearch.evaluation import evaluate
     from raysearch.search.tuner import prepare_datasets
 
@@ -78,7 +78,7 @@ def test_per_fish_metrics(tmp_path):
     assert set(k for k in d if k.startswith("fish0_")) == {
         "fish0_nrmse_v", "fish0_nrmse_h", "fish0_nrmse_vh", "fish0_nrmse_vv", "fish0_nrmse_hh",
         "fish0_mean_nrmse"}
-    from raysearch.data.cohort import evaluate_joint, joint_metrics
+    from raysearch.evaluation import evaluate_joint, joint_metrics
 
     ej = evaluate_joint(m, jd, seed=0, backend="numpy", **kw)
     assert ej["fish"]["f1"].nrmse["vv"] == pytest.approx(d["fish1_nrmse_vv"], nan_ok=True)
