@@ -139,8 +139,10 @@ def kkt_residual(p, X, penalty, lam, zero=1e-3):
     return np.linalg.norm(res) / scale, scale
 
 
-@pytest.mark.parametrize("penalty, lam", [("l1", 0.003), ("l1", 0.01),
-                                          ("l2l1", 0.003), ("l2l1", 0.01)])
+@pytest.mark.parametrize("penalty, lam", [
+    pytest.param("l1", 0.003, marks=pytest.mark.slow), ("l1", 0.01),
+    pytest.param("l2l1", 0.003, marks=pytest.mark.slow),
+    pytest.param("l2l1", 0.01, marks=pytest.mark.slow)])     # ~12 s each on an idle core
 def test_exact_gradient_fit_is_the_gauge_fixed_optimum(penalty, lam):
     X = planted_data()
     X64 = X.astype(np.float64)
