@@ -31,8 +31,8 @@ t_mu = (w_mu, 2 gp, 2 gm, tp, tm). So the log-likelihood L has no gradient along
 penalty R does: each unit's share R_mu is homogeneous of degree k in w_mu (``l1``:
 R_mu = ||w_mu||_1, k = 1; ``l2l1``: R_mu = ||w_mu||_1^2 / 2, k = 2), so t_mu . grad R_mu =
 k R_mu. The reference (PGM) fixes the gauge by its batch-norm parameterisation: gamma, the
-overall scale of (gp, gm), is not trained but set so that Var(h_mu) = 1 on the minibatch, and
-the gradients of W, theta, delta, eta are taken through that rule (its cross-derivatives
+overall scale of (gp, gm), is not trained but relaxed towards the value that gives Var(h_mu) = 1
+on the minibatch, and the gradients of W, theta, delta, eta are taken through that rule (its cross-derivatives
 d gamma/dW, d gamma/d(theta, delta, eta)). Its fixed points are therefore the stationary points
 of L - lam R on the surface Var_data(h_mu) = 1, i.e. the KKT points
 
@@ -67,8 +67,10 @@ Mean centring, as in the reference: after each step the change of the mean hidde
 ``Delta = (W_new - W_old) @ <v>_data`` is added to ``theta_plus`` and subtracted from
 ``theta_minus``, so a change of the weights does not shift where the data's inputs sit relative
 to the dReLU thresholds. This is a change of coordinates (theta measured from the mean input),
-not a constraint: it changes the path, not the stationary points, and like the reference it does
-not force <h_mu> = 0 (a shift of h is not a symmetry of a dReLU unit).
+not a constraint: it changes the path, not the stationary points (the reference also adds its
+chain term d theta/dW = <v>_minibatch to the weights' gradient, which vanishes wherever the
+theta gradient does; not reproduced), and like the reference it does not force <h_mu> = 0 (a shift
+of h is not a symmetry of a dReLU unit).
 """
 
 from __future__ import annotations
