@@ -20,34 +20,57 @@ key                shape     meaning (CRBM.md §1)
 =================  ========  ===============================================
 
 The optimiser state ``moments`` holds, for every parameter, the exponential moving average of its
-squared (clipped) gradient (RMSprop without a first moment, bias-corrected; crbm-reference.md §2.3).
+squared (clipped) gradient (RMSprop without a first moment, bias-corrected, as the reference's
+"ADAM" does for these parameters).
 
-Hidden-unit normalisation (CRBM.md §2 item 8, crbm-reference.md §2.4). What this module does, and
-how it differs from the reference's batch-norm reparameterisation:
+Hidden-unit normalisation: the same fixed points as the reference, other coordinates
+----------------------------------------------------------------------------------------
+The marginal P(v) is invariant along each hidden unit's scale-gauge orbit h -> h/s,
+w_mu -> s w_mu, (gp, gm) -> s^2 (gp, gm), (tp, tm) -> s (tp, tm), whose tangent at s = 1 is
+t_mu = (w_mu, 2 gp, 2 gm, tp, tm). So the log-likelihood L has no gradient along t_mu, but the
+penalty R does: each unit's share R_mu is homogeneous of degree k in w_mu (``l1``:
+R_mu = ||w_mu||_1, k = 1; ``l2l1``: R_mu = ||w_mu||_1^2 / 2, k = 2), so t_mu . grad R_mu =
+k R_mu. The reference (PGM) fixes the gauge by its batch-norm parameterisation: gamma, the
+overall scale of (gp, gm), is not trained but relaxed towards the value that gives Var(h_mu) = 1
+on the minibatch, and the gradients of W, theta, delta, eta are taken through that rule (its cross-derivatives
+d gamma/dW, d gamma/d(theta, delta, eta)). Its fixed points are therefore the stationary points
+of L - lam R on the surface Var_data(h_mu) = 1, i.e. the KKT points
 
-1. *Mean centring, as in the reference.* After each step the change of the mean hidden input
-   ``Delta = (W_new - W_old) @ <v>_data`` is added to ``theta_plus`` and subtracted from
-   ``theta_minus``, so a change of the weights does not shift where the data's inputs sit relative
-   to the dReLU thresholds. Like the reference, this does not force <h_mu> = 0 (a shift of h is
-   not a symmetry of a dReLU unit, so it cannot be imposed without changing the model; on the
-   synthetic fish <h_mu> ends between -1 and 0 while Var(h_mu) is 1.00-1.02).
-2. *Scale, through the exact scale gauge instead of the reference's gamma rule.* The marginal P(v) is
-   invariant under h -> h/s with w -> s w, (gp, gm) -> s^2 (gp, gm), (tp, tm) -> s (tp, tm). On each
-   minibatch we measure Var(h_mu) on the data (variance of E[h|v] over frames plus the mean of
-   Var(h|v)) and apply that gauge with s^2 = Var(h_mu)^rate, rate = 0.25 * lr_t / lr_0 (the
-   reference's batch-norm relaxation rate), s^2 clipped to [0.75, 1/0.75] per update (the reference
-   lets gamma drop by at most 25% per update). The fixed point is Var(h_mu) = 1 on the data, the
-   reference's target. Because the gauge leaves P(v) unchanged, the likelihood is untouched; what
-   changes is where the penalty acts: lambda penalises weights expressed in units of a hidden unit
-   with unit variance, which is what makes lambda comparable across units and datasets. The RMSprop
-   moments are rescaled with the parameters (a gradient scales as 1/s, 1/s^2 for gp/gm), so the
-   step sizes follow the reparameterisation.
-3. gp and gm are trained by gradient (the reference trains the asymmetry eta by gradient and sets
-   the overall scale gamma by rule; here the gauge of item 2 plays the role of the rule) and kept
-   >= 0.05 (``GAMMA_MIN``), as is the visible gamma of gaussian units.
-4. Not reproduced: the reference's cross-derivative ("batch-norm chain rule") corrections to the
-   W/theta gradients. They change the descent direction but not the stationary points: at a fixed
-   point of this update every gradient of the penalised log-likelihood is zero and Delta = 0.
+    grad(L - lam R) = nu_mu grad Var(h_mu),   Var(h_mu) = 1.                         (1)
+
+raysearch keeps the parameters (w, gp, gm, tp, tm) and reaches the same points with an exactly
+equivalent formulation. Taking t_mu . of (1) gives nu_mu = lam k R_mu / (2 Var(h_mu)) (because
+t_mu . grad Var = -2 Var), so each update ascends
+
+    G = grad L - lam grad R - nu grad Var,   nu_mu = lam ||w_mu||_1^k / (2 Var(h_mu)),  (2)
+
+(:func:`gradients`, :func:`normalisation_multiplier`, :func:`variance_gradient`), which has no
+component along any orbit (t_mu . G = -lam k R_mu + 2 nu_mu Var = 0) and vanishes at Var = 1
+exactly where (1) holds. The normalisation itself is then a pure gauge move that changes neither
+P(v) nor the objective's stationary points: after the step the unit is moved along its orbit by
+s^2 = Var(h_mu)^rate, rate = 0.25 lr_t / lr_0 (the reference's batch-norm relaxation rate),
+s^2 clipped to [0.75, 1/0.75] per update (the reference lets gamma drop by at most 25% per
+update), so Var(h_mu) -> 1 on the data. The RMSprop moments are rescaled with the parameters (a
+gradient scales as 1/s, 1/s^2 for gp/gm). Var(h_mu) is measured, as in the reference, on the
+minibatch's positive phase: variance of E[h|v] over its frames plus the mean of Var(h|v).
+
+What is the same as the reference: the model, the PCD estimator (Rao-Blackwellised phases, the
+full-data visible moments, clipping to [-1, 1], RMSprop without first moment, the schedule), the
+mean centring (below), the normalisation target and so the penalised fixed points (1), and the
+bounds: |eta| <= 0.95 and the jump bound (``jump_max`` = 20), :func:`bound_hidden`, plus
+gp, gm >= 0.05. What is not: the coordinates in which the steps are taken (the reference steps
+theta, delta, eta and sets gamma by rule; raysearch steps gp, gm, tp, tm and the gauge), so the
+path to a fixed point differs, and so do the points where a bound is active (a projected step in
+other coordinates), and the minibatch noise acts differently on the way.
+
+Mean centring, as in the reference: after each step the change of the mean hidden input
+``Delta = (W_new - W_old) @ <v>_data`` is added to ``theta_plus`` and subtracted from
+``theta_minus``, so a change of the weights does not shift where the data's inputs sit relative
+to the dReLU thresholds. This is a change of coordinates (theta measured from the mean input),
+not a constraint: it changes the path, not the stationary points (the reference also adds its
+chain term d theta/dW = <v>_minibatch to the weights' gradient, which vanishes wherever the
+theta gradient does; not reproduced), and like the reference it does not force <h_mu> = 0 (a shift
+of h is not a symmetry of a dReLU unit).
 """
 
 from __future__ import annotations
@@ -63,6 +86,10 @@ from raysearch.crbm import units
 GAMMA_MIN = 0.05
 #: Largest per-update change of the normalising scale s^2 (reference: gamma >= 0.75 gamma_old).
 SCALE_STEP = 0.75
+#: Bound on the dReLU asymmetry |eta| (reference: eta clipped to +-0.95), see :func:`bound_hidden`.
+ETA_MAX = 0.95
+#: Bound on the jump of a bistable unit (reference: ``jump_max`` = 20), see :func:`bound_hidden`.
+JUMP_MAX = 20.0
 #: Random streams: every draw of update ``t`` comes from ``bk.rng(seed, STREAM_GIBBS, t)``.
 STREAM_GIBBS = 1
 STREAM_INIT = 2
@@ -409,7 +436,7 @@ def _matmul_rows(A, B, n_blocks, bk, executor=None, product=None):
 
 
 def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=None,
-              penalise=True):
+              penalise=True, neg_weights=None):
     """Log-likelihood ascent direction for every parameter (unclipped), and Var(h) on the data.
 
     Parameters
@@ -427,22 +454,30 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=Non
         With ``cfg.n_groups > 1`` the two matrix products are computed in ``n_groups`` row blocks,
         in parallel threads when this is given (same numbers without it).
     penalise : bool
-        Subtract the penalty gradient from the weights' gradient (False: :func:`weights_step`
-        does it later).
+        Subtract the penalty gradient lam * grad R(W) from the weights' gradient (False:
+        :func:`weights_step` does it later). The normalisation term (below) is included either way.
+    neg_weights : (C,) backend array, optional
+        Probabilities of the rows of ``V_neg`` (summing to 1) instead of equal weights: with all
+        2^N visible states and their exact probabilities the negative phase is exact (tests).
 
     Returns
     -------
     grads : dict of arrays shaped like ``params``
         w: <v E[h|v]>_data - <v E[h|v]>_chains - penalty gradient; fields: <v>_full - <v>_chains;
         dReLU: (-1/2, -1/2, -1, +1) x (<h+^2>, <h-^2>, <h+>, <h->) data minus chains; visible gamma:
-        -1/2 (<v^2>_full - <v^2>_chains).
+        -1/2 (<v^2>_full - <v^2>_chains). With ``cfg.lam > 0`` the normalisation term
+        ``- nu_mu * dVar(h_mu)/dparam`` (:func:`variance_gradient`, :func:`normalisation_multiplier`)
+        is added to the weights and the four dReLU parameters: the gradient is then the one of
+        the module docstring, with no component along the scale-gauge orbits.
     var_h : (M,)
         Var(h_mu) on the minibatch: <E[h^2|v]> - <E[h|v]>^2.
 
     Notes
     -----
     Both phases go through one (B + C, N) x (N, M) product and one call of the dReLU moments, and
-    the weight gradient is one (M, B + C) x (B + C, N) product.
+    the weight gradient is one (M, B + C) x (B + C, N) product; the normalisation term's weight
+    part rides in the same product (it is a sum over the minibatch's rows, like the positive
+    phase).
     """
     xp = bk.xp
     B, C = V_pos.shape[0], V_neg.shape[0]
@@ -455,27 +490,128 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=Non
          _matmul_rows(Vs, WT, G, bk, executor, None if K is None else K.sparse_hidden_inputs))
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
     pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
-    neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]
+    if neg_weights is None:
+        neg = [x[B:].mean(axis=0) for x in (ep, ep2, em, em2)]
+        neg_v = V_neg.mean(axis=0)
+    else:
+        w = xp.asarray(neg_weights, dtype=np.float32)
+        neg = [w @ x[B:] for x in (ep, ep2, em, em2)]
+        neg_v = w @ V_neg
+    var_h = (pos[1] + pos[3]) - (pos[0] + pos[2]) ** 2
+    corr = None
+    if cfg.lam > 0:
+        nu = normalisation_multiplier(params["weights"], var_h, cfg.penalty, cfg.lam, bk)
+        dI, dhid = variance_gradient(I[:B], ep[:B], ep2[:B], em[:B], em2[:B], params, bk)
+        corr = {k: nu * d for k, d in dhid.items()}
     Hs = ep
     Hs += em                                      # E[h|v], (B + C, M)
+    if corr is not None:
+        dI *= nu
+        Hs[:B] -= dI                              # - nu dVar/dw rides in the weight product
     Hs[:B] *= np.float32(1.0 / B)
-    Hs[B:] *= np.float32(-1.0 / C)
+    if neg_weights is None:
+        Hs[B:] *= np.float32(-1.0 / C)
+    else:
+        Hs[B:] *= -w[:, None]
     gW = _matmul_rows(Hs.T, Vs, G, bk, executor)
     if penalise and cfg.lam > 0:
         gW -= penalty_gradient(params["weights"], cfg.penalty, cfg.lam, bk)
     grads = {
         "weights": gW,
-        "fields": moments_data["mean"] - V_neg.mean(axis=0),
+        "fields": moments_data["mean"] - neg_v,
         "gamma_plus": np.float32(-0.5) * (pos[1] - neg[1]),
         "gamma_minus": np.float32(-0.5) * (pos[3] - neg[3]),
         "theta_plus": -(pos[0] - neg[0]),
         "theta_minus": pos[2] - neg[2],
     }
+    if corr is not None:
+        for k, c in corr.items():
+            grads[k] = grads[k] - c
     if cfg.visible == "gaussian":
-        grads["visible_gamma"] = np.float32(-0.5) * (moments_data["sq_mean"]
-                                                     - (V_neg * V_neg).mean(axis=0))
-    var_h = (pos[1] + pos[3]) - (pos[0] + pos[2]) ** 2
+        sq = (V_neg * V_neg).mean(axis=0) if neg_weights is None else w @ (V_neg * V_neg)
+        grads["visible_gamma"] = np.float32(-0.5) * (moments_data["sq_mean"] - sq)
     return grads, var_h
+
+
+def normalisation_multiplier(W, var_h, penalty, lam, bk):
+    """nu_mu = lam * k * R_mu(w_mu) / (2 Var(h_mu)), the multiplier of the normalisation term.
+
+    R_mu is hidden unit mu's share of the penalty without lam, homogeneous of degree k in w_mu:
+    ``l1`` R_mu = ||w_mu||_1 (k = 1), ``l2l1`` R_mu = ||w_mu||_1^2 / 2 (k = 2); so
+    nu_mu = lam ||w_mu||_1^k / (2 Var(h_mu)): the one multiplier for which
+    grad(L - lam R) - nu grad Var has no component along unit mu's scale-gauge orbit (see the
+    module docstring). Var is floored at 1e-8.
+
+    Returns
+    -------
+    (M,) array
+    """
+    xp = bk.xp
+    a = xp.sum(xp.abs(W), axis=1)
+    if penalty == "l2l1":
+        a = a * a
+    elif penalty != "l1":
+        raise ValueError(f"unknown penalty {penalty!r}")
+    return a * (np.float32(0.5 * lam) / xp.maximum(var_h, np.float32(1e-8)))
+
+
+def variance_gradient(I, ep, ep2, em, em2, params, bk):
+    """Derivatives of Var(h_mu) = <E[h^2|v]> - <E[h|v]>^2 (over the B rows of a minibatch).
+
+    With the branch sums A+_n = p+ E[h^n | h >= 0 branch], A-_n likewise (n = 1, 2 are the
+    arguments, n = 3, 4 follow from the truncated-normal recursion A_n = mu A_{n-1}
+    + (n-1)/g A_{n-2}, mu+ = (I - tp)/gp, mu- = (I + tm)/gm, exact for n >= 3) and
+    m_n = A+_n + A-_n = E[h^n | v]:
+
+    * dVar/dw_{mu i} = (1/B) sum_b D_{b mu} v_{b i}, D = (m3 - m2 m1) - 2 <m1> (m2 - m1^2)
+      (d m1/dI = Var(h|I), d m2/dI = Cov(h^2, h | I));
+    * for a dReLU parameter p with energy feature phi_p (h+^2/2, h-^2/2, h+, max(-h, 0)):
+      d m_n/dp = -Cov(h^n, phi_p | I), so
+      dVar/dp = -<Cov(h^2, phi_p) - 2 <m1> Cov(h, phi_p)>.
+
+    Parameters
+    ----------
+    I : (B, M)
+        Hidden inputs of the minibatch.
+    ep, ep2, em, em2 : (B, M)
+        :func:`raysearch.crbm.units.drelu_branch_moments` of ``I`` (not modified).
+    params : dict
+
+    Returns
+    -------
+    D : (B, M) new array
+    dhid : dict ``gamma_plus``, ``gamma_minus``, ``theta_plus``, ``theta_minus`` -> (M,)
+    """
+    gp, gm, tp, tm = _hidden(params)
+    ip, im = np.float32(1.0) / gp, np.float32(1.0) / gm
+    mu_p = (I - tp) * ip
+    mu_m = (I + tm) * im
+    ap3 = mu_p * ep2 + (2 * ip) * ep
+    ap4 = mu_p * ap3 + (3 * ip) * ep2
+    am3 = mu_m * em2 + (2 * im) * em
+    am4 = mu_m * am3 + (3 * im) * em2
+    m1 = ep + em
+    m2 = ep2 + em2
+    m3 = ap3 + am3
+    c1 = m1.mean(axis=0)
+    two_c1 = 2 * c1
+
+    def cov_term(e0, e1, e2):
+        # -<Cov(h^2, phi) - 2 <m1> Cov(h, phi)> for phi with E[phi] = e0, E[h phi] = e1,
+        # E[h^2 phi] = e2
+        t = (e2 - m2 * e0) - two_c1 * (e1 - m1 * e0)
+        return -t.mean(axis=0)
+
+    half = np.float32(0.5)
+    dhid = {
+        "gamma_plus": half * cov_term(ep2, ap3, ap4),
+        "gamma_minus": half * cov_term(em2, am3, am4),
+        "theta_plus": cov_term(ep, ep2, ap3),
+        "theta_minus": -cov_term(em, em2, am3),
+    }
+    D = m3 - m2 * m1
+    D -= two_c1 * (m2 - m1 * m1)
+    return D, dhid
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,10 +680,57 @@ def rmsprop_step(params, moments, grads, lr, t, beta2, epsilon, bk):
     return new_p, new_m
 
 
-def apply_constraints(params, bk):
-    """gp, gm (and the visible gamma) >= GAMMA_MIN. Returns a new dict."""
+def bound_hidden(params, bk):
+    """The reference's bounds on the dReLU shape: |eta| <= ETA_MAX and the jump <= JUMP_MAX.
+
+    In the reference's parameterisation gp = gamma/(1 + eta), gm = gamma/(1 - eta),
+    tp = theta + delta/sqrt(1 + eta), tm = -theta + delta/sqrt(1 - eta), i.e. gamma =
+    2/(1/gp + 1/gm) (the harmonic mean), eta = (gm - gp)/(gm + gp) (so gm/gp <= 39 at
+    |eta| = 0.95), delta = (tp + tm)/(1/sqrt(1 + eta) + 1/sqrt(1 - eta)), theta = tp - delta /
+    sqrt(1 + eta). Like the reference:
+
+    * eta is clipped to [-ETA_MAX, ETA_MAX] with gamma, theta and delta held, and gp, gm, tp, tm
+      recomputed from them;
+    * gamma is raised (gp and gm multiplied by one factor; eta, theta, delta and so tp, tm
+      held) to at least max(-delta, 0) (sqrt(1 + eta) + sqrt(1 - eta)) / JUMP_MAX. A negative
+      delta (tp + tm < 0) makes the unit bistable; the bound caps the jump of h between its two
+      branches at about JUMP_MAX (for eta = 0 the zero-temperature jump is -(tp + tm)/gamma), in
+      the units of a normalised h (Var(h) ~ 1).
+
+    Units within both bounds keep their parameters bit for bit. Returns a new dict.
+    """
     xp = bk.xp
+    gp, gm, tp, tm = _hidden(params)
+    one = np.float32(1.0)
+    ip, im = one / gp, one / gm
+    gamma = np.float32(2.0) / (ip + im)
+    eta = (ip - im) / (ip + im)
+    sp, sm = xp.sqrt(one + eta), xp.sqrt(one - eta)
+    delta = (tp + tm) / (one / sp + one / sm)
+    theta = tp - delta / sp
+    clip = xp.abs(eta) > np.float32(ETA_MAX)
+    eta_c = xp.clip(eta, np.float32(-ETA_MAX), np.float32(ETA_MAX))
+    sp_c, sm_c = xp.sqrt(one + eta_c), xp.sqrt(one - eta_c)
+    gp = xp.where(clip, gamma / (one + eta_c), gp)
+    gm = xp.where(clip, gamma / (one - eta_c), gm)
+    tp = xp.where(clip, theta + delta / sp_c, tp)
+    tm = xp.where(clip, -theta + delta / sm_c, tm)
+    floor = xp.maximum(-delta, np.float32(0.0)) * ((sp_c + sm_c) / np.float32(JUMP_MAX))
+    jump = gamma < floor
+    factor = xp.where(jump, floor / gamma, one)
     out = dict(params)
+    out["gamma_plus"] = xp.where(jump, gp * factor, gp)
+    out["gamma_minus"] = xp.where(jump, gm * factor, gm)
+    out["theta_plus"] = tp
+    out["theta_minus"] = tm
+    return out
+
+
+def apply_constraints(params, bk):
+    """:func:`bound_hidden`, then gp, gm (and the visible gamma) >= GAMMA_MIN. Returns a new
+    dict."""
+    xp = bk.xp
+    out = bound_hidden(params, bk)
     for k in ("gamma_plus", "gamma_minus", "visible_gamma"):
         if k in out:
             out[k] = xp.maximum(out[k], np.float32(GAMMA_MIN))
@@ -673,7 +856,7 @@ def weights_step(W, m, gW, s2, data_mean, consts, cfg, bk, executor=None):
 
 
 def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, executor=None):
-    """One PCD update (CRBM.md §2 items 1-8).
+    """One PCD update: Gibbs, gradients (with the normalisation term), step.
 
     The same arithmetic as :func:`gradients`, :func:`rmsprop_step`, :func:`centre_thresholds`,
     :func:`rescale_hidden` and :func:`apply_constraints` in turn, with the weights' share done
@@ -701,6 +884,24 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, ex
     chains = advance_chains(params, chains, update, cfg, bk, executor, WT)
     grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk, WT, executor,
                              penalise=False)
+    new_p, new_m = apply_gradients(params, moments, grads, var_h, moments_data, update, cfg, bk,
+                                   executor)
+    return new_p, new_m, chains
+
+
+def apply_gradients(params, moments, grads, var_h, moments_data, update, cfg, bk, executor=None):
+    """The step of update ``update`` from its gradients: penalty, clipped RMSprop, mean
+    centring, scale gauge, bounds (:func:`pcd_update` after :func:`gradients`).
+
+    Parameters
+    ----------
+    grads, var_h
+        :func:`gradients` with ``penalise=False`` (its arrays are overwritten).
+
+    Returns
+    -------
+    (params, moments) : new dicts.
+    """
     lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
                        cfg.decay_after)
     consts = _rmsprop_constants(lr, int(update) + 1, cfg.beta2, cfg.epsilon)
@@ -714,7 +915,7 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, ex
     new_p = shift_thresholds(new_p, delta)
     new_p, new_m = rescale_hidden_units(new_p, new_m, bk.xp.sqrt(s2), s2)
     new_p = apply_constraints(new_p, bk)
-    return ({k: new_p[k] for k in params}, {k: new_m[k] for k in params}, chains)
+    return {k: new_p[k] for k in params}, {k: new_m[k] for k in params}
 
 
 def sign_gauge(params, bk):

@@ -158,15 +158,119 @@ def test_penalty_gradient_matches_finite_differences(penalty):
         np.testing.assert_allclose(g, lam * np.sign(W))
 
 
-def test_penalty_enters_weight_gradient_unscaled():
+def _data_variance(p, D):
+    """Var(h_mu) on the rows of D, float64, straight from units (the quantity normalised to 1)."""
+    m, v = units.drelu_mean_var(D @ p["weights"].T, *training._hidden(p), BK)
+    return m.var(axis=0) + v.mean(axis=0)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2l1"])
+def test_penalty_enters_through_the_normalisation(penalty):
+    """The penalty's share of the gradient is lam grad R + nu grad Var(h) with
+    nu_mu = lam ||w_mu||_1^k / (2 Var(h_mu)): checked against the closed-form penalty gradient and
+    finite differences of Var on the data (was: lam grad R alone, before the normalisation term
+    made the fixed points the reference's)."""
     p = {k: v.astype(np.float32) for k, v in tiny_params().items()}
     D = tiny_data().astype(np.float32)
     mom = {"mean": D.mean(axis=0)}
-    g0, _ = training.gradients(p, D, D[:7], mom, _config(lam=0.0), BK)
-    g1, _ = training.gradients(p, D, D[:7], mom, _config(lam=0.3, penalty="l2l1"), BK)
-    np.testing.assert_allclose(g0["weights"] - g1["weights"],
-                               training.penalty_gradient(p["weights"], "l2l1", 0.3, BK),
-                               rtol=1e-5, atol=1e-6)
+    lam = 0.3
+    g0, var0 = training.gradients(p, D, D[:7], mom, _config(lam=0.0), BK)
+    g1, var1 = training.gradients(p, D, D[:7], mom, _config(lam=lam, penalty=penalty), BK)
+    np.testing.assert_array_equal(var0, var1)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    D64 = D.astype(np.float64)
+    var = _data_variance(p64, D64)
+    np.testing.assert_allclose(var1, var, rtol=1e-4)
+    a = np.abs(p64["weights"]).sum(axis=1)
+    nu = lam * a ** (1 if penalty == "l1" else 2) / (2 * var)
+    eps = 1e-6
+    for k in ("weights", "gamma_plus", "gamma_minus", "theta_plus", "theta_minus"):
+        for idx in np.ndindex(p64[k].shape):
+            q = {kk: vv.copy() for kk, vv in p64.items()}
+            q[k][idx] += eps
+            up = _data_variance(q, D64)
+            q[k][idx] -= 2 * eps
+            dvar = (up - _data_variance(q, D64)) / (2 * eps)
+            want = nu @ dvar
+            if k == "weights":
+                want += training.penalty_gradient(p64["weights"], penalty, lam, BK)[idx]
+            got = float(g0[k][idx]) - float(g1[k][idx])
+            assert got == pytest.approx(want, rel=2e-4, abs=2e-5), (k, idx)
+    # the penalty's share has no component along any unit's scale-gauge orbit
+    for mu in range(M):
+        d = {k: np.asarray(g0[k], np.float64) - np.asarray(g1[k], np.float64) for k in g0}
+        t = (d["weights"][mu] @ p64["weights"][mu] + 2 * d["gamma_plus"][mu] * p64["gamma_plus"][mu]
+             + 2 * d["gamma_minus"][mu] * p64["gamma_minus"][mu]
+             + d["theta_plus"][mu] * p64["theta_plus"][mu]
+             + d["theta_minus"][mu] * p64["theta_minus"][mu])
+        assert abs(t) < 1e-4 * lam * a[mu] ** 2, (mu, t)
+
+
+def test_variance_gradient_matches_finite_differences():
+    p, D = tiny_params(), tiny_data()
+    I = D @ p["weights"].T
+    ep, ep2, em, em2 = units.drelu_branch_moments(I, *training._hidden(p), BK)
+    Dv, dhid = training.variance_gradient(I, ep, ep2, em, em2, p, BK)
+    dW = Dv.T @ D / D.shape[0]
+    eps = 1e-6
+    for k in ("weights", "gamma_plus", "gamma_minus", "theta_plus", "theta_minus"):
+        for idx in np.ndindex(p[k].shape):
+            q = {kk: vv.copy() for kk, vv in p.items()}
+            q[k][idx] += eps
+            up = _data_variance(q, D)
+            q[k][idx] -= 2 * eps
+            fd = (up - _data_variance(q, D)) / (2 * eps)
+            got = dW[idx] if k == "weights" else dhid[k][idx]
+            assert got == pytest.approx(fd[idx[0]], rel=1e-6, abs=1e-8), (k, idx)
+            assert abs(fd[1 - idx[0]]) < 1e-9           # a unit's parameters move only its Var
+
+
+def test_weighted_negative_phase_is_the_exact_expectation():
+    """neg_weights = P(v) over all 2^N states gives the exact gradient."""
+    p, D = tiny_params(), tiny_data()
+    exact = exact_gradient(p, D)
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    got, _ = training.gradients(p32, D.astype(np.float32), ALL_V.astype(np.float32),
+                                {"mean": D.mean(axis=0).astype(np.float32)}, _config(), BK,
+                                neg_weights=model_probs(p).astype(np.float32))
+    for k in KEYS:
+        np.testing.assert_allclose(got[k], exact[k], rtol=1e-4, atol=2e-6, err_msg=k)
+
+
+def _reference_coords(p):
+    """(gamma, eta, theta, delta) of the reference's dReLU parameterisation, float64."""
+    gp, gm, tp, tm = (np.asarray(p[k], np.float64) for k in training.HIDDEN_KEYS)
+    gamma = 2.0 / (1.0 / gp + 1.0 / gm)
+    eta = (gm - gp) / (gm + gp)
+    delta = (tp + tm) / (1.0 / np.sqrt(1 + eta) + 1.0 / np.sqrt(1 - eta))
+    return gamma, eta, tp - delta / np.sqrt(1 + eta), delta
+
+
+def test_bounds_clip_eta_and_the_jump_like_the_reference():
+    p = {"weights": np.ones((4, 3), np.float32),
+         "gamma_plus": np.array([1.0, 0.1, 2.0, 1.0], np.float32),
+         "gamma_minus": np.array([1.2, 8.0, 2.0, 1.0], np.float32),   # eta = 0.09, 0.975, 0, 0
+         "theta_plus": np.array([0.3, 0.5, -30.0, -1.0], np.float32),
+         "theta_minus": np.array([0.1, -0.2, -20.0, -2.0], np.float32)}
+    q = training.bound_hidden(p, BK)
+    g0, e0, t0, d0 = _reference_coords(p)
+    g1, e1, t1, d1 = _reference_coords(q)
+    # unit 0: within both bounds, untouched bit for bit; unit 3: jump 3 < 20, untouched
+    for k in training.HIDDEN_KEYS:
+        assert q[k][0] == p[k][0] and q[k][3] == p[k][3], k
+    # unit 1: eta clipped to 0.95 (gm/gp = 39), gamma, theta, delta held
+    assert e1[1] == pytest.approx(0.95, abs=1e-6)
+    assert q["gamma_minus"][1] / q["gamma_plus"][1] == pytest.approx(39.0, rel=1e-5)
+    np.testing.assert_allclose([g1[1], t1[1], d1[1]], [g0[1], t0[1], d0[1]], rtol=1e-5, atol=1e-6)
+    # unit 2: eta = 0, jump -(tp + tm)/gamma = 25 > 20: gamma raised to 50/20, thresholds held
+    assert q["gamma_plus"][2] == pytest.approx(2.5, rel=1e-6)
+    assert q["gamma_minus"][2] == pytest.approx(2.5, rel=1e-6)
+    assert q["theta_plus"][2] == p["theta_plus"][2] and q["theta_minus"][2] == p["theta_minus"][2]
+    # the constraints apply them
+    r = training.apply_constraints(p, BK)
+    for k in training.HIDDEN_KEYS:
+        np.testing.assert_array_equal(r[k], np.maximum(q[k], np.float32(training.GAMMA_MIN))
+                                      if k.startswith("gamma") else q[k])
 
 
 def test_learning_rate_schedule():
