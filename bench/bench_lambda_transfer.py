@@ -4,7 +4,7 @@
     python bench/bench_lambda_transfer.py --pgm /tmp/PGM                   # l1 and l2l1
     python bench/bench_lambda_transfer.py --pgm /tmp/PGM --penalties l1 --updates 2000
 
-On one synthetic fish (``raysearch.synthetic``, spikes, 70% of the frames for training), for
+On one synthetic fish (``raysearch.data.synthetic``, spikes, 70% of the frames for training), for
 each penalty and each lambda of a half-decade grid, one model is trained by the reference (PGM's
 ``RBM.fit``, imported from the checkout you give, unchanged, in a subprocess; ``l1=lam`` for
 ``l1``, ``l1b=lam`` for ``l2l1``, whose gradient is the same lam sign(w) sum_j |w_j|) and one
@@ -12,7 +12,7 @@ by raysearch (``CRBM``), with the same settings: M hidden units, batch 100 = 100
 15 Gibbs steps, the same number of updates, learning rate 5e-3 constant for half the updates then
 geometric decay to 1%, RMSprop beta2 0.999, epsilon 1e-6 (the reference's
 ``extra_params=[0, 0.999, 1e-6]``), batch norm on in the reference. For each model: the assembly
-recovery (``raysearch.recovery.assembly_recovery``, mean best |cosine| of each planted assembly)
+recovery (``raysearch.analysis.recovery.assembly_recovery``, mean best |cosine| of each planted assembly)
 and the weight density (share of |w| > 0.01 after scaling each unit to Var(h) = 1 on the training
 frames, which both sides target). Reported per penalty: the lambda where recovery peaks and the
 first lambda where the density falls below ``--vanish`` (1%), for each side, and whether they
@@ -102,8 +102,8 @@ def main(argv=None):
     src = _pgm_source(args.pgm.expanduser().resolve())
 
     import raysearch
-    from raysearch.recovery import assembly_recovery
-    from raysearch.synthetic import make_synthetic_recording
+    from raysearch.analysis.recovery import assembly_recovery
+    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, truth = make_synthetic_recording(args.neurons, args.frames, seed=args.seed,
                                           signals=("spikes",))
