@@ -7,8 +7,9 @@ a dependency without a lower bound is an error (its lowest version would be unte
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 root = Path(__file__).resolve().parents[1]
 deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]

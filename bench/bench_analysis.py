@@ -41,7 +41,7 @@ class SyntheticModels:
             nnz = int(density * N)
             for mu in range(M):
                 idx = rng.choice(N, nnz, replace=False)
-                B[mu, idx] = rng.uniform(0.5, 1.5, nnz) * rng.choice([-1, 1], nnz, p=[.1, .9])
+                B[mu, idx] = rng.uniform(0.5, 1.5, nnz) * rng.choice([-1, 1], nnz, p=[0.1, 0.9])
             self.bases.append(B)
         self.family = np.arange(K) % 2
 
@@ -63,7 +63,6 @@ def peak_rss_mb():
 
 def dense_route(models, K):
     """Similarity by forming each dense J (float32) and the Gram of the flattened matrices."""
-    N = models.N
     Js = []
     t0 = time.perf_counter()
     for k in range(K):
@@ -89,9 +88,10 @@ def main():
     ap.add_argument("--exact-models", type=int, default=8)
     ap.add_argument("--dense-n", type=int, default=4000)
     ap.add_argument("--dense-models", type=int, default=8)
-    ap.add_argument("--regions", type=int, default=72, help="regions for the region-coupling timing")
-    ap.add_argument("--skip-extra", action="store_true",
-                    help="skip the exact and dense routes")
+    ap.add_argument(
+        "--regions", type=int, default=72, help="regions for the region-coupling timing"
+    )
+    ap.add_argument("--skip-extra", action="store_true", help="skip the exact and dense routes")
     args = ap.parse_args()
 
     import scipy
@@ -101,11 +101,18 @@ def main():
     from raysearch.analysis import embed_and_cluster, similarity_matrix
 
     K, N, M = args.models, args.n, args.m
-    out = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                      time.gmtime()),
-           "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__,
-           "K": K, "N": N, "M": M, "sketch_dim": args.sketch_dim}
+    out = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "sklearn": sklearn.__version__,
+        "K": K,
+        "N": N,
+        "M": M,
+        "sketch_dim": args.sketch_dim,
+    }
     models = SyntheticModels(K, N, M)
     out["rss_after_setup_mb"] = round(peak_rss_mb())
     t0 = time.perf_counter()
@@ -120,12 +127,17 @@ def main():
     t0 = time.perf_counter()
     emb = embed_and_cluster(sim.pearson)
     t_clu = time.perf_counter() - t0
-    out.update(sketch_similarity_s=round(t_sim, 2), sketch_similarity_cpu_s=round(c_sim, 2),
-               loadavg_before=round(load0, 2), loadavg_after=round(os.getloadavg()[0], 2),
-               pca_kmeans_s=round(t_clu, 2),
-               total_s=round(t_sim + t_clu, 2), peak_rss_mb=round(peak_rss_mb()),
-               n_clusters=emb.n_clusters,
-               ari_vs_families=float(adjusted_rand_score(models.family, emb.labels)))
+    out.update(
+        sketch_similarity_s=round(t_sim, 2),
+        sketch_similarity_cpu_s=round(c_sim, 2),
+        loadavg_before=round(load0, 2),
+        loadavg_after=round(os.getloadavg()[0], 2),
+        pca_kmeans_s=round(t_clu, 2),
+        total_s=round(t_sim + t_clu, 2),
+        peak_rss_mb=round(peak_rss_mb()),
+        n_clusters=emb.n_clusters,
+        ari_vs_families=float(adjusted_rand_score(models.family, emb.labels)),
+    )
     print(json.dumps(out), flush=True)
 
     # region couplings (mean |J_ij| per region pair, blockwise) of one model at full size
@@ -135,9 +147,12 @@ def main():
     reg = np.random.default_rng(1).integers(0, args.regions, N)
     t0, c0 = time.perf_counter(), time.process_time()
     region_couplings(W, c, reg, n_regions=args.regions)
-    out.update(regions=args.regions, region_couplings_s=round(time.perf_counter() - t0, 2),
-               region_couplings_cpu_s=round(time.process_time() - c0, 2),
-               peak_rss_mb_with_regions=round(peak_rss_mb()))
+    out.update(
+        regions=args.regions,
+        region_couplings_s=round(time.perf_counter() - t0, 2),
+        region_couplings_cpu_s=round(time.process_time() - c0, 2),
+        peak_rss_mb_with_regions=round(peak_rss_mb()),
+    )
     print(json.dumps(out), flush=True)
     if args.skip_extra:
         return
@@ -151,10 +166,14 @@ def main():
     pairs = ke * (ke + 1) / 2
     all_pairs = K * (K + 1) / 2
     sk = similarity_matrix(sub, method="sketch", sketch_dim=args.sketch_dim)
-    out.update(exact_models=ke, exact_s=round(t_ex, 2), exact_s_per_pair=t_ex / pairs,
-               exact_extrapolated_s=round(t_ex / pairs * all_pairs),
-               sketch_max_abs_err_pearson=float(np.abs(sk.pearson - ex.pearson).max()),
-               peak_rss_mb_with_exact=round(peak_rss_mb()))
+    out.update(
+        exact_models=ke,
+        exact_s=round(t_ex, 2),
+        exact_s_per_pair=t_ex / pairs,
+        exact_extrapolated_s=round(t_ex / pairs * all_pairs),
+        sketch_max_abs_err_pearson=float(np.abs(sk.pearson - ex.pearson).max()),
+        peak_rss_mb_with_exact=round(peak_rss_mb()),
+    )
     print(json.dumps(out), flush=True)
 
     # dense route at a smaller N, scaled to the full N
@@ -163,9 +182,14 @@ def main():
     t_form, t_gram, _ = dense_route(dm, kd)
     scale = (N / nd) ** 2
     est = t_form / kd * K * scale + t_gram / (kd * kd) * (K * K) * scale
-    out.update(dense_n=nd, dense_models=kd, dense_form_s=round(t_form, 2),
-               dense_gram_s=round(t_gram, 3), dense_extrapolated_s=round(est),
-               dense_bytes_per_J_full_n=N * N * 4)
+    out.update(
+        dense_n=nd,
+        dense_models=kd,
+        dense_form_s=round(t_form, 2),
+        dense_gram_s=round(t_gram, 3),
+        dense_extrapolated_s=round(est),
+        dense_bytes_per_J_full_n=N * N * 4,
+    )
     print(json.dumps(out), flush=True)
 
 

@@ -55,8 +55,11 @@ def run_case(case: str, path: str) -> dict:
         if case == "dff_zscore":
             ds = preprocess(rec, signal="dff")
         else:
-            ds = preprocess(rec, voxel_um=20.0, test_segments="percentile"
-                            if case.endswith("percentile") else (2, 6, 7))
+            ds = preprocess(
+                rec,
+                voxel_um=20.0,
+                test_segments="percentile" if case.endswith("percentile") else (2, 6, 7),
+            )
         out["preprocess_s"] = time.perf_counter() - t1
         out["n_units"] = ds.n_units
         out["test_segments"] = list(ds.test_segments)
@@ -88,17 +91,32 @@ def main(argv=None) -> int:
         path.unlink()
     exe = [sys.executable, "-m", "raysearch"]
     t0 = time.perf_counter()
-    subprocess.run(exe + ["synth", str(path), "--neurons", str(args.neurons), "--frames",
-                          str(args.frames), "--seed", "0"], check=True)
+    subprocess.run(
+        exe
+        + [
+            "synth",
+            str(path),
+            "--neurons",
+            str(args.neurons),
+            "--frames",
+            str(args.frames),
+            "--seed",
+            "0",
+        ],
+        check=True,
+    )
     synth_s = time.perf_counter() - t0
-    results = [{"case": "synth", "total_s": synth_s,
-                "file_mb": path.stat().st_size / 1e6}]
+    results = [{"case": "synth", "total_s": synth_s, "file_mb": path.stat().st_size / 1e6}]
     ref_mb = args.frames * args.neurons * 4 / 1e6
     for case in CASES:
         # drop nothing from the page cache (not allowed without root on shared machines):
         # the file was just written, so reads come from the cache, as on a node that re-reads
-        r = subprocess.run([sys.executable, __file__, "--case", case, "--path", str(path)],
-                           check=True, capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--case", case, "--path", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         res = json.loads(r.stdout.strip().splitlines()[-1])
         res["peak_vs_dense"] = res["peak_rss_mb"] / ref_mb
         results.append(res)
@@ -109,20 +127,23 @@ def main(argv=None) -> int:
     import scipy
 
     print()
-    print(f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"Python {platform.python_version()}, numpy {np.__version__}, h5py {h5py.__version__}, "
-          f"scipy {scipy.__version__}, raysearch {results[-1].get('raysearch')}")
+    print(
+        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"Python {platform.python_version()}, numpy {np.__version__}, h5py {h5py.__version__}, "
+        f"scipy {scipy.__version__}, raysearch {results[-1].get('raysearch')}"
+    )
     print(f"N = {args.neurons}, T = {args.frames}; one dense float32 (T, N) = {ref_mb:.0f} MB")
     print()
     print("| case | load s | preprocess s | total s | peak RSS MB | peak / dense |")
     print("|---|---|---|---|---|---|")
-    print(f"| `raysearch synth` (write {results[0]['file_mb']:.0f} MB) | | | "
-          f"{synth_s:.1f} | | |")
+    print(f"| `raysearch synth` (write {results[0]['file_mb']:.0f} MB) | | | {synth_s:.1f} | | |")
     for r in results[1:]:
         pre = f"{r['preprocess_s']:.2f}" if "preprocess_s" in r else ""
-        print(f"| {CASES[r['case']]} | {r['load_s']:.2f} | {pre} | {r['total_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['peak_vs_dense']:.2f} |")
+        print(
+            f"| {CASES[r['case']]} | {r['load_s']:.2f} | {pre} | {r['total_s']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_vs_dense']:.2f} |"
+        )
     return 0
 
 

@@ -105,13 +105,18 @@ def main(argv=None):
     from raysearch.analysis.recovery import assembly_recovery
     from raysearch.data.synthetic import make_synthetic_recording
 
-    rec, truth = make_synthetic_recording(args.neurons, args.frames, seed=args.seed,
-                                          signals=("spikes",))
+    rec, truth = make_synthetic_recording(
+        args.neurons, args.frames, seed=args.seed, signals=("spikes",)
+    )
     X = rec.spikes[: int(0.7 * args.frames)].astype(np.float32)
-    stamp = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-             "pgm_commit": _pgm_commit(args.pgm), "raysearch": raysearch.__version__,
-             "numpy": np.__version__}
+    stamp = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "pgm_commit": _pgm_commit(args.pgm),
+        "raysearch": raysearch.__version__,
+        "numpy": np.__version__,
+    }
     grid = half_decades(args.lam_min, args.lam_max)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = str(Path(tmp) / "X.npy")
@@ -119,43 +124,87 @@ def main(argv=None):
         for penalty in args.penalties:
             rows = {"reference": [], "raysearch": []}
             for lam in grid:
-                out = subprocess.run([sys.executable, "-c", _REFERENCE, str(src), data_path,
-                                      str(args.hidden), str(args.updates), penalty, repr(lam),
-                                      str(args.seed)], capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        _REFERENCE,
+                        str(src),
+                        data_path,
+                        str(args.hidden),
+                        str(args.updates),
+                        penalty,
+                        repr(lam),
+                        str(args.seed),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
                     sys.exit(f"the reference failed ({penalty}, {lam}):\n{out.stderr[-3000:]}")
                 W_ref = np.load(data_path + ".W.npy")
                 h_ref = np.load(data_path + ".h.npy")
-                m = raysearch.CRBM(n_hidden=args.hidden, penalty=penalty, lam=lam,
-                                   n_updates=args.updates, batch_size=100, n_gibbs=15,
-                                   learning_rate=5e-3, seed=args.seed)
+                m = raysearch.CRBM(
+                    n_hidden=args.hidden,
+                    penalty=penalty,
+                    lam=lam,
+                    n_updates=args.updates,
+                    batch_size=100,
+                    n_gibbs=15,
+                    learning_rate=5e-3,
+                    seed=args.seed,
+                )
                 m.fit(X)
-                sides = {"reference": (W_ref, h_ref),
-                         "raysearch": (m.weights_, (m.gamma_plus_, m.gamma_minus_,
-                                                    m.theta_plus_, m.theta_minus_))}
+                sides = {
+                    "reference": (W_ref, h_ref),
+                    "raysearch": (
+                        m.weights_,
+                        (m.gamma_plus_, m.gamma_minus_, m.theta_plus_, m.theta_minus_),
+                    ),
+                }
                 for side, (W, hid) in sides.items():
                     Wn = normalised_weights(W, hid, X)
-                    row = {"bench": "lambda_transfer", "penalty": penalty, "lam": lam,
-                           "side": side, "recovery": round(assembly_recovery(W, truth).mean, 4),
-                           "density": round(float((np.abs(Wn) > 0.01).mean()), 4),
-                           "l1_norm": round(float(np.abs(Wn).sum(axis=1).mean()), 4)}
+                    row = {
+                        "bench": "lambda_transfer",
+                        "penalty": penalty,
+                        "lam": lam,
+                        "side": side,
+                        "recovery": round(assembly_recovery(W, truth).mean, 4),
+                        "density": round(float((np.abs(Wn) > 0.01).mean()), 4),
+                        "l1_norm": round(float(np.abs(Wn).sum(axis=1).mean()), 4),
+                    }
                     rows[side].append(row)
                     print(json.dumps(row), flush=True)
-            (pr, vr, lams), (pa, va, _) = (summarise(rows["reference"], args.vanish),
-                                           summarise(rows["raysearch"], args.vanish))
+            (pr, vr, lams), (pa, va, _) = (
+                summarise(rows["reference"], args.vanish),
+                summarise(rows["raysearch"], args.vanish),
+            )
 
             def steps(a, b):
                 if a is None or b is None:
                     return None if a is not b else 0
-                return abs(lams.index(a) - lams.index(b))
+                return abs(lams.index(a) - lams.index(b))  # noqa: B023 (called at once)
 
-            print(json.dumps({"bench": "lambda_transfer_summary", "penalty": penalty,
-                              "N": args.neurons, "T_train": X.shape[0], "M": args.hidden,
-                              "updates": args.updates,
-                              "peak_reference": pr, "peak_raysearch": pa,
-                              "peak_steps_apart": steps(pr, pa),
-                              "vanish_reference": vr, "vanish_raysearch": va,
-                              "vanish_steps_apart": steps(vr, va), **stamp}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "lambda_transfer_summary",
+                        "penalty": penalty,
+                        "N": args.neurons,
+                        "T_train": X.shape[0],
+                        "M": args.hidden,
+                        "updates": args.updates,
+                        "peak_reference": pr,
+                        "peak_raysearch": pa,
+                        "peak_steps_apart": steps(pr, pa),
+                        "vanish_reference": vr,
+                        "vanish_raysearch": va,
+                        "vanish_steps_apart": steps(vr, va),
+                        **stamp,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def _old_rule():
     grad = _NEW[0]
 
     def gradients(params, V_pos, V_neg, moments_data, cfg, *a, **k):
-        return grad(params, V_pos, V_neg, moments_data, dataclasses.replace(cfg, lam=0.0), *a,
-                    **k)
+        return grad(params, V_pos, V_neg, moments_data, dataclasses.replace(cfg, lam=0.0), *a, **k)
+
     training.gradients = gradients
     training.bound_hidden = lambda params, bk: dict(params)
 
@@ -60,12 +60,22 @@ def main():
                 res[side].append(bench_one(bk, N, M, repeats=3, jobs=args.jobs)[0])
         _new_rule()
         ratios = [n / o for n, o in zip(res["new"], res["old"])]
-        print(json.dumps({"bench": "normalisation_cost", "N": N, "M": M,
-                          "old_best": min(res["old"]), "new_best": min(res["new"]),
-                          "ratio_best": min(res["new"]) / min(res["old"]),
-                          "ratios_per_round": [round(r, 3) for r in ratios],
-                          "ratio_median": float(np.median(ratios)), "machine": platform.node()}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "normalisation_cost",
+                    "N": N,
+                    "M": M,
+                    "old_best": min(res["old"]),
+                    "new_best": min(res["new"]),
+                    "ratio_best": min(res["new"]) / min(res["old"]),
+                    "ratios_per_round": [round(r, 3) for r in ratios],
+                    "ratio_median": float(np.median(ratios)),
+                    "machine": platform.node(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

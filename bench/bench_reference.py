@@ -67,14 +67,20 @@ def _pgm_source(path: Path) -> Path:
     for cand in (path / "source", path):
         if (cand / "rbm.py").is_file() and (cand / "numba_utilities.py").is_file():
             return cand
-    sys.exit(f"--pgm {path}: no PGM checkout there (expected source/rbm.py); clone "
-             "https://github.com/jertubiana/PGM and pass its folder")
+    sys.exit(
+        f"--pgm {path}: no PGM checkout there (expected source/rbm.py); clone "
+        "https://github.com/jertubiana/PGM and pass its folder"
+    )
 
 
 def _pgm_commit(path: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -85,17 +91,26 @@ def _pgm_commit(path: Path) -> str | None:
 # every library on every core of a 2-core machine; "blas1" keeps BLAS to one thread and lets numba
 # use all cores (OpenBLAS's spinning threads otherwise compete with numba's).
 REFERENCE_THREADS = {
-    "own_default": {k: str(os.cpu_count()) for k in ("MKL_NUM_THREADS", "OMP_NUM_THREADS",
-                                                     "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")},
-    "blas1": {"MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "NUMBA_NUM_THREADS": str(os.cpu_count())},
+    "own_default": {
+        k: str(os.cpu_count())
+        for k in ("MKL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+    },
+    "blas1": {
+        "MKL_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": str(os.cpu_count()),
+    },
 }
 
 
 def reference(src: Path, N: int, M: int, blocks: int, epochs: int, threads: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", _REFERENCE, str(src), str(N), str(M),
-                          str(blocks), str(epochs)], capture_output=True, text=True,
-                         env={**os.environ, **threads})
+    out = subprocess.run(
+        [sys.executable, "-c", _REFERENCE, str(src), str(N), str(M), str(blocks), str(epochs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **threads},
+    )
     if out.returncode != 0:
         sys.exit(f"the reference failed at {N}x{M}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -106,10 +121,15 @@ def main(argv=None):
     ap.add_argument("--pgm", type=Path, required=True, help="a checkout of jertubiana/PGM")
     ap.add_argument("--sizes", nargs="*", default=["5000x100", "20000x200"])
     ap.add_argument("--blocks", type=int, default=3, help="timed blocks per side (best reported)")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="alternations of reference and raysearch (each side's best is kept)")
-    ap.add_argument("--epochs", type=int, default=1,
-                    help="reference epochs (10 updates each) per timed block")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternations of reference and raysearch (each side's best is kept)",
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=1, help="reference epochs (10 updates each) per timed block"
+    )
     args = ap.parse_args(argv)
     src = _pgm_source(args.pgm.expanduser().resolve())
     from threadpoolctl import threadpool_limits
@@ -129,28 +149,42 @@ def main(argv=None):
                 if name not in runs or r["best"] < runs[name]["best"]:
                     runs[name] = r
             with threadpool_limits(1):
-                bench_one(bk, N, M, updates=3, repeats=1, jobs=2)   # warm-up: loads the kernels
+                bench_one(bk, N, M, updates=3, repeats=1, jobs=2)  # warm-up: loads the kernels
                 mine.append(bench_one(bk, N, M, repeats=max(args.blocks, 5), jobs=2))
         best_cfg = min(runs, key=lambda k: runs[k]["best"])
         ref = runs[best_cfg]
         ours, ours_med, n = min(mine)
-        row = {"bench": "reference", "N": N, "M": M, "batch": 100, "n_gibbs": 15,
-               "reference_s_per_update": round(ref["best"], 4),
-               "reference_s_per_update_median": round(ref["median"], 4),
-               "reference_updates": ref["updates"], "reference_threads": best_cfg,
-               **{f"reference_s_per_update_{k}": round(v["best"], 4) for k, v in runs.items()},
-               "raysearch_s_per_update": round(ours, 5),
-               "raysearch_s_per_update_median": round(ours_med, 5), "raysearch_updates": n,
-               "speedup_measured": round(ref["best"] / ours, 2),
-               "issue_reference_s_per_update": REFERENCE_S_PER_UPDATE.get((N, M)),
-               "speedup_vs_issue_figure": (round(REFERENCE_S_PER_UPDATE[(N, M)] / ours, 2)
-                                           if (N, M) in REFERENCE_S_PER_UPDATE else None),
-               "pgm_commit": _pgm_commit(args.pgm), "numba": ref["numba"],
-               "numpy": np.__version__, "raysearch": __version__,
-               "cpu_kernels": bk.cpu_kernels is not None, "cpus": os.cpu_count(),
-               "machine": platform.processor() or platform.machine(),
-               "loadavg_1min": round(os.getloadavg()[0], 2),
-               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        row = {
+            "bench": "reference",
+            "N": N,
+            "M": M,
+            "batch": 100,
+            "n_gibbs": 15,
+            "reference_s_per_update": round(ref["best"], 4),
+            "reference_s_per_update_median": round(ref["median"], 4),
+            "reference_updates": ref["updates"],
+            "reference_threads": best_cfg,
+            **{f"reference_s_per_update_{k}": round(v["best"], 4) for k, v in runs.items()},
+            "raysearch_s_per_update": round(ours, 5),
+            "raysearch_s_per_update_median": round(ours_med, 5),
+            "raysearch_updates": n,
+            "speedup_measured": round(ref["best"] / ours, 2),
+            "issue_reference_s_per_update": REFERENCE_S_PER_UPDATE.get((N, M)),
+            "speedup_vs_issue_figure": (
+                round(REFERENCE_S_PER_UPDATE[(N, M)] / ours, 2)
+                if (N, M) in REFERENCE_S_PER_UPDATE
+                else None
+            ),
+            "pgm_commit": _pgm_commit(args.pgm),
+            "numba": ref["numba"],
+            "numpy": np.__version__,
+            "raysearch": __version__,
+            "cpu_kernels": bk.cpu_kernels is not None,
+            "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "loadavg_1min": round(os.getloadavg()[0], 2),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
         print(json.dumps(row), flush=True)
 
 

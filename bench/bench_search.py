@@ -39,8 +39,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 def _measure(study, label: str) -> dict:
     from raysearch.search.results import load_results
-    from raysearch.search.tuner import (_set_tune_env, _write_study, build_tuner,
-                                        experiment_dir, prepare_datasets)
+    from raysearch.search.tuner import (
+        _set_tune_env,
+        _write_study,
+        build_tuner,
+        experiment_dir,
+        prepare_datasets,
+    )
 
     _set_tune_env()
     t0 = time.perf_counter()
@@ -58,12 +63,18 @@ def _measure(study, label: str) -> dict:
     fit_s = float(df["train_seconds"].sum())
     eval_s = float(df["eval_seconds"].sum())
     return {
-        "label": label, "n_trials": n, "errors": grid.num_errors, "concurrency": c,
-        "data_prep_s": round(prep, 2), "wall_s": round(wall, 2),
+        "label": label,
+        "n_trials": n,
+        "errors": grid.num_errors,
+        "concurrency": c,
+        "data_prep_s": round(prep, 2),
+        "wall_s": round(wall, 2),
         "trials_per_hour": round(n / wall * 3600, 1),
-        "train_share": round(fit_s / (c * wall), 3), "eval_share": round(eval_s / (c * wall), 3),
+        "train_share": round(fit_s / (c * wall), 3),
+        "eval_share": round(eval_s / (c * wall), 3),
         "overhead_per_trial_s": round((c * wall - fit_s - eval_s) / n, 2),
-        "mean_train_s": round(fit_s / n, 2), "mean_eval_s": round(eval_s / n, 2),
+        "mean_train_s": round(fit_s / n, 2),
+        "mean_eval_s": round(eval_s / n, 2),
     }
 
 
@@ -83,8 +94,12 @@ def main() -> None:
     base = load_study(None)
     root = tempfile.mkdtemp(prefix="bench-search-")
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=base.search.max_concurrent, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=base.search.max_concurrent,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     ray_start = time.perf_counter() - t0
     rows = []
     try:
@@ -97,44 +112,56 @@ def main() -> None:
         for n, reuse in ((args.small, True), (args.large, True), (args.small, False)):
             d = copy.deepcopy(base.to_dict())
             d["name"] = f"overhead-n{n}-reuse{int(reuse)}"
-            d["recordings"] = [{"name": "tiny",
-                                "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}}]
+            d["recordings"] = [
+                {"name": "tiny", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}}
+            ]
             d["preprocessing"].update(n_segments=5, n_test_segments=1, test_segments=[2])
             d["model"].update(n_hidden=5, n_updates=40, batch_size=50, n_gibbs=2)
             d["search"].update(num_samples=n, points_to_evaluate=[])
-            d["evaluation"] = {"report_every": 10,
-                               "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5,
-                                          "n_between": 5},
-                               "final": {"n_chains": 20, "n_burnin": 20, "n_samples": 5,
-                                         "n_between": 5}}
+            d["evaluation"] = {
+                "report_every": 10,
+                "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
+                "final": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
+            }
             d["run"].update(storage_path=root, verbose=0, reuse_actors=reuse)
             rows.append(_measure(study_from_dict(d), f"tiny trials, reuse_actors={reuse}"))
         a, b = rows[-3], rows[-2]
         work = lambda r: r["n_trials"] * (r["mean_train_s"] + r["mean_eval_s"])  # noqa: E731
         c = a["concurrency"]
         marginal = (c * (b["wall_s"] - a["wall_s"]) - (work(b) - work(a))) / (
-            b["n_trials"] - a["n_trials"])
+            b["n_trials"] - a["n_trials"]
+        )
         fixed = a["wall_s"] - (a["n_trials"] * marginal + work(a)) / c
     finally:
         ray.shutdown()
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-            "python": platform.python_version(), "ray": ray.__version__,
-            "optuna": optuna.__version__, "numpy": numpy.__version__,
-            "ray_start_s": round(ray_start, 2),
-            "marginal_overhead_per_trial_s": round(marginal, 2),
-            "fixed_cost_per_study_s": round(fixed, 2)}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "ray_start_s": round(ray_start, 2),
+        "marginal_overhead_per_trial_s": round(marginal, 2),
+        "fixed_cost_per_study_s": round(fixed, 2),
+    }
     print(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print("\n| run | trials | C | wall s | trials/h | training share | eval share | "
-          "overhead/trial s | mean training s |")
+    print(
+        "\n| run | trials | C | wall s | trials/h | training share | eval share | "
+        "overhead/trial s | mean training s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['n_trials']} | {r['concurrency']} | {r['wall_s']} | "
-              f"{r['trials_per_hour']} | {r['train_share']:.0%} | {r['eval_share']:.0%} | "
-              f"{r['overhead_per_trial_s']} | {r['mean_train_s']} |")
-    print(f"\nmarginal overhead per trial (reuse_actors, from the {args.small}- and "
-          f"{args.large}-trial runs): {marginal:.2f} s; fixed cost per study (Tuner.fit start/end, "
-          f"first actors): {fixed:.1f} s; ray.init: {ray_start:.1f} s")
+        print(
+            f"| {r['label']} | {r['n_trials']} | {r['concurrency']} | {r['wall_s']} | "
+            f"{r['trials_per_hour']} | {r['train_share']:.0%} | {r['eval_share']:.0%} | "
+            f"{r['overhead_per_trial_s']} | {r['mean_train_s']} |"
+        )
+    print(
+        f"\nmarginal overhead per trial (reuse_actors, from the {args.small}- and "
+        f"{args.large}-trial runs): {marginal:.2f} s; fixed cost per study (Tuner.fit start/end, "
+        f"first actors): {fixed:.1f} s; ray.init: {ray_start:.1f} s"
+    )
 
 
 if __name__ == "__main__":

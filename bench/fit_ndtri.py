@@ -17,7 +17,7 @@ from numpy.polynomial import chebyshev as C
 from scipy.special import ndtri
 
 PIECES = {  # name: (function of the piece's variable, lo, hi, degree)
-    "_NDTRI_CENTRAL": (lambda r: ndtri(0.5 + np.sqrt(r)) / np.sqrt(r), 0.0, 0.425 ** 2, 12),
+    "_NDTRI_CENTRAL": (lambda r: ndtri(0.5 + np.sqrt(r)) / np.sqrt(r), 0.0, 0.425**2, 12),
     "_NDTRI_TAIL1": (lambda s: -ndtri(np.exp(-s * s / 2)) / s, 2.25, 5.0, 10),
     "_NDTRI_TAIL2": (lambda s: -ndtri(np.exp(-s * s / 2)) / s, 5.0, 14.5, 12),
 }
@@ -46,6 +46,8 @@ if __name__ == "__main__":
         t = (x - lo) * (2 / (hi - lo)) - 1
         e64 = np.max(np.abs(C.chebval(t, c) / f(x) - 1))
         e32 = np.max(np.abs(clenshaw32(c, t) / f(x) - 1))
-        print(f"# {name}: degree {deg} on [{lo}, {hi}]; max rel. error {e64:.1e} (float64), "
-              f"{e32:.1e} (float32 Clenshaw)")
+        print(
+            f"# {name}: degree {deg} on [{lo}, {hi}]; max rel. error {e64:.1e} (float64), "
+            f"{e32:.1e} (float32 Clenshaw)"
+        )
         print(f"{name} = ({', '.join(repr(float(v)) for v in c)})")

@@ -27,19 +27,29 @@ def main():
     ap.add_argument("--frames", type=int, default=5500)
     ap.add_argument("--voxel-um", type=float, default=10.0)
     ap.add_argument("--updates", type=int, default=20)
-    ap.add_argument("--min-fish", type=int, default=1,
-                    help="1 (default) keeps the union of voxels: the largest joint dataset")
+    ap.add_argument(
+        "--min-fish",
+        type=int,
+        default=1,
+        help="1 (default) keeps the union of voxels: the largest joint dataset",
+    )
     ap.add_argument("--hidden", type=int, default=100)
     a = ap.parse_args()
 
     from raysearch.crbm import CRBM
     from raysearch.data.cohort import joint_dataset, make_synthetic_cohort
 
-    out = {"min_fish": a.min_fish, "fish": a.fish, "neurons": a.neurons, "frames": a.frames,
-           "voxel_um": a.voxel_um}
+    out = {
+        "min_fish": a.min_fish,
+        "fish": a.fish,
+        "neurons": a.neurons,
+        "frames": a.frames,
+        "voxel_um": a.voxel_um,
+    }
     t = time.perf_counter()
-    recs, truth = make_synthetic_cohort(n_fish=a.fish, n_neurons=a.neurons, n_frames=a.frames,
-                                        n_shared=4, n_private=2, seed=0)
+    recs, truth = make_synthetic_cohort(
+        n_fish=a.fish, n_neurons=a.neurons, n_frames=a.frames, n_shared=4, n_private=2, seed=0
+    )
     out["make_s"] = round(time.perf_counter() - t, 1)
     out["peak_after_recordings_gib"] = round(peak_gib(), 3)
     t = time.perf_counter()
@@ -50,8 +60,16 @@ def main():
     out["peak_after_joint_gib"] = round(peak_gib(), 3)
     del recs, truth
     t = time.perf_counter()
-    m = CRBM(n_hidden=a.hidden, visible="gaussian", lam=1e-3, n_updates=a.updates,
-             batch_size=100, n_gibbs=1, seed=0, backend="numpy").fit(jd)
+    m = CRBM(
+        n_hidden=a.hidden,
+        visible="gaussian",
+        lam=1e-3,
+        n_updates=a.updates,
+        batch_size=100,
+        n_gibbs=1,
+        seed=0,
+        backend="numpy",
+    ).fit(jd)
     out["train_s"] = round(time.perf_counter() - t, 1)
     out["updates"] = int(m.n_updates_done_)
     out["peak_after_training_gib"] = round(peak_gib(), 3)

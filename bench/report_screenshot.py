@@ -25,9 +25,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def find_chromium(explicit: str | None = None) -> str | None:
@@ -56,35 +64,61 @@ def synthetic_experiment(root: Path) -> Path:
     # the study as run, as raysearch run writes it (the report's header reads it)
     import yaml
 
-    study = {"name": "synthetic-demo", "description": "Fake fits of three model families.",
-             "recordings": [{"name": "fish", "synthetic": {"n_neurons": 200, "n_frames": 1000,
-                                                            "seed": 0}}],
-             "preprocessing": {"signal": "spikes"}, "model": {"n_hidden": 5},
-             "search": {"mode": "optuna", "penalty": "l2l1", "lam": {"low": 1e-3, "high": 3.0},
-                        "objective": "max_nrmse"}}
+    study = {
+        "name": "synthetic-demo",
+        "description": "Fake fits of three model families.",
+        "recordings": [
+            {"name": "fish", "synthetic": {"n_neurons": 200, "n_frames": 1000, "seed": 0}}
+        ],
+        "preprocessing": {"signal": "spikes"},
+        "model": {"n_hidden": 5},
+        "search": {
+            "mode": "optuna",
+            "penalty": "l2l1",
+            "lam": {"low": 1e-3, "high": 3.0},
+            "objective": "max_nrmse",
+        },
+    }
     (exp / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
     # the bad model's evaluation failed on two statistics (a finite model, non-finite nRMSE)
     for res in exp.glob("*_00003*/result.json"):
         rows = [json.loads(ln) for ln in res.read_text().splitlines() if ln.strip()]
         for r in rows:
-            r.update(nrmse_vv=float("inf"), nrmse_hh=float("nan"), mean_nrmse=float("inf"),
-                     max_nrmse=float("inf"))
+            r.update(
+                nrmse_vv=float("inf"),
+                nrmse_hh=float("nan"),
+                mean_nrmse=float("inf"),
+                max_nrmse=float("inf"),
+            )
         res.write_text("".join(json.dumps(r) + "\n" for r in rows))
     import h5py
 
     for model in exp.glob("models/*_00003*.h5"):
         with h5py.File(model, "a") as f:
             ev = f.require_group("evaluation")
-            for k, v in dict(nrmse_vv=np.inf, nrmse_hh=np.nan, mean_nrmse=np.inf,
-                             max_nrmse=np.inf).items():
+            for k, v in dict(
+                nrmse_vv=np.inf, nrmse_hh=np.nan, mean_nrmse=np.inf, max_nrmse=np.inf
+            ).items():
                 ev.attrs[k] = v
     # one more trial that diverged: no model file, every figure infinite, flagged bad
     tdir = exp / "crbm_trial_diverged_00099"
     tdir.mkdir()
-    row = {"trial_id": "diverged_00099", "training_iteration": 1, "lam": 3.0, "seed": 0,
-           "recording": "fish", "penalty": "l2l1", "n_hidden": 5, "bad": True,
-           "mean_nrmse": float("inf"), "max_nrmse": float("inf"), "updates": 40, "final": True,
-           "model_path": "", **{f"nrmse_{s}": float("inf") for s in ("v", "h", "vh", "vv", "hh")}}
+    row = {
+        "trial_id": "diverged_00099",
+        "training_iteration": 1,
+        "lam": 3.0,
+        "seed": 0,
+        "recording": "fish",
+        "penalty": "l2l1",
+        "n_hidden": 5,
+        "bad": True,
+        "mean_nrmse": float("inf"),
+        "max_nrmse": float("inf"),
+        "updates": 40,
+        "final": True,
+        "model_path": "",
+        **{f"nrmse_{s}": float("inf") for s in ("v", "h", "vh", "vv", "hh")},
+    }
     (tdir / "result.json").write_text(json.dumps(row) + "\n")
     (tdir / "params.json").write_text(json.dumps({"lam": 3.0, "seed": 0, "recording": "fish"}))
     return exp
@@ -93,13 +127,19 @@ def synthetic_experiment(root: Path) -> Path:
 def screenshot(report: Path, png: Path, chromium: str, width=1400, height=6000) -> Path:
     """Save a screenshot of ``report`` (an HTML file) as ``png`` with headless Chromium."""
     with tempfile.TemporaryDirectory(prefix="raysearch-chromium-") as profile:
-        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-               f"--screenshot={png}", f"--window-size={width},{height}",
-               report.resolve().as_uri()]
+        cmd = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            report.resolve().as_uri(),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if not png.exists():
-        raise RuntimeError(f"chromium wrote no screenshot (rc {proc.returncode}): "
-                           f"{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
+        )
     return png
 
 

@@ -49,16 +49,23 @@ from __future__ import annotations
 import functools
 import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.special as _sps
 
 from raysearch.errors import ConfigError
 
-__all__ = ["Backend", "BackendRNG", "StrictArray", "get_backend", "available_backends",
-           "cupy_available"]
+__all__ = [
+    "Backend",
+    "BackendRNG",
+    "StrictArray",
+    "get_backend",
+    "available_backends",
+    "cupy_available",
+]
 
 _FLOAT = np.float32
 
@@ -69,7 +76,9 @@ _FLOAT = np.float32
 def _seed_sequence(seed: int, keys: tuple[int, ...]) -> np.random.SeedSequence:
     entropy = [int(seed)] + [int(k) for k in keys]
     if any(e < 0 for e in entropy):
-        raise ConfigError(f"random seed and stream keys must be non-negative integers, got {entropy}")
+        raise ConfigError(
+            f"random seed and stream keys must be non-negative integers, got {entropy}"
+        )
     return np.random.SeedSequence(entropy)
 
 
@@ -124,7 +133,7 @@ class BackendRNG:
         """One uniform 64-bit integer as a Python int (a host value on every backend): the key
         of a counter-based stream such as :func:`raysearch.crbm.cpu_kernels.bernoulli_draw`'s."""
         if self.name == "cupy":
-            hi, lo = (int(x) for x in self._gen.randint(0, 2 ** 32, size=2, dtype=np.int64).get())
+            hi, lo = (int(x) for x in self._gen.randint(0, 2**32, size=2, dtype=np.int64).get())
             return (hi << 32) | lo
         return int(self._gen.bit_generator.random_raw())
 
@@ -140,8 +149,10 @@ class BackendRNG:
 # --------------------------------------------------------------------------------------------
 # Strict backend: a CuPy-like array type on the CPU
 # --------------------------------------------------------------------------------------------
-_NO_CONVERSION = ("Implicit conversion to a NumPy array is not allowed (strict backend, like CuPy): "
-                  "use Backend.to_numpy(x) to move data to the host, Backend.asarray(a) to move it in")
+_NO_CONVERSION = (
+    "Implicit conversion to a NumPy array is not allowed (strict backend, like CuPy): "
+    "use Backend.to_numpy(x) to move data to the host, Backend.asarray(a) to move it in"
+)
 
 
 def _wrap(x):
@@ -162,8 +173,10 @@ def _unwrap(x, allow_host: bool = False):
     if isinstance(x, np.ndarray):
         if allow_host:
             return x
-        raise TypeError(f"Unsupported type {type(x)}: a NumPy array cannot be mixed with strict-backend "
-                        "arrays (CuPy would refuse it too); move it with Backend.asarray first")
+        raise TypeError(
+            f"Unsupported type {type(x)}: a NumPy array cannot be mixed with strict-backend "
+            "arrays (CuPy would refuse it too); move it with Backend.asarray first"
+        )
     if isinstance(x, tuple):
         return tuple(_unwrap(i, allow_host) for i in x)
     if isinstance(x, list):
@@ -180,8 +193,10 @@ def _operand(x):
     if isinstance(x, (bool, int, float, complex, np.generic)):
         return x
     if isinstance(x, np.ndarray):
-        raise TypeError("Unsupported operand: a NumPy array cannot be combined with a strict-backend "
-                        "array (CuPy raises TypeError here too); move it with Backend.asarray first")
+        raise TypeError(
+            "Unsupported operand: a NumPy array cannot be combined with a strict-backend "
+            "array (CuPy raises TypeError here too); move it with Backend.asarray first"
+        )
     return NotImplemented
 
 
@@ -194,7 +209,7 @@ class StrictArray:
     """A CuPy-like array wrapping a private ``np.ndarray``; see the module docstring."""
 
     __slots__ = ("_a",)
-    __array_ufunc__ = None          # np.ufunc(x) and ndarray <op> x raise TypeError
+    __array_ufunc__ = None  # np.ufunc(x) and ndarray <op> x raise TypeError
     __array_priority__ = 1000
 
     def __init__(self, a: np.ndarray):
@@ -207,9 +222,11 @@ class StrictArray:
         raise TypeError(_NO_CONVERSION)
 
     def __array_function__(self, func, types, args, kwargs):
-        raise TypeError(f"np.{getattr(func, '__name__', func)} cannot be applied to a strict-backend "
-                        "array (like CuPy without explicit transfer); use Backend.xp."
-                        f"{getattr(func, '__name__', '...')} or Backend.to_numpy")
+        raise TypeError(
+            f"np.{getattr(func, '__name__', func)} cannot be applied to a strict-backend "
+            "array (like CuPy without explicit transfer); use Backend.xp."
+            f"{getattr(func, '__name__', '...')} or Backend.to_numpy"
+        )
 
     def __float__(self):
         return float(self._a)
@@ -235,7 +252,7 @@ class StrictArray:
     def __str__(self):
         return str(self._a)
 
-    def __format__(self, spec):       # f"{x:.3f}" on a 0-d array, as CuPy allows
+    def __format__(self, spec):  # f"{x:.3f}" on a 0-d array, as CuPy allows
         return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
 
     # -- attributes -------------------------------------------------------------------------
@@ -269,8 +286,18 @@ class StrictArray:
         # Methods (sum, mean, astype, reshape, copy, clip, ...): unwrap arguments, wrap results.
         # Dunders (__array_interface__, __array_struct__, __dlpack__, buffer hooks) are not
         # forwarded: they are how NumPy would convert us implicitly.
-        if name.startswith("__") or name in ("ctypes", "data", "base", "view", "tofile",
-                                             "tobytes", "dump", "dumps", "getfield", "setfield"):
+        if name.startswith("__") or name in (
+            "ctypes",
+            "data",
+            "base",
+            "view",
+            "tofile",
+            "tobytes",
+            "dump",
+            "dumps",
+            "getfield",
+            "setfield",
+        ):
             raise AttributeError(f"strict-backend arrays have no attribute {name!r}")
         attr = getattr(self._a, name)
         if not callable(attr):
@@ -298,6 +325,7 @@ class StrictArray:
             if o is NotImplemented:
                 return NotImplemented
             return _wrap(op(o, self._a) if reflected else op(self._a, o))
+
         f.__name__ = op.__name__
         return f
 
@@ -308,22 +336,60 @@ class StrictArray:
                 return NotImplemented
             op(self._a, o)
             return self
+
         return f
 
-    __add__, __radd__, __iadd__ = _binary(operator.add), _binary(operator.add, True), _inplace(operator.iadd)
-    __sub__, __rsub__, __isub__ = _binary(operator.sub), _binary(operator.sub, True), _inplace(operator.isub)
-    __mul__, __rmul__, __imul__ = _binary(operator.mul), _binary(operator.mul, True), _inplace(operator.imul)
-    __truediv__, __rtruediv__, __itruediv__ = (_binary(operator.truediv), _binary(operator.truediv, True),
-                                               _inplace(operator.itruediv))
-    __floordiv__, __rfloordiv__, __ifloordiv__ = (_binary(operator.floordiv),
-                                                  _binary(operator.floordiv, True),
-                                                  _inplace(operator.ifloordiv))
-    __mod__, __rmod__, __imod__ = _binary(operator.mod), _binary(operator.mod, True), _inplace(operator.imod)
-    __pow__, __rpow__, __ipow__ = _binary(operator.pow), _binary(operator.pow, True), _inplace(operator.ipow)
+    __add__, __radd__, __iadd__ = (
+        _binary(operator.add),
+        _binary(operator.add, True),
+        _inplace(operator.iadd),
+    )
+    __sub__, __rsub__, __isub__ = (
+        _binary(operator.sub),
+        _binary(operator.sub, True),
+        _inplace(operator.isub),
+    )
+    __mul__, __rmul__, __imul__ = (
+        _binary(operator.mul),
+        _binary(operator.mul, True),
+        _inplace(operator.imul),
+    )
+    __truediv__, __rtruediv__, __itruediv__ = (
+        _binary(operator.truediv),
+        _binary(operator.truediv, True),
+        _inplace(operator.itruediv),
+    )
+    __floordiv__, __rfloordiv__, __ifloordiv__ = (
+        _binary(operator.floordiv),
+        _binary(operator.floordiv, True),
+        _inplace(operator.ifloordiv),
+    )
+    __mod__, __rmod__, __imod__ = (
+        _binary(operator.mod),
+        _binary(operator.mod, True),
+        _inplace(operator.imod),
+    )
+    __pow__, __rpow__, __ipow__ = (
+        _binary(operator.pow),
+        _binary(operator.pow, True),
+        _inplace(operator.ipow),
+    )
     __matmul__, __rmatmul__ = _binary(operator.matmul), _binary(operator.matmul, True)
-    __and__, __rand__, __iand__ = _binary(operator.and_), _binary(operator.and_, True), _inplace(operator.iand)
-    __or__, __ror__, __ior__ = _binary(operator.or_), _binary(operator.or_, True), _inplace(operator.ior)
-    __xor__, __rxor__, __ixor__ = _binary(operator.xor), _binary(operator.xor, True), _inplace(operator.ixor)
+    __and__, __rand__, __iand__ = (
+        _binary(operator.and_),
+        _binary(operator.and_, True),
+        _inplace(operator.iand),
+    )
+    __or__, __ror__, __ior__ = (
+        _binary(operator.or_),
+        _binary(operator.or_, True),
+        _inplace(operator.ior),
+    )
+    __xor__, __rxor__, __ixor__ = (
+        _binary(operator.xor),
+        _binary(operator.xor, True),
+        _inplace(operator.ixor),
+    )
     __lt__, __le__ = _binary(operator.lt), _binary(operator.le)
     __gt__, __ge__ = _binary(operator.gt), _binary(operator.ge)
     __eq__, __ne__ = _binary(operator.eq), _binary(operator.ne)
@@ -352,7 +418,9 @@ class _StrictCallable:
         functools.update_wrapper(self, fn, updated=())
 
     def __call__(self, *args, **kwargs):
-        return _wrap(self._fn(*_unwrap(args, self._allow_host), **_unwrap(kwargs, self._allow_host)))
+        return _wrap(
+            self._fn(*_unwrap(args, self._allow_host), **_unwrap(kwargs, self._allow_host))
+        )
 
     def __getattr__(self, name):  # ufunc methods: reduce, accumulate, outer, at
         attr = getattr(self._fn, name)
@@ -376,7 +444,7 @@ class _StrictNamespace:
         if isinstance(obj, type) or not callable(obj):
             if type(obj).__name__ == "module":
                 return _StrictNamespace(obj, name)
-            return obj      # dtypes, constants (float32, pi, inf, newaxis, ...)
+            return obj  # dtypes, constants (float32, pi, inf, newaxis, ...)
         return _StrictCallable(obj, allow_host=name in self._HOST_ENTRY)
 
     def __repr__(self):
@@ -460,7 +528,7 @@ class Backend:
         """
         return _load_cpu_kernels() if self.use_cpu_kernels else None
 
-    def without_cpu_kernels(self) -> "Backend":
+    def without_cpu_kernels(self) -> Backend:
         """The same backend with :attr:`cpu_kernels` None (the plain NumPy code path)."""
         return replace(self, use_cpu_kernels=False)
 
@@ -475,7 +543,7 @@ def _load_cpu_kernels():
     return _import_cpu_kernels()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_cpu_kernels():
     try:
         from raysearch.crbm import cpu_kernels  # noqa: PLC0415 (numba is imported on first use only)
@@ -489,12 +557,20 @@ def _numpy_backend() -> Backend:
         return BackendRNG("numpy", np.random.default_rng(_seed_sequence(seed, keys)), lambda x: x)
 
     return Backend(
-        name="numpy", xp=np, erfcx=_sps.erfcx, log_ndtr=_sps.log_ndtr, ndtri=_sps.ndtri,
-        ndtr=_sps.ndtr, expit=_sps.expit, logaddexp=np.logaddexp, is_device=False,
+        name="numpy",
+        xp=np,
+        erfcx=_sps.erfcx,
+        log_ndtr=_sps.log_ndtr,
+        ndtri=_sps.ndtri,
+        ndtr=_sps.ndtr,
+        expit=_sps.expit,
+        logaddexp=np.logaddexp,
+        is_device=False,
         use_cpu_kernels=True,
         _asarray=lambda a, dtype: np.asarray(a, dtype=dtype),
         _to_numpy=lambda a: np.asarray(a),
-        _make_rng=make_rng, _sync=None,
+        _make_rng=make_rng,
+        _sync=None,
     )
 
 
@@ -502,14 +578,16 @@ def _strict_backend() -> Backend:
     def asarray(a, dtype):
         if isinstance(a, StrictArray):
             return a if dtype is None or a.dtype == dtype else StrictArray(a._a.astype(dtype))
-        return StrictArray(np.array(a, dtype=dtype, copy=True))     # a "transfer": never aliases
+        return StrictArray(np.array(a, dtype=dtype, copy=True))  # a "transfer": never aliases
 
     def to_numpy(a):
         if isinstance(a, StrictArray):
             return a._a.copy()
         if isinstance(a, np.ndarray):
-            raise TypeError("to_numpy got a NumPy array, not a strict-backend array: it was never "
-                            "moved to the backend (CuPy's asnumpy would hide this)")
+            raise TypeError(
+                "to_numpy got a NumPy array, not a strict-backend array: it was never "
+                "moved to the backend (CuPy's asnumpy would hide this)"
+            )
         return np.asarray(a)
 
     def make_rng(seed, keys):
@@ -517,9 +595,19 @@ def _strict_backend() -> Backend:
 
     sc = _StrictCallable
     return Backend(
-        name="strict", xp=_StrictNamespace(np), erfcx=sc(_sps.erfcx), log_ndtr=sc(_sps.log_ndtr),
-        ndtri=sc(_sps.ndtri), ndtr=sc(_sps.ndtr), expit=sc(_sps.expit), logaddexp=sc(np.logaddexp),
-        is_device=False, _asarray=asarray, _to_numpy=to_numpy, _make_rng=make_rng, _sync=None,
+        name="strict",
+        xp=_StrictNamespace(np),
+        erfcx=sc(_sps.erfcx),
+        log_ndtr=sc(_sps.log_ndtr),
+        ndtri=sc(_sps.ndtri),
+        ndtr=sc(_sps.ndtr),
+        expit=sc(_sps.expit),
+        logaddexp=sc(np.logaddexp),
+        is_device=False,
+        _asarray=asarray,
+        _to_numpy=to_numpy,
+        _make_rng=make_rng,
+        _sync=None,
     )
 
 
@@ -541,9 +629,11 @@ def _import_cupy():
 def _cupy_backend() -> Backend:
     cupy, reason = _import_cupy()
     if cupy is None:
-        raise ConfigError(f"backend 'cupy' is not available: {reason}. Install the 'gpu' extra "
-                          "(pip install 'raysearch[gpu]') on a machine with a CUDA device, or use "
-                          "backend='numpy' / 'auto'.")
+        raise ConfigError(
+            f"backend 'cupy' is not available: {reason}. Install the 'gpu' extra "
+            "(pip install 'raysearch[gpu]') on a machine with a CUDA device, or use "
+            "backend='numpy' / 'auto'."
+        )
     import cupyx.scipy.special as csp  # noqa: PLC0415
     from cupy.cuda import curand  # noqa: PLC0415
 
@@ -557,29 +647,37 @@ def _cupy_backend() -> Backend:
         cupy.cuda.get_current_stream().synchronize()
 
     return Backend(
-        name="cupy", xp=cupy, erfcx=csp.erfcx, log_ndtr=csp.log_ndtr, ndtri=csp.ndtri,
-        ndtr=csp.ndtr, expit=csp.expit, logaddexp=cupy.logaddexp, is_device=True,
+        name="cupy",
+        xp=cupy,
+        erfcx=csp.erfcx,
+        log_ndtr=csp.log_ndtr,
+        ndtri=csp.ndtri,
+        ndtr=csp.ndtr,
+        expit=csp.expit,
+        logaddexp=cupy.logaddexp,
+        is_device=True,
         _asarray=lambda a, dtype: cupy.asarray(a, dtype=dtype),
         _to_numpy=lambda a: cupy.asnumpy(a),
-        _make_rng=make_rng, _sync=sync,
+        _make_rng=make_rng,
+        _sync=sync,
     )
 
 
 _FACTORIES = {"numpy": _numpy_backend, "strict": _strict_backend, "cupy": _cupy_backend}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_available() -> bool:
     """True when CuPy imports and a CUDA device is visible to this process."""
     return _import_cupy()[0] is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _get(name: str) -> Backend:
     return _FACTORIES[name]()
 
 
-def get_backend(name: "str | Backend" = "auto") -> Backend:
+def get_backend(name: str | Backend = "auto") -> Backend:
     """Return the backend called ``name`` (cached: the same object on every call).
 
     Parameters

@@ -113,14 +113,31 @@ from raysearch.crbm import training, units
 from raysearch.errors import ConfigError, InputError
 from raysearch.verdicts import STATS, Z_MARGIN
 
-__all__ = ["STATS", "EvaluationResult", "evaluate", "evaluate_joint", "joint_metrics",
-           "per_fish_metrics", "nrmse", "nrmse_from_rmse", "rmse",
-           "shuffled_rmse", "data_contrast", "jackknife_se", "pair_subset",
-           "is_bad", "weight_sparsity", "weight_convergence", "reconstruction_score",
-           "N_BLOCKS", "UNSTABLE_FACTOR", "Z_MARGIN"]
+__all__ = [
+    "STATS",
+    "EvaluationResult",
+    "evaluate",
+    "evaluate_joint",
+    "joint_metrics",
+    "per_fish_metrics",
+    "nrmse",
+    "nrmse_from_rmse",
+    "rmse",
+    "shuffled_rmse",
+    "data_contrast",
+    "jackknife_se",
+    "pair_subset",
+    "is_bad",
+    "weight_sparsity",
+    "weight_convergence",
+    "reconstruction_score",
+    "N_BLOCKS",
+    "UNSTABLE_FACTOR",
+    "Z_MARGIN",
+]
 
-_EVAL_STREAM = 7_001          # rng stream id of evaluation draws (trainer streams differ)
-_CHUNK = 1024                 # data frames per backend chunk
+_EVAL_STREAM = 7_001  # rng stream id of evaluation draws (trainer streams differ)
+_CHUNK = 1024  # data frames per backend chunk
 #: Fewest Gibbs steps (burn-in + sampling) of the evaluation chains of a Gaussian model whose
 #: normalisability the parameter checks cannot decide (raysearch.stability): chains of
 #: non-normalisable models fitted to a 2,000-neuron z-scored fish ran away only after
@@ -158,8 +175,10 @@ def nrmse_from_rmse(rmse_model: float, rmse_opt: float, rmse_shuf: float) -> flo
     denominator is not positive. (Whether the denominator is more than noise is the separate,
     data-driven question decided in :func:`evaluate`.)"""
     den = rmse_shuf - rmse_opt
-    if not (math.isfinite(rmse_model) and math.isfinite(rmse_opt) and math.isfinite(rmse_shuf)) \
-            or not den > 0:
+    if (
+        not (math.isfinite(rmse_model) and math.isfinite(rmse_opt) and math.isfinite(rmse_shuf))
+        or not den > 0
+    ):
         return float("nan")
     return (rmse_model - rmse_opt) / den
 
@@ -196,8 +215,10 @@ def nrmse(s_test, s_model, s_train) -> tuple[float, float, float, float]:
     s_model = np.asarray(s_model, dtype=np.float64).ravel()
     s_train = np.asarray(s_train, dtype=np.float64).ravel()
     if not (s_test.shape == s_model.shape == s_train.shape):
-        raise ValueError(f"statistic vectors differ in length: test {s_test.shape}, "
-                         f"model {s_model.shape}, train {s_train.shape}")
+        raise ValueError(
+            f"statistic vectors differ in length: test {s_test.shape}, "
+            f"model {s_model.shape}, train {s_train.shape}"
+        )
     r_model = rmse(s_test, s_model)
     r_opt = rmse(s_test, s_train)
     r_shuf = shuffled_rmse(s_test, s_model)
@@ -238,18 +259,20 @@ def jackknife_se(replicates) -> float:
     return float(np.sqrt((g - 1) / g * np.sum((x - x.mean()) ** 2)))
 
 
-def is_bad(nrmse_dict: dict, params_finite: bool, nrmse_upper: dict | None = None,
-           unassessable=()) -> bool:
+def is_bad(
+    nrmse_dict: dict, params_finite: bool, nrmse_upper: dict | None = None, unassessable=()
+) -> bool:
     """The bad flag of :func:`raysearch.verdicts.verdict` from nRMSEs alone (no noise given: the
     upper bounds are the nRMSEs themselves)."""
-    return verdicts.verdict(nrmse_dict, nrmse_upper or nrmse_dict, unassessable,
-                            params_finite=params_finite)[0]
+    return verdicts.verdict(
+        nrmse_dict, nrmse_upper or nrmse_dict, unassessable, params_finite=params_finite
+    )[0]
 
 
 def _pair_units(n_units: int, max_pairs: int, seed: int):
     if n_units * (n_units - 1) // 2 <= max_pairs:
         return None
-    k = int((1 + math.isqrt(1 + 8 * max_pairs)) // 2)            # k(k-1)/2 <= max_pairs
+    k = int((1 + math.isqrt(1 + 8 * max_pairs)) // 2)  # k(k-1)/2 <= max_pairs
     while k * (k - 1) // 2 > max_pairs:
         k -= 1
     k = max(k, 2)
@@ -278,7 +301,6 @@ def pair_subset(n_units: int, max_pairs: int = 1_000_000, seed: int = 0):
         return i.astype(np.int64), j.astype(np.int64)
     a, b = np.triu_indices(units_.size, k=1)
     return units_[a].astype(np.int64), units_[b].astype(np.int64)
-
 
 
 def weight_sparsity(weights) -> tuple[float, float]:
@@ -370,8 +392,9 @@ class EvaluationResult:
         d["unstable"] = bool(self.unstable)
         d["unstable_reason"] = str(self.unstable_reason)
         d["unassessable"] = ",".join(s for s in STATS if s in self.unassessable)
-        d["unassessable_reason"] = "; ".join(f"{s}: {self.unassessable[s]}" for s in STATS
-                                             if s in self.unassessable)
+        d["unassessable_reason"] = "; ".join(
+            f"{s}: {self.unassessable[s]}" for s in STATS if s in self.unassessable
+        )
         d["sparsity"] = float(self.sparsity)
         d["weight_density"] = float(self.weight_density)
         d["weight_std"] = float(self.weight_std)
@@ -422,9 +445,15 @@ class _Moments:
 
     def host(self) -> dict:
         """The sums on the host (float64), with ``n``."""
-        g = lambda a: self.bk.to_numpy(a).astype(np.float64)   # noqa: E731
-        return {"n": float(self.n), "sv": g(self.sv), "sh": g(self.sh), "svh": g(self.svh),
-                "svv": g(self.svv), "shh": g(self.shh)}
+        g = lambda a: self.bk.to_numpy(a).astype(np.float64)  # noqa: E731
+        return {
+            "n": float(self.n),
+            "sv": g(self.sv),
+            "sh": g(self.sh),
+            "svh": g(self.svh),
+            "svv": g(self.svv),
+            "shh": g(self.shh),
+        }
 
 
 def _add_sums(parts) -> dict:
@@ -446,13 +475,13 @@ def _vectors(sums: dict, sub, v_shift_sub, h_shift, vh_mask, vh_correction=None)
     the quadratic sums were taken around (host)."""
     n = sums["n"]
     if not n > 0:
-        nan = lambda a: np.full(a.shape, np.nan)   # noqa: E731
+        nan = lambda a: np.full(a.shape, np.nan)  # noqa: E731
         mv, mh, mvh = nan(sums["sv"]), nan(sums["sh"]), nan(sums["svh"])
         cvv, chh = nan(sums["svv"]), nan(sums["shh"])
     else:
         mv, mh, mvh = sums["sv"] / n, sums["sh"] / n, sums["svh"] / n
         dv = (mv if sub is None else mv[sub]) - v_shift_sub
-        cvv = sums["svv"] / n - np.outer(dv, dv)   # E[(v-c)(v-c)] - E[v-c]E[v-c] = Cov(v)
+        cvv = sums["svv"] / n - np.outer(dv, dv)  # E[(v-c)(v-c)] - E[v-c]E[v-c] = Cov(v)
         dh = mh - h_shift
         chh = sums["shh"] / n - np.outer(dh, dh)
     iu = np.triu_indices(cvv.shape[0], k=1)
@@ -468,8 +497,10 @@ def _model_arrays(model):
         names.append("gamma_")
     missing = [n for n in names if getattr(model, n, None) is None]
     if missing:
-        raise InputError(f"evaluate: the model has no {', '.join(missing)}: fit it (or "
-                         "CRBM.load a model file) before evaluating")
+        raise InputError(
+            f"evaluate: the model has no {', '.join(missing)}: fit it (or "
+            "CRBM.load a model file) before evaluating"
+        )
     arrs = {n: np.asarray(getattr(model, n), dtype=np.float32) for n in names}
     finite = all(np.all(np.isfinite(a)) for a in arrs.values())
     return arrs, finite
@@ -488,7 +519,7 @@ def _data_moments(V_host, p, bk, sub, v_shift, h_shift, n_blocks=1):
     for b in range(n_blocks):
         acc = _Moments(bk, N, M, sub, v_shift, h_shift)
         for s in range(edges[b], edges[b + 1], _CHUNK):
-            v = bk.asarray(V_host[s:min(s + _CHUNK, edges[b + 1])])
+            v = bk.asarray(V_host[s : min(s + _CHUNK, edges[b + 1])])
             acc.add(v, _hidden_means(v, p, bk))
         out.append(acc.host())
     return out
@@ -505,13 +536,15 @@ def _reconstruction_sums(V_host, p, visible, train_mean, n_train, bk, n_blocks):
     if visible == "bernoulli":
         eps = 0.5 / max(n_train, 1)
         q = np.clip(m, eps, 1.0 - eps)
-        log_p, log_1p = bk.asarray(np.log(q).astype(np.float32)), \
-            bk.asarray(np.log1p(-q).astype(np.float32))
+        log_p, log_1p = (
+            bk.asarray(np.log(q).astype(np.float32)),
+            bk.asarray(np.log1p(-q).astype(np.float32)),
+        )
     m_b = bk.asarray(m.astype(np.float32))
     xp = bk.xp
     for b in range(n_blocks):
         for s in range(edges[b], edges[b + 1], _CHUNK):
-            v = bk.asarray(V_host[s:min(s + _CHUNK, edges[b + 1])])
+            v = bk.asarray(V_host[s : min(s + _CHUNK, edges[b + 1])])
             x = units.visible_inputs(_hidden_means(v, p, bk), p["W"])
             if visible == "bernoulli":
                 x = x + p["g"]
@@ -556,8 +589,23 @@ def _max_abs(v, bk) -> float:
     return float(bk.to_numpy(xp.max(xp.abs(v)))) if v.size else 0.0
 
 
-def _sample_model(tp, v, visible, bk, rng, WT, n_burnin, n_samples, n_between, groups, p, sub,
-                  v_shift, h_shift, bound):
+def _sample_model(
+    tp,
+    v,
+    visible,
+    bk,
+    rng,
+    WT,
+    n_burnin,
+    n_samples,
+    n_between,
+    groups,
+    p,
+    sub,
+    v_shift,
+    h_shift,
+    bound,
+):
     """Run the chains; return (host sums per chain group, max |v| seen, why unstable or "")."""
     N, M = p["W"].shape[1], p["W"].shape[0]
     accs = [_Moments(bk, N, M, sub, v_shift, h_shift) for _ in groups]
@@ -571,11 +619,13 @@ def _sample_model(tp, v, visible, bk, rng, WT, n_burnin, n_samples, n_between, g
         if not math.isfinite(m):
             return "model chains became non-finite"
         if gaussian and m > bound:
-            return (f"model chains left the sane range: max |v| {m:.3g} > {bound:.3g} "
-                    f"({UNSTABLE_FACTOR:g} x the largest |v| of the training frames)")
+            return (
+                f"model chains left the sane range: max |v| {m:.3g} > {bound:.3g} "
+                f"({UNSTABLE_FACTOR:g} x the largest |v| of the training frames)"
+            )
         return ""
 
-    with np.errstate(all="ignore"):     # a diverging model's chains may overflow: caught below
+    with np.errstate(all="ignore"):  # a diverging model's chains may overflow: caught below
         # Gaussian chains are checked every _CHECK_EVERY burn-in steps (an exploding model stops
         # early); Bernoulli chains in one go (same draws either way)
         step = _CHECK_EVERY if gaussian else max(n_burnin, 1)
@@ -603,9 +653,19 @@ def _parts(vec_test, vec_model, vec_train) -> dict:
     return {s: nrmse(vec_test[s], vec_model[s], vec_train[s]) for s in STATS}
 
 
-def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_samples: int = 50,
-             n_between: int = 20, seed: int = 0, max_pairs: int = 1_000_000,
-             return_stats: bool = False, backend=None, pair_seed: int = 0) -> EvaluationResult:
+def evaluate(
+    model,
+    dataset,
+    n_chains: int = 300,
+    n_burnin: int = 2000,
+    n_samples: int = 50,
+    n_between: int = 20,
+    seed: int = 0,
+    max_pairs: int = 1_000_000,
+    return_stats: bool = False,
+    backend=None,
+    pair_seed: int = 0,
+) -> EvaluationResult:
     """Compare the model's statistics with held-out data and give the fit its verdict.
 
     Parameters
@@ -649,14 +709,18 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     train = getattr(dataset, "train", None)
     test = getattr(dataset, "test", None)
     if train is None or test is None:
-        raise InputError("evaluate: dataset must have .train and .test arrays (a raysearch Dataset)")
+        raise InputError(
+            "evaluate: dataset must have .train and .test arrays (a raysearch Dataset)"
+        )
     train = np.ascontiguousarray(train, dtype=np.float32)
     test = np.ascontiguousarray(test, dtype=np.float32)
     arrs, finite = _model_arrays(model)
     M, N = arrs["weights_"].shape
     if train.ndim != 2 or test.ndim != 2 or train.shape[1] != N or test.shape[1] != N:
-        raise InputError(f"evaluate: the model has {N} visible units but the data are train "
-                         f"{train.shape}, test {test.shape}")
+        raise InputError(
+            f"evaluate: the model has {N} visible units but the data are train "
+            f"{train.shape}, test {test.shape}"
+        )
     if train.shape[0] < 1 or test.shape[0] < 1:
         raise InputError("evaluate: train and test data must have at least one frame each")
     visible = getattr(model, "visible", "bernoulli")
@@ -670,8 +734,14 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     params_finite = finite and not diverged
     sparsity, density = weight_sparsity(arrs["weights_"])
     w_std, w_conv = weight_convergence(arrs["weights_"])
-    settings = dict(n_chains=n_chains, n_burnin=n_burnin, n_samples=n_samples,
-                    n_between=n_between, seed=seed, max_pairs=max_pairs)
+    settings = dict(
+        n_chains=n_chains,
+        n_burnin=n_burnin,
+        n_samples=n_samples,
+        n_between=n_between,
+        seed=seed,
+        max_pairs=max_pairs,
+    )
     sub_host = _pair_units(N, max_pairs, _check_int("pair_seed", pair_seed, 0))
     n_pairs = (N * (N - 1) // 2) if sub_host is None else sub_host.size * (sub_host.size - 1) // 2
     nan = {s: float("nan") for s in STATS}
@@ -679,32 +749,65 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
 
     if not finite:
         return EvaluationResult(
-            nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan), rmse_shuf=dict(nan),
-            mean_nrmse=math.inf, max_nrmse=math.inf, bad=True, sparsity=sparsity,
-            weight_density=density, params_finite=params_finite, n_model_samples=0,
-            n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
-            bad_reason="diverged", max_criteria=math.inf, objective_se=dict(inf_obj),
-            nrmse_se=dict(nan), nrmse_upper=dict(nan), weight_std=w_std, weights_converged=w_conv)
+            nrmse=dict(nan),
+            rmse_model=dict(nan),
+            rmse_opt=dict(nan),
+            rmse_shuf=dict(nan),
+            mean_nrmse=math.inf,
+            max_nrmse=math.inf,
+            bad=True,
+            sparsity=sparsity,
+            weight_density=density,
+            params_finite=params_finite,
+            n_model_samples=0,
+            n_vv_pairs=n_pairs,
+            seconds=time.perf_counter() - t0,
+            settings=settings,
+            bad_reason="diverged",
+            max_criteria=math.inf,
+            objective_se=dict(inf_obj),
+            nrmse_se=dict(nan),
+            nrmse_upper=dict(nan),
+            weight_std=w_std,
+            weights_converged=w_conv,
+        )
     # Gaussian visibles: a model that is not normalisable (raysearch.stability) has no statistics
     # to compare; its chains would only run away. Undetermined models get chains of at least
     # UNDETERMINED_MIN_STEPS Gibbs steps, long enough for a run-away to show.
     if visible == "gaussian":
         from raysearch.stability import check_stability
 
-        stab = check_stability(arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"],
-                               arrs["gamma_minus_"])
+        stab = check_stability(
+            arrs["weights_"], arrs["gamma_"], arrs["gamma_plus_"], arrs["gamma_minus_"]
+        )
         settings["stability"] = stab.verdict
         settings["stability_margin"] = float(stab.margin)
         if stab.verdict == "unstable":
             return EvaluationResult(
-                nrmse=dict(nan), rmse_model=dict(nan), rmse_opt=dict(nan), rmse_shuf=dict(nan),
-                mean_nrmse=math.inf, max_nrmse=math.inf, bad=True, sparsity=sparsity,
-                weight_density=density, params_finite=params_finite, n_model_samples=0,
-                n_vv_pairs=n_pairs, seconds=time.perf_counter() - t0, settings=settings,
-                bad_reason="diverged" if diverged else "unstable", unstable=True,
-                unstable_reason=stab.reason, max_criteria=math.inf,
-                objective_se=dict(inf_obj), nrmse_se=dict(nan), nrmse_upper=dict(nan),
-                weight_std=w_std, weights_converged=w_conv)
+                nrmse=dict(nan),
+                rmse_model=dict(nan),
+                rmse_opt=dict(nan),
+                rmse_shuf=dict(nan),
+                mean_nrmse=math.inf,
+                max_nrmse=math.inf,
+                bad=True,
+                sparsity=sparsity,
+                weight_density=density,
+                params_finite=params_finite,
+                n_model_samples=0,
+                n_vv_pairs=n_pairs,
+                seconds=time.perf_counter() - t0,
+                settings=settings,
+                bad_reason="diverged" if diverged else "unstable",
+                unstable=True,
+                unstable_reason=stab.reason,
+                max_criteria=math.inf,
+                objective_se=dict(inf_obj),
+                nrmse_se=dict(nan),
+                nrmse_upper=dict(nan),
+                weight_std=w_std,
+                weights_converged=w_conv,
+            )
         if stab.verdict == "undetermined":
             n_burnin = max(n_burnin, UNDETERMINED_MIN_STEPS - n_samples * n_between)
             settings["n_burnin"] = n_burnin
@@ -712,17 +815,25 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     if backend is None:
         backend = getattr(model, "backend", "auto")
     bk = get_backend(backend)
-    p = {"W": bk.asarray(arrs["weights_"]), "g": bk.asarray(arrs["fields_"]),
-         "hidden": tuple(bk.asarray(arrs[k]) for k in
-                         ("gamma_plus_", "gamma_minus_", "theta_plus_", "theta_minus_"))}
+    p = {
+        "W": bk.asarray(arrs["weights_"]),
+        "g": bk.asarray(arrs["fields_"]),
+        "hidden": tuple(
+            bk.asarray(arrs[k])
+            for k in ("gamma_plus_", "gamma_minus_", "theta_plus_", "theta_minus_")
+        ),
+    }
     if visible == "gaussian":
         p["gamma"] = bk.asarray(arrs["gamma_"])
     sub = None if sub_host is None else bk.asarray(sub_host, dtype=np.int64)
     train_mean = train.mean(axis=0)
     v_shift = bk.asarray(train_mean)
     h_shift = _hidden_shift(train, p, bk)
-    v_shift_sub_h = train_mean.astype(np.float64) if sub_host is None \
+    v_shift_sub_h = (
+        train_mean.astype(np.float64)
+        if sub_host is None
         else train_mean[sub_host].astype(np.float64)
+    )
     h_shift_h = bk.to_numpy(h_shift).astype(np.float64)
 
     g_test = min(N_BLOCKS, test.shape[0])
@@ -740,19 +851,38 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
     tp = _trainer_params(p, visible)
     bound = UNSTABLE_FACTOR * max(1.0, float(np.max(np.abs(train))) if train.size else 1.0)
     model_parts, max_abs_v, unstable_reason = _sample_model(
-        tp, bk.asarray(train[starts]), visible, bk, rng, training.weights_t(tp, bk), n_burnin,
-        n_samples, n_between, groups, p, sub, v_shift, h_shift, bound)
+        tp,
+        bk.asarray(train[starts]),
+        visible,
+        bk,
+        rng,
+        training.weights_t(tp, bk),
+        n_burnin,
+        n_samples,
+        n_between,
+        groups,
+        p,
+        sub,
+        v_shift,
+        h_shift,
+        bound,
+    )
 
     w = arrs["weights_"].astype(np.float64)
     mask = w != 0
     correction = training.penalty_gradient(w, penalty, lam, get_backend("numpy"))
     test_sums = _add_sums(test_parts)
     model_sums = _add_sums(model_parts)
-    vec_of = lambda sums, corr=None: _vectors(sums, sub_host, v_shift_sub_h, h_shift_h,  # noqa
-                                               mask, corr)
+
+    def vec_of(sums, corr=None):
+        return _vectors(sums, sub_host, v_shift_sub_h, h_shift_h, mask, corr)
+
     with np.errstate(all="ignore"):
-        vec = {"train": vec_of(train_sums), "test": vec_of(test_sums),
-               "model": vec_of(model_sums, correction)}
+        vec = {
+            "train": vec_of(train_sums),
+            "test": vec_of(test_sums),
+            "model": vec_of(model_sums, correction),
+        }
         if not unstable_reason and not all(np.all(np.isfinite(x)) for x in vec["model"].values()):
             unstable_reason = "model statistics are non-finite"
     unstable = bool(unstable_reason)
@@ -771,8 +901,9 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
 
     def se_of(f):
         """Jackknife standard error of f(parts), chains and test blocks combined."""
-        return math.hypot(jackknife_se([f(r) for r in rep_chain]),
-                          jackknife_se([f(r) for r in rep_test]))
+        return math.hypot(
+            jackknife_se([f(r) for r in rep_chain]), jackknife_se([f(r) for r in rep_test])
+        )
 
     # unassessable statistics: by construction, then by the data (model-independent for v and
     # vv: a model cannot make a statistic unassessable by predicting it flat)
@@ -789,21 +920,27 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
         se = jackknife_se([data_contrast(vt[s], vec["train"][s])[1] for vt in vec_test])
         floor = _FLOAT_FLOOR * float(np.sqrt(np.mean(vec["test"][s] ** 2)))
         if not flat > floor:
-            skip[s] = (f"the training frames predict the test frames no better than a constant "
-                       f"(RMSE(test, mean(train)) - RMSE_opt = {flat:.3g})")
+            skip[s] = (
+                f"the training frames predict the test frames no better than a constant "
+                f"(RMSE(test, mean(train)) - RMSE_opt = {flat:.3g})"
+            )
         elif not contrast > Z_MARGIN * se:
-            skip[s] = (f"the training frames do not predict the test frames clearly better than "
-                       f"chance (RMSE_shuf(test, train) - RMSE_opt = {contrast:.3g}, not above "
-                       f"{Z_MARGIN:g} x its noise {se:.3g})")
+            skip[s] = (
+                f"the training frames do not predict the test frames clearly better than "
+                f"chance (RMSE_shuf(test, train) - RMSE_opt = {contrast:.3g}, not above "
+                f"{Z_MARGIN:g} x its noise {se:.3g})"
+            )
 
-    out = {k: {s: float(full[s][i]) for s in STATS}
-           for i, k in enumerate(("nrmse", "rmse_model", "rmse_opt", "rmse_shuf"))}
+    out = {
+        k: {s: float(full[s][i]) for s in STATS}
+        for i, k in enumerate(("nrmse", "rmse_model", "rmse_opt", "rmse_shuf"))
+    }
     for s in skip:
         out["nrmse"][s] = float("nan")
     objectives = verdicts.objective_values(out["nrmse"], skip, nllh)
     nrmse_se, upper = {}, {}
     for s in STATS:
-        se = se_of(lambda r: r[s][0])
+        se = se_of(lambda r: r[s][0])  # noqa: B023 (called at once)
         nrmse_se[s] = float("nan") if s in skip else se
         upper[s] = out["nrmse"][s] + Z_MARGIN * se
 
@@ -813,22 +950,48 @@ def evaluate(model, dataset, n_chains: int = 300, n_burnin: int = 2000, n_sample
 
     obj_chain = [objectives_of(r, nllh) for r in rep_chain]
     obj_test = [objectives_of(r, nl) for r, nl in zip(rep_test, nllh_test)]
-    objective_se = {o: math.hypot(jackknife_se([x[o] for x in obj_chain]),
-                                  jackknife_se([x[o] for x in obj_test]))
-                    for o in verdicts.OBJECTIVES}
+    objective_se = {
+        o: math.hypot(
+            jackknife_se([x[o] for x in obj_chain]), jackknife_se([x[o] for x in obj_test])
+        )
+        for o in verdicts.OBJECTIVES
+    }
 
-    bad, reason = verdicts.verdict(out["nrmse"], upper, skip, params_finite=params_finite,
-                                   diverged=diverged, unstable=unstable, weight_density=density)
+    bad, reason = verdicts.verdict(
+        out["nrmse"],
+        upper,
+        skip,
+        params_finite=params_finite,
+        diverged=diverged,
+        unstable=unstable,
+        weight_density=density,
+    )
     rep = {o: verdicts.reported_objective(objectives[o], bad) for o in verdicts.OBJECTIVES}
     result = EvaluationResult(
-        **out, mean_nrmse=rep["mean_nrmse"], max_nrmse=rep["max_nrmse"], bad=bad,
-        sparsity=sparsity, weight_density=density, params_finite=params_finite,
-        n_model_samples=int(model_sums["n"]), n_vv_pairs=n_pairs,
-        seconds=time.perf_counter() - t0, settings=settings, bad_reason=reason,
-        unstable=unstable, unstable_reason=unstable_reason, unassessable=skip,
-        nrmse_se=nrmse_se, nrmse_upper=upper, nllh=float(nllh),
-        max_criteria=rep["max_criteria"], objective_se=objective_se, weight_std=w_std,
-        weights_converged=w_conv, max_abs_v=float(max_abs_v))
+        **out,
+        mean_nrmse=rep["mean_nrmse"],
+        max_nrmse=rep["max_nrmse"],
+        bad=bad,
+        sparsity=sparsity,
+        weight_density=density,
+        params_finite=params_finite,
+        n_model_samples=int(model_sums["n"]),
+        n_vv_pairs=n_pairs,
+        seconds=time.perf_counter() - t0,
+        settings=settings,
+        bad_reason=reason,
+        unstable=unstable,
+        unstable_reason=unstable_reason,
+        unassessable=skip,
+        nrmse_se=nrmse_se,
+        nrmse_upper=upper,
+        nllh=float(nllh),
+        max_criteria=rep["max_criteria"],
+        objective_se=objective_se,
+        weight_std=w_std,
+        weights_converged=w_conv,
+        max_abs_v=float(max_abs_v),
+    )
     if return_stats:
         result.stats = {s: {side: vec[side][s].astype(np.float32) for side in vec} for s in STATS}
     return result
@@ -888,7 +1051,8 @@ def per_fish_metrics(model, joint, eval_kw: dict, seed: int, backend) -> dict:
     bad_any_fish True) for a diverged model."""
     out = {}
     finite = not getattr(model, "diverged_", False) and all(
-        np.all(np.isfinite(np.asarray(getattr(model, a)))) for a in ("weights_", "fields_"))
+        np.all(np.isfinite(np.asarray(getattr(model, a)))) for a in ("weights_", "fields_")
+    )
     bad = not finite
     for f in range(joint.n_fish):
         if finite:

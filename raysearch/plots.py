@@ -13,20 +13,39 @@ import numpy as np
 
 from raysearch.verdicts import NRMSE_COLUMNS
 
-STAT_LABELS = {"v": "<v_i>", "h": "<h_mu>", "vh": "<v_i h_mu>", "vv": "<v_i v_j> - <v_i><v_j>",
-               "hh": "<h_mu h_nu> - <h_mu><h_nu>"}
+STAT_LABELS = {
+    "v": "<v_i>",
+    "h": "<h_mu>",
+    "vh": "<v_i h_mu>",
+    "vv": "<v_i v_j> - <v_i><v_j>",
+    "hh": "<h_mu h_nu> - <h_mu><h_nu>",
+}
 # the statistics as a reader writes them (matplotlib mathtext)
-STAT_TEX = {"v": r"$\langle v_i\rangle$", "h": r"$\langle h_\mu\rangle$",
-            "vh": r"$\langle v_i h_\mu\rangle$",
-            "vv": r"$\langle v_i v_j\rangle - \langle v_i\rangle\langle v_j\rangle$",
-            "hh": r"$\langle h_\mu h_\nu\rangle - \langle h_\mu\rangle\langle h_\nu\rangle$"}
+STAT_TEX = {
+    "v": r"$\langle v_i\rangle$",
+    "h": r"$\langle h_\mu\rangle$",
+    "vh": r"$\langle v_i h_\mu\rangle$",
+    "vv": r"$\langle v_i v_j\rangle - \langle v_i\rangle\langle v_j\rangle$",
+    "hh": r"$\langle h_\mu h_\nu\rangle - \langle h_\mu\rangle\langle h_\nu\rangle$",
+}
 #: axis and panel labels of result columns
-LABELS = {**{f"nrmse_{k}": f"nRMSE of {v}" for k, v in STAT_TEX.items()},
-          "mean_nrmse": "mean nRMSE", "max_nrmse": "max nRMSE", "lam": r"$\lambda$",
-          "weight_density": "weight density"}
+LABELS = {
+    **{f"nrmse_{k}": f"nRMSE of {v}" for k, v in STAT_TEX.items()},
+    "mean_nrmse": "mean nRMSE",
+    "max_nrmse": "max nRMSE",
+    "lam": r"$\lambda$",
+    "weight_density": "weight density",
+}
 #: font sizes (points; figures are drawn at 100 dpi and shown at their pixel size)
-RC = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "xtick.labelsize": 10,
-      "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12}
+RC = {
+    "font.size": 11,
+    "axes.titlesize": 11,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 12,
+}
 NONFINITE_LABEL = "inf/NaN (drawn at the top edge)"
 
 
@@ -41,8 +60,18 @@ def _mark_nonfinite(ax, x, y, color="tab:red"):
     fin = y[np.isfinite(y)]
     lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
     top = hi + 0.12 * ((hi - lo) or max(abs(hi), 1.0))
-    ax.scatter(x[sel], np.full(sel.sum(), top), marker="^", s=40, facecolors="none",
-               edgecolors=color, linewidths=1.4, label=NONFINITE_LABEL, clip_on=False, zorder=3)
+    ax.scatter(
+        x[sel],
+        np.full(sel.sum(), top),
+        marker="^",
+        s=40,
+        facecolors="none",
+        edgecolors=color,
+        linewidths=1.4,
+        label=NONFINITE_LABEL,
+        clip_on=False,
+        zorder=3,
+    )
     ax.axhline(top, color="0.6", lw=0.6, ls=":")
     ax.set_ylim(top=top + 0.1 * ((hi - lo) or 1.0))
     return int(sel.sum())
@@ -55,8 +84,9 @@ def _figure_legend(fig, axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncols=len(handles))
+        fig.legend(
+            list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles)
+        )
 
 
 def _figure(w=6.0, h=4.0):
@@ -87,7 +117,7 @@ def identity_figure(stats: dict, title: str = ""):
     nrow = -(-max(1, len(names)) // ncol)
     fig = _figure(3.7 * ncol, 3.5 * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     for ax, s in zip(axes, names):
         x = np.asarray(stats[s]["test"], float).ravel()
@@ -99,8 +129,14 @@ def identity_figure(stats: dict, title: str = ""):
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         _mark_nonfinite(ax, x, y)
         if (~np.isfinite(x)).any():
-            ax.text(0.02, 0.98, f"{int((~np.isfinite(x)).sum())} with non-finite test data "
-                    "not shown", transform=ax.transAxes, va="top", fontsize=9)
+            ax.text(
+                0.02,
+                0.98,
+                f"{int((~np.isfinite(x)).sum())} with non-finite test data not shown",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=9,
+            )
         ax.set_title(STAT_TEX.get(s, s))
         ax.set_xlabel("test data")
         ax.set_ylabel("model")
@@ -116,7 +152,7 @@ def nrmse_vs_lambda(results):
     nrow = -(-len(cols) // ncol)
     fig = _figure(3.4 * ncol, 2.8 * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax in axes[len(cols):]:
+    for ax in axes[len(cols) :]:
         ax.set_visible(False)
     lam = results["lam"].astype(float).to_numpy()
     from raysearch.verdicts import bad_mask
@@ -129,8 +165,15 @@ def nrmse_vs_lambda(results):
         ax.scatter(lam[ok & ~bad], y[ok & ~bad], s=12, label="good")
         ax.scatter(lam[ok & bad], y[ok & bad], s=12, marker="x", color="tab:red", label="bad")
         if not ok.any():
-            ax.text(0.5, 0.5, "no finite value", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8)
+            ax.text(
+                0.5,
+                0.5,
+                "no finite value",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
             pos = lam[np.isfinite(lam) & (lam > 0)]
             if pos.size:
                 ax.set_xlim(pos.min() / 1.5, pos.max() * 1.5)
@@ -160,10 +203,22 @@ def bad_share_vs_lambda(results=None, n_bins=None, bins=None):
     if bins is not None and len(bins):
         for r in bins.itertuples():
             if r.n_fits:
-                ax.bar(r.lam_low, r.share_bad, width=r.lam_high - r.lam_low, align="edge",
-                       alpha=0.7, edgecolor="k")
-                ax.text(r.lam_center, r.share_bad, str(int(r.n_fits)), ha="center",
-                        va="bottom", fontsize=7)
+                ax.bar(
+                    r.lam_low,
+                    r.share_bad,
+                    width=r.lam_high - r.lam_low,
+                    align="edge",
+                    alpha=0.7,
+                    edgecolor="k",
+                )
+                ax.text(
+                    r.lam_center,
+                    r.share_bad,
+                    str(int(r.n_fits)),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
         _log_x(ax)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("lambda")
@@ -187,14 +242,16 @@ def _heat(ax, fig, mat, labels=None, title="", log=False, vmin=None, vmax=None, 
 def region_heatmaps(region_couplings: dict, region_names, consistency=None, max_panels=3):
     """log10 region coupling matrices of the first models (best first), and their mean."""
     items = list(region_couplings.items())[:max_panels]
-    panels = items + ([("mean over models",
-                        np.nanmean(np.stack(list(region_couplings.values())), axis=0))]
-                      if len(region_couplings) > 1 else [])
+    panels = items + (
+        [("mean over models", np.nanmean(np.stack(list(region_couplings.values())), axis=0))]
+        if len(region_couplings) > 1
+        else []
+    )
     ncol = min(2, len(panels))
     nrow = -(-len(panels) // ncol)
     fig = _figure(5.8 * ncol, 5.4 * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, (name, mat) in zip(axes, panels):
         _heat(ax, fig, mat, region_names, title=r"$\log_{10} J^R$" + f": {name}", log=True)
@@ -216,8 +273,16 @@ def similarity_heatmap(pearson, labels=None, trial_ids=None, lams=None):
         ticks = [f"{keys[i]:.2g}" for i in order]
     else:
         ticks = [trial_ids[i] for i in order] if trial_ids is not None else None
-    _heat(ax, fig, P[np.ix_(order, order)], ticks,
-          title="Pearson similarity of the models' couplings", vmin=-1, vmax=1, cmap="RdBu_r")
+    _heat(
+        ax,
+        fig,
+        P[np.ix_(order, order)],
+        ticks,
+        title="Pearson similarity of the models' couplings",
+        vmin=-1,
+        vmax=1,
+        cmap="RdBu_r",
+    )
     if lams is not None:
         ax.set_xlabel(r"$\lambda$ of the model (grouped by cluster)")
         ax.set_ylabel(r"$\lambda$ of the model")
@@ -239,8 +304,11 @@ def pca_scatter(coords, lam, labels, explained=None):
     a1, a2 = fig.subplots(1, 2)
     lam = np.asarray(lam, float)
     pos = np.isfinite(lam) & (lam > 0)
-    norm = LogNorm(vmin=lam[pos].min(), vmax=lam[pos].max()) if pos.sum() and \
-        lam[pos].min() < lam[pos].max() else None
+    norm = (
+        LogNorm(vmin=lam[pos].min(), vmax=lam[pos].max())
+        if pos.sum() and lam[pos].min() < lam[pos].max()
+        else None
+    )
     sc = a1.scatter(X[:, 0], y, c=lam, norm=norm, cmap="viridis", s=30)
     fig.colorbar(sc, ax=a1, label=r"$\lambda$")
     a1.set_title(r"coloured by $\lambda$")
@@ -305,14 +373,23 @@ def nrmse_radar(radar, r_max=None):
     vals = radar[list(NRMSE_COLUMNS)].to_numpy(float) if len(radar) else np.zeros((0, 5))
     finite = vals[np.isfinite(vals)]
     top = r_max if r_max is not None else max(1.0, float(finite.max()) if finite.size else 1.0)
-    styles = {"recommended": "tab:green", "best objective": "tab:blue", "bad": "tab:red",
-              "worst (none bad)": "tab:orange"}
+    styles = {
+        "recommended": "tab:green",
+        "best objective": "tab:blue",
+        "bad": "tab:red",
+        "worst (none bad)": "tab:orange",
+    }
     for (_, r), v in zip(radar.iterrows(), vals):
         shown = np.clip(np.nan_to_num(v, nan=0.0, posinf=top, neginf=0.0), 0.0, top)
         ring = np.r_[shown, shown[:1]]
         col = styles.get(str(r["role"]).split(" = ")[0], None)
-        ax.plot(np.r_[angles, angles[:1]], ring, color=col, lw=1.6,
-                label=f"{r['role']}: lambda {float(r['lam']):.3g} (max {np.nanmax(v):.3g})")
+        ax.plot(
+            np.r_[angles, angles[:1]],
+            ring,
+            color=col,
+            lw=1.6,
+            label=f"{r['role']}: lambda {float(r['lam']):.3g} (max {np.nanmax(v):.3g})",
+        )
         ax.fill(np.r_[angles, angles[:1]], ring, color=col, alpha=0.12)
     ax.set_xticks(angles, labels)
     ax.set_ylim(0, top)
@@ -358,14 +435,24 @@ def selection_figures(selection) -> dict:
     if len(selection.radar):
         out["selection_radar"] = nrmse_radar(selection.radar)
     if selection.hist_bins["n_models"].sum():
-        labels = [f"{lab} ({n} models)" for lab, n in
-                  zip(selection.hist_bins["label"], selection.hist_bins["n_models"])]
+        labels = [
+            f"{lab} ({n} models)"
+            for lab, n in zip(selection.hist_bins["label"], selection.hist_bins["n_models"])
+        ]
         out["weight_histograms"] = lambda_histograms(
-            selection.weight_edges, selection.weight_hist, labels, r"weight $w_{i\mu}$",
-            "Weights of all models, by lambda group")
+            selection.weight_edges,
+            selection.weight_hist,
+            labels,
+            r"weight $w_{i\mu}$",
+            "Weights of all models, by lambda group",
+        )
         out["coupling_histograms"] = lambda_histograms(
-            selection.coupling_edges, selection.coupling_hist, labels, r"coupling $J_{ij}$",
-            f"Couplings on {selection.n_pairs} sampled neuron pairs, by lambda group")
+            selection.coupling_edges,
+            selection.coupling_hist,
+            labels,
+            r"coupling $J_{ij}$",
+            f"Couplings on {selection.n_pairs} sampled neuron pairs, by lambda group",
+        )
     return out
 
 
@@ -396,17 +483,24 @@ def figures(analysis, selection=None) -> dict:
         out["nrmse_vs_lambda"] = nrmse_vs_lambda(res)
         # the report's table (all finished trials of the study) when there is one
         out["bad_share_vs_lambda"] = bad_share_vs_lambda(
-            res, bins=selection.bins if selection is not None else None)
+            res, bins=selection.bins if selection is not None else None
+        )
     if a.region_couplings:
         out["region_couplings"] = region_heatmaps(a.region_couplings, a.region_names)
-    out["similarity"] = similarity_heatmap(a.similarity.pearson, a.embedding.labels, a.trial_ids,
-                                           lams=_lams_of(a.trial_ids, a.results))
+    out["similarity"] = similarity_heatmap(
+        a.similarity.pearson, a.embedding.labels, a.trial_ids, lams=_lams_of(a.trial_ids, a.results)
+    )
     sub = res[res["cluster"] >= 0]
-    out["pca"] = pca_scatter(a.embedding.coords, sub["lam"].astype(float).to_numpy(),
-                             a.embedding.labels, a.embedding.explained)
+    out["pca"] = pca_scatter(
+        a.embedding.coords,
+        sub["lam"].astype(float).to_numpy(),
+        a.embedding.labels,
+        a.embedding.explained,
+    )
     if a.assemblies is not None and a.coords is not None:
-        out["assemblies"] = assembly_maps(a.coords, a.assemblies.membership,
-                                          title=f"assemblies of {a.assembly_trial}")
+        out["assemblies"] = assembly_maps(
+            a.coords, a.assemblies.membership, title=f"assemblies of {a.assembly_trial}"
+        )
     if selection is not None:
         out.update(selection_figures(selection))
     return out

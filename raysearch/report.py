@@ -23,19 +23,19 @@ CAPTIONS = {
     "identity_best": "Test data against the model, per statistic, for the best model.",
     "identity_bad": "The same for a bad model (or the worst one when none is flagged bad).",
     "nrmse_vs_lambda": "Each nRMSE against λ; crosses are bad models; open triangles at the top "
-                       "edge are fits whose value is NaN or infinite (not dropped).",
+    "edge are fits whose value is NaN or infinite (not dropped).",
     "bad_share_vs_lambda": "Share of bad models per log-lambda bin (number of models on top), as "
-                           "in the table of the model-selection section (raysearch.verdicts).",
+    "in the table of the model-selection section (raysearch.verdicts).",
     "region_couplings": "Region-level couplings (mean |J_ij| over neuron pairs, log10).",
     "similarity": "Pearson correlation between the models' off-diagonal couplings; rows and "
-                  "columns are the models, labelled by λ, grouped by k-means cluster (lines).",
+    "columns are the models, labelled by λ, grouped by k-means cluster (lines).",
     "pca": "Kernel PCA of the similarity matrix, coloured by lambda and by k-means cluster.",
     "assemblies": "Assemblies (members of the largest hidden units) on the unit coordinates.",
     "selection_radar": "The five nRMSE values of the recommended model, the best-objective model "
-                       "and a bad model (values below 0 drawn at 0).",
+    "and a bad model (values below 0 drawn at 0).",
     "weight_histograms": "Distribution of the weights of all models, per lambda group.",
     "coupling_histograms": "Distribution of the couplings J_ij on a fixed seeded sample of "
-                           "neuron pairs (from the low-rank form), per lambda group.",
+    "neuron pairs (from the low-rank form), per lambda group.",
 }
 SELECTION_FIGURES = ("selection_radar", "weight_histograms", "coupling_histograms")
 TITLES = {
@@ -53,18 +53,39 @@ TITLES = {
 }
 #: column headers of the report's tables (the CSV files keep the raw names)
 COLUMN_LABELS = {
-    "trial_id": "trial", "lam": "λ", "seed": "seed", "role": "role", "recording": "recording",
-    "mean_nrmse": "mean nRMSE", "max_nrmse": "max nRMSE", "weight_density": "weight density",
-    "bad": "bad", "lam_low": "λ from", "lam_high": "λ to", "n_fits": "fits", "n_bad": "bad",
-    "share_bad": "bad share", "ci_low": "95% CI low", "ci_high": "95% CI high",
-    "n_empty": "empty", "cluster": "cluster", "n_models": "models", "lam_min": "λ min",
-    "lam_median": "λ median", "lam_max": "λ max", "penalties": "penalties",
-    "mean_nrmse_median": "median mean nRMSE", "size": "size", "unit": "hidden unit",
+    "trial_id": "trial",
+    "lam": "λ",
+    "seed": "seed",
+    "role": "role",
+    "recording": "recording",
+    "mean_nrmse": "mean nRMSE",
+    "max_nrmse": "max nRMSE",
+    "weight_density": "weight density",
+    "bad": "bad",
+    "lam_low": "λ from",
+    "lam_high": "λ to",
+    "n_fits": "fits",
+    "n_bad": "bad",
+    "share_bad": "bad share",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "n_empty": "empty",
+    "cluster": "cluster",
+    "n_models": "models",
+    "lam_min": "λ min",
+    "lam_median": "λ median",
+    "lam_max": "λ max",
+    "penalties": "penalties",
+    "mean_nrmse_median": "median mean nRMSE",
+    "size": "size",
+    "unit": "hidden unit",
     **{f"nrmse_{k}": f"nRMSE {k}" for k in ("v", "h", "vh", "vv", "hh")},
 }
 SUMMARY_LABELS = {
-    "n_models": "models analysed", "similarity_method": "similarity computed",
-    "pearson_mean": "mean Pearson similarity between models", "n_clusters": "k-means clusters",
+    "n_models": "models analysed",
+    "similarity_method": "similarity computed",
+    "pearson_mean": "mean Pearson similarity between models",
+    "n_clusters": "k-means clusters",
     "region_consistency_mean": "mean consistency of region couplings between models",
     "structural_spearman_best": "best Spearman correlation with the structural matrix",
 }
@@ -148,8 +169,9 @@ def header_rows(analysis, results=None, now=None) -> list[tuple[str, str]]:
         rows.append(("Penalty", str(search.get("penalty", "?"))))
         lam = search.get("lam")
         if isinstance(lam, dict):
-            rows.append(("λ searched", f"{float(lam['low']):.3g} to {float(lam['high']):.3g} "
-                                       "(log scale)"))
+            rows.append(
+                ("λ searched", f"{float(lam['low']):.3g} to {float(lam['high']):.3g} (log scale)")
+            )
         elif isinstance(lam, list) and lam:
             rows.append(("λ searched", ", ".join(f"{float(x):.3g}" for x in lam)))
         if search.get("objective"):
@@ -167,14 +189,17 @@ def header_rows(analysis, results=None, now=None) -> list[tuple[str, str]]:
         for r in recs:
             if r.get("synthetic") is not None:
                 syn = r["synthetic"] or {}
-                data.append(f"{r.get('name', 'synthetic')} (synthetic fish, "
-                            f"{syn.get('n_neurons', '?')} neurons, {syn.get('n_frames', '?')} "
-                            "frames)")
+                data.append(
+                    f"{r.get('name', 'synthetic')} (synthetic fish, "
+                    f"{syn.get('n_neurons', '?')} neurons, {syn.get('n_frames', '?')} "
+                    "frames)"
+                )
             else:
                 data.append(f"{r.get('name') or ''} {r.get('path', '')}".strip())
         pre = study.get("preprocessing") or {}
-        rows.append(("Data", "; ".join(data) + (f"; signal {pre['signal']}" if pre.get("signal")
-                                                 else "")))
+        rows.append(
+            ("Data", "; ".join(data) + (f"; signal {pre['signal']}" if pre.get("signal") else ""))
+        )
     rows.append(("Experiment directory", str(analysis.directory)))
     now = now or datetime.datetime.now(datetime.timezone.utc)
     rows.append(("Report date", now.strftime("%Y-%m-%d %H:%M UTC")))
@@ -185,10 +210,12 @@ def header_rows(analysis, results=None, now=None) -> list[tuple[str, str]]:
 def _figure_html(name, path) -> str:
     esc = html.escape
     b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' "
-            f"src='data:image/png;base64,{b64}'><figcaption><b>{esc(TITLES.get(name, name))}"
-            f"</b>. {esc(CAPTIONS.get(name, ''))} "
-            f"<a href='figures/{esc(name)}.png'>PNG</a></figcaption></figure>")
+    return (
+        f"<figure id='fig-{esc(name)}'><img alt='{esc(name)}' "
+        f"src='data:image/png;base64,{b64}'><figcaption><b>{esc(TITLES.get(name, name))}"
+        f"</b>. {esc(CAPTIONS.get(name, ''))} "
+        f"<a href='figures/{esc(name)}.png'>PNG</a></figcaption></figure>"
+    )
 
 
 def _selection_html(selection, figs) -> str:
@@ -196,19 +223,55 @@ def _selection_html(selection, figs) -> str:
     esc = html.escape
     rec = selection.recommendation
     a = rec.attrs
-    cols = [c for c in ("role", "trial_id", "lam", "seed", "mean_nrmse", "max_nrmse",
-                        "max_criteria", "nllh", "weight_density", "weights_converged", "bad",
-                        "unassessable") if c in rec.columns]
-    parts = ["<h2 id='model-selection'>Model selection</h2>",
-             f"<p>Rule: <b>{esc(str(a.get('rule')))}</b> on <b>{esc(str(a.get('objective')))}"
-             f"</b>; tolerance {float(a.get('tolerance', 0.0)):.4g} "
-             f"({esc(str(a.get('tolerance_source')))}). {esc(str(a.get('message', '')))}</p>",
-             _table_html(rec[cols]) if len(rec) else "<p>No usable fit.</p>",
-             "<h3>Bad models per lambda bin (95% Wilson interval)</h3>",
-             _table_html(selection.bins[[c for c in (
-                 "lam_low", "lam_high", "n_fits", "n_bad", "share_bad", "ci_low", "ci_high",
-                 "n_empty", "n_diverged", "n_unstable", "n_no_better_than_chance",
-                 "n_undefined", "n_unknown") if c in selection.bins]])]
+    cols = [
+        c
+        for c in (
+            "role",
+            "trial_id",
+            "lam",
+            "seed",
+            "mean_nrmse",
+            "max_nrmse",
+            "max_criteria",
+            "nllh",
+            "weight_density",
+            "weights_converged",
+            "bad",
+            "unassessable",
+        )
+        if c in rec.columns
+    ]
+    parts = [
+        "<h2 id='model-selection'>Model selection</h2>",
+        f"<p>Rule: <b>{esc(str(a.get('rule')))}</b> on <b>{esc(str(a.get('objective')))}"
+        f"</b>; tolerance {float(a.get('tolerance', 0.0)):.4g} "
+        f"({esc(str(a.get('tolerance_source')))}). {esc(str(a.get('message', '')))}</p>",
+        _table_html(rec[cols]) if len(rec) else "<p>No usable fit.</p>",
+        "<h3>Bad models per lambda bin (95% Wilson interval)</h3>",
+        _table_html(
+            selection.bins[
+                [
+                    c
+                    for c in (
+                        "lam_low",
+                        "lam_high",
+                        "n_fits",
+                        "n_bad",
+                        "share_bad",
+                        "ci_low",
+                        "ci_high",
+                        "n_empty",
+                        "n_diverged",
+                        "n_unstable",
+                        "n_no_better_than_chance",
+                        "n_undefined",
+                        "n_unknown",
+                    )
+                    if c in selection.bins
+                ]
+            ]
+        ),
+    ]
     for name in SELECTION_FIGURES:
         if name in figs:
             parts.append(_figure_html(name, figs[name]))
@@ -234,19 +297,28 @@ def write_report(analysis, out_dir) -> Path:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     tables = analysis.tables()
     selection, skipped = _selection(analysis)
-    notes = list(analysis.notes) + ([skipped] if skipped else []) + \
-        (list(selection.notes) if selection is not None else [])
+    notes = (
+        list(analysis.notes)
+        + ([skipped] if skipped else [])
+        + (list(selection.notes) if selection is not None else [])
+    )
     if selection is not None:
         tables["selection_recommendation"] = selection.recommendation
         tables["selection_bad_share"] = selection.bins
         tables["selection_radar"] = selection.radar
     for name, df in tables.items():
-        index = name.startswith(("similarity_", "region_couplings_", "region_consistency",
-                                 "recording_consistency"))
+        index = name.startswith(
+            ("similarity_", "region_couplings_", "region_consistency", "recording_consistency")
+        )
         _write_atomic(out / "tables" / f"{name}.csv", df.to_csv(index=index).encode())
     figs = plots.save_figures(analysis, out / "figures", selection=selection)
-    summary = {"directory": analysis.directory, **analysis.summary(), "notes": notes,
-               "figures": sorted(figs), "tables": sorted(tables)}
+    summary = {
+        "directory": analysis.directory,
+        **analysis.summary(),
+        "notes": notes,
+        "figures": sorted(figs),
+        "tables": sorted(tables),
+    }
     if selection is not None:
         summary["selection"] = selection.recommendation.attrs.get("message", "")
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str).encode())
@@ -260,45 +332,55 @@ def write_report(analysis, out_dir) -> Path:
         all_trials = None
     head = header_rows(analysis, all_trials)
     study_name = head[0][1]
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-             f"<title>raysearch analysis: {esc(study_name)}</title>",
-             "<style>body{font-family:sans-serif;font-size:16px;max-width:1200px;margin:auto;"
-             "padding:0 12px}img{max-width:100%}figure{margin:24px 0}"
-             "figcaption{font-size:15px}.tbl{border-collapse:collapse;font-size:14px}"
-             ".tbl td,.tbl th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             ".head th{text-align:left;padding:2px 16px 2px 0;font-weight:600}"
-             ".head td{padding:2px 0}</style>",
-             "</head><body>",
-             f"<h1>raysearch analysis: {esc(study_name)}</h1>",
-             "<table class='head'>" + "".join(
-                 f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in head[1:]) + "</table>",
-             "<h2>Summary</h2><ul>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>raysearch analysis: {esc(study_name)}</title>",
+        "<style>body{font-family:sans-serif;font-size:16px;max-width:1200px;margin:auto;"
+        "padding:0 12px}img{max-width:100%}figure{margin:24px 0}"
+        "figcaption{font-size:15px}.tbl{border-collapse:collapse;font-size:14px}"
+        ".tbl td,.tbl th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+        ".head th{text-align:left;padding:2px 16px 2px 0;font-weight:600}"
+        ".head td{padding:2px 0}</style>",
+        "</head><body>",
+        f"<h1>raysearch analysis: {esc(study_name)}</h1>",
+        "<table class='head'>"
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in head[1:])
+        + "</table>",
+        "<h2>Summary</h2><ul>",
+    ]
     for k, v in analysis.summary().items():
-        parts.append(f"<li>{esc(SUMMARY_LABELS.get(str(k), str(k).replace('_', ' ')))}: "
-                     f"{esc(f'{v:.4g}' if isinstance(v, float) else str(v))}</li>")
+        parts.append(
+            f"<li>{esc(SUMMARY_LABELS.get(str(k), str(k).replace('_', ' ')))}: "
+            f"{esc(f'{v:.4g}' if isinstance(v, float) else str(v))}</li>"
+        )
     parts.append("</ul>")
     if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes)
-                     + "</ul>")
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     if selection is not None:
         parts.append(_selection_html(selection, figs))
     parts.append("<h2>Clusters</h2>" + _table_html(analysis.clusters))
     if analysis.structural is not None:
-        parts.append("<h2>Structural comparison (Spearman)</h2>"
-                     + _table_html(analysis.structural))
+        parts.append("<h2>Structural comparison (Spearman)</h2>" + _table_html(analysis.structural))
     parts.append("<h2>Figures</h2>")
     for name, path in figs.items():
         if name not in SELECTION_FIGURES:
             parts.append(_figure_html(name, path))
-    parts.append("<h2>Tables</h2><p>CSV files beside this report (full precision):</p><ul>"
-                 + "".join(f"<li><a href='tables/{esc(n)}.csv'>tables/{esc(n)}.csv</a> "
-                           f"({len(t)} rows)</li>" for n, t in tables.items()) + "</ul>")
+    parts.append(
+        "<h2>Tables</h2><p>CSV files beside this report (full precision):</p><ul>"
+        + "".join(
+            f"<li><a href='tables/{esc(n)}.csv'>tables/{esc(n)}.csv</a> ({len(t)} rows)</li>"
+            for n, t in tables.items()
+        )
+        + "</ul>"
+    )
     if analysis.assemblies is not None:
-        parts.append(f"<h3>Assemblies of {esc(str(analysis.assembly_trial))}</h3>"
-                     + _table_html(analysis.assemblies.table.sort_values("size",
-                                                                         ascending=False)))
-    if getattr(analysis, "cross_subject", None):       # joint studies (issue 14)
+        parts.append(
+            f"<h3>Assemblies of {esc(str(analysis.assembly_trial))}</h3>"
+            + _table_html(analysis.assemblies.table.sort_values("size", ascending=False))
+        )
+    if getattr(analysis, "cross_subject", None):  # joint studies (issue 14)
         from raysearch.analysis.cross_subject import report_section
+
         parts.append(report_section(analysis.cross_subject))
     parts.append("</body></html>")
     report = out / "report.html"

@@ -39,9 +39,17 @@ import pandas as pd
 
 from raysearch import verdicts
 from raysearch.errors import ConfigError, InputError
+
 # re-exported here for the callers of the selection stage (they are raysearch.verdicts')
-from raysearch.verdicts import (BAD_SCORE, DEFAULT_OBJECTIVE, NRMSE_COLUMNS,  # noqa: F401
-                                OBJECTIVES, bad_share_by_lambda, lambda_bins, wilson_interval)
+from raysearch.verdicts import (  # noqa: F401
+    BAD_SCORE,
+    DEFAULT_OBJECTIVE,
+    NRMSE_COLUMNS,
+    OBJECTIVES,
+    bad_share_by_lambda,
+    lambda_bins,
+    wilson_interval,
+)
 
 RULES = ("sparsest", "best")
 SPARSITY_BY = ("lam", "weight_density")
@@ -89,8 +97,9 @@ def _group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(groups))[groups]
 
 
-def seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
-                n_near: int = 5) -> float:
+def seed_spread(
+    results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, n_near: int = 5
+) -> float:
     """Seed-to-seed spread (standard deviation) of the objective near the best lambda.
 
     The rule's former default tolerance, kept for comparison (``recommend(df,
@@ -126,7 +135,7 @@ def seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
         sizes = np.bincount(groups)
         repeated = np.flatnonzero(sizes >= 2)
         pos = int(np.searchsorted(repeated, gb))
-        use = repeated[max(0, pos - 1): pos + 2]
+        use = repeated[max(0, pos - 1) : pos + 2]
         ss = sum(float(np.sum((obj[groups == g] - obj[groups == g].mean()) ** 2)) for g in use)
         dof = int(sum(sizes[g] - 1 for g in use))
         return float(np.sqrt(ss / dof))
@@ -192,8 +201,13 @@ def lambda_means(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> p
     obj = df[objective].to_numpy(float)
     lam = df["lam"].to_numpy(float)
     n = np.bincount(groups)
-    return pd.DataFrame({"lam": np.bincount(groups, weights=lam) / n, "n": n,
-                         "mean": np.bincount(groups, weights=obj) / n})
+    return pd.DataFrame(
+        {
+            "lam": np.bincount(groups, weights=lam) / n,
+            "n": n,
+            "mean": np.bincount(groups, weights=obj) / n,
+        }
+    )
 
 
 def mean_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
@@ -271,7 +285,7 @@ def evaluation_noise(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE):
     means = _group_means(df[objective].to_numpy(float), groups)
     at_best = (groups == groups[int(np.argmin(means))]) & ok
     pick = se[at_best] if at_best.any() else se[ok]
-    return float(np.sqrt(np.mean(pick ** 2)))
+    return float(np.sqrt(np.mean(pick**2)))
 
 
 def lambda_scores(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> pd.DataFrame:
@@ -292,8 +306,9 @@ def lambda_scores(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> 
     lam = pd.to_numeric(results["lam"], errors="coerce").to_numpy(float)
     keep = np.isfinite(lam) & (lam >= 0)
     if not keep.any():
-        return pd.DataFrame({"lam": [], "n_fits": [], "n_bad": [], "share_bad": [], "mean": [],
-                             "score": []})
+        return pd.DataFrame(
+            {"lam": [], "n_fits": [], "n_bad": [], "share_bad": [], "mean": [], "score": []}
+        )
     use = verdicts.usable_mask(results, objective)[keep]
     obj = pd.to_numeric(results[objective], errors="coerce").to_numpy(float)[keep]
     lam = lam[keep]
@@ -304,9 +319,16 @@ def lambda_scores(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> 
     n_bad = n - n_use
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n_use > 0, s_use / np.maximum(n_use, 1), np.nan)
-    return pd.DataFrame({"lam": np.bincount(groups, weights=lam) / n, "n_fits": n,
-                         "n_bad": n_bad.astype(int), "share_bad": n_bad / n, "mean": mean,
-                         "score": (s_use + n_bad * BAD_SCORE) / n})
+    return pd.DataFrame(
+        {
+            "lam": np.bincount(groups, weights=lam) / n,
+            "n_fits": n,
+            "n_bad": n_bad.astype(int),
+            "share_bad": n_bad / n,
+            "mean": mean,
+            "score": (s_use + n_bad * BAD_SCORE) / n,
+        }
+    )
 
 
 def robust_seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE) -> float:
@@ -338,8 +360,9 @@ def robust_seed_spread(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE
     return float(np.sqrt(np.median(var) / (stats.chi2.median(nu) / nu)))
 
 
-def default_tolerance(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
-                      confidence: float = 0.95) -> float:
+def default_tolerance(
+    results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, confidence: float = 0.95
+) -> float:
     """The rule's default tolerance: ``subset_constant(K, confidence) * sqrt(2) * mean_noise``.
 
     ``K`` is the number of lambdas with a usable fit. Lambdas whose mean objective is within it of
@@ -391,8 +414,11 @@ class Recommendation:
     def to_frame(self) -> pd.DataFrame:
         """The recommended, best-objective and runner-up fits as one small DataFrame."""
         rows = []
-        for role, r in (("recommended", self.row), ("best objective", self.best_row),
-                        ("runner-up", self.runner_up)):
+        for role, r in (
+            ("recommended", self.row),
+            ("best objective", self.best_row),
+            ("runner-up", self.runner_up),
+        ):
             if r is not None:
                 d = r.to_dict()
                 d["role"] = role
@@ -400,14 +426,23 @@ class Recommendation:
         out = pd.DataFrame(rows)
         if len(out):
             out = out[["role"] + [c for c in out.columns if c != "role"]]
-        out.attrs.update(rule=self.rule, objective=self.objective,
-                         tolerance=self.tolerance, tolerance_source=self.tolerance_source)
+        out.attrs.update(
+            rule=self.rule,
+            objective=self.objective,
+            tolerance=self.tolerance,
+            tolerance_source=self.tolerance_source,
+        )
         return out
 
 
-def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: str = "sparsest",
-              tolerance: float | None = None, sparsity_by: str = "lam",
-              confidence: float = 0.95) -> Recommendation:
+def recommend(
+    results: pd.DataFrame,
+    objective: str = DEFAULT_OBJECTIVE,
+    rule: str = "sparsest",
+    tolerance: float | None = None,
+    sparsity_by: str = "lam",
+    confidence: float = 0.95,
+) -> Recommendation:
     """Recommend a lambda and a model from a results table.
 
     ``rule="sparsest"`` (default): each lambda is scored by the mean objective of all its fits
@@ -449,7 +484,9 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
     default_source = f"{confidence:.0%} subset of the best"
-    needed = ["lam", "bad", objective] + (["weight_density"] if sparsity_by == "weight_density" else [])
+    needed = ["lam", "bad", objective] + (
+        ["weight_density"] if sparsity_by == "weight_density" else []
+    )
     _check_columns(results, needed)
 
     if by_spread:
@@ -459,20 +496,31 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
     n_bad = n_fits - len(good)
     n_empty = int((_empty(results) & ~results["bad"].fillna(True).astype(bool).to_numpy()).sum())
     unusable = f"{n_bad} of {n_fits} fits bad or unusable" + (
-        f" ({n_empty} empty: no weight above threshold)" if n_empty else "")
+        f" ({n_empty} empty: no weight above threshold)" if n_empty else ""
+    )
     if sparsity_by == "weight_density":
         wd = pd.to_numeric(good["weight_density"], errors="coerce").astype(float)
         good = good.loc[np.isfinite(wd)].copy()
         good["weight_density"] = wd[np.isfinite(wd)]
     if len(good) == 0:
         return Recommendation(
-            lam=None, row=None, best_row=None, runner_up=None, rule=rule, objective=objective,
-            sparsity_by=sparsity_by, tolerance=float(tolerance or 0.0),
-            tolerance_source=("seed spread" if by_spread else "given") if tolerance is not None
+            lam=None,
+            row=None,
+            best_row=None,
+            runner_up=None,
+            rule=rule,
+            objective=objective,
+            sparsity_by=sparsity_by,
+            tolerance=float(tolerance or 0.0),
+            tolerance_source=("seed spread" if by_spread else "given")
+            if tolerance is not None
             else default_source,
-            candidates=good, n_fits=n_fits, n_bad=n_bad, n_empty=n_empty,
+            candidates=good,
+            n_fits=n_fits,
+            n_bad=n_bad,
+            n_empty=n_empty,
             message=f"no usable fit: all {n_fits} fits are bad, empty or have no finite "
-                    f"{objective}",
+            f"{objective}",
         )
 
     best_row = good.loc[verdicts.best_index(good, objective)]
@@ -480,9 +528,11 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
         tol, source = default_tolerance(results, objective, confidence), default_source
         if tol == 0.0 and rule == "sparsest":
             # nothing to estimate the noise from: say so, rather than print a bare 0
-            source += (f"; no noise estimate (one fit per lambda and fewer than "
-                       f"{MIN_LAMBDAS_FOR_SCATTER} lambdas, or a single lambda): the best "
-                       f"objective")
+            source += (
+                f"; no noise estimate (one fit per lambda and fewer than "
+                f"{MIN_LAMBDAS_FOR_SCATTER} lambdas, or a single lambda): the best "
+                f"objective"
+            )
     else:
         tol, source = float(tolerance), "seed spread" if by_spread else "given"
 
@@ -498,8 +548,14 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
         # candidate (MAX_BAD_SHARE).
         good = good.copy()
         scores = lambda_scores(results, objective)
-        pos = [int(np.argmin(np.abs(np.log(scores["lam"].to_numpy(float) + 1e-300)
-                                    - np.log(x + 1e-300)))) for x in good["lam"].to_numpy(float)]
+        pos = [
+            int(
+                np.argmin(
+                    np.abs(np.log(scores["lam"].to_numpy(float) + 1e-300) - np.log(x + 1e-300))
+                )
+            )
+            for x in good["lam"].to_numpy(float)
+        ]
         good["lam_objective"] = scores["score"].to_numpy(float)[pos]
         good["lam_share_bad"] = scores["share_bad"].to_numpy(float)[pos]
         eligible = good["lam_share_bad"].to_numpy(float) <= MAX_BAD_SHARE
@@ -509,13 +565,16 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
         best_mean = float(good.loc[eligible, "lam_objective"].min())
         # within the tolerance, counting values that differ from the limit only by rounding
         limit = best_mean + tol
-        cands = good.loc[eligible & (good["lam_objective"].to_numpy(float)
-                                     <= limit + 1e-12 * max(1.0, abs(limit)))]
+        cands = good.loc[
+            eligible
+            & (good["lam_objective"].to_numpy(float) <= limit + 1e-12 * max(1.0, abs(limit)))
+        ]
         if sparsity_by == "lam":
             ranked = cands.sort_values(["lam", objective], ascending=[False, True], kind="stable")
         else:
-            ranked = cands.sort_values(["weight_density", objective], ascending=[True, True],
-                                       kind="stable")
+            ranked = cands.sort_values(
+                ["weight_density", objective], ascending=[True, True], kind="stable"
+            )
         cands = ranked
     row = ranked.iloc[0]
     # Runner-up: the next candidate at another lambda, else the next candidate, else the best
@@ -528,37 +587,67 @@ def recommend(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE, rule: s
     what = "largest lambda" if sparsity_by == "lam" else "lowest weight density"
     if rule == "sparsest":
         n_lam = len(np.unique(_lam_groups(cands["lam"].to_numpy(float))))
-        msg = (f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) at "
-               f"{n_lam} lambda(s) whose score (mean {objective} over seeds, a bad fit counting "
-               f"{BAD_SCORE:g}) is <= the best lambda's {best_mean:.4g} + tolerance {tol:.3g} "
-               f"({source}); {unusable}")
+        msg = (
+            f"lambda = {row['lam']:.4g}: the {what} among {len(cands)} good fit(s) at "
+            f"{n_lam} lambda(s) whose score (mean {objective} over seeds, a bad fit counting "
+            f"{BAD_SCORE:g}) is <= the best lambda's {best_mean:.4g} + tolerance {tol:.3g} "
+            f"({source}); {unusable}"
+        )
     else:
-        msg = (f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); "
-               f"{unusable}")
-    return Recommendation(lam=float(row["lam"]), row=row, best_row=best_row, runner_up=runner,
-                          rule=rule, objective=objective, sparsity_by=sparsity_by, tolerance=tol,
-                          tolerance_source=source, candidates=cands, n_fits=n_fits, n_bad=n_bad,
-                          n_empty=n_empty, message=msg)
+        msg = f"lambda = {row['lam']:.4g}: lowest {objective} ({row[objective]:.4g}); {unusable}"
+    return Recommendation(
+        lam=float(row["lam"]),
+        row=row,
+        best_row=best_row,
+        runner_up=runner,
+        rule=rule,
+        objective=objective,
+        sparsity_by=sparsity_by,
+        tolerance=tol,
+        tolerance_source=source,
+        candidates=cands,
+        n_fits=n_fits,
+        n_bad=n_bad,
+        n_empty=n_empty,
+        message=msg,
+    )
 
 
-def selection_summary(results: pd.DataFrame, objective: str = DEFAULT_OBJECTIVE,
-                      rule: str = "sparsest",
-                      tolerance: float | None = None, sparsity_by: str = "lam",
-                      n_bins: int | None = None,
-                      confidence: float = 0.95) -> tuple[Recommendation, pd.DataFrame]:
+def selection_summary(
+    results: pd.DataFrame,
+    objective: str = DEFAULT_OBJECTIVE,
+    rule: str = "sparsest",
+    tolerance: float | None = None,
+    sparsity_by: str = "lam",
+    n_bins: int | None = None,
+    confidence: float = 0.95,
+) -> tuple[Recommendation, pd.DataFrame]:
     """The recommendation and the per-bin bad-share table, as shown after ``raysearch results``."""
-    return (recommend(results, objective=objective, rule=rule, tolerance=tolerance,
-                      sparsity_by=sparsity_by, confidence=confidence),
-            bad_share_by_lambda(results, n_bins=n_bins))
+    return (
+        recommend(
+            results,
+            objective=objective,
+            rule=rule,
+            tolerance=tolerance,
+            sparsity_by=sparsity_by,
+            confidence=confidence,
+        ),
+        bad_share_by_lambda(results, n_bins=n_bins),
+    )
 
 
 _study_objective = verdicts.study_objective
 
 
-def select_model(results, objective: str | None = None, rule: str = "sparsest",
-                 tolerance: float | None = None, sparsity_by: str = "lam",
-                 n_bins: int | None = None,
-                 confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_model(
+    results,
+    objective: str | None = None,
+    rule: str = "sparsest",
+    tolerance: float | None = None,
+    sparsity_by: str = "lam",
+    n_bins: int | None = None,
+    confidence: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The recommended model and the bad-share table of a study, as DataFrames.
 
     A companion of :func:`raysearch.load_results`: only trials that finished (their model file was
@@ -585,18 +674,28 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
         :func:`bad_share_by_lambda` over the finished trials.
     """
     if not isinstance(results, pd.DataFrame):
-        raise InputError("select_model takes the DataFrame of raysearch.load_results(DIR), "
-                         f"not {type(results).__name__}: select_model(load_results(DIR))")
+        raise InputError(
+            "select_model takes the DataFrame of raysearch.load_results(DIR), "
+            f"not {type(results).__name__}: select_model(load_results(DIR))"
+        )
     df = results
     objective = objective or _study_objective(df)
     if objective not in OBJECTIVES and objective not in df.columns:
         raise ConfigError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
     done = df[verdicts.finished_mask(df)]
     if len(done) == 0:
-        raise InputError("no finished trial in the results: nothing to select from (wait for "
-                         "trials to finish or resume the study)")
-    rec = recommend(done, objective=objective, rule=rule, tolerance=tolerance,
-                    sparsity_by=sparsity_by, confidence=confidence)
+        raise InputError(
+            "no finished trial in the results: nothing to select from (wait for "
+            "trials to finish or resume the study)"
+        )
+    rec = recommend(
+        done,
+        objective=objective,
+        rule=rule,
+        tolerance=tolerance,
+        sparsity_by=sparsity_by,
+        confidence=confidence,
+    )
     frame = rec.to_frame()
     frame.attrs["message"] = rec.message
     frame.attrs["n_fits"] = rec.n_fits
@@ -605,6 +704,7 @@ def select_model(results, objective: str | None = None, rule: str = "sparsest",
 
 
 # --- data for the report's "Model selection" section (drawing: raysearch.plots) -------------------
+
 
 @dataclass
 class SelectionData:
@@ -665,7 +765,7 @@ def sample_pairs(n_units: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray,
     rng = np.random.default_rng([int(seed), int(n_units), 0x5E1])
     i = rng.integers(0, n_units, size=n_pairs)
     j = rng.integers(0, n_units - 1, size=n_pairs)
-    j = j + (j >= i)                        # j != i, uniform over the others
+    j = j + (j >= i)  # j != i, uniform over the others
     a, b = np.minimum(i, j), np.maximum(i, j)
     key = np.unique(a * n_units + b)
     return (key // n_units).astype(np.int64), (key % n_units).astype(np.int64)
@@ -687,27 +787,44 @@ def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.Dat
             if rows and rows[0]["trial_id"] == r["trial_id"]:
                 rows[0]["role"] = "recommended = best objective"
                 continue
-            rows.append({"role": role, "trial_id": r["trial_id"], "lam": float(r["lam"]),
-                         **{c: float(r[c]) for c in NRMSE_COLUMNS}})
+            rows.append(
+                {
+                    "role": role,
+                    "trial_id": r["trial_id"],
+                    "lam": float(r["lam"]),
+                    **{c: float(r[c]) for c in NRMSE_COLUMNS},
+                }
+            )
     vals = done[list(NRMSE_COLUMNS)].apply(pd.to_numeric, errors="coerce").astype(float)
     finite = np.isfinite(vals.to_numpy()).all(axis=1)
     bad = verdicts.bad_mask(done)
     # the objective of a bad fit is inf: rank the bad ones by their worst nRMSE instead
-    obj = np.where(bad, vals.max(axis=1, skipna=True).to_numpy(float),
-                   pd.to_numeric(done[objective], errors="coerce").to_numpy(float))
+    obj = np.where(
+        bad,
+        vals.max(axis=1, skipna=True).to_numpy(float),
+        pd.to_numeric(done[objective], errors="coerce").to_numpy(float),
+    )
     pick, role = None, "bad"
     if (bad & finite).any():
         cand = np.flatnonzero(bad & finite)
         pick = cand[np.argmax(obj[cand])] if np.isfinite(obj[cand]).any() else cand[0]
     elif finite.any():
         cand = np.flatnonzero(finite)
-        pick, role = cand[np.nanargmax(np.where(np.isfinite(obj[cand]), obj[cand], -np.inf))], \
-            "worst (none bad)"
+        pick, role = (
+            cand[np.nanargmax(np.where(np.isfinite(obj[cand]), obj[cand], -np.inf))],
+            "worst (none bad)",
+        )
     if pick is not None:
         r = done.iloc[int(pick)]
         if not any(x["trial_id"] == r["trial_id"] for x in rows):
-            rows.append({"role": role, "trial_id": r["trial_id"], "lam": float(r["lam"]),
-                         **{c: float(vals.iloc[int(pick)][c]) for c in NRMSE_COLUMNS}})
+            rows.append(
+                {
+                    "role": role,
+                    "trial_id": r["trial_id"],
+                    "lam": float(r["lam"]),
+                    **{c: float(vals.iloc[int(pick)][c]) for c in NRMSE_COLUMNS},
+                }
+            )
     return pd.DataFrame(rows, columns=["role", "trial_id", "lam", *NRMSE_COLUMNS])
 
 
@@ -716,9 +833,16 @@ def _hist_groups(lam: np.ndarray, max_groups: int) -> np.ndarray:
     return lambda_bins(lam, n_bins=int(min(max_groups, len(distinct))))
 
 
-def selection_data(results: pd.DataFrame, objective: str | None = None, rule: str = "sparsest",
-                   tolerance: float | None = None, max_groups: int = 4, n_pairs: int = 20_000,
-                   n_hist_bins: int = 60, seed: int = 0) -> SelectionData:
+def selection_data(
+    results: pd.DataFrame,
+    objective: str | None = None,
+    rule: str = "sparsest",
+    tolerance: float | None = None,
+    max_groups: int = 4,
+    n_pairs: int = 20_000,
+    n_hist_bins: int = 60,
+    seed: int = 0,
+) -> SelectionData:
     """Everything the report's model-selection section needs, from finished trials' model files.
 
     Parameters
@@ -747,12 +871,17 @@ def selection_data(results: pd.DataFrame, objective: str | None = None, rule: st
     radar = _radar_rows(done, rec, objective)
     notes = []
     lam = pd.to_numeric(done["lam"], errors="coerce").to_numpy(float)
-    have = done["model_path"].map(model_exists).to_numpy(bool) if "model_path" in done \
+    have = (
+        done["model_path"].map(model_exists).to_numpy(bool)
+        if "model_path" in done
         else np.zeros(len(done), bool)
+    )
     keep = have & np.isfinite(lam) & (lam > 0)
     if not keep.any():
-        raise InputError("no finished trial with a readable model file and a positive lambda: "
-                         "no weight or coupling histograms")
+        raise InputError(
+            "no finished trial with a readable model file and a positive lambda: "
+            "no weight or coupling histograms"
+        )
     edges = _hist_groups(lam[keep], max_groups)
     g_of = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, len(edges) - 2)
     files = ModelFiles(done["model_path"].where(keep, None).tolist())
@@ -789,6 +918,15 @@ def selection_data(results: pd.DataFrame, objective: str | None = None, rule: st
     hb = pd.DataFrame({"lam_low": edges[:-1], "lam_high": edges[1:], "n_models": n_models})
     hb.insert(0, "label", [f"lambda {lo:.2g}-{hi:.2g}" for lo, hi in zip(edges[:-1], edges[1:])])
     n_p = int(len(next(iter(pairs.values()))[0])) if pairs else 0
-    return SelectionData(recommendation=rec, bins=bins, radar=radar, hist_bins=hb,
-                         weight_edges=we, weight_hist=wh, coupling_edges=ce, coupling_hist=ch,
-                         n_pairs=n_p, notes=notes)
+    return SelectionData(
+        recommendation=rec,
+        bins=bins,
+        radar=radar,
+        hist_bins=hb,
+        weight_edges=we,
+        weight_hist=wh,
+        coupling_edges=ce,
+        coupling_hist=ch,
+        n_pairs=n_p,
+        notes=notes,
+    )

@@ -74,9 +74,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StabilityVerdict", "coupling_matrix", "sufficient_bound", "necessary_witness",
-           "exact_margin", "check_stability", "check_model", "EXACT_MAX_HIDDEN",
-           "model_params", "REL_TOL"]
+__all__ = [
+    "StabilityVerdict",
+    "coupling_matrix",
+    "sufficient_bound",
+    "necessary_witness",
+    "exact_margin",
+    "check_stability",
+    "check_model",
+    "EXACT_MAX_HIDDEN",
+    "model_params",
+    "REL_TOL",
+]
 
 #: Largest M for which :func:`check_stability` runs the exact enumeration (3^M eigenproblems of
 #: size <= M: 59,049 at M = 10, a fraction of a second).
@@ -183,7 +192,7 @@ def necessary_witness(gp, gm, C, n_descent: int = 8, steps: int = 200):
     if M >= 2:
         iu, ju = np.triu_indices(M, k=1)
         cij = C[iu, ju]
-        prod = np.where(cij >= 0, 1.0, -1.0)       # s_mu s_nu
+        prod = np.where(cij >= 0, 1.0, -1.0)  # s_mu s_nu
         for s_mu in (1.0, -1.0):
             s_nu = prod * s_mu
             a = np.where(s_mu > 0, gp[iu], gm[iu]) - diagC[iu]
@@ -248,14 +257,14 @@ def exact_margin(gp, gm, C):
         for J in itertools.combinations(range(M), size):
             J = np.array(J)
             CJ = C[np.ix_(J, J)]
-            signs = np.array(list(itertools.product((1.0, -1.0), repeat=size)))   # (P, size)
-            D = np.where(signs > 0, gp[J], gm[J])                                  # (P, size)
-            A = -CJ[None] * signs[:, :, None] * signs[:, None, :]                 # S(-C)S
+            signs = np.array(list(itertools.product((1.0, -1.0), repeat=size)))  # (P, size)
+            D = np.where(signs > 0, gp[J], gm[J])  # (P, size)
+            A = -CJ[None] * signs[:, :, None] * signs[:, None, :]  # S(-C)S
             idx = np.arange(size)
             A[:, idx, idx] += D
-            w, V = np.linalg.eigh(A)                           # (P, k), (P, k, k)
+            w, V = np.linalg.eigh(A)  # (P, k), (P, k, k)
             tol = 1e-9 * np.max(np.abs(V), axis=1, keepdims=True)
-            pos = np.all(V > -tol, axis=1) | np.all(V < tol, axis=1)              # (P, k)
+            pos = np.all(V > -tol, axis=1) | np.all(V < tol, axis=1)  # (P, k)
             w = np.where(pos, w, np.inf)
             p, k = np.unravel_index(int(np.argmin(w)), w.shape)
             if w[p, k] < best:
@@ -270,8 +279,15 @@ def exact_margin(gp, gm, C):
 REL_TOL = 1e-3
 
 
-def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=None,
-                    n_descent: int = 8, rel_tol: float = REL_TOL) -> StabilityVerdict:
+def check_stability(
+    W,
+    visible_gamma,
+    gamma_plus,
+    gamma_minus,
+    exact_max_hidden=None,
+    n_descent: int = 8,
+    rel_tol: float = REL_TOL,
+) -> StabilityVerdict:
     """Normalisability verdict of a Gaussian–dReLU cRBM from its parameters.
 
     Parameters
@@ -299,66 +315,108 @@ def check_stability(W, visible_gamma, gamma_plus, gamma_minus, exact_max_hidden=
     gp = np.asarray(gamma_plus, np.float64)
     gm = np.asarray(gamma_minus, np.float64)
     if not all(np.all(np.isfinite(a)) for a in (W, vg, gp, gm)):
-        return StabilityVerdict("unstable", float("nan"), -np.inf, np.inf, "parameters",
-                                reason="non-finite parameters")
+        return StabilityVerdict(
+            "unstable", float("nan"), -np.inf, np.inf, "parameters", reason="non-finite parameters"
+        )
     if np.any(vg <= 0):
-        return StabilityVerdict("unstable", -np.inf, -np.inf, -np.inf, "parameters",
-                                reason=f"{int(np.sum(vg <= 0))} visible precision(s) <= 0: the "
-                                       "Gaussian visible units are not normalisable")
+        return StabilityVerdict(
+            "unstable",
+            -np.inf,
+            -np.inf,
+            -np.inf,
+            "parameters",
+            reason=f"{int(np.sum(vg <= 0))} visible precision(s) <= 0: the "
+            "Gaussian visible units are not normalisable",
+        )
     C = coupling_matrix(W, vg)
-    scale = max(float(np.max(np.abs(np.concatenate([gp, gm])))), float(np.max(np.diag(C))),
-                1e-30)
+    scale = max(float(np.max(np.abs(np.concatenate([gp, gm])))), float(np.max(np.diag(C))), 1e-30)
     tol = _BOUNDARY_TOL * scale
     marginal = max(tol, float(rel_tol) * float(np.median(np.minimum(gp, gm))))
     lower = sufficient_bound(gp, gm, C)
     M = gp.shape[0]
     if lower > tol:
-        return StabilityVerdict("stable", lower, lower, np.inf, "sufficient",
-                                reason=f"visible precisions dominate the couplings "
-                                       f"(lambda_min(D_min - W Gamma^-1 W^T) = {lower:.3g} > 0)")
+        return StabilityVerdict(
+            "stable",
+            lower,
+            lower,
+            np.inf,
+            "sufficient",
+            reason=f"visible precisions dominate the couplings "
+            f"(lambda_min(D_min - W Gamma^-1 W^T) = {lower:.3g} > 0)",
+        )
     if M <= exact_max_hidden:
         mu, u = exact_margin(gp, gm, C)
         if mu > tol:
-            return StabilityVerdict("stable", mu, mu, mu, "exact",
-                                    reason=f"copositive on every sign pattern (margin {mu:.3g})")
+            return StabilityVerdict(
+                "stable",
+                mu,
+                mu,
+                mu,
+                "exact",
+                reason=f"copositive on every sign pattern (margin {mu:.3g})",
+            )
         if mu < -marginal:
-            return StabilityVerdict("unstable", mu, mu, mu, "exact", witness=u,
-                                    reason=_unstable_reason(mu, u))
+            return StabilityVerdict(
+                "unstable", mu, mu, mu, "exact", witness=u, reason=_unstable_reason(mu, u)
+            )
         if mu < -tol:
-            return StabilityVerdict("undetermined", mu, mu, mu, "exact", witness=u,
-                                    reason=_marginal_reason(mu))
-        return StabilityVerdict("undetermined", mu, mu, mu, "exact",
-                                reason="on the normalisability boundary (margin 0): the linear "
-                                       "terms decide")
+            return StabilityVerdict(
+                "undetermined", mu, mu, mu, "exact", witness=u, reason=_marginal_reason(mu)
+            )
+        return StabilityVerdict(
+            "undetermined",
+            mu,
+            mu,
+            mu,
+            "exact",
+            reason="on the normalisability boundary (margin 0): the linear terms decide",
+        )
     upper, u, method = necessary_witness(gp, gm, C, n_descent=n_descent)
     if upper < -marginal:
-        return StabilityVerdict("unstable", upper, lower, upper, method, witness=u,
-                                reason=_unstable_reason(upper, u))
+        return StabilityVerdict(
+            "unstable", upper, lower, upper, method, witness=u, reason=_unstable_reason(upper, u)
+        )
     if upper < -tol:
-        return StabilityVerdict("undetermined", upper, lower, upper, method, witness=u,
-                                reason=_marginal_reason(upper))
-    return StabilityVerdict("undetermined", float("nan"), lower, upper, "none",
-                            reason=f"the parameter checks cannot decide (margin in "
-                                   f"[{lower:.3g}, {upper:.3g}]); only sampling can tell")
+        return StabilityVerdict(
+            "undetermined", upper, lower, upper, method, witness=u, reason=_marginal_reason(upper)
+        )
+    return StabilityVerdict(
+        "undetermined",
+        float("nan"),
+        lower,
+        upper,
+        "none",
+        reason=f"the parameter checks cannot decide (margin in "
+        f"[{lower:.3g}, {upper:.3g}]); only sampling can tell",
+    )
 
 
 def _marginal_reason(mu):
-    return (f"marginally not normalisable (margin {mu:.3g} < 0, within the relative tolerance): "
-            "chains run away too slowly for the parameters to decide; only sampling can tell")
+    return (
+        f"marginally not normalisable (margin {mu:.3g} < 0, within the relative tolerance): "
+        "chains run away too slowly for the parameters to decide; only sampling can tell"
+    )
 
 
 def _unstable_reason(mu, u):
     k = np.flatnonzero(np.abs(u) > 1e-3 * np.max(np.abs(u)))
     units = ", ".join(f"{i}{'+' if u[i] > 0 else '-'}" for i in k[:6]) + (
-        ", ..." if k.size > 6 else "")
-    return (f"not normalisable: the couplings W Gamma^-1 W^T exceed the hidden precisions along "
-            f"hidden units [{units}] (margin {mu:.3g} < 0); Gibbs chains run away along it")
+        ", ..." if k.size > 6 else ""
+    )
+    return (
+        f"not normalisable: the couplings W Gamma^-1 W^T exceed the hidden precisions along "
+        f"hidden units [{units}] (margin {mu:.3g} < 0); Gibbs chains run away along it"
+    )
 
 
 def model_params(model):
     """(W, visible_gamma, gamma_plus, gamma_minus) host arrays of a fitted gaussian CRBM."""
-    return (np.asarray(model.weights_), np.asarray(model.gamma_), np.asarray(model.gamma_plus_),
-            np.asarray(model.gamma_minus_))
+    return (
+        np.asarray(model.weights_),
+        np.asarray(model.gamma_),
+        np.asarray(model.gamma_plus_),
+        np.asarray(model.gamma_minus_),
+    )
 
 
 def check_model(model, **kw) -> StabilityVerdict | None:

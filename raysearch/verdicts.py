@@ -71,11 +71,33 @@ import pandas as pd
 
 from raysearch.errors import ConfigError, InputError
 
-__all__ = ["STATS", "NRMSE_COLUMNS", "RMSE_COLUMNS", "RECONSTRUCTION", "OBJECTIVES",
-           "DEFAULT_OBJECTIVE", "BAD_REASONS", "Z_MARGIN", "BAD_SCORE", "WEIGHT_STD_RANGE",
-           "objective_values", "verdict", "reported_objective", "finished_mask", "bad_mask",
-           "bad_reasons", "usable_mask", "best_index", "rank", "bad_share_by_lambda",
-           "lambda_bins", "wilson_interval", "lam_groups", "check_objective", "study_objective"]
+__all__ = [
+    "STATS",
+    "NRMSE_COLUMNS",
+    "RMSE_COLUMNS",
+    "RECONSTRUCTION",
+    "OBJECTIVES",
+    "DEFAULT_OBJECTIVE",
+    "BAD_REASONS",
+    "Z_MARGIN",
+    "BAD_SCORE",
+    "WEIGHT_STD_RANGE",
+    "objective_values",
+    "verdict",
+    "reported_objective",
+    "finished_mask",
+    "bad_mask",
+    "bad_reasons",
+    "usable_mask",
+    "best_index",
+    "rank",
+    "bad_share_by_lambda",
+    "lambda_bins",
+    "wilson_interval",
+    "lam_groups",
+    "check_objective",
+    "study_objective",
+]
 
 # ------------------------------------------------------------------------------------------------
 # Vocabulary
@@ -85,8 +107,9 @@ STATS = ("v", "h", "vh", "vv", "hh")
 #: One nRMSE column per statistic.
 NRMSE_COLUMNS = tuple(f"nrmse_{s}" for s in STATS)
 #: The parts of each nRMSE: ``rmse_model_<s>``, ``rmse_opt_<s>``, ``rmse_shuf_<s>``.
-RMSE_COLUMNS = tuple(f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf")
-                     for s in STATS)
+RMSE_COLUMNS = tuple(
+    f"{part}_{s}" for part in ("rmse_model", "rmse_opt", "rmse_shuf") for s in STATS
+)
 #: The normalised reconstruction score column (1 perfect, 0 independent baseline).
 RECONSTRUCTION = "nllh"
 #: Objectives a study may minimise (all are always reported).
@@ -114,11 +137,15 @@ WEIGHT_STD_RANGE = (0.01, 0.1)
 #: each objective, ``<objective>_se``.
 OBJECTIVE_SE_COLUMNS = tuple(f"{o}_se" for o in OBJECTIVES)
 #: Every float figure a trial reports (Tune/Optuna and the model file) besides the RMSE parts.
-METRIC_COLUMNS = NRMSE_COLUMNS + OBJECTIVES + (RECONSTRUCTION,) + OBJECTIVE_SE_COLUMNS + (
-    "sparsity", "weight_density", "weight_std")
+METRIC_COLUMNS = (
+    NRMSE_COLUMNS
+    + OBJECTIVES
+    + (RECONSTRUCTION,)
+    + OBJECTIVE_SE_COLUMNS
+    + ("sparsity", "weight_density", "weight_std")
+)
 #: Text columns of the verdict.
-VERDICT_COLUMNS = ("bad", "bad_reason", "unassessable", "unassessable_reason",
-                   "weights_converged")
+VERDICT_COLUMNS = ("bad", "bad_reason", "unassessable", "unassessable_reason", "weights_converged")
 
 
 def check_objective(objective: str) -> str:
@@ -162,9 +189,15 @@ def objective_values(nrmse: dict, unassessable, nllh: float = math.nan) -> dict:
     return {"mean_nrmse": mean, "max_nrmse": mx, "max_criteria": crit}
 
 
-def verdict(nrmse: dict, nrmse_upper: dict, unassessable, params_finite: bool = True,
-            diverged: bool = False, unstable: bool = False,
-            weight_density: float = math.nan) -> tuple[bool, str]:
+def verdict(
+    nrmse: dict,
+    nrmse_upper: dict,
+    unassessable,
+    params_finite: bool = True,
+    diverged: bool = False,
+    unstable: bool = False,
+    weight_density: float = math.nan,
+) -> tuple[bool, str]:
     """The bad flag and its reason for one fit (see the module docstring for the rule).
 
     Parameters
@@ -224,8 +257,11 @@ def lam_groups(lam: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
 
 
 def _col(df: pd.DataFrame, name: str) -> np.ndarray:
-    return pd.to_numeric(df[name], errors="coerce").to_numpy(float) if name in df.columns \
+    return (
+        pd.to_numeric(df[name], errors="coerce").to_numpy(float)
+        if name in df.columns
         else np.full(len(df), np.nan)
+    )
 
 
 def finished_mask(df: pd.DataFrame) -> np.ndarray:
@@ -243,8 +279,10 @@ def bad_mask(df: pd.DataFrame) -> np.ndarray:
     """Bad fits: the ``bad`` flag true or missing, or an empty fit (``weight_density == 0``, which
     tables written before the ``empty`` reason existed did not flag)."""
     if "bad" not in df.columns:
-        raise InputError(f"results table lacks column 'bad'; it has {list(df.columns)}. "
-                         "Pass the DataFrame of raysearch.load_results(DIR).")
+        raise InputError(
+            f"results table lacks column 'bad'; it has {list(df.columns)}. "
+            "Pass the DataFrame of raysearch.load_results(DIR)."
+        )
     return df["bad"].astype("boolean").fillna(True).astype(bool).to_numpy() | _empty(df)
 
 
@@ -252,8 +290,11 @@ def bad_reasons(df: pd.DataFrame) -> pd.Series:
     """The ``bad_reason`` of every row ("" for fits that are not bad), filled in where a table
     lacks it: ``empty`` for empty fits, ``unknown`` for other bad ones."""
     bad = bad_mask(df)
-    given = df["bad_reason"].fillna("").astype(str) if "bad_reason" in df.columns \
+    given = (
+        df["bad_reason"].fillna("").astype(str)
+        if "bad_reason" in df.columns
         else pd.Series([""] * len(df), index=df.index)
+    )
     fill = np.where(_empty(df), "empty", "unknown")
     out = np.where(bad, np.where(given.to_numpy() != "", given.to_numpy(), fill), "")
     return pd.Series(out, index=df.index, name="bad_reason")
@@ -263,8 +304,10 @@ def usable_mask(df: pd.DataFrame, objective: str) -> np.ndarray:
     """Fits that may be ranked: not bad (:func:`bad_mask`), a finite objective, a finite
     lambda >= 0."""
     if objective not in df.columns:
-        raise InputError(f"results table lacks column {objective!r}; it has "
-                         f"{list(df.columns)}. Pass the DataFrame of raysearch.load_results(DIR).")
+        raise InputError(
+            f"results table lacks column {objective!r}; it has "
+            f"{list(df.columns)}. Pass the DataFrame of raysearch.load_results(DIR)."
+        )
     obj = _col(df, objective)
     lam = _col(df, "lam") if "lam" in df.columns else np.zeros(len(df))
     return np.isfinite(obj) & np.isfinite(lam) & (lam >= 0) & ~bad_mask(df)
@@ -332,13 +375,17 @@ def lambda_bins(lam: np.ndarray, n_bins: int | None = None) -> np.ndarray:
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.logspace(lo, hi, n_bins + 1)
-    if lam.max() > lam.min():          # exact outer edges: 10**log10(x) may round below x
+    if lam.max() > lam.min():  # exact outer edges: 10**log10(x) may round below x
         edges[0], edges[-1] = lam.min(), lam.max()
     return edges
 
 
-def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
-                        bins: np.ndarray | None = None, confidence: float = 0.95) -> pd.DataFrame:
+def bad_share_by_lambda(
+    results: pd.DataFrame,
+    n_bins: int | None = None,
+    bins: np.ndarray | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Share of bad fits per (log) lambda bin, with a Wilson confidence interval.
 
     A fit counts as bad by :func:`bad_mask` (flag true or missing, or empty). Every fit in the
@@ -354,8 +401,10 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
     tables without a reason). Bins without fits are kept with ``n_fits = 0`` and NaN share.
     """
     if "lam" not in results.columns:
-        raise InputError(f"results table lacks column 'lam'; it has {list(results.columns)}. "
-                         "Pass the DataFrame of raysearch.load_results(DIR).")
+        raise InputError(
+            f"results table lacks column 'lam'; it has {list(results.columns)}. "
+            "Pass the DataFrame of raysearch.load_results(DIR)."
+        )
     lam = pd.to_numeric(results["lam"], errors="coerce").to_numpy(float)
     bad = bad_mask(results)
     reasons = bad_reasons(results).to_numpy()
@@ -373,10 +422,17 @@ def bad_share_by_lambda(results: pd.DataFrame, n_bins: int | None = None,
         k = int(bad[keep][sel].sum())
         lo, hi = wilson_interval(k, n, confidence)
         r = reasons[keep][sel]
-        row = dict(lam_low=edges[b], lam_high=edges[b + 1],
-                   lam_center=float(np.sqrt(edges[b] * edges[b + 1])), n_fits=n, n_bad=k,
-                   share_bad=(k / n) if n else float("nan"), ci_low=lo, ci_high=hi,
-                   n_empty=int((r == "empty").sum()))
+        row = dict(
+            lam_low=edges[b],
+            lam_high=edges[b + 1],
+            lam_center=float(np.sqrt(edges[b] * edges[b + 1])),
+            n_fits=n,
+            n_bad=k,
+            share_bad=(k / n) if n else float("nan"),
+            ci_low=lo,
+            ci_high=hi,
+            n_empty=int((r == "empty").sum()),
+        )
         for reason in BAD_REASONS + ("unknown",):
             if reason != "empty":
                 row[f"n_{reason}"] = int((r == reason).sum())

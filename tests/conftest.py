@@ -27,8 +27,14 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=0,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     yield ray
     ray.shutdown()
 
@@ -37,10 +43,12 @@ def ray_session():
 def _backend_params():
     from raysearch.backend import cupy_available
 
-    no_gpu = pytest.mark.skipif(not cupy_available(),
-                                reason="no CUDA device / CuPy not installed")
-    return [pytest.param("numpy", id="numpy"), pytest.param("strict", id="strict"),
-            pytest.param("cupy", id="cupy", marks=[no_gpu, pytest.mark.gpu])]
+    no_gpu = pytest.mark.skipif(not cupy_available(), reason="no CUDA device / CuPy not installed")
+    return [
+        pytest.param("numpy", id="numpy"),
+        pytest.param("strict", id="strict"),
+        pytest.param("cupy", id="cupy", marks=[no_gpu, pytest.mark.gpu]),
+    ]
 
 
 @pytest.fixture(params=_backend_params())
@@ -49,4 +57,6 @@ def backend(request):
     from raysearch.backend import get_backend
 
     return get_backend(request.param)
+
+
 # --- end section: numerics -----------------------------------------------------------------------

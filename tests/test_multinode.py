@@ -32,10 +32,14 @@ import yaml
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the harness uses Linux process groups"),
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="the harness uses Linux process groups"
+    ),
 ]
 
-psutil = pytest.importorskip("psutil", reason="psutil is needed to find and stop the cluster's processes")
+psutil = pytest.importorskip(
+    "psutil", reason="psutil is needed to find and stop the cluster's processes"
+)
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
@@ -100,15 +104,17 @@ class LocalRayCluster:
         # set in-process by a local `raysearch run` earlier in the test session; it makes
         # `ray start --address` refuse to join ("Multi-node Ray clusters are not supported")
         self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-        self.env.update({
-            "RAY_AUTH_MODE": "disabled",        # tests only: the Jobs API then needs no token
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
-            # notice a killed worker node within ~2-3 s instead of ~15 s
-            "RAY_health_check_period_ms": "1000",
-            "RAY_health_check_failure_threshold": "2",
-            "RAY_health_check_timeout_ms": "1000",
-        })
+        self.env.update(
+            {
+                "RAY_AUTH_MODE": "disabled",  # tests only: the Jobs API then needs no token
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": f"{BIN}{os.pathsep}{self.env.get('PATH', '')}",
+                # notice a killed worker node within ~2-3 s instead of ~15 s
+                "RAY_health_check_period_ms": "1000",
+                "RAY_health_check_failure_threshold": "2",
+                "RAY_health_check_timeout_ms": "1000",
+            }
+        )
         self.gcs_port = self.dashboard_port = None
 
     # -- addresses
@@ -125,45 +131,101 @@ class LocalRayCluster:
         p = self.ports
         lo = p.block(60)
         return [
-            "--node-manager-port", str(p.one()), "--object-manager-port", str(p.one()),
-            "--dashboard-agent-listen-port", str(p.one()), "--dashboard-agent-grpc-port", str(p.one()),
-            "--runtime-env-agent-port", str(p.one()), "--metrics-export-port", str(p.one()),
-            "--min-worker-port", str(lo), "--max-worker-port", str(lo + 59),
+            "--node-manager-port",
+            str(p.one()),
+            "--object-manager-port",
+            str(p.one()),
+            "--dashboard-agent-listen-port",
+            str(p.one()),
+            "--dashboard-agent-grpc-port",
+            str(p.one()),
+            "--runtime-env-agent-port",
+            str(p.one()),
+            "--metrics-export-port",
+            str(p.one()),
+            "--min-worker-port",
+            str(lo),
+            "--max-worker-port",
+            str(lo + 59),
         ]
 
     def _spawn(self, name: str, args: list[str], resources: dict) -> _Node:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"rs-{name}-", dir=self.root))
         self._spawned += 1
         log_path = self.root / f"{self._spawned:02d}-{name}.log"
-        cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
-               "--object-store-memory", str(80 * 1024 ** 2), "--num-gpus", "0",
-               "--disable-usage-stats", *args, *self._node_ports()]
+        cmd = [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--temp-dir",
+            str(temp_dir),
+            "--object-store-memory",
+            str(80 * 1024**2),
+            "--num-gpus",
+            "0",
+            "--disable-usage-stats",
+            *args,
+            *self._node_ports(),
+        ]
         tag = f"{self.tag}/{self._spawned:02d}-{name}"  # inherited by every process of this node
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, env={**self.env, TAG_VAR: tag}, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)  # no terminal signals from pytest
+            proc = subprocess.Popen(
+                cmd,
+                env={**self.env, TAG_VAR: tag},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # no terminal signals from pytest
         node = _Node(name, proc, temp_dir, log_path, tag, resources)
         self.nodes[name] = node
         return node
 
     def start_head(self) -> None:
         self.gcs_port, self.dashboard_port = self.ports.one(), self.ports.one()
-        self._spawn("head", ["--head", "--port", str(self.gcs_port), "--num-cpus", "0",
-                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                             "--ray-client-server-port", str(self.ports.one())], {})
+        self._spawn(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.gcs_port),
+                "--num-cpus",
+                "0",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(self.ports.one()),
+            ],
+            {},
+        )
         self.wait_for(lambda nodes: any(n["is_head_node"] for n in nodes), "the head node")
 
     def add_workers(self, workers: dict[str, dict], num_cpus: int = 1) -> None:
         """Start worker nodes (name -> custom resources) at once; return when all have joined."""
         before = {n["node_id"] for n in self.alive_nodes()}
         for name, resources in workers.items():
-            self._spawn(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
-                               "--resources", json.dumps(resources)], resources)
+            self._spawn(
+                name,
+                [
+                    "--address",
+                    self.gcs_address,
+                    "--num-cpus",
+                    str(num_cpus),
+                    "--resources",
+                    json.dumps(resources),
+                ],
+                resources,
+            )
 
         def joined(nodes):
             new = [n for n in nodes if n["node_id"] not in before]
-            return all(any(next(iter(r)) in n["resources_total"] for n in new) for r in workers.values())
+            return all(
+                any(next(iter(r)) in n["resources_total"] for n in new) for r in workers.values()
+            )
 
         self.wait_for(joined, f"workers {sorted(workers)}")
 
@@ -171,11 +233,17 @@ class LocalRayCluster:
     def alive_nodes(self) -> list[dict]:
         from ray.util.state import list_nodes
 
-        return [{"node_id": n.node_id, "is_head_node": n.is_head_node,
-                 "resources_total": dict(n.resources_total or {})}
-                for n in list_nodes(address=self.dashboard_url, detail=True, timeout=10,
-                                    raise_on_missing_output=False)
-                if n.state == "ALIVE"]
+        return [
+            {
+                "node_id": n.node_id,
+                "is_head_node": n.is_head_node,
+                "resources_total": dict(n.resources_total or {}),
+            }
+            for n in list_nodes(
+                address=self.dashboard_url, detail=True, timeout=10, raise_on_missing_output=False
+            )
+            if n.state == "ALIVE"
+        ]
 
     def node_ids(self) -> dict[str, str]:
         """Custom resource name -> node id, for the alive worker nodes."""
@@ -190,24 +258,33 @@ class LocalRayCluster:
         from ray.util.state import list_actors
 
         filters = [("class_name", "=", class_name)] if class_name else None
-        return list_actors(address=self.dashboard_url, filters=filters, limit=1000, timeout=10,
-                           raise_on_missing_output=False)
+        return list_actors(
+            address=self.dashboard_url,
+            filters=filters,
+            limit=1000,
+            timeout=10,
+            raise_on_missing_output=False,
+        )
 
     def wait_for(self, predicate, what: str, timeout: float = START_TIMEOUT_S) -> None:
         deadline, last_err = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             for node in self.nodes.values():
                 if node.proc.poll() is not None:
-                    raise RuntimeError(f"`ray start` for {node.name} exited with {node.proc.returncode}:\n"
-                                       + self.log_tail(node))
+                    raise RuntimeError(
+                        f"`ray start` for {node.name} exited with {node.proc.returncode}:\n"
+                        + self.log_tail(node)
+                    )
             try:
                 if predicate(self.alive_nodes()):
                     return
             except Exception as exc:  # dashboard not up yet
                 last_err = exc
             time.sleep(0.5)
-        raise TimeoutError(f"{what} did not come up within {timeout} s (last error: {last_err})\n"
-                           + "\n".join(self.log_tail(n) for n in self.nodes.values()))
+        raise TimeoutError(
+            f"{what} did not come up within {timeout} s (last error: {last_err})\n"
+            + "\n".join(self.log_tail(n) for n in self.nodes.values())
+        )
 
     @staticmethod
     def log_tail(node: _Node, n: int = 25) -> str:
@@ -218,11 +295,22 @@ class LocalRayCluster:
         return f"--- {node.log_path.name}\n" + "\n".join(lines[-n:])
 
     # -- jobs
-    def submit(self, entrypoint: list[str], timeout: float, wait: bool = True) -> subprocess.CompletedProcess | str:
+    def submit(
+        self, entrypoint: list[str], timeout: float, wait: bool = True
+    ) -> subprocess.CompletedProcess | str:
         """``ray job submit`` to the head's Jobs API; returns the finished CLI run (or the id)."""
         sub_id = f"raysearch-test-{uuid.uuid4().hex[:8]}"
-        cmd = [RAY, "job", "submit", "--address", self.dashboard_url, "--submission-id", sub_id,
-               "--log-style", "record"]
+        cmd = [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            self.dashboard_url,
+            "--submission-id",
+            sub_id,
+            "--log-style",
+            "record",
+        ]
         if not wait:
             cmd.append("--no-wait")
         cmd += ["--", *entrypoint]
@@ -249,7 +337,9 @@ class LocalRayCluster:
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 return status
             time.sleep(1)
-        raise TimeoutError(f"job {sub_id} still {status} after {timeout} s:\n{self.job_logs(sub_id)[-3000:]}")
+        raise TimeoutError(
+            f"job {sub_id} still {status} after {timeout} s:\n{self.job_logs(sub_id)[-3000:]}"
+        )
 
     # -- stopping
     def _tagged(self, node_tag: str | None = None) -> list:
@@ -312,7 +402,9 @@ class LocalRayCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    root = Path(tempfile.mkdtemp(prefix="rs-mn-"))  # short: Ray's unix socket paths must stay < 108 chars
+    root = Path(
+        tempfile.mkdtemp(prefix="rs-mn-")
+    )  # short: Ray's unix socket paths must stay < 108 chars
     cluster = LocalRayCluster(root)
     try:
         cluster.start_head()
@@ -348,7 +440,7 @@ def test_harness_job_reaches_both_workers(ray_cluster):
     res = ray_cluster.submit([sys.executable, "-c", PROBE], timeout=90)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("PROBE"))
-    placed = json.loads(line[len("PROBE"):])
+    placed = json.loads(line[len("PROBE") :])
     assert placed == ray_cluster.node_ids()
     assert placed["node_a"] != placed["node_b"]
 
@@ -361,16 +453,37 @@ def _write_study(path: Path, storage: Path, name: str, n_updates: int) -> Path:
     """A small Optuna study (the search helper's format) whose trials each take one worker CPU."""
     study = {
         "name": name,
-        "recordings": [{"name": "fish", "synthetic": {"n_neurons": 120, "n_frames": 800, "seed": 0}}],
+        "recordings": [
+            {"name": "fish", "synthetic": {"n_neurons": 120, "n_frames": 800, "seed": 0}}
+        ],
         "preprocessing": {"signal": "spikes"},
         "model": {"n_hidden": 6, "n_updates": n_updates, "batch_size": 50},
-        "search": {"mode": "optuna", "penalty": "l2l1", "lam": {"low": 1.0e-4, "high": 1.0e-1},
-                   "seeds": [0], "num_samples": N_TRIALS, "max_concurrent": 2, "sampler_seed": 0},
-        "evaluation": {"report_every": max(n_updates // 4, 1),
-                       "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5,
-                                  "max_pairs": 2000},
-                       "final": {"n_chains": 20, "n_burnin": 30, "n_samples": 5, "n_between": 5,
-                                 "max_pairs": 2000}},
+        "search": {
+            "mode": "optuna",
+            "penalty": "l2l1",
+            "lam": {"low": 1.0e-4, "high": 1.0e-1},
+            "seeds": [0],
+            "num_samples": N_TRIALS,
+            "max_concurrent": 2,
+            "sampler_seed": 0,
+        },
+        "evaluation": {
+            "report_every": max(n_updates // 4, 1),
+            "during": {
+                "n_chains": 20,
+                "n_burnin": 20,
+                "n_samples": 5,
+                "n_between": 5,
+                "max_pairs": 2000,
+            },
+            "final": {
+                "n_chains": 20,
+                "n_burnin": 30,
+                "n_samples": 5,
+                "n_between": 5,
+                "max_pairs": 2000,
+            },
+        },
         "resources": {"cpu": 1, "gpu": 0},
         "run": {"storage_path": str(storage), "max_failures": 3, "verbose": 0},
     }
@@ -380,7 +493,9 @@ def _write_study(path: Path, storage: Path, name: str, n_updates: int) -> Path:
 
 def _trial_errors(exp_dir: Path) -> str:
     """The error.txt of every trial (for failure messages)."""
-    return "\n".join(f"--- {e.parent.name}\n{e.read_text()[-1500:]}" for e in sorted(exp_dir.glob("*/error.txt")))
+    return "\n".join(
+        f"--- {e.parent.name}\n{e.read_text()[-1500:]}" for e in sorted(exp_dir.glob("*/error.txt"))
+    )
 
 
 def _check_results(exp_dir: Path, n_updates: int):
@@ -411,7 +526,9 @@ def test_study_submitted_with_ray_job_lands_on_both_workers(ray_cluster, tmp_pat
     study = _write_study(tmp_path / "mn.yaml", storage, "mn_spread", n_updates=60)
     workers = ray_cluster.node_ids()
     t0 = time.monotonic()
-    res = ray_cluster.submit([str(BIN / "raysearch"), "run", str(study), "--address", "auto"], timeout=240)
+    res = ray_cluster.submit(
+        [str(BIN / "raysearch"), "run", str(study), "--address", "auto"], timeout=240
+    )
     elapsed = time.monotonic() - t0
     exp_dir = storage / "mn_spread"
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-1000:] + _trial_errors(exp_dir)
@@ -422,8 +539,13 @@ def test_study_submitted_with_ray_job_lands_on_both_workers(ray_cluster, tmp_pat
     assert _optuna_states(exp_dir, "mn_spread") == ["COMPLETE"] * N_TRIALS
     # the CLI reads the same storage, with the cluster irrelevant to it
     csv = tmp_path / "trials.csv"
-    cli = subprocess.run([str(BIN / "raysearch"), "results", str(exp_dir), "--csv", str(csv)],
-                         capture_output=True, text=True, timeout=120, env=ray_cluster.env)
+    cli = subprocess.run(
+        [str(BIN / "raysearch"), "results", str(exp_dir), "--csv", str(csv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ray_cluster.env,
+    )
     assert cli.returncode == 0, cli.stderr
     import pandas as pd
 
@@ -449,8 +571,9 @@ def test_worker_killed_mid_study_and_restarted(ray_cluster, tmp_path):
     study = _write_study(tmp_path / "mn.yaml", storage, name, n_updates=n_updates)
     exp_dir = storage / name
     old_a = ray_cluster.node_ids()["node_a"]
-    sub_id = ray_cluster.submit([str(BIN / "raysearch"), "run", str(study), "--address", "auto"],
-                                timeout=60, wait=False)
+    sub_id = ray_cluster.submit(
+        [str(BIN / "raysearch"), "run", str(study), "--address", "auto"], timeout=60, wait=False
+    )
 
     def both_running_with_checkpoint():
         models = {p.stem for p in (exp_dir / "models").glob("*.h5")}
@@ -461,10 +584,15 @@ def test_worker_killed_mid_study_and_restarted(ray_cluster, tmp_path):
     try:
         _wait_for(both_running_with_checkpoint, "two trials with a checkpoint", timeout=90)
     except TimeoutError:
-        raise AssertionError(ray_cluster.job_logs(sub_id)[-3000:] + _trial_errors(exp_dir))
+        raise AssertionError(
+            ray_cluster.job_logs(sub_id)[-3000:] + _trial_errors(exp_dir)
+        ) from None
     ray_cluster.stop_node("worker_a", graceful=False)
-    ray_cluster.wait_for(lambda nodes: old_a not in {n["node_id"] for n in nodes},
-                         "the head to notice that worker A is gone", timeout=30)
+    ray_cluster.wait_for(
+        lambda nodes: old_a not in {n["node_id"] for n in nodes},
+        "the head to notice that worker A is gone",
+        timeout=30,
+    )
     ray_cluster.add_workers({"worker_a": {"node_a": 1}})
     new_a = ray_cluster.node_ids()["node_a"]
     assert new_a != old_a

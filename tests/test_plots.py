@@ -14,12 +14,19 @@ from raysearch import plots  # noqa: E402
 
 def test_individual_figures_draw():
     rng = np.random.default_rng(0)
-    stats = {"v": {"test": rng.random(10), "model": rng.random(10)},
-             "vv": {"test": rng.random(20), "model": rng.random(20)}}
+    stats = {
+        "v": {"test": rng.random(10), "model": rng.random(10)},
+        "vv": {"test": rng.random(20), "model": rng.random(20)},
+    }
     fig = plots.identity_figure(stats, "x")
     assert len(fig.axes) == 2
-    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1, 1.0], "bad": [False, False, True, None],
-                        **{c: rng.random(4) for c in plots.NRMSE_COLUMNS + ("mean_nrmse",)}})
+    res = pd.DataFrame(
+        {
+            "lam": [1e-3, 1e-2, 1e-1, 1.0],
+            "bad": [False, False, True, None],
+            **{c: rng.random(4) for c in plots.NRMSE_COLUMNS + ("mean_nrmse",)},
+        }
+    )
     assert sum(ax.get_visible() for ax in plots.nrmse_vs_lambda(res).axes) == 6
     fig = plots.bad_share_vs_lambda(res, n_bins=3)
     heights = sorted(p.get_height() for p in fig.axes[0].patches)
@@ -44,9 +51,16 @@ def test_figures_of_an_analysis(tmp_path, small_dataset):
     specs = family_specs(np.random.default_rng(0), ds.n_units, per_family=3)
     a = analyze(make_experiment(tmp_path / "study", specs, ds), region_models=2)
     paths = plots.save_figures(a, tmp_path / "figs")
-    assert set(paths) == {"identity_best", "identity_bad", "nrmse_vs_lambda",
-                          "bad_share_vs_lambda", "region_couplings", "similarity", "pca",
-                          "assemblies"}
+    assert set(paths) == {
+        "identity_best",
+        "identity_bad",
+        "nrmse_vs_lambda",
+        "bad_share_vs_lambda",
+        "region_couplings",
+        "similarity",
+        "pca",
+        "assemblies",
+    }
     for p in paths.values():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -61,21 +75,28 @@ def small_dataset():
 
 
 def test_nrmse_radar_draws_one_closed_ring_per_model_clipped_to_the_axis():
-    radar = pd.DataFrame({"role": ["recommended", "best objective", "bad"],
-                          "trial_id": ["a", "b", "c"], "lam": [1e-3, 1e-5, 1e-1],
-                          "nrmse_v": [0.1, -0.2, 0.3], "nrmse_h": [0.2, 0.1, np.inf],
-                          "nrmse_vh": [0.1, 0.1, 0.2], "nrmse_vv": [0.3, 0.2, 1.4],
-                          "nrmse_hh": [0.0, 0.05, 0.5]})
+    radar = pd.DataFrame(
+        {
+            "role": ["recommended", "best objective", "bad"],
+            "trial_id": ["a", "b", "c"],
+            "lam": [1e-3, 1e-5, 1e-1],
+            "nrmse_v": [0.1, -0.2, 0.3],
+            "nrmse_h": [0.2, 0.1, np.inf],
+            "nrmse_vh": [0.1, 0.1, 0.2],
+            "nrmse_vv": [0.3, 0.2, 1.4],
+            "nrmse_hh": [0.0, 0.05, 0.5],
+        }
+    )
     fig = plots.nrmse_radar(radar)
     ax = fig.axes[0]
     assert ax.name == "polar"
     lines = ax.get_lines()
     assert len(lines) == 3
     r = [ln.get_ydata() for ln in lines]
-    assert all(len(y) == 6 and y[0] == y[-1] for y in r)          # closed rings over 5 axes
-    assert ax.get_ylim() == (0.0, pytest.approx(1.4))              # outer radius: largest value
+    assert all(len(y) == 6 and y[0] == y[-1] for y in r)  # closed rings over 5 axes
+    assert ax.get_ylim() == (0.0, pytest.approx(1.4))  # outer radius: largest value
     np.testing.assert_allclose(r[1][:5], [0.0, 0.1, 0.1, 0.2, 0.05])  # -0.2 drawn at 0
-    np.testing.assert_allclose(r[2][:5], [0.3, 1.4, 0.2, 1.4, 0.5])   # inf drawn at the rim
+    np.testing.assert_allclose(r[2][:5], [0.3, 1.4, 0.2, 1.4, 0.5])  # inf drawn at the rim
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert texts[2].startswith("bad: lambda 0.1")
 
@@ -112,9 +133,14 @@ def test_selection_figures_are_valid_pngs(tmp_path, small_dataset):
 def test_nonfinite_values_are_drawn_at_the_top_edge_not_dropped():
     """nRMSE against lambda: a NaN and an inf value appear as marked points above every finite
     value (at the lambda of their fit), with a legend entry that says so."""
-    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1, 1.0], "bad": [False, False, True, True],
-                        "nrmse_v": [0.2, 0.3, np.inf, np.nan],
-                        "mean_nrmse": [0.2, 0.3, 0.5, 0.6]})
+    res = pd.DataFrame(
+        {
+            "lam": [1e-3, 1e-2, 1e-1, 1.0],
+            "bad": [False, False, True, True],
+            "nrmse_v": [0.2, 0.3, np.inf, np.nan],
+            "mean_nrmse": [0.2, 0.3, 0.5, 0.6],
+        }
+    )
     fig = plots.nrmse_vs_lambda(res)
     ax = fig.axes[0]
     marked = [c for c in ax.collections if c.get_label() == plots.NONFINITE_LABEL]
@@ -134,22 +160,29 @@ def test_nonfinite_values_are_drawn_at_the_top_edge_not_dropped():
 
 def test_similarity_heatmap_labelled_by_lambda_grouped_by_cluster():
     P = np.eye(4)
-    fig = plots.similarity_heatmap(P, labels=[1, 0, 1, 0], trial_ids=list("abcd"),
-                                   lams=[0.5, 0.02, 0.1, 0.001])
+    fig = plots.similarity_heatmap(
+        P, labels=[1, 0, 1, 0], trial_ids=list("abcd"), lams=[0.5, 0.02, 0.1, 0.001]
+    )
     ax = fig.axes[0]
     # cluster 0 first (lambda 0.001, 0.02), then cluster 1 (0.1, 0.5)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.02", "0.1", "0.5"]
     assert "lambda" in ax.get_xlabel()
-    assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_ydata()[0] == ln.get_ydata()[-1]] \
-        == [1.5]
+    assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_ydata()[0] == ln.get_ydata()[-1]] == [
+        1.5
+    ]
 
 
 def test_nrmse_vs_lambda_draws_when_every_fit_is_bad(tmp_path):
     """Every objective inf (bad fits) and a statistic NaN everywhere (unassessable): the figure is
     still drawn (log axes need finite points: the panel says there are none)."""
-    res = pd.DataFrame({"lam": [1e-3, 1e-2, 1e-1], "bad": [True, True, True],
-                        **{c: [0.5, 0.6, 0.7] for c in plots.NRMSE_COLUMNS},
-                        "mean_nrmse": [np.inf] * 3})
+    res = pd.DataFrame(
+        {
+            "lam": [1e-3, 1e-2, 1e-1],
+            "bad": [True, True, True],
+            **{c: [0.5, 0.6, 0.7] for c in plots.NRMSE_COLUMNS},
+            "mean_nrmse": [np.inf] * 3,
+        }
+    )
     res["nrmse_v"] = np.nan
     fig = plots.nrmse_vs_lambda(res)
     fig.savefig(tmp_path / "f.png")

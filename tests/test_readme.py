@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _readme_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
     start = lines.index("```bash")
-    block = lines[start + 1:lines.index("```", start + 1)]
+    block = lines[start + 1 : lines.index("```", start + 1)]
     return [ln.split("#", 1)[0].strip() for ln in block if ln.strip()]
 
 

@@ -12,9 +12,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "analysis"))
 
-FIGURES = {"identity_best", "identity_bad", "nrmse_vs_lambda", "bad_share_vs_lambda",
-           "region_couplings", "similarity", "pca", "assemblies",
-           "selection_radar", "weight_histograms", "coupling_histograms"}
+FIGURES = {
+    "identity_best",
+    "identity_bad",
+    "nrmse_vs_lambda",
+    "bad_share_vs_lambda",
+    "region_couplings",
+    "similarity",
+    "pca",
+    "assemblies",
+    "selection_radar",
+    "weight_histograms",
+    "coupling_histograms",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,9 @@ def experiment(tmp_path_factory):
     specs = family_specs(np.random.default_rng(0), ds.n_units, per_family=3)
     root = tmp_path_factory.mktemp("rep")
     exp = make_experiment(root / "study", specs, ds)
-    pd.DataFrame(gt.structural, index=ds.region_names,
-                 columns=ds.region_names).to_csv(root / "structural.csv")
+    pd.DataFrame(gt.structural, index=ds.region_names, columns=ds.region_names).to_csv(
+        root / "structural.csv"
+    )
     return exp, root / "structural.csv"
 
 
@@ -44,8 +55,13 @@ def _check_report(out):
             continue
         assert re.fullmatch(r"(figures|tables)/[\w.-]+\.(png|csv)", ref), ref
         assert (out / ref).is_file(), ref
-    figs = dict(re.findall(r"<figure id='fig-([a-z_]+)'><img alt='[a-z_]+' "
-                           r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", html))
+    figs = dict(
+        re.findall(
+            r"<figure id='fig-([a-z_]+)'><img alt='[a-z_]+' "
+            r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'>",
+            html,
+        )
+    )
     assert set(figs) == FIGURES
     for name, b64 in figs.items():
         png = base64.b64decode(b64)
@@ -87,12 +103,12 @@ def test_report_model_selection_section(experiment, tmp_path):
     a = analyze(exp, region_models=1)
     out = tmp_path / "report"
     html = _check_report(write_report(a, out).parent)
-    section = html[html.index("<h2 id='model-selection'>Model selection</h2>"):]
-    section = section[:section.index("<h2>", 10)]
+    section = html[html.index("<h2 id='model-selection'>Model selection</h2>") :]
+    section = section[: section.index("<h2>", 10)]
     for name in ("selection_radar", "weight_histograms", "coupling_histograms"):
         assert f"<figure id='fig-{name}'>" in section
     assert "Bad models per lambda bin" in section and "recommended" in section
-    rec, bins = select_model(load_results(exp))   # selection takes a DataFrame (issue 15.1)
+    rec, bins = select_model(load_results(exp))  # selection takes a DataFrame (issue 15.1)
     got = pd.read_csv(out / "tables" / "selection_recommendation.csv")
     assert got["trial_id"].tolist() == rec["trial_id"].tolist()
     got = pd.read_csv(out / "tables" / "selection_bad_share.csv")
@@ -108,8 +124,20 @@ def test_cli_analyze(experiment, tmp_path, capsys):
 
     exp, structural = experiment
     out = tmp_path / "cli-out"
-    rc = main(["analyze", str(exp), "--out", str(out), "--structural", str(structural),
-               "--clusters", "2", "--region-models", "1"])
+    rc = main(
+        [
+            "analyze",
+            str(exp),
+            "--out",
+            str(out),
+            "--structural",
+            str(structural),
+            "--clusters",
+            "2",
+            "--region-models",
+            "1",
+        ]
+    )
     assert rc == 0
     assert "report:" in capsys.readouterr().out
     _check_report(out)
@@ -137,11 +165,17 @@ def test_report_header_labels_and_links(experiment, tmp_path):
     from raysearch.report import header_rows, write_report
 
     exp, _ = experiment
-    study = {"name": "demo", "recordings": [{"name": "fish", "synthetic": {"n_neurons": 200,
-                                                                         "n_frames": 1000}}],
-             "preprocessing": {"signal": "spikes"},
-             "search": {"mode": "optuna", "penalty": "l2l1", "lam": {"low": 1e-3, "high": 0.5},
-                        "objective": "mean_nrmse"}}
+    study = {
+        "name": "demo",
+        "recordings": [{"name": "fish", "synthetic": {"n_neurons": 200, "n_frames": 1000}}],
+        "preprocessing": {"signal": "spikes"},
+        "search": {
+            "mode": "optuna",
+            "penalty": "l2l1",
+            "lam": {"low": 1e-3, "high": 0.5},
+            "objective": "mean_nrmse",
+        },
+    }
     (exp / "study.yaml").write_text(yaml.safe_dump(study))
     try:
         a = analyze(exp, region_models=1)
@@ -184,7 +218,8 @@ def test_report_cross_subject_section(experiment, tmp_path):
 
     exp, _ = experiment
     a = analyze(exp, region_models=1)
-    a.cross_subject = {"recurrence": pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["a", "b"],
-                                                  columns=["a", "b"])}
+    a.cross_subject = {
+        "recurrence": pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["a", "b"], columns=["a", "b"])
+    }
     html = _check_report(write_report(a, tmp_path / "report").parent)
     assert "<h2>Cross-subject assemblies</h2>" in html and "share of assemblies" in html

@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("report_screenshot",
-                                               ROOT / "bench" / "report_screenshot.py")
+_spec = importlib.util.spec_from_file_location(
+    "report_screenshot", ROOT / "bench" / "report_screenshot.py"
+)
 shot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(shot)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shot.find_chromium() is None,
-                    reason="chromium is not installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    shot.find_chromium() is None,
+    reason="chromium is not installed (Debian: apt-get install chromium)",
+)
 def test_report_renders_in_headless_chromium(tmp_path):
     import matplotlib.image as mpimg
 

@@ -18,6 +18,7 @@ def _on_mean(fn):
     def call(df, *args, **kw):
         kw.setdefault("objective", "mean_nrmse")
         return fn(df, *args, **kw)
+
     return call
 
 
@@ -29,19 +30,27 @@ default_tolerance = _on_mean(selection.default_tolerance)
 
 
 def table(rows):
-    return pd.DataFrame(rows, columns=["trial_id", "lam", "seed", "mean_nrmse", "max_nrmse", "bad",
-                                       "weight_density"])
+    return pd.DataFrame(
+        rows,
+        columns=["trial_id", "lam", "seed", "mean_nrmse", "max_nrmse", "bad", "weight_density"],
+    )
 
 
 def grid_table():
     # lam:        0.001            0.01             0.1              1.0
     # mean_nrmse: .20 .22          .18 .20          .21 .23          .60 (bad) .55 (bad)
-    return table([
-        ("a", 0.001, 0, 0.20, 0.30, False, 0.50), ("b", 0.001, 1, 0.22, 0.31, False, 0.52),
-        ("c", 0.01, 0, 0.18, 0.40, False, 0.30), ("d", 0.01, 1, 0.20, 0.41, False, 0.31),
-        ("e", 0.1, 0, 0.21, 0.35, False, 0.10), ("f", 0.1, 1, 0.23, 0.36, False, 0.12),
-        ("g", 1.0, 0, 0.60, 1.50, True, 0.01), ("h", 1.0, 1, 0.55, 1.20, True, 0.02),
-    ])
+    return table(
+        [
+            ("a", 0.001, 0, 0.20, 0.30, False, 0.50),
+            ("b", 0.001, 1, 0.22, 0.31, False, 0.52),
+            ("c", 0.01, 0, 0.18, 0.40, False, 0.30),
+            ("d", 0.01, 1, 0.20, 0.41, False, 0.31),
+            ("e", 0.1, 0, 0.21, 0.35, False, 0.10),
+            ("f", 0.1, 1, 0.23, 0.36, False, 0.12),
+            ("g", 1.0, 0, 0.60, 1.50, True, 0.01),
+            ("h", 1.0, 1, 0.55, 1.20, True, 0.02),
+        ]
+    )
 
 
 def test_default_objective_is_the_worst_nrmse():
@@ -67,7 +76,9 @@ def test_seed_spread_tolerance_by_name():
     # pooled spread over 1e-3, 1e-2, 1e-1 (each seed pair differs by .02): .02 / sqrt(2); only
     # lambda 1e-2 (mean .19) is within .19 + .0141: its better seed c
     assert rec.tolerance == pytest.approx(seed_spread(grid_table()))
-    assert rec.tolerance == pytest.approx(0.02 / np.sqrt(2)) and rec.tolerance_source == "seed spread"
+    assert (
+        rec.tolerance == pytest.approx(0.02 / np.sqrt(2)) and rec.tolerance_source == "seed spread"
+    )
     assert rec.row["trial_id"] == "c"
     with pytest.raises(ConfigError, match="seed-spread"):
         recommend(grid_table(), tolerance="wide")
@@ -91,7 +102,8 @@ def test_sparsest_within_the_default_tolerance():
     assert rec.n_bad == 2 and rec.n_fits == 8
     # confidence 50%: d_3 = .5485 -> .0115, only 1e-2; a given tolerance replaces the default
     assert recommend(grid_table(), confidence=0.5).tolerance == pytest.approx(
-        subset_constant(3, 0.5) * sigma)
+        subset_constant(3, 0.5) * sigma
+    )
     assert recommend(grid_table(), confidence=0.5).lam == pytest.approx(0.01)
     assert recommend(grid_table(), tolerance=0.0).lam == pytest.approx(0.01)
 
@@ -100,8 +112,8 @@ def test_sparsest_with_given_tolerance_picks_largest_lambda_not_bad():
     rec = recommend(grid_table(), tolerance=0.051)
     # candidates <= 0.231: a, b, c, d, e, f; bad fits at lam 1 are excluded although sparser
     assert rec.lam == pytest.approx(0.1)
-    assert rec.row["trial_id"] == "e"          # tie on lambda -> lower objective
-    assert rec.runner_up["lam"] == pytest.approx(0.01)   # runner-up at another lambda
+    assert rec.row["trial_id"] == "e"  # tie on lambda -> lower objective
+    assert rec.runner_up["lam"] == pytest.approx(0.01)  # runner-up at another lambda
     assert rec.runner_up["trial_id"] == "c"
     assert set(rec.candidates["trial_id"]) == {"a", "b", "c", "d", "e", "f"}
 
@@ -141,16 +153,22 @@ def test_single_lambda_and_single_fit():
     assert rec.lam == pytest.approx(0.02) and rec.tolerance == 0.0 and rec.runner_up is None
     df = table([("x", 0.02, 0, 0.3, 0.5, False, 0.2), ("y", 0.02, 1, 0.5, 0.6, False, 0.2)])
     rec = recommend(df)
-    assert rec.tolerance == 0.0                # one lambda: nothing to tell it apart from
-    assert rec.row["trial_id"] == "x"          # same lambda, lower objective first
-    assert rec.runner_up["trial_id"] == "y"    # no other lambda: next fit
+    assert rec.tolerance == 0.0  # one lambda: nothing to tell it apart from
+    assert rec.row["trial_id"] == "x"  # same lambda, lower objective first
+    assert rec.runner_up["trial_id"] == "y"  # no other lambda: next fit
 
 
 def test_no_noise_estimate_is_said():
     """One fit per lambda and fewer than 5 lambdas (the quickstart): tolerance 0, the best
     objective is recommended, and the source says why."""
-    df = table([("a", 0.001, 0, 0.20, 0.3, False, 0.5), ("b", 0.003, 0, 0.10, 0.3, False, 0.4),
-                ("c", 0.01, 0, 0.15, 0.3, False, 0.2), ("d", 0.03, 0, 0.18, 0.3, False, 0.1)])
+    df = table(
+        [
+            ("a", 0.001, 0, 0.20, 0.3, False, 0.5),
+            ("b", 0.003, 0, 0.10, 0.3, False, 0.4),
+            ("c", 0.01, 0, 0.15, 0.3, False, 0.2),
+            ("d", 0.03, 0, 0.18, 0.3, False, 0.1),
+        ]
+    )
     rec = recommend(df)
     assert rec.tolerance == 0.0 and rec.row["trial_id"] == "b"
     assert rec.tolerance_source.startswith("95% subset of the best; no noise estimate")
@@ -160,9 +178,13 @@ def test_no_noise_estimate_is_said():
 
 
 def test_nan_objective_and_missing_bad_flag_are_not_usable():
-    df = table([("x", 0.01, 0, float("nan"), 0.3, False, 0.5),
-                ("y", 0.1, 0, 0.4, 0.6, None, 0.3),
-                ("z", 0.001, 0, 0.5, 0.7, False, 0.6)])
+    df = table(
+        [
+            ("x", 0.01, 0, float("nan"), 0.3, False, 0.5),
+            ("y", 0.1, 0, 0.4, 0.6, None, 0.3),
+            ("z", 0.001, 0, 0.5, 0.7, False, 0.6),
+        ]
+    )
     rec = recommend(df, tolerance=1.0)
     assert rec.row["trial_id"] == "z" and rec.n_bad == 2
 
@@ -178,7 +200,7 @@ def test_continuous_search_uses_nearest_fits_for_spread():
     # floor): steps .05 .04 .01 .02 .23 .35, median .045 -> sigma_m = 1.4826 * .045 / sqrt(2)
     assert mean_noise(df) == pytest.approx(1.4826 * 0.045 / np.sqrt(2))
     rec = recommend(df)
-    assert rec.tolerance == pytest.approx(subset_constant(7) * 1.4826 * 0.045)   # 0.1529
+    assert rec.tolerance == pytest.approx(subset_constant(7) * 1.4826 * 0.045)  # 0.1529
     # within 0.20 + 0.1529: 1e-4 (.30), 3e-4 (.25), 1e-3 (.21), 3e-3 (.20), 1e-2 (.22); not 5e-2
     # (.45): largest lambda 1e-2
     assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "t4"
@@ -248,16 +270,25 @@ def test_bad_share_counts_missing_flags_as_bad_and_default_log_bins():
 def test_distinct_lambdas_without_repeats_get_log_bins():
     df = pd.DataFrame({"lam": [1e-4, 1e-3, 1e-2, 1e-1], "bad": [False, False, True, True]})
     out = bad_share_by_lambda(df)
-    assert len(out) == 2                       # round(sqrt(4)) bins, not one per fit
+    assert len(out) == 2  # round(sqrt(4)) bins, not one per fit
     assert list(out["n_bad"]) == [0, 2]
 
 
 # --- pooled seed spread, empty fits, select_model, report data -----------------------------------
 
+
 def test_seed_spread_pools_the_best_lambda_and_its_grid_neighbours():
     # five lambdas x 2 seeds; best fit at 1e-3; neighbours 1e-4 and 1e-2; 1e-5 and 1e-1 left out
-    rows, vals = [], {1e-5: (0.30, 0.90), 1e-4: (0.20, 0.26), 1e-3: (0.10, 0.12),
-                      1e-2: (0.15, 0.25), 1e-1: (0.50, 0.10)}
+    rows, vals = (
+        [],
+        {
+            1e-5: (0.30, 0.90),
+            1e-4: (0.20, 0.26),
+            1e-3: (0.10, 0.12),
+            1e-2: (0.15, 0.25),
+            1e-1: (0.50, 0.10),
+        },
+    )
     for lam, (a, b) in vals.items():
         rows += [(f"{lam}-0", lam, 0, a, a, False, 0.3), (f"{lam}-1", lam, 1, b, b, False, 0.3)]
     df = table(rows)
@@ -274,8 +305,14 @@ def test_seed_spread_pools_the_best_lambda_and_its_grid_neighbours():
 def test_empty_fits_are_never_recommended():
     """A fit with no weight above threshold (weight_density 0) has trivially matched hidden
     statistics; even with the best objective and the largest lambda it is not a candidate."""
-    df = table([("a", 1e-3, 0, 0.10, 0.2, False, 0.2), ("b", 1e-3, 1, 0.12, 0.2, False, 0.2),
-                ("z", 1e-1, 0, -0.70, 0.99, False, 0.0), ("y", 1e-1, 1, 0.05, 0.99, False, 0.0)])
+    df = table(
+        [
+            ("a", 1e-3, 0, 0.10, 0.2, False, 0.2),
+            ("b", 1e-3, 1, 0.12, 0.2, False, 0.2),
+            ("z", 1e-1, 0, -0.70, 0.99, False, 0.0),
+            ("y", 1e-1, 1, 0.05, 0.99, False, 0.0),
+        ]
+    )
     rec = recommend(df)
     assert rec.row["trial_id"] == "a" and rec.best_row["trial_id"] == "a"
     assert rec.n_bad == 2 and rec.n_empty == 2 and "2 empty" in rec.message
@@ -291,12 +328,12 @@ def test_select_model_uses_finished_trials_and_the_study_objective():
 
     df = grid_table()
     df["finished"] = True
-    df.loc[df["trial_id"] == "c", "finished"] = False     # best fit still running: not selected
+    df.loc[df["trial_id"] == "c", "finished"] = False  # best fit still running: not selected
     df.attrs["study"] = {"search": {"objective": "max_nrmse"}}
     rec, bins = select_model(df, tolerance=0.0)
     assert rec.attrs["objective"] == "max_nrmse" and rec.attrs["tolerance_source"] == "given"
     assert rec["role"].tolist()[:2] == ["recommended", "best objective"]
-    assert rec.iloc[0]["trial_id"] == "a"                  # lowest max_nrmse 0.30 among finished
+    assert rec.iloc[0]["trial_id"] == "a"  # lowest max_nrmse 0.30 among finished
     # 7 finished fits over 4 lambdas (fewer than 2 per lambda): round(sqrt(7)) = 3 log bins with
     # edges 1e-3, 1e-2, 1e-1, 1 -> {a, b}, {d}, {e, f, g, h}
     assert bins["n_fits"].tolist() == [2, 1, 4]
@@ -334,18 +371,27 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
     from analysis_helpers import make_experiment
 
     from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
     from raysearch.search import load_results
     from raysearch.selection import pair_couplings, sample_pairs, selection_data
-    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=60, n_frames=300, seed=0)
     ds = preprocess(rec)
     rng = np.random.default_rng(0)
     lams = [1e-4, 1e-4, 1e-1, 1e-1]
-    specs = [dict(W=rng.normal(size=(4, 60)) * s, c=rng.random(4) + 0.5, lam=lam, seed=i % 2,
-                  mean_nrmse=m, bad=b)
-             for i, (lam, s, m, b) in enumerate(zip(lams, (1.0, 1.0, 0.1, 0.1),
-                                                    (0.2, 0.21, 0.3, 0.9), (False,) * 3 + (True,)))]
+    specs = [
+        dict(
+            W=rng.normal(size=(4, 60)) * s,
+            c=rng.random(4) + 0.5,
+            lam=lam,
+            seed=i % 2,
+            mean_nrmse=m,
+            bad=b,
+        )
+        for i, (lam, s, m, b) in enumerate(
+            zip(lams, (1.0, 1.0, 0.1, 0.1), (0.2, 0.21, 0.3, 0.9), (False,) * 3 + (True,))
+        )
+    ]
     exp = make_experiment(tmp_path / "exp", specs, ds)
     df = load_results(exp)
     data = selection_data(df, n_pairs=500, n_hist_bins=20, seed=3)
@@ -354,21 +400,34 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
     assert data.n_pairs == len(i)
     order = df.sort_values("lam")["trial_id"].tolist()
     spec_of = {f"abcde_{k:05d}": s for k, s in enumerate(specs)}
-    w = [np.concatenate([spec_of[t]["W"].ravel().astype(np.float32).astype(float)
-                         for t in order[g:g + 2]]) for g in (0, 2)]
+    w = [
+        np.concatenate(
+            [spec_of[t]["W"].ravel().astype(np.float32).astype(float) for t in order[g : g + 2]]
+        )
+        for g in (0, 2)
+    ]
     big = max(np.abs(x).max() for x in w)
     edges = np.linspace(-big, big, 21)
     np.testing.assert_allclose(data.weight_edges, edges, rtol=1e-12)
     for g in range(2):
         np.testing.assert_allclose(data.weight_hist[g], np.histogram(w[g], edges, density=True)[0])
-    J = [np.concatenate([pair_couplings(spec_of[t]["W"].astype(np.float32),
-                                        spec_of[t]["c"].astype(np.float32), i, j)
-                         for t in order[g:g + 2]]) for g in (0, 2)]
+    J = [
+        np.concatenate(
+            [
+                pair_couplings(
+                    spec_of[t]["W"].astype(np.float32), spec_of[t]["c"].astype(np.float32), i, j
+                )
+                for t in order[g : g + 2]
+            ]
+        )
+        for g in (0, 2)
+    ]
     big = max(np.abs(x).max() for x in J)
     edges = np.linspace(-big, big, 21)
     for g in range(2):
-        np.testing.assert_allclose(data.coupling_hist[g],
-                                   np.histogram(J[g], edges, density=True)[0], rtol=1e-9)
+        np.testing.assert_allclose(
+            data.coupling_hist[g], np.histogram(J[g], edges, density=True)[0], rtol=1e-9
+        )
     # radar: recommended, best objective (same fit -> shown once) and the bad fit
     assert data.radar["role"].tolist() == ["recommended = best objective", "bad"]
     assert data.radar["lam"].tolist() == [1e-4, 1e-1]
@@ -378,13 +437,20 @@ def test_selection_data_histograms_against_a_hand_computation(tmp_path):
 def test_lambdas_are_compared_by_their_mean_over_seeds():
     """The minimum of many noisy single fits is biased low; each lambda is scored by its mean.
     lam 1e-3: 0.10, 0.30 (mean 0.20); 1e-2: 0.20, 0.22 (0.21); 1e-1: 0.24, 0.26 (0.25)."""
-    df = table([("a", 1e-3, 0, 0.10, 0.1, False, 0.5), ("b", 1e-3, 1, 0.30, 0.3, False, 0.5),
-                ("c", 1e-2, 0, 0.22, 0.2, False, 0.3), ("d", 1e-2, 1, 0.20, 0.2, False, 0.3),
-                ("e", 1e-1, 0, 0.24, 0.2, False, 0.1), ("f", 1e-1, 1, 0.26, 0.2, False, 0.1)])
+    df = table(
+        [
+            ("a", 1e-3, 0, 0.10, 0.1, False, 0.5),
+            ("b", 1e-3, 1, 0.30, 0.3, False, 0.5),
+            ("c", 1e-2, 0, 0.22, 0.2, False, 0.3),
+            ("d", 1e-2, 1, 0.20, 0.2, False, 0.3),
+            ("e", 1e-1, 0, 0.24, 0.2, False, 0.1),
+            ("f", 1e-1, 1, 0.26, 0.2, False, 0.1),
+        ]
+    )
     rec = recommend(df, tolerance=0.02)
     # best mean 0.20 (1e-3); limit 0.22: 1e-3 and 1e-2 (0.21) qualify, 1e-1 (0.25) does not.
     # A per-fit rule would stop at 0.10 + 0.02 and keep only lambda 1e-3.
-    assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "d"   # its better seed
+    assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "d"  # its better seed
     assert rec.row["lam_objective"] == pytest.approx(0.21)
     assert set(rec.candidates["trial_id"]) == {"a", "b", "c", "d"}
     assert rec.best_row["trial_id"] == "a" and rec.runner_up["trial_id"] == "a"
@@ -417,16 +483,18 @@ def test_selection_data_leaves_a_diverged_model_out_of_the_histograms(tmp_path):
     from analysis_helpers import make_experiment
 
     from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
     from raysearch.search import load_results
     from raysearch.selection import selection_data
-    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=40, n_frames=300, seed=0)
     ds = preprocess(rec)
     rng = np.random.default_rng(0)
     W_nan = np.full((3, 40), np.nan)
-    specs = [dict(W=rng.normal(size=(3, 40)), c=np.ones(3), lam=1e-3, seed=0, mean_nrmse=0.2),
-             dict(W=W_nan, c=np.ones(3), lam=1e-2, seed=0, mean_nrmse=0.3, bad=True)]
+    specs = [
+        dict(W=rng.normal(size=(3, 40)), c=np.ones(3), lam=1e-3, seed=0, mean_nrmse=0.2),
+        dict(W=W_nan, c=np.ones(3), lam=1e-2, seed=0, mean_nrmse=0.3, bad=True),
+    ]
     data = selection_data(load_results(make_experiment(tmp_path / "e", specs, ds)))
     assert data.hist_bins["n_models"].sum() == 1
     assert any("NaN" in n for n in data.notes)
@@ -449,6 +517,7 @@ def test_every_fit_is_counted_when_log_edges_round_below_the_largest_lambda():
 
 # --- the default tolerance: Gupta's subset selection with the noise of a lambda mean ------------
 
+
 def test_subset_constant_known_values():
     from scipy import stats
 
@@ -470,7 +539,7 @@ def test_subset_constant_keeps_the_best_with_the_stated_probability(k):
     d = subset_constant(k)
     m = np.random.default_rng(k).standard_normal((400_000, k))
     kept = m[:, 0] <= m.min(axis=1) + d * np.sqrt(2)
-    assert kept.mean() == pytest.approx(0.95, abs=0.002)     # binomial sd 0.00034
+    assert kept.mean() == pytest.approx(0.95, abs=0.002)  # binomial sd 0.00034
 
 
 def test_mean_noise_scatter_and_seed_floor():
@@ -478,14 +547,16 @@ def test_mean_noise_scatter_and_seed_floor():
     means = {1e-6: 0.02, 1e-5: 0.00, 1e-4: 0.03, 1e-3: 0.01, 1e-2: 0.04, 1e-1: 0.30}
     rows = []
     for lam, m in means.items():
-        rows += [(f"{lam}-0", lam, 0, m - 0.005, 1.0, False, 0.3),
-                 (f"{lam}-1", lam, 1, m + 0.005, 1.0, False, 0.3)]
+        rows += [
+            (f"{lam}-0", lam, 0, m - 0.005, 1.0, False, 0.3),
+            (f"{lam}-1", lam, 1, m + 0.005, 1.0, False, 0.3),
+        ]
     df = table(rows)
     # steps .02 .03 .02 .03 .26 -> median .03 (above the seed floor, 1.4826 * .01 / 2 = .0074)
     assert seed_spread(df) == pytest.approx(0.01 / np.sqrt(2))
-    assert robust_seed_spread(df) == pytest.approx(np.sqrt(0.01 ** 2 / 2 / stats.chi2.median(1)))
+    assert robust_seed_spread(df) == pytest.approx(np.sqrt(0.01**2 / 2 / stats.chi2.median(1)))
     assert mean_noise(df) == pytest.approx(1.4826 * 0.03 / np.sqrt(2))
-    tol = subset_constant(6) * 1.4826 * 0.03                        # 0.0994
+    tol = subset_constant(6) * 1.4826 * 0.03  # 0.0994
     assert default_tolerance(df) == pytest.approx(tol)
     rec = recommend(df)
     # limit 0.0994: 1e-6 .. 1e-2 (.04) are candidates, 1e-1 (.30) is not; the old seed-spread
@@ -494,8 +565,13 @@ def test_mean_noise_scatter_and_seed_floor():
     assert rec.lam == pytest.approx(1e-2) and rec.row["trial_id"] == "0.01-0"
     assert recommend(df, tolerance=seed_spread(df)).lam == pytest.approx(1e-5)
     # equal lambda means: no scatter, the seed floor remains (seeds +-0.02 at every lambda)
-    flat = table([(f"{lam}-{s}", lam, s, 0.1 + (0.02 if s else -0.02), 1.0, False, 0.3)
-                  for lam in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) for s in (0, 1)])
+    flat = table(
+        [
+            (f"{lam}-{s}", lam, s, 0.1 + (0.02 if s else -0.02), 1.0, False, 0.3)
+            for lam in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+            for s in (0, 1)
+        ]
+    )
     assert mean_noise(flat) == pytest.approx(1.4826 * 0.04 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
     # bad and empty fits are left out of the lambda means: steps .02 .03 .02 .03, median .025
     df.loc[df["lam"] == 1e-1, "bad"] = True
@@ -512,32 +588,45 @@ def test_robust_seed_spread_ignores_one_freak_fit():
     set the spread: the median over lambdas of the seed variances does not see it, the pooled
     spread does."""
     pairs = {1e-5: (0.00, 0.02), 1e-4: (0.01, 0.03), 1e-3: (-0.60, 0.02), 1e-2: (0.05, 0.07)}
-    df = table([(f"{lam}-{s}", lam, s, v[s], 1.0, False, 0.3)
-                for lam, v in pairs.items() for s in (0, 1)])
+    df = table(
+        [(f"{lam}-{s}", lam, s, v[s], 1.0, False, 0.3) for lam, v in pairs.items() for s in (0, 1)]
+    )
     # variances .0002, .0002, .1922, .0002 -> median .0002
     assert robust_seed_spread(df) == pytest.approx(np.sqrt(0.0002 / stats.chi2.median(1)))
     assert seed_spread(df) > 0.2
     # three seeds per lambda: nu = 2, median(chi2_2) = 2 ln 2
-    df3 = table([(f"{lam}-{s}", lam, s, 0.1 + 0.01 * s + (lam == 1e-3) * 0.5 * s, 1.0, False, 0.3)
-                 for lam in (1e-4, 1e-3, 1e-2) for s in (0, 1, 2)])
+    df3 = table(
+        [
+            (f"{lam}-{s}", lam, s, 0.1 + 0.01 * s + (lam == 1e-3) * 0.5 * s, 1.0, False, 0.3)
+            for lam in (1e-4, 1e-3, 1e-2)
+            for s in (0, 1, 2)
+        ]
+    )
     assert robust_seed_spread(df3) == pytest.approx(np.sqrt(0.0001 / (2 * np.log(2) / 2)))
     assert robust_seed_spread(table([("x", 1e-3, 0, 0.1, 0.2, False, 0.2)])) == 0.0
 
 
 # --- issue 12.5: failures count, and the tolerance is the evaluation's own noise ---------------
 
+
 def test_failures_count_in_a_lambdas_score():
     """A lambda's score is over all its fits, a bad one counting 1 (chance); a lambda with more
     than half of its fits bad is never a candidate, however good its survivors."""
-    df = table([
-        ("a", 1e-3, 0, 0.20, 0.30, False, 0.5), ("b", 1e-3, 1, 0.22, 0.32, False, 0.5),
-        ("c", 1e-3, 2, 0.21, 0.31, False, 0.5),
-        # sparser; its one survivor is the best fit of all, but two of three seeds failed
-        ("d", 1e-2, 0, 0.15, 0.25, False, 0.3), ("e", 1e-2, 1, 0.9, np.inf, True, 0.3),
-        ("f", 1e-2, 2, 0.9, np.inf, True, 0.3),
-        # sparser still: one of three failed -> score (0.30 + 0.31 + 1) / 3 = 0.537
-        ("g", 1e-1, 0, 0.20, 0.30, False, 0.1), ("h", 1e-1, 1, 0.21, 0.31, False, 0.1),
-        ("i", 1e-1, 2, 0.9, np.inf, True, 0.1)])
+    df = table(
+        [
+            ("a", 1e-3, 0, 0.20, 0.30, False, 0.5),
+            ("b", 1e-3, 1, 0.22, 0.32, False, 0.5),
+            ("c", 1e-3, 2, 0.21, 0.31, False, 0.5),
+            # sparser; its one survivor is the best fit of all, but two of three seeds failed
+            ("d", 1e-2, 0, 0.15, 0.25, False, 0.3),
+            ("e", 1e-2, 1, 0.9, np.inf, True, 0.3),
+            ("f", 1e-2, 2, 0.9, np.inf, True, 0.3),
+            # sparser still: one of three failed -> score (0.30 + 0.31 + 1) / 3 = 0.537
+            ("g", 1e-1, 0, 0.20, 0.30, False, 0.1),
+            ("h", 1e-1, 1, 0.21, 0.31, False, 0.1),
+            ("i", 1e-1, 2, 0.9, np.inf, True, 0.1),
+        ]
+    )
     scores = selection.lambda_scores(df, "max_nrmse")
     assert scores["n_bad"].tolist() == [0, 2, 1]
     assert scores["score"].tolist() == pytest.approx([0.31, (0.25 + 2) / 3, (0.61 + 1) / 3])
@@ -553,9 +642,17 @@ def _issue_grid(with_noise: bool):
     max nRMSE falls, bottoms out at 1e-4 / 3e-4 and rises steeply; the two strongest are bad."""
     lam = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     mx = [0.90, 0.50, 0.26, 0.25, 0.40, 0.80, np.inf, np.inf]
-    df = pd.DataFrame({"trial_id": [f"t{i}" for i in range(8)], "lam": lam, "seed": 0,
-                       "max_nrmse": mx, "mean_nrmse": mx, "bad": [False] * 6 + [True] * 2,
-                       "weight_density": 0.1})
+    df = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(8)],
+            "lam": lam,
+            "seed": 0,
+            "max_nrmse": mx,
+            "mean_nrmse": mx,
+            "bad": [False] * 6 + [True] * 2,
+            "weight_density": 0.1,
+        }
+    )
     if with_noise:
         df["max_nrmse_se"] = [0.03, 0.02, 0.02, 0.02, 0.02, 0.03, np.inf, np.inf]
     return df

@@ -48,11 +48,19 @@ STUDY = {
     "name": "selection-grid",
     "recordings": [{"name": "fish", "synthetic": {"n_neurons": 300, "n_frames": 1500, "seed": 1}}],
     "model": {"n_hidden": 8, "n_updates": 3000, "batch_size": 100, "n_gibbs": 5},
-    "search": {"mode": "grid", "penalty": "l2l1", "lam": GRID, "seeds": [0, 1],
-               "objective": "max_nrmse", "max_concurrent": 2},
-    "evaluation": {"report_every": 3000,
-                   "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
-                   "final": {"n_chains": 1000, "n_burnin": 500, "n_samples": 50, "n_between": 10}},
+    "search": {
+        "mode": "grid",
+        "penalty": "l2l1",
+        "lam": GRID,
+        "seeds": [0, 1],
+        "objective": "max_nrmse",
+        "max_concurrent": 2,
+    },
+    "evaluation": {
+        "report_every": 3000,
+        "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
+        "final": {"n_chains": 1000, "n_burnin": 500, "n_samples": 50, "n_between": 10},
+    },
     "run": {"verbose": 0, "max_failures": 0},
 }
 
@@ -81,7 +89,7 @@ def test_recommended_lambda_recovers_the_planted_assemblies(grid_study):
     optimum = int(np.argmax(by_lam.loc[grid].to_numpy()))
 
     rec, bins = select_model(load_results(grid_study))
-    assert rec.attrs["objective"] == "max_nrmse"          # the study's objective
+    assert rec.attrs["objective"] == "max_nrmse"  # the study's objective
     assert rec.attrs["rule"] == "sparsest"
     assert rec.attrs["tolerance_source"] == "95% subset of the best"
     chosen = rec.set_index("role").loc["recommended"]
@@ -142,17 +150,23 @@ def test_optuna_minimises_the_study_objective(ray_session, tmp_path, objective):
     # a final evaluation precise enough that the fits are told from chance (with the tiny
     # study's 40 chains the jackknife noise of each nRMSE is ~0.25, and every fit is bad:
     # no_better_than_chance, objective inf; measured with 300 chains: max upper bound 0.73)
-    study = tiny_study(tmp_path, search={"objective": objective, "num_samples": 2,
-                                         "points_to_evaluate": [{"lam": 0.001}, {"lam": 0.003}]},
-                       model={"n_updates": 150, "n_hidden": 10},
-                       evaluation={"final": {"n_chains": 300, "n_burnin": 200, "n_samples": 30,
-                                             "n_between": 10}})
+    study = tiny_study(
+        tmp_path,
+        search={
+            "objective": objective,
+            "num_samples": 2,
+            "points_to_evaluate": [{"lam": 0.001}, {"lam": 0.003}],
+        },
+        model={"n_updates": 150, "n_hidden": 10},
+        evaluation={"final": {"n_chains": 300, "n_burnin": 200, "n_samples": 30, "n_between": 10}},
+    )
     run = run_study(study)
     assert run.num_errors == 0
     df = load_results(run.experiment_dir).set_index("trial_id")
     assert np.isfinite(df[["mean_nrmse", "max_nrmse"]].to_numpy(float)).all(), df
-    stored = optuna.load_study(study_name=study.name,
-                               storage=f"sqlite:///{Path(run.experiment_dir) / 'optuna.db'}")
+    stored = optuna.load_study(
+        study_name=study.name, storage=f"sqlite:///{Path(run.experiment_dir) / 'optuna.db'}"
+    )
     done = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2
     got = sorted(t.value for t in done)

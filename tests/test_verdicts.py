@@ -34,17 +34,27 @@ def planted_model():
     rng = np.random.default_rng(42)
     W = np.zeros((M, N))
     for k in range(M):
-        W[k, k * SIZE:(k + 1) * SIZE] = rng.uniform(0.4, 0.8, SIZE)
-    return FakeModel(W, rng.uniform(-3.5, -2.5, N),
-                     (np.full(M, 0.5), np.full(M, 0.5), np.full(M, 1.0), np.full(M, 1.0)))
+        W[k, k * SIZE : (k + 1) * SIZE] = rng.uniform(0.4, 0.8, SIZE)
+    return FakeModel(
+        W,
+        rng.uniform(-3.5, -2.5, N),
+        (np.full(M, 0.5), np.full(M, 0.5), np.full(M, 1.0), np.full(M, 1.0)),
+    )
 
 
 def sample(model, T, seed):
     """T independent frames of ``model`` (T chains, 300 Gibbs steps each)."""
     bk = get_backend("numpy")
-    tp = {"weights": np.asarray(model.weights_, np.float32), "fields": model.fields_,
-          **dict(zip(training.HIDDEN_KEYS, (model.gamma_plus_, model.gamma_minus_,
-                                            model.theta_plus_, model.theta_minus_)))}
+    tp = {
+        "weights": np.asarray(model.weights_, np.float32),
+        "fields": model.fields_,
+        **dict(
+            zip(
+                training.HIDDEN_KEYS,
+                (model.gamma_plus_, model.gamma_minus_, model.theta_plus_, model.theta_minus_),
+            )
+        ),
+    }
     v = (np.random.default_rng(seed).random((T, N)) < 0.1).astype(np.float32)
     return training.gibbs(tp, v, 300, "bernoulli", bk, bk.rng(seed, 1))
 
@@ -89,7 +99,7 @@ def test_all_zero_model_is_empty(planted):
     zero.weights_[:] = 0.0
     res = evaluate(zero, data, **KW)
     assert res.bad and res.bad_reason == "empty" and res.weight_density == 0
-    assert "vh" in res.unassessable                      # no non-zero weight: no vh element
+    assert "vh" in res.unassessable  # no non-zero weight: no vh element
     # h (and hh) are the same constant on data and model: not information, not a perfect score
     assert "h" in res.unassessable and math.isnan(res.nrmse["h"])
     assert res.to_dict()["max_nrmse"] == math.inf
@@ -112,8 +122,9 @@ def test_independent_model_nllh_is_zero_and_matches_a_hand_computation(planted):
 
     hidden = (model.gamma_plus_, model.gamma_minus_, model.theta_plus_, model.theta_minus_)
     V = data.test.astype(np.float64)
-    H = units.drelu_mean(V @ model.weights_.T.astype(np.float64), *[h.astype(np.float64)
-                                                                    for h in hidden], nb)
+    H = units.drelu_mean(
+        V @ model.weights_.T.astype(np.float64), *[h.astype(np.float64) for h in hidden], nb
+    )
     x = H @ model.weights_.astype(np.float64) + model.fields_
     llh = np.sum(V * x - np.logaddexp(0, x))
     q = np.clip(p.astype(np.float64), 0.5 / 2000, 1 - 0.5 / 2000)
@@ -131,8 +142,9 @@ def test_exploding_gaussian_model_is_unstable():
     X = rng.normal(0, 1, (400, n))
     W = np.full((2, n), 3.0)
     boom = FakeModel(W, np.zeros(n), visible="gaussian", gamma=np.ones(n))
-    res = evaluate(boom, Data(X[:300], X[300:]), n_chains=20, n_burnin=300, n_samples=5,
-                   n_between=5)
+    res = evaluate(
+        boom, Data(X[:300], X[300:]), n_chains=20, n_burnin=300, n_samples=5, n_between=5
+    )
     assert res.bad and res.bad_reason == "unstable" and res.unstable
     assert res.unstable_reason and res.params_finite
     assert not math.isfinite(res.max_abs_v) or res.max_abs_v > 10 * np.abs(X[:300]).max()
@@ -146,13 +158,19 @@ def test_zscored_v_is_unassessable_by_construction():
     rng = np.random.default_rng(1)
     n = 12
     Z = rng.normal(0, 1, (600, n))
-    Z[:, 1] = Z[:, 0] + 0.3 * rng.normal(size=600)          # one strong correlation
+    Z[:, 1] = Z[:, 0] + 0.3 * rng.normal(size=600)  # one strong correlation
     Z = (Z - Z[:400].mean(0)) / Z[:400].std(0)
     data = Data(Z[:400], Z[400:])
     data.transform = "zscore"
     W = rng.normal(0, 0.05, (3, n))
-    res = evaluate(FakeModel(W, np.zeros(n), visible="gaussian", gamma=np.ones(n)), data,
-                   n_chains=50, n_burnin=20, n_samples=10, n_between=2)
+    res = evaluate(
+        FakeModel(W, np.zeros(n), visible="gaussian", gamma=np.ones(n)),
+        data,
+        n_chains=50,
+        n_burnin=20,
+        n_samples=10,
+        n_between=2,
+    )
     assert "z-scored" in res.unassessable["v"] and math.isnan(res.nrmse["v"])
     assert "v" in res.to_dict()["unassessable"].split(",")
     if not res.bad:
@@ -186,13 +204,17 @@ def test_verdict_order_and_objectives():
 
 def table():
     """Two lambdas x 3 fits with bad, empty and diverged fits, and an old row without a reason."""
-    return pd.DataFrame({
-        "trial_id": list("abcdef"), "lam": [1e-3] * 3 + [1e-2] * 3,
-        "max_nrmse": [0.30, 0.25, np.inf, 0.20, 0.22, 0.28],
-        "bad": [False, False, True, False, None, False],
-        "bad_reason": ["", "", "diverged", "", None, ""],
-        "weight_density": [0.1, 0.1, np.nan, 0.05, 0.05, 0.0],
-        "finished": [True] * 6})
+    return pd.DataFrame(
+        {
+            "trial_id": list("abcdef"),
+            "lam": [1e-3] * 3 + [1e-2] * 3,
+            "max_nrmse": [0.30, 0.25, np.inf, 0.20, 0.22, 0.28],
+            "bad": [False, False, True, False, None, False],
+            "bad_reason": ["", "", "diverged", "", None, ""],
+            "weight_density": [0.1, 0.1, np.nan, 0.05, 0.05, 0.0],
+            "finished": [True] * 6,
+        }
+    )
 
 
 def test_table_verdicts():
@@ -218,9 +240,9 @@ def test_every_reader_agrees_on_best_recommended_and_bad_share(tmp_path):
     from raysearch.analysis.analyze import _order_best
     from raysearch.cli.search import selection_lines, summary
     from raysearch.data.preprocessing import preprocess
+    from raysearch.data.synthetic import make_synthetic_recording
     from raysearch.search import load_results
     from raysearch.selection import select_model
-    from raysearch.data.synthetic import make_synthetic_recording
 
     rec, _ = make_synthetic_recording(n_neurons=40, n_frames=300, seed=0)
     ds = preprocess(rec)
@@ -228,16 +250,42 @@ def test_every_reader_agrees_on_best_recommended_and_bad_share(tmp_path):
     specs = []
     for lam, vals in {1e-4: (0.20, 0.22), 1e-3: (0.18, 0.21), 1e-2: (0.19, 0.90)}.items():
         for s, v in enumerate(vals):
-            specs.append(dict(W=rng.normal(size=(3, ds.n_units)), c=np.ones(3), lam=lam, seed=s,
-                              mean_nrmse=v, bad=v > 0.5))
-    specs.append(dict(W=np.zeros((3, ds.n_units)), c=np.ones(3), lam=1e-1, seed=0,
-                      mean_nrmse=0.1, bad=False, weight_density=0.0))  # empty, old unflagged row
-    specs.append(dict(W=np.full((3, ds.n_units), np.nan), c=np.ones(3), lam=1e-1, seed=1,
-                      mean_nrmse=np.inf, bad=True, bad_reason="diverged"))
+            specs.append(
+                dict(
+                    W=rng.normal(size=(3, ds.n_units)),
+                    c=np.ones(3),
+                    lam=lam,
+                    seed=s,
+                    mean_nrmse=v,
+                    bad=v > 0.5,
+                )
+            )
+    specs.append(
+        dict(
+            W=np.zeros((3, ds.n_units)),
+            c=np.ones(3),
+            lam=1e-1,
+            seed=0,
+            mean_nrmse=0.1,
+            bad=False,
+            weight_density=0.0,
+        )
+    )  # empty, old unflagged row
+    specs.append(
+        dict(
+            W=np.full((3, ds.n_units), np.nan),
+            c=np.ones(3),
+            lam=1e-1,
+            seed=1,
+            mean_nrmse=np.inf,
+            bad=True,
+            bad_reason="diverged",
+        )
+    )
     exp = make_experiment(tmp_path / "study", specs, ds)
     df = load_results(exp)
     objective = verdicts.study_objective(df)
-    assert df["bad"].astype(bool).sum() == 3                  # 0.90, empty, diverged
+    assert df["bad"].astype(bool).sum() == 3  # 0.90, empty, diverged
     best = df.loc[verdicts.best_index(df, objective)]
     rec_frame, bins = select_model(df)
     by_role = rec_frame.set_index("role")
@@ -278,12 +326,15 @@ def _import_graph():
     graph = {}
     for name, p in mods.items():
         out = set()
-        for node in ast.walk(ast.parse(p.read_text())):     # lazy imports count too
+        for node in ast.walk(ast.parse(p.read_text())):  # lazy imports count too
             if isinstance(node, ast.Import):
                 out.update(a.name for a in node.names if a.name in mods)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                subs = [f"{node.module}.{a.name}" for a in node.names
-                        if f"{node.module}.{a.name}" in mods]
+                subs = [
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if f"{node.module}.{a.name}" in mods
+                ]
                 out.update(subs)
                 if len(subs) < len(node.names) and node.module in mods:
                     out.add(node.module)
@@ -304,7 +355,7 @@ def test_no_import_loops_among_raysearch_modules():
         stack.append(u)
         for v in graph[u]:
             if state.get(v) == 1:
-                loops.append(stack[stack.index(v):])
+                loops.append(stack[stack.index(v) :])
             elif v in graph and not state.get(v):
                 visit(v, stack)
         stack.pop()

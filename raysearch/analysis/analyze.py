@@ -16,8 +16,12 @@ import pandas as pd
 from raysearch.analysis.assemblies import DEFAULT_THRESHOLD, Assemblies, assemblies
 from raysearch.analysis.clustering import Embedding, cluster_table, embed_and_cluster
 from raysearch.analysis.io import ModelFiles, model_exists, read_evaluation_stats, read_units
-from raysearch.analysis.regions import (consistency, load_structural, region_couplings,
-                                        structural_spearman)
+from raysearch.analysis.regions import (
+    consistency,
+    load_structural,
+    region_couplings,
+    structural_spearman,
+)
 from raysearch.analysis.similarity import Similarity, similarity_matrix
 from raysearch.errors import InputError
 
@@ -83,9 +87,12 @@ class Analysis:
         """A few headline numbers (JSON-able)."""
         sim = self.similarity.pearson
         off = sim[~np.eye(len(sim), dtype=bool)]
-        out = {"n_models": len(self.trial_ids), "similarity_method": self.similarity.method,
-               "pearson_mean": float(np.nanmean(off)) if off.size else float("nan"),
-               "n_clusters": int(self.embedding.n_clusters)}
+        out = {
+            "n_models": len(self.trial_ids),
+            "similarity_method": self.similarity.method,
+            "pearson_mean": float(np.nanmean(off)) if off.size else float("nan"),
+            "n_clusters": int(self.embedding.n_clusters),
+        }
         if self.region_consistency is not None and len(self.region_consistency) > 1:
             rc = self.region_consistency.to_numpy()
             out["region_consistency_mean"] = float(np.nanmean(rc[~np.eye(len(rc), dtype=bool)]))
@@ -97,13 +104,16 @@ class Analysis:
     def tables(self) -> dict:
         """Every table as a DataFrame, keyed by the CSV name it is written under."""
         ids = self.trial_ids
-        t = {"models": self.results,
-             "clusters": self.clusters,
-             "similarity_pearson": pd.DataFrame(self.similarity.pearson, index=ids, columns=ids),
-             "similarity_cosine": pd.DataFrame(self.similarity.cosine, index=ids, columns=ids)}
+        t = {
+            "models": self.results,
+            "clusters": self.clusters,
+            "similarity_pearson": pd.DataFrame(self.similarity.pearson, index=ids, columns=ids),
+            "similarity_cosine": pd.DataFrame(self.similarity.cosine, index=ids, columns=ids),
+        }
         for tid, mat in self.region_couplings.items():
-            t[f"region_couplings_{tid}"] = pd.DataFrame(mat, index=self.region_names,
-                                                        columns=self.region_names)
+            t[f"region_couplings_{tid}"] = pd.DataFrame(
+                mat, index=self.region_names, columns=self.region_names
+            )
         if self.region_consistency is not None:
             t["region_consistency"] = self.region_consistency
         if self.recording_consistency is not None:
@@ -130,11 +140,16 @@ def finished_models(df: pd.DataFrame, directory) -> pd.DataFrame:
     has_file = df["model_path"].map(model_exists) if "model_path" in df else pd.Series(False)
     fin = df[has_file.to_numpy(bool)]
     if len(fin) == 0:
-        statuses = ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items()) \
-            if "status" in df else "unknown"
-        raise InputError(f"{directory} has {len(df)} trial(s) but no finished trial with a model "
-                         f"file in {Path(directory) / 'models'} (statuses: {statuses}); wait for "
-                         "trials to finish or resume the study")
+        statuses = (
+            ", ".join(f"{k}: {v}" for k, v in df["status"].value_counts().items())
+            if "status" in df
+            else "unknown"
+        )
+        raise InputError(
+            f"{directory} has {len(df)} trial(s) but no finished trial with a model "
+            f"file in {Path(directory) / 'models'} (statuses: {statuses}); wait for "
+            "trials to finish or resume the study"
+        )
     return fin.reset_index(drop=True)
 
 
@@ -145,8 +160,9 @@ def unreadable_models(df: pd.DataFrame) -> list[str]:
         return []
     bad = df[df["model_error"].notna()]
     models = Path(df.attrs.get("experiment_dir", ".")) / "models"
-    return [f"{r.trial_id}: {models / f'{r.trial_id}.h5'}: {r.model_error}"
-            for r in bad.itertuples()]
+    return [
+        f"{r.trial_id}: {models / f'{r.trial_id}.h5'}: {r.model_error}" for r in bad.itertuples()
+    ]
 
 
 def _order_best(df, objective=None):
@@ -155,16 +171,25 @@ def _order_best(df, objective=None):
     from raysearch import verdicts
 
     objective = objective or verdicts.study_objective(df)
-    if objective not in df:             # a table from before that objective existed
+    if objective not in df:  # a table from before that objective existed
         objective = next((o for o in verdicts.OBJECTIVES if o in df), None)
     if objective is None or "bad" not in df:
         return np.arange(len(df))
     return verdicts.rank(df, objective)
 
 
-def analyze(directory, structural=None, n_clusters=None, similarity="auto", sketch_dim=2**15,
-            region_models=10, assembly_threshold=DEFAULT_THRESHOLD, chunk=None,
-            seed=0, strict=True) -> Analysis:
+def analyze(
+    directory,
+    structural=None,
+    n_clusters=None,
+    similarity="auto",
+    sketch_dim=2**15,
+    region_models=10,
+    assembly_threshold=DEFAULT_THRESHOLD,
+    chunk=None,
+    seed=0,
+    strict=True,
+) -> Analysis:
     """Analyze a finished (or partly finished) experiment directory.
 
     Parameters
@@ -201,20 +226,27 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
     all_rows = _load_results(directory)
     skipped = unreadable_models(all_rows)
     if skipped and strict:
-        raise InputError(f"{len(skipped)} model file(s) in {directory} cannot be read: "
-                         + "; ".join(skipped) + ". Leaving them out could change the best model "
-                         "and the recommended lambda; re-run or remove those trials, or pass "
-                         "--no-strict to analyze the others")
+        raise InputError(
+            f"{len(skipped)} model file(s) in {directory} cannot be read: "
+            + "; ".join(skipped)
+            + ". Leaving them out could change the best model "
+            "and the recommended lambda; re-run or remove those trials, or pass "
+            "--no-strict to analyze the others"
+        )
     df = finished_models(all_rows, directory)
     notes = [f"model file skipped (unreadable): {line}" for line in skipped]
     info = [ModelFiles(df["model_path"].tolist()).info(k) for k in range(len(df))]
     diverged = np.array([i["diverged"] for i in info], bool)
     if diverged.any():
-        notes.append(f"{diverged.sum()} diverged model(s) left out: "
-                     + ", ".join(df["trial_id"].astype(str)[diverged]))
+        notes.append(
+            f"{diverged.sum()} diverged model(s) left out: "
+            + ", ".join(df["trial_id"].astype(str)[diverged])
+        )
         if diverged.all():
-            raise InputError(f"every finished model in {directory} diverged during training; "
-                             "nothing to analyze (lower the learning rate or lambda range)")
+            raise InputError(
+                f"every finished model in {directory} diverged during training; "
+                "nothing to analyze (lower the learning rate or lambda range)"
+            )
         df = df[~diverged].reset_index(drop=True)
         info = [i for i, d in zip(info, diverged) if not d]
     files = ModelFiles(df["model_path"].tolist())
@@ -224,20 +256,30 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
     main = group_key.value_counts().index[0]
     in_main = (group_key == main).to_numpy()
     if not in_main.all():
-        notes.append(f"neuron-level similarity uses the {in_main.sum()} models of the largest "
-                     f"recording group ({main}); {(~in_main).sum()} others are compared at region "
-                     "level only")
+        notes.append(
+            f"neuron-level similarity uses the {in_main.sum()} models of the largest "
+            f"recording group ({main}); {(~in_main).sum()} others are compared at region "
+            "level only"
+        )
     main_idx = np.flatnonzero(in_main)
-    sim = similarity_matrix(ModelFiles([files.paths[i] for i in main_idx]), method=similarity,
-                            sketch_dim=sketch_dim, seed=seed)
+    sim = similarity_matrix(
+        ModelFiles([files.paths[i] for i in main_idx]),
+        method=similarity,
+        sketch_dim=sketch_dim,
+        seed=seed,
+    )
     if sim.method == "sketch":
-        notes.append(f"model similarity estimated by TensorSketch (dim {sketch_dim}; error on a "
-                     f"correlation ~ {np.sqrt(2 / sketch_dim):.3f}); use similarity='exact' for "
-                     "the exact route")
+        notes.append(
+            f"model similarity estimated by TensorSketch (dim {sketch_dim}; error on a "
+            f"correlation ~ {np.sqrt(2 / sketch_dim):.3f}); use similarity='exact' for "
+            "the exact route"
+        )
     pear = sim.pearson
     if np.isnan(pear).any():
-        notes.append("some models have constant couplings (e.g. all-zero weights); their "
-                     "similarity is NaN and is treated as 0 for PCA/k-means")
+        notes.append(
+            "some models have constant couplings (e.g. all-zero weights); their "
+            "similarity is NaN and is treated as 0 for PCA/k-means"
+        )
         pear = np.nan_to_num(pear, nan=0.0)
         np.fill_diagonal(pear, 1.0)
     emb = embed_and_cluster(pear, n_clusters=n_clusters, seed=seed)
@@ -252,8 +294,16 @@ def analyze(directory, structural=None, n_clusters=None, similarity="auto", sket
     clusters = cluster_table(df.iloc[main_idx], emb.labels)
     trial_ids = df["trial_id"].astype(str).iloc[main_idx].tolist()
 
-    out = Analysis(directory=directory, results=df, trial_ids=trial_ids, similarity=sim,
-                   embedding=emb, clusters=clusters, notes=notes, skipped=skipped)
+    out = Analysis(
+        directory=directory,
+        results=df,
+        trial_ids=trial_ids,
+        similarity=sim,
+        embedding=emb,
+        clusters=clusters,
+        notes=notes,
+        skipped=skipped,
+    )
     order = _order_best(df)
     best = int(order[0])
     from raysearch.verdicts import bad_mask
@@ -276,12 +326,14 @@ def _identity(out, df, files, best, worst):
         if stats:
             out.identity[key] = (str(df["trial_id"].iloc[i]), stats)
         else:
-            out.notes.append(f"model {df['trial_id'].iloc[i]} has no /evaluation stat vectors; "
-                             f"no identity plot for the {key} model")
+            out.notes.append(
+                f"model {df['trial_id'].iloc[i]} has no /evaluation stat vectors; "
+                f"no identity plot for the {key} model"
+            )
 
 
 def _regions(out, df, files, order, worst, n_models, structural, chunk):
-    chosen = [int(i) for i in order[:max(1, n_models)]]
+    chosen = [int(i) for i in order[: max(1, n_models)]]
     if worst is not None and worst not in chosen:
         chosen.append(worst)
     mats, names_of, rec_of = {}, {}, {}

@@ -32,8 +32,9 @@ class Assemblies:
     threshold: float
 
 
-def assemblies(weights, unit_region=None, region_names=None, hidden_var=None,
-               threshold=DEFAULT_THRESHOLD) -> Assemblies:
+def assemblies(
+    weights, unit_region=None, region_names=None, hidden_var=None, threshold=DEFAULT_THRESHOLD
+) -> Assemblies:
     """Assemblies per hidden unit.
 
     Parameters
@@ -66,13 +67,15 @@ def assemblies(weights, unit_region=None, region_names=None, hidden_var=None,
         reg = reg[reg >= 0]
         counts = np.bincount(reg, minlength=R) if R else np.zeros(0, int)
         order = [r for r in np.argsort(-counts, kind="stable") if counts[r] > 0]
-        rows.append({
-            "unit": mu,
-            "size": int(member[mu].sum()),
-            "n_regions": len(order),
-            "main_region": names[order[0]] if order else "",
-            "regions": ";".join(names[r] for r in order),
-            "max_abs_weight": float(peak[mu, 0]),
-            "hidden_var": float(hidden_var[mu]) if hidden_var is not None else np.nan,
-        })
+        rows.append(
+            {
+                "unit": mu,
+                "size": int(member[mu].sum()),
+                "n_regions": len(order),
+                "main_region": names[order[0]] if order else "",
+                "regions": ";".join(names[r] for r in order),
+                "max_abs_weight": float(peak[mu, 0]),
+                "hidden_var": float(hidden_var[mu]) if hidden_var is not None else np.nan,
+            }
+        )
     return Assemblies(member, pd.DataFrame(rows), float(threshold))

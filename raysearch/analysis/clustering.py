@@ -87,8 +87,9 @@ def cluster(coords, n_clusters=None, k_max=8, seed=0):
     K = X.shape[0]
     if n_clusters is not None:
         if not 1 <= n_clusters <= K:
-            raise ConfigError(f"n_clusters must be between 1 and the number of models ({K}), "
-                              f"got {n_clusters}")
+            raise ConfigError(
+                f"n_clusters must be between 1 and the number of models ({K}), got {n_clusters}"
+            )
         km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(X)
         return km.labels_, int(n_clusters), {}
     if K < 3:

@@ -39,11 +39,14 @@ def check_factors(weights, hidden_var, name="model", dtype=np.float64):
     if W.ndim != 2:
         raise InputError(f"{name}: weights must be 2-D (M, N), got shape {W.shape}")
     if c.shape[0] != W.shape[0]:
-        raise InputError(f"{name}: hidden_var has {c.shape[0]} entries but weights have "
-                         f"{W.shape[0]} hidden units (rows); re-save the model")
+        raise InputError(
+            f"{name}: hidden_var has {c.shape[0]} entries but weights have "
+            f"{W.shape[0]} hidden units (rows); re-save the model"
+        )
     if not (np.all(np.isfinite(W)) and np.all(np.isfinite(c))):
-        raise InputError(f"{name}: weights or hidden_var contain NaN/inf (a diverged fit?); "
-                         "exclude this model")
+        raise InputError(
+            f"{name}: weights or hidden_var contain NaN/inf (a diverged fit?); exclude this model"
+        )
     return W, c
 
 
@@ -170,5 +173,11 @@ def offdiag_stats(W, c) -> dict:
     sumsq = float(c @ (G * G) @ c) - float(d @ d)
     P = n * (n - 1)
     mean = total / P
-    return {"n_pairs": P, "sum": total, "sumsq": sumsq, "mean": mean,
-            "var": sumsq / P - mean * mean, "diag": d}
+    return {
+        "n_pairs": P,
+        "sum": total,
+        "sumsq": sumsq,
+        "mean": mean,
+        "var": sumsq / P - mean * mean,
+        "diag": d,
+    }

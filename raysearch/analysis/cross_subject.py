@@ -34,10 +34,20 @@ import pandas as pd
 
 from raysearch.errors import InputError
 
-__all__ = ["cross_subject_analysis", "write_cross_subject_report", "fish_expression",
-           "expressing_fish", "match_units", "recurrence",
-           "coupling_consistency", "shared_recovery", "expression_figure",
-           "recurrence_figure", "report_section", "truth_on_grid"]
+__all__ = [
+    "cross_subject_analysis",
+    "write_cross_subject_report",
+    "fish_expression",
+    "expressing_fish",
+    "match_units",
+    "recurrence",
+    "coupling_consistency",
+    "shared_recovery",
+    "expression_figure",
+    "recurrence_figure",
+    "report_section",
+    "truth_on_grid",
+]
 
 
 def _weights(model):
@@ -65,19 +75,21 @@ def fish_expression(model, joint) -> pd.DataFrame:
     """
     W = _weights(model).astype(np.float32)
     if W.shape[1] != joint.n_units:
-        raise InputError(f"the model has {W.shape[1]} visible units, the joint dataset "
-                         f"{joint.n_units}")
+        raise InputError(
+            f"the model has {W.shape[1]} visible units, the joint dataset {joint.n_units}"
+        )
     out = np.zeros((W.shape[0], joint.n_fish))
     w2 = W.astype(np.float64) ** 2
     norm = np.maximum(w2.sum(axis=1), 1e-300)
     for f in range(joint.n_fish):
         X = np.concatenate([joint.train[joint.fish_train == f], joint.test[joint.fish_test == f]])
-        total = (X @ W.T).astype(np.float64).var(axis=0)          # w^T C_f w, (M,)
-        diag = w2 @ X.astype(np.float64).var(axis=0)              # sum_i w_i^2 C_f,ii
+        total = (X @ W.T).astype(np.float64).var(axis=0)  # w^T C_f w, (M,)
+        diag = w2 @ X.astype(np.float64).var(axis=0)  # sum_i w_i^2 C_f,ii
         out[:, f] = np.maximum(total - diag, 0.0) / norm
     out[w2.sum(axis=1) == 0] = 0.0
-    return pd.DataFrame(out, index=pd.RangeIndex(W.shape[0], name="unit"),
-                        columns=list(joint.fish_names))
+    return pd.DataFrame(
+        out, index=pd.RangeIndex(W.shape[0], name="unit"), columns=list(joint.fish_names)
+    )
 
 
 def expressing_fish(expression: pd.DataFrame, threshold: float = 0.3) -> pd.DataFrame:
@@ -93,8 +105,7 @@ def expressing_fish(expression: pd.DataFrame, threshold: float = 0.3) -> pd.Data
     E = expression.to_numpy(dtype=np.float64)
     mx = E.max(axis=1, keepdims=True)
     rel = np.divide(E, mx, out=np.zeros_like(E), where=mx > 0)
-    df = pd.DataFrame(rel, index=expression.index,
-                      columns=[f"rel_{c}" for c in expression.columns])
+    df = pd.DataFrame(rel, index=expression.index, columns=[f"rel_{c}" for c in expression.columns])
     df["n_fish"] = (rel >= threshold).sum(axis=1)
     df["shared"] = df["n_fish"] == E.shape[1]
     return df
@@ -122,8 +133,10 @@ def match_units(a, b):
 
     A, B = _unit_norm(_weights(a)), _unit_norm(_weights(b))
     if A.shape[1] != B.shape[1]:
-        raise InputError(f"the models have {A.shape[1]} and {B.shape[1]} visible units; "
-                         "per-fish models must be fitted on the same common grid")
+        raise InputError(
+            f"the models have {A.shape[1]} and {B.shape[1]} visible units; "
+            "per-fish models must be fitted on the same common grid"
+        )
     C = np.abs(A @ B.T)
     r, c = linear_sum_assignment(-C)
     return pd.DataFrame({"unit_a": r, "unit_b": c, "abs_cosine": C[r, c]})
@@ -188,8 +201,10 @@ def coupling_consistency(models, unit_region, n_regions, names=None):
     """
     from raysearch.analysis.regions import consistency, region_couplings
 
-    mats = [region_couplings(_weights(m), np.asarray(m.hidden_var_), unit_region, n_regions)
-            for m in models]
+    mats = [
+        region_couplings(_weights(m), np.asarray(m.hidden_var_), unit_region, n_regions)
+        for m in models
+    ]
     names = [f"fish{i}" for i in range(len(models))] if names is None else list(names)
     return mats, consistency(mats, names)
 
@@ -211,12 +226,19 @@ def shared_recovery(model, truth_grid, shared) -> pd.DataFrame:
     W = _unit_norm(_weights(model))
     G = _unit_norm(np.asarray(truth_grid, dtype=np.float64))
     C = np.abs(G @ W.T)
-    return pd.DataFrame({"assembly": np.arange(G.shape[0]), "shared": np.asarray(shared),
-                         "best_unit": C.argmax(1), "abs_cosine": C.max(1)})
+    return pd.DataFrame(
+        {
+            "assembly": np.arange(G.shape[0]),
+            "shared": np.asarray(shared),
+            "best_unit": C.argmax(1),
+            "abs_cosine": C.max(1),
+        }
+    )
 
 
-def cross_subject_analysis(joint, joint_model=None, per_fish_models=None, threshold: float = 0.3,
-                           min_cosine: float = 0.5) -> dict:
+def cross_subject_analysis(
+    joint, joint_model=None, per_fish_models=None, threshold: float = 0.3, min_cosine: float = 0.5
+) -> dict:
     """Everything of this module for one cohort, as tables (the data step of the report).
 
     Parameters
@@ -243,10 +265,10 @@ def cross_subject_analysis(joint, joint_model=None, per_fish_models=None, thresh
     if per_fish_models is not None:
         if len(per_fish_models) != joint.n_fish:
             raise InputError(f"{len(per_fish_models)} per-fish models for {joint.n_fish} fish")
-        out["recurrence"], out["pairs"] = recurrence(per_fish_models, joint.fish_names,
-                                                     min_cosine)
+        out["recurrence"], out["pairs"] = recurrence(per_fish_models, joint.fish_names, min_cosine)
         out["region_couplings"], out["consistency"] = coupling_consistency(
-            per_fish_models, joint.unit_region, len(joint.region_names), joint.fish_names)
+            per_fish_models, joint.unit_region, len(joint.region_names), joint.fish_names
+        )
     return out
 
 
@@ -278,14 +300,16 @@ def write_cross_subject_report(results: dict, out_dir) -> dict:
             results[name].to_csv(out / "tables" / f"cross_subject_{name}.csv")
     html_path = out / "cross_subject.html"
     rel = paths
-    html_path.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>raysearch "
-                         "cross-subject</title></head><body>" + report_section(results, rel)
-                         + "</body></html>")
+    html_path.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>raysearch "
+        "cross-subject</title></head><body>" + report_section(results, rel) + "</body></html>"
+    )
     return {"html": html_path, "figures": paths}
 
 
 # ----------------------------------------------------------------------------------------------
 # figures (drawing only) and report section
+
 
 def expression_figure(relative: pd.DataFrame, title: str = "Expression per fish"):
     """Heat map of relative expression: units (rows) x fish (columns)."""
@@ -296,8 +320,7 @@ def expression_figure(relative: pd.DataFrame, title: str = "Expression per fish"
     order = np.lexsort((-M.max(1), -relative["n_fish"].to_numpy()))
     fig = _figure(4.0 + 0.3 * len(cols), max(3.0, 0.12 * M.shape[0] + 1.5))
     ax = fig.add_subplot(111)
-    im = ax.imshow(M[order], aspect="auto", vmin=0, vmax=1, cmap="magma",
-                   interpolation="nearest")
+    im = ax.imshow(M[order], aspect="auto", vmin=0, vmax=1, cmap="magma", interpolation="nearest")
     ax.set_xticks(range(len(cols)), [c[4:] for c in cols], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("hidden unit (sorted: shared first)")
     ax.set_title(title)
@@ -340,20 +363,28 @@ def report_section(results: dict, figure_paths: dict | None = None) -> str:
     if "expression" in results:
         e = results["expression"]
         n_sh = int(e["shared"].sum())
-        parts.append(f"<h3>Joint model: expression per fish</h3><p>{n_sh} of {len(e)} hidden "
-                     "units are expressed by every fish (relative co-fluctuation >= "
-                     "threshold).</p>" + e.to_html(classes="tbl", float_format="%.3g"))
+        parts.append(
+            f"<h3>Joint model: expression per fish</h3><p>{n_sh} of {len(e)} hidden "
+            "units are expressed by every fish (relative co-fluctuation >= "
+            "threshold).</p>" + e.to_html(classes="tbl", float_format="%.3g")
+        )
     if "recurrence" in results:
-        parts.append("<h3>Per-fish models: share of assemblies that recur</h3>"
-                     + results["recurrence"].to_html(classes="tbl", float_format="%.3g"))
+        parts.append(
+            "<h3>Per-fish models: share of assemblies that recur</h3>"
+            + results["recurrence"].to_html(classes="tbl", float_format="%.3g")
+        )
     if "consistency" in results:
-        parts.append("<h3>Region couplings: across-fish Pearson of log10</h3>"
-                     + results["consistency"].to_html(classes="tbl", float_format="%.3g"))
+        parts.append(
+            "<h3>Region couplings: across-fish Pearson of log10</h3>"
+            + results["consistency"].to_html(classes="tbl", float_format="%.3g")
+        )
     for name, path in (figure_paths or {}).items():
         # embedded, so that the page is self-contained like report.html
         b64 = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+        parts.append(
+            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>"
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        )
     return "\n".join(parts)
 
 

@@ -14,9 +14,11 @@ def _open(path):
     import h5py
 
     if "://" in str(path):
-        raise InputError(f"model file {path} is on remote storage; copy the experiment "
-                         "directory to a local path (e.g. `aws s3 sync`, `gsutil rsync`) and "
-                         "analyze that")
+        raise InputError(
+            f"model file {path} is on remote storage; copy the experiment "
+            "directory to a local path (e.g. `aws s3 sync`, `gsutil rsync`) and "
+            "analyze that"
+        )
     check_readable(path, "model file")
     try:
         return h5py.File(path, "r")
@@ -45,19 +47,25 @@ class ModelFiles:
         with _open(path) as f:
             for key in ("weights", "hidden_var"):
                 if key not in f:
-                    raise InputError(f"model file {path} has no /{key} dataset; it is not a "
-                                     "raysearch CRBM model file (or was written by an old version)")
+                    raise InputError(
+                        f"model file {path} has no /{key} dataset; it is not a "
+                        "raysearch CRBM model file (or was written by an old version)"
+                    )
             W, c = np.asarray(f["weights"]), np.asarray(f["hidden_var"])
         if not (np.isfinite(W).all() and np.isfinite(c).all()):
-            raise InputError(f"model file {path} has NaN/inf weights or hidden_var (a diverged "
-                             "fit); remove it from models/ or re-run that trial")
+            raise InputError(
+                f"model file {path} has NaN/inf weights or hidden_var (a diverged "
+                "fit); remove it from models/ or re-run that trial"
+            )
         return W, c
 
     def info(self, k) -> dict:
         """``n_visible`` and ``diverged`` of model k, from the file's metadata (cheap)."""
         with _open(self.paths[k]) as f:
-            return {"n_visible": int(f["weights"].shape[1]),
-                    "diverged": bool(f.attrs.get("diverged", False))}
+            return {
+                "n_visible": int(f["weights"].shape[1]),
+                "diverged": bool(f.attrs.get("diverged", False)),
+            }
 
 
 def read_units(path):

@@ -58,8 +58,13 @@ class Recovery:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per planted assembly: ``assembly``, ``best_unit``, ``abs_cosine``."""
-        return pd.DataFrame({"assembly": np.arange(len(self.per_assembly)),
-                             "best_unit": self.best_unit, "abs_cosine": self.per_assembly})
+        return pd.DataFrame(
+            {
+                "assembly": np.arange(len(self.per_assembly)),
+                "best_unit": self.best_unit,
+                "abs_cosine": self.per_assembly,
+            }
+        )
 
 
 def truth_in_units(truth_weights, unit_of_neuron=None, n_units=None) -> np.ndarray:
@@ -86,8 +91,10 @@ def truth_in_units(truth_weights, unit_of_neuron=None, n_units=None) -> np.ndarr
         return G
     u = np.asarray(unit_of_neuron, dtype=np.int64).reshape(-1)
     if u.shape[0] != G.shape[1]:
-        raise InputError(f"unit_of_neuron has {u.shape[0]} entries but the planted weights "
-                         f"cover {G.shape[1]} neurons")
+        raise InputError(
+            f"unit_of_neuron has {u.shape[0]} entries but the planted weights "
+            f"cover {G.shape[1]} neurons"
+        )
     n = int(u.max()) + 1 if n_units is None else int(n_units)
     out = np.zeros((G.shape[0], n))
     keep = u >= 0
@@ -156,15 +163,18 @@ def assembly_recovery(weights, truth, unit_of_neuron=None, dataset=None) -> Reco
         raise InputError("model weights contain NaN/inf (a diverged fit): recovery is undefined")
     if dataset is not None:
         if int(dataset.n_units) != W.shape[1]:
-            raise InputError(f"the model has {W.shape[1]} visible units but the dataset "
-                             f"{dataset.n_units}")
+            raise InputError(
+                f"the model has {W.shape[1]} visible units but the dataset {dataset.n_units}"
+            )
         G = unit_truth(G, dataset)
     else:
         G = truth_in_units(G, unit_of_neuron, n_units=W.shape[1])
     if G.shape[1] != W.shape[1]:
-        raise InputError(f"the model has {W.shape[1]} visible units but the ground truth "
-                         f"{G.shape[1]} neurons; pass unit_of_neuron (Dataset.unit_of_neuron) "
-                         "for voxelised or filtered data")
+        raise InputError(
+            f"the model has {W.shape[1]} visible units but the ground truth "
+            f"{G.shape[1]} neurons; pass unit_of_neuron (Dataset.unit_of_neuron) "
+            "for voxelised or filtered data"
+        )
     if G.shape[0] == 0:
         raise InputError("the ground truth has no planted assembly")
     gn = np.linalg.norm(G, axis=1, keepdims=True)
@@ -253,9 +263,11 @@ def recovery_table(results) -> pd.DataFrame:
     truths = {k: _truth_for(s) for k, s in keys.items()}
     truths = {k: t for k, t in truths.items() if t is not None}
     if not truths:
-        raise InputError("no recording of this study carries ground truth (a `synthetic:` "
-                         "recording or a file written by `raysearch synth`); assembly recovery "
-                         "needs planted assemblies")
+        raise InputError(
+            "no recording of this study carries ground truth (a `synthetic:` "
+            "recording or a file written by `raysearch synth`); assembly recovery "
+            "needs planted assemblies"
+        )
     maps: dict = {}
     rows = []
     for r in df.itertuples(index=False):
@@ -279,13 +291,32 @@ def recovery_table(results) -> pd.DataFrame:
             mean, worst = rc.mean, float(rc.per_assembly.min())
         else:
             mean = worst = float("nan")
-        rows.append({"trial_id": r.trial_id, "lam": r.lam, "seed": r.seed, "recording": rec,
-                     "mean_nrmse": getattr(r, "mean_nrmse", np.nan),
-                     "max_nrmse": getattr(r, "max_nrmse", np.nan),
-                     "bad": getattr(r, "bad", None),
-                     "weight_density": getattr(r, "weight_density", np.nan),
-                     "recovery": mean, "recovery_min": worst,
-                     "n_assemblies": truth.n_assemblies})
-    cols = ["trial_id", "lam", "seed", "recording", "mean_nrmse", "max_nrmse", "bad",
-            "weight_density", "recovery", "recovery_min", "n_assemblies"]
+        rows.append(
+            {
+                "trial_id": r.trial_id,
+                "lam": r.lam,
+                "seed": r.seed,
+                "recording": rec,
+                "mean_nrmse": getattr(r, "mean_nrmse", np.nan),
+                "max_nrmse": getattr(r, "max_nrmse", np.nan),
+                "bad": getattr(r, "bad", None),
+                "weight_density": getattr(r, "weight_density", np.nan),
+                "recovery": mean,
+                "recovery_min": worst,
+                "n_assemblies": truth.n_assemblies,
+            }
+        )
+    cols = [
+        "trial_id",
+        "lam",
+        "seed",
+        "recording",
+        "mean_nrmse",
+        "max_nrmse",
+        "bad",
+        "weight_density",
+        "recovery",
+        "recovery_min",
+        "n_assemblies",
+    ]
     return pd.DataFrame(rows, columns=cols)

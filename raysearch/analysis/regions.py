@@ -16,8 +16,15 @@ from raysearch.analysis.couplings import check_factors
 from raysearch.errors import InputError
 
 
-def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=None,
-                     block_bytes=64 * 2**20, dtype=np.float32):
+def region_couplings(
+    weights,
+    hidden_var,
+    unit_region,
+    n_regions=None,
+    chunk=None,
+    block_bytes=64 * 2**20,
+    dtype=np.float32,
+):
     """Mean |J_ij| over pairs of visible units of each pair of regions, computed blockwise.
 
     The units are sorted by region once; each block of rows of J (only the columns at or right of
@@ -48,13 +55,15 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
     W, c = check_factors(weights, hidden_var)
     unit_region = np.asarray(unit_region, dtype=np.int64).reshape(-1)
     if unit_region.shape[0] != W.shape[1]:
-        raise InputError(f"unit_region has {unit_region.shape[0]} entries, weights have "
-                         f"{W.shape[1]} visible units")
+        raise InputError(
+            f"unit_region has {unit_region.shape[0]} entries, weights have "
+            f"{W.shape[1]} visible units"
+        )
     R = int(unit_region.max()) + 1 if n_regions is None else int(n_regions)
     if R < 1 or unit_region.max() >= R:
         raise InputError(f"unit_region has indices up to {unit_region.max()} but {R} regions")
     keep = np.flatnonzero(unit_region >= 0)
-    keep = keep[np.argsort(unit_region[keep], kind="stable")]     # sorted by region
+    keep = keep[np.argsort(unit_region[keep], kind="stable")]  # sorted by region
     reg = unit_region[keep]
     n = keep.size
     counts = np.bincount(reg, minlength=R).astype(np.float64)
@@ -69,16 +78,16 @@ def region_couplings(weights, hidden_var, unit_region, n_regions=None, chunk=Non
             e = min(a + chunk, n)
             # rows [a, e) against columns [a, n): J is symmetric, so the columns left of a were
             # covered by earlier chunks (as their rows)
-            block = (Wk[:, a:e] * cd[:, None]).T @ Wk[:, a:]     # (e - a, n - a)
-            block[np.arange(e - a), np.arange(e - a)] = 0.0       # zero diagonal
+            block = (Wk[:, a:e] * cd[:, None]).T @ Wk[:, a:]  # (e - a, n - a)
+            block[np.arange(e - a), np.arange(e - a)] = 0.0  # zero diagonal
             np.abs(block, out=block)
             onehot = np.zeros((e - a, R))
             onehot[np.arange(e - a), reg[a:e]] = 1.0
             # square part (both orders of each pair present): count once
-            ids, sums = _segment_sums(block[:, :e - a], reg[a:e])
+            ids, sums = _segment_sums(block[:, : e - a], reg[a:e])
             total[:, ids] += onehot.T @ sums
-            if e < n:   # pairs (i < j) with j beyond the chunk: count for (R_i, R_j) and (R_j, R_i)
-                ids, sums = _segment_sums(block[:, e - a:], reg[e:])
+            if e < n:  # pairs (i < j) with j beyond the chunk: count for (R_i, R_j) and (R_j, R_i)
+                ids, sums = _segment_sums(block[:, e - a :], reg[e:])
                 part = np.zeros((R, R))
                 part[:, ids] = onehot.T @ sums
                 total += part + part.T
@@ -213,16 +222,20 @@ def load_structural(path, region_names) -> np.ndarray:
     if named:
         missing = [n for n in region_names if n not in df.index or n not in df.columns]
         if missing:
-            raise InputError(f"structural matrix {path} lacks regions {missing[:5]} "
-                             f"(of {len(missing)}); its rows/columns must be named like the "
-                             "recording's region_names")
+            raise InputError(
+                f"structural matrix {path} lacks regions {missing[:5]} "
+                f"(of {len(missing)}); its rows/columns must be named like the "
+                "recording's region_names"
+            )
         mat = df.loc[list(region_names), list(region_names)].to_numpy(dtype=float)
     else:
         mat = pd.read_csv(path, header=None).to_numpy(dtype=float)
         if mat.shape != (R, R):
-            raise InputError(f"structural matrix {path} is {mat.shape}, expected ({R}, {R}) in the "
-                             "order of the recording's regions (or add a header and index of "
-                             "region names)")
+            raise InputError(
+                f"structural matrix {path} is {mat.shape}, expected ({R}, {R}) in the "
+                "order of the recording's regions (or add a header and index of "
+                "region names)"
+            )
     if not np.all(np.isfinite(mat)):
         raise InputError(f"structural matrix {path} contains non-numeric or non-finite entries")
     return mat
@@ -235,8 +248,10 @@ def _structural_from_synthetic(path, region_names):
     names = list(gt.region_names)
     missing = [n for n in region_names if n not in names]
     if missing:
-        raise InputError(f"{path}: its ground truth lacks regions {missing[:5]}; is it the "
-                         "recording the models were fitted on?")
+        raise InputError(
+            f"{path}: its ground truth lacks regions {missing[:5]}; is it the "
+            "recording the models were fitted on?"
+        )
     idx = [names.index(n) for n in region_names]
     return np.asarray(gt.structural, dtype=float)[np.ix_(idx, idx)]
 

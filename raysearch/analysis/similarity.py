@@ -94,8 +94,15 @@ def _from_moments(cross, sums, sumsq, n_pairs):
     return np.clip(pearson, -1.0, 1.0), np.clip(cosine, -1.0, 1.0), mean, std
 
 
-def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_dim=2**15,
-                      seed=0, dtype=np.float64, n_jobs=None) -> Similarity:
+def similarity_matrix(
+    models,
+    method="exact",
+    block_bytes=256 * 2**20,
+    sketch_dim=2**15,
+    seed=0,
+    dtype=np.float64,
+    n_jobs=None,
+) -> Similarity:
     """Pearson and cosine similarity between the coupling matrices of all pairs of models.
 
     Parameters
@@ -132,8 +139,14 @@ def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_di
     if method == "auto":
         macs = estimated_macs(K, N, M0)
         method = "exact" if macs <= AUTO_EXACT_MAX_MACS else "sketch"
-        log.info("similarity: %d models, N=%d, M=%d -> %s route (%.2g multiply-adds exact)",
-                 K, N, M0, method, macs)
+        log.info(
+            "similarity: %d models, N=%d, M=%d -> %s route (%.2g multiply-adds exact)",
+            K,
+            N,
+            M0,
+            method,
+            macs,
+        )
     if method == "exact":
         return _exact(models, K, N, M0, block_bytes, dtype)
     return _sketched(models, K, N, sketch_dim, seed, n_jobs)
@@ -142,6 +155,7 @@ def similarity_matrix(models, method="exact", block_bytes=256 * 2**20, sketch_di
 # --------------------------------------------------------------------------------------------
 # exact route
 # --------------------------------------------------------------------------------------------
+
 
 def _offdiag_sum(W, c, d):
     r = W.sum(axis=1, dtype=np.float64)
@@ -156,9 +170,11 @@ class _Block:
         for k in range(start, stop):
             W, c = _load(models, k, dtype)
             if W.shape[1] != N:
-                raise InputError(f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
-                                 "neuron-level similarity needs models of the same recording and "
-                                 "preprocessing")
+                raise InputError(
+                    f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
+                    "neuron-level similarity needs models of the same recording and "
+                    "preprocessing"
+                )
             Ws.append(W)
             cs.append(c)
         sizes = [w.shape[0] for w in Ws]
@@ -166,7 +182,7 @@ class _Block:
         self.C = np.zeros((sum(sizes), len(Ws)))
         off = 0
         for b, (m, c) in enumerate(zip(sizes, cs)):
-            self.C[off:off + m, b] = c
+            self.C[off : off + m, b] = c
             off += m
         self.d = np.stack([diag_of(W, c) for W, c in zip(Ws, cs)])
         self.sums = np.array([_offdiag_sum(W, c, d) for W, c, d in zip(Ws, cs, self.d)])
@@ -182,15 +198,15 @@ def _exact(models, K, N, M0, block_bytes, dtype):
     sums = np.zeros(K)
     for bi, s_i in enumerate(starts):
         A = _Block(models, s_i, min(K, s_i + b), N, dtype)
-        sums[A.start:A.stop] = A.sums
+        sums[A.start : A.stop] = A.sums
         for s_j in starts[bi:]:
             B = A if s_j == s_i else _Block(models, s_j, min(K, s_j + b), N, dtype)
             G = A.Z @ B.Z.T if B is not A else A.Z @ A.Z.T
             G = np.asarray(G, dtype=np.float64)
             G *= G
             blk = A.C.T @ G @ B.C - A.d @ B.d.T
-            cross[A.start:A.stop, B.start:B.stop] = blk
-            cross[B.start:B.stop, A.start:A.stop] = blk.T
+            cross[A.start : A.stop, B.start : B.stop] = blk
+            cross[B.start : B.stop, A.start : A.stop] = blk.T
     pearson, cosine, mean, std = _from_moments(cross, sums, np.diag(cross).copy(), N * (N - 1))
     return Similarity(pearson, cosine, mean, std, "exact")
 
@@ -198,6 +214,7 @@ def _exact(models, K, N, M0, block_bytes, dtype):
 # --------------------------------------------------------------------------------------------
 # sketch route
 # --------------------------------------------------------------------------------------------
+
 
 class TensorSketch:
     """TensorSketch of symmetric N x N matrices given as ``W^T diag(c) W`` with zero diagonal.
@@ -230,8 +247,7 @@ class TensorSketch:
         self.h = rng.integers(0, dim, n)
         self.s = rng.choice([-1.0, 1.0], n)
         #: count-sketch operator (dim, N): CS(W) = H @ W.T
-        self.H = sp.csc_matrix((self.s.astype(np.float32), (self.h, np.arange(n))),
-                               shape=(dim, n))
+        self.H = sp.csc_matrix((self.s.astype(np.float32), (self.h, np.arange(n))), shape=(dim, n))
         self.diag_pos = (2 * self.h) % dim
         ones = np.ones((1, n))
         #: sketch of the all-ones off-diagonal matrix (11^T - I)
@@ -245,7 +261,7 @@ class TensorSketch:
         from scipy import fft
 
         W = np.asarray(W, dtype=np.float32)
-        cs = self.H @ W.T                                  # (dim, M) count sketches
+        cs = self.H @ W.T  # (dim, M) count sketches
         f = fft.rfft(cs, axis=0, workers=1)
         spec = (f * f) @ np.asarray(c, dtype=np.complex64)
         return fft.irfft(spec.astype(np.complex128), n=self.dim)
@@ -277,9 +293,11 @@ def _sketched(models, K, N, dim, seed, n_jobs=None):
     def one(k):
         W, c = _load(models, k, np.float32)
         if W.shape[1] != N:
-            raise InputError(f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
-                             "neuron-level similarity needs models of the same recording")
-        d = (W * W).T @ c.astype(np.float32)        # diagonal, float32 is enough here
+            raise InputError(
+                f"model {k} has {W.shape[1]} visible units, model 0 has {N}: "
+                "neuron-level similarity needs models of the same recording"
+            )
+        d = (W * W).T @ c.astype(np.float32)  # diagonal, float32 is enough here
         return ts.sketch(W, c, d), _offdiag_sum(W, c, d.astype(np.float64))
 
     T = np.empty((K, dim))
@@ -293,9 +311,9 @@ def _sketched(models, K, N, dim, seed, n_jobs=None):
     P = N * (N - 1)
     mean = sums / P
     u = ts.ones
-    G = T @ T.T                     # estimates of sum_{i!=j} J_k J_l
-    a = T @ u                       # estimates of sum_{i!=j} J_k
-    uu = float(u @ u)               # estimate of N (N - 1)
+    G = T @ T.T  # estimates of sum_{i!=j} J_k J_l
+    a = T @ u  # estimates of sum_{i!=j} J_k
+    uu = float(u @ u)  # estimate of N (N - 1)
     cov = G - np.outer(mean, a) - np.outer(a, mean) + np.outer(mean, mean) * uu
     with np.errstate(invalid="ignore", divide="ignore"):
         sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
@@ -304,5 +322,6 @@ def _sketched(models, K, N, dim, seed, n_jobs=None):
         cosine = G / np.outer(nrm, nrm)
     np.fill_diagonal(pearson, np.where(sd > 0, 1.0, np.nan))
     np.fill_diagonal(cosine, np.where(nrm > 0, 1.0, np.nan))
-    return Similarity(np.clip(pearson, -1, 1), np.clip(cosine, -1, 1), mean, sd / np.sqrt(P),
-                      "sketch", dim)
+    return Similarity(
+        np.clip(pearson, -1, 1), np.clip(cosine, -1, 1), mean, sd / np.sqrt(P), "sketch", dim
+    )

@@ -63,12 +63,15 @@ def _stdout_gone() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)
-        print("raysearch: error: a COMMAND is required (raysearch --help lists them)",
-              file=sys.stderr)
+        print(
+            "raysearch: error: a COMMAND is required (raysearch --help lists them)", file=sys.stderr
+        )
         return 2
     try:
         rc = args.func(args)
@@ -78,10 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     except RaysearchError as exc:
         print(f"raysearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError,
-            UnicodeDecodeError) as exc:
-        line = (_os_error_line(exc) if isinstance(exc, OSError)
-                else f"a file is not valid UTF-8 text ({exc})")
+    except (
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+        FileNotFoundError,
+        UnicodeDecodeError,
+    ) as exc:
+        line = (
+            _os_error_line(exc)
+            if isinstance(exc, OSError)
+            else f"a file is not valid UTF-8 text ({exc})"
+        )
         print(f"raysearch {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

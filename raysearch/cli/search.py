@@ -10,54 +10,95 @@ from raysearch import verdicts
 from raysearch.errors import ConfigError
 from raysearch.verdicts import DEFAULT_OBJECTIVE
 
-_TABLE_COLUMNS = ["trial_id", "lam", "seed", "recording", "n_hidden", "status", "mean_nrmse",
-                  "max_nrmse", "bad", "bad_reason", "sparsity", "updates", "seconds"]
+_TABLE_COLUMNS = [
+    "trial_id",
+    "lam",
+    "seed",
+    "recording",
+    "n_hidden",
+    "status",
+    "mean_nrmse",
+    "max_nrmse",
+    "bad",
+    "bad_reason",
+    "sparsity",
+    "updates",
+    "seconds",
+]
 
 
 def register(sub):
     """Add ``run``, ``resume`` and ``results`` to the argparse sub-parsers ``sub``."""
-    p = sub.add_parser("run", help="run a lambda search (default: the quickstart study)",
-                       description="Run a study with Ray Tune. Without --address a local Ray "
-                       "instance is started on 127.0.0.1 (dashboard included); with --address "
-                       "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster. "
-                       "Exit status: 0 all trials ended, 1 some trials errored, 3 the study did "
-                       "not finish (e.g. Ctrl+C; continue it with `raysearch resume DIR`).")
-    p.add_argument("study", nargs="?", default=None,
-                   help="study YAML file (default: the packaged quickstart study)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001")
-    p.add_argument("--storage", default=None,
-                   help="storage path or URI for the results (default: the study's "
-                        "run.storage_path, ./ray_results); a cluster needs shared storage")
+    p = sub.add_parser(
+        "run",
+        help="run a lambda search (default: the quickstart study)",
+        description="Run a study with Ray Tune. Without --address a local Ray "
+        "instance is started on 127.0.0.1 (dashboard included); with --address "
+        "(or RAY_ADDRESS, as set by `ray job submit`) the study joins that cluster. "
+        "Exit status: 0 all trials ended, 1 some trials errored, 3 the study did "
+        "not finish (e.g. Ctrl+C; continue it with `raysearch resume DIR`).",
+    )
+    p.add_argument(
+        "study",
+        nargs="?",
+        default=None,
+        help="study YAML file (default: the packaged quickstart study)",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="storage path or URI for the results (default: the study's "
+        "run.storage_path, ./ray_results); a cluster needs shared storage",
+    )
     p.add_argument("--name", default=None, help="experiment name (default: the study's name)")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("resume", help="continue an interrupted study",
-                       description="Continue a study from its experiment directory: finished "
-                       "trials are kept, interrupted ones continue from their last checkpoint. "
-                       "Exit status as for run.")
+    p = sub.add_parser(
+        "resume",
+        help="continue an interrupted study",
+        description="Continue a study from its experiment directory: finished "
+        "trials are kept, interrupted ones continue from their last checkpoint. "
+        "Exit status as for run.",
+    )
     p.add_argument("directory", help="experiment directory (<storage>/<name>)")
     p.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     p.set_defaults(func=_resume)
 
-    p = sub.add_parser("results", help="show or export the trials of a study",
-                       description="One row per trial, read from the experiment directory "
-                       "alone (no Ray needed).")
+    p = sub.add_parser(
+        "results",
+        help="show or export the trials of a study",
+        description="One row per trial, read from the experiment directory alone (no Ray needed).",
+    )
     p.add_argument("directory", help="experiment directory (<storage>/<name>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV")
     g.add_argument("--parquet", default=None, metavar="FILE", help="write the table as Parquet")
     p.add_argument("--history", action="store_true", help="one row per report instead of per trial")
-    p.add_argument("--objective", choices=verdicts.OBJECTIVES, default=None,
-                   help="objective of the model selection (default: the study's search.objective)")
-    p.add_argument("--rule", choices=("sparsest", "best"), default="sparsest",
-                   help="sparsest: the largest lambda whose objective is within the tolerance of "
-                        "the best, among fits that are not bad (default); best: lowest objective")
-    p.add_argument("--tolerance", type=_tolerance, default=None,
-                   help="absolute tolerance on the objective for --rule sparsest (default: the "
-                        "margin within which a lambda cannot be told apart from the best at 95%% "
-                        "confidence, raysearch.selection.default_tolerance); 'seed-spread': "
-                        "the seed-to-seed spread of the objective near the best lambda")
+    p.add_argument(
+        "--objective",
+        choices=verdicts.OBJECTIVES,
+        default=None,
+        help="objective of the model selection (default: the study's search.objective)",
+    )
+    p.add_argument(
+        "--rule",
+        choices=("sparsest", "best"),
+        default="sparsest",
+        help="sparsest: the largest lambda whose objective is within the tolerance of "
+        "the best, among fits that are not bad (default); best: lowest objective",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=None,
+        help="absolute tolerance on the objective for --rule sparsest (default: the "
+        "margin within which a lambda cannot be told apart from the best at 95%% "
+        "confidence, raysearch.selection.default_tolerance); 'seed-spread': "
+        "the seed-to-seed spread of the objective near the best lambda",
+    )
     p.set_defaults(func=_results)
 
 
@@ -78,7 +119,9 @@ def _print_next_steps(run) -> None:
     if search.get("mode", "optuna") != "grid":
         url = search.get("optuna_storage") or (
             f"sqlite:///{os.path.join(run.experiment_dir, 'optuna.db')}"
-            if "://" not in run.experiment_dir else None)
+            if "://" not in run.experiment_dir
+            else None
+        )
     print()
     print("\n".join(next_steps(run.experiment_dir, url)))
 
@@ -88,8 +131,11 @@ EXIT_UNFINISHED = 3
 
 
 def _resume_hint(exp_dir) -> None:
-    print(f"raysearch: the study did not finish; continue it with:\n  raysearch resume {exp_dir}",
-          file=sys.stderr, flush=True)
+    print(
+        f"raysearch: the study did not finish; continue it with:\n  raysearch resume {exp_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _exit_status(run) -> int:
@@ -109,8 +155,13 @@ def _run(args) -> int:
     study = load_study(args.study)
     exp_dir = experiment_dir(study, args.storage, args.name)
     try:
-        run = run_study(study, address=args.address, storage=args.storage, name=args.name,
-                        on_connect=_print_connect)
+        run = run_study(
+            study,
+            address=args.address,
+            storage=args.storage,
+            name=args.name,
+            on_connect=_print_connect,
+        )
     except KeyboardInterrupt:
         if os.path.isdir(exp_dir):
             _resume_hint(exp_dir)
@@ -171,7 +222,9 @@ def _tolerance(text: str):
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'seed-spread'")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number nor 'seed-spread'"
+        ) from None
 
 
 def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
@@ -187,8 +240,9 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         return "No trials."
     cols = [c for c in _TABLE_COLUMNS if c in df]
     view = df.sort_values("lam")[cols]
-    with pd.option_context("display.max_rows", 500, "display.width", 160,
-                           "display.float_format", "{:.4g}".format):
+    with pd.option_context(
+        "display.max_rows", 500, "display.width", 160, "display.float_format", "{:.4g}".format
+    ):
         lines.append(view.to_string(index=False))
     study = df.attrs.get("study") or {}
     objective = objective or (study.get("search") or {}).get("objective", DEFAULT_OBJECTIVE)
@@ -199,13 +253,17 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
         lines.append(f"Best lambda: none (no finished trial that is not bad; {len(df)} trials)")
     else:
         best = done.loc[best_at]
-        lines.append(f"Best lambda: {best['lam']:.4g} ({objective} {best[objective]:.4f}, "
-                     f"trial {best['trial_id']}, seed {best['seed']}, recording "
-                     f"{best['recording']})")
+        lines.append(
+            f"Best lambda: {best['lam']:.4g} ({objective} {best[objective]:.4f}, "
+            f"trial {best['trial_id']}, seed {best['seed']}, recording "
+            f"{best['recording']})"
+        )
     if "pareto" in df:
         front = df[df["pareto"]].sort_values("lam")
-        lines.append(f"Pareto front ({objective} vs weight_density): "
-                     + ", ".join(f"lam={r.lam:.3g}" for r in front.itertuples()))
+        lines.append(
+            f"Pareto front ({objective} vs weight_density): "
+            + ", ".join(f"lam={r.lam:.3g}" for r in front.itertuples())
+        )
     if len(done):
         lines.extend(selection_lines(done, objective=objective, rule=rule, tolerance=tolerance))
     n_unfinished = int((~df["finished"]).sum()) if "finished" in df else 0
@@ -214,16 +272,20 @@ def summary(df, objective=None, rule="sparsest", tolerance=None) -> str:
     return "\n".join(lines)
 
 
-
 def _fit_line(role: str, r, objective: str) -> str:
     other = "max_nrmse" if objective != "max_nrmse" else "mean_nrmse"
     parts = [f"  {role + ':':<16}lambda {float(r['lam']):.4g}", f"trial {r['trial_id']}"]
     if "seed" in r:
         parts.append(f"seed {r['seed']}")
     lam_mean = r.get("lam_objective")
-    parts.append(f"{objective} {float(r[objective]):.4f}" + (
-        f" (lambda mean {float(lam_mean):.4f})" if lam_mean is not None and lam_mean == lam_mean
-        else ""))
+    parts.append(
+        f"{objective} {float(r[objective]):.4f}"
+        + (
+            f" (lambda mean {float(lam_mean):.4f})"
+            if lam_mean is not None and lam_mean == lam_mean
+            else ""
+        )
+    )
     if other in r:
         parts.append(f"{other} {float(r[other]):.4f}")
     if "weight_density" in r:
@@ -231,8 +293,9 @@ def _fit_line(role: str, r, objective: str) -> str:
     return ", ".join(parts)
 
 
-def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
-                    tolerance=None) -> list[str]:
+def selection_lines(
+    done, objective=DEFAULT_OBJECTIVE, rule="sparsest", tolerance=None
+) -> list[str]:
     """The model-selection block of ``raysearch results``: recommendation and bad share per bin.
 
     Parameters
@@ -253,8 +316,10 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
     else:
         lines.append(_fit_line("recommended", rec.row, objective))
         if rule == "sparsest":
-            lines.append(f"  {'tolerance:':<16}{rec.tolerance:.4g} ({rec.tolerance_source}); "
-                         f"{len(rec.candidates)} good fit(s) within it")
+            lines.append(
+                f"  {'tolerance:':<16}{rec.tolerance:.4g} ({rec.tolerance_source}); "
+                f"{len(rec.candidates)} good fit(s) within it"
+            )
         lines.append(_fit_line("best objective", rec.best_row, objective))
         if rec.runner_up is not None:
             lines.append(_fit_line("runner-up", rec.runner_up, objective))
@@ -263,18 +328,31 @@ def selection_lines(done, objective=DEFAULT_OBJECTIVE, rule="sparsest",
         lines.append(f"  {rec.message}")
     shares = bad_share_by_lambda(done)
     lines.append("")
-    why = {r: int(shares[f"n_{r}"].sum()) for r in verdicts.BAD_REASONS + ("unknown",)
-           if f"n_{r}" in shares}
+    why = {
+        r: int(shares[f"n_{r}"].sum())
+        for r in verdicts.BAD_REASONS + ("unknown",)
+        if f"n_{r}" in shares
+    }
     if any(why.values()):
-        lines.append("Why fits are bad: " + ", ".join(f"{r} {n}" for r, n in why.items() if n)
-                     + " (raysearch.verdicts)")
+        lines.append(
+            "Why fits are bad: "
+            + ", ".join(f"{r} {n}" for r, n in why.items() if n)
+            + " (raysearch.verdicts)"
+        )
     lines.append("Bad models per lambda range (log bins; finished trials; 95% Wilson interval):")
-    view = pd.DataFrame({
-        "lam_low": shares["lam_low"].map("{:.3g}".format),
-        "lam_high": shares["lam_high"].map("{:.3g}".format),
-        "n": shares["n_fits"], "bad": shares["n_bad"], "empty": shares["n_empty"],
-        "share": shares["share_bad"].map(lambda x: "-" if x != x else f"{100 * x:.0f}%"),
-        "ci": [("-" if lo != lo else f"{100 * lo:.0f}-{100 * hi:.0f}%")
-               for lo, hi in zip(shares["ci_low"], shares["ci_high"])]})
+    view = pd.DataFrame(
+        {
+            "lam_low": shares["lam_low"].map("{:.3g}".format),
+            "lam_high": shares["lam_high"].map("{:.3g}".format),
+            "n": shares["n_fits"],
+            "bad": shares["n_bad"],
+            "empty": shares["n_empty"],
+            "share": shares["share_bad"].map(lambda x: "-" if x != x else f"{100 * x:.0f}%"),
+            "ci": [
+                ("-" if lo != lo else f"{100 * lo:.0f}-{100 * hi:.0f}%")
+                for lo, hi in zip(shares["ci_low"], shares["ci_high"])
+            ],
+        }
+    )
     lines.extend("  " + ln for ln in view.to_string(index=False).splitlines())
     return lines

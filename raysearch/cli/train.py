@@ -22,67 +22,141 @@ SYNTHETIC = "synthetic"
 def register(sub):
     """Add ``train`` to the argparse sub-parsers ``sub``."""
     p = sub.add_parser(
-        "train", help="fit one cRBM, evaluate it on held-out segments, save the model file",
+        "train",
+        help="fit one cRBM, evaluate it on held-out segments, save the model file",
         description="Load a recording (or DATA = 'synthetic' for a default synthetic fish), "
-                    "preprocess it, fit a compositional RBM with a progress display, evaluate "
-                    "it on the held-out segments and save it (HDF5). Prints one JSON line with "
-                    "the metrics on stdout.")
-    p.add_argument("data", metavar="DATA", help="recording file (cRBM/Fishualizer HDF5 or NWB), "
-                                                "or the word 'synthetic'")
+        "preprocess it, fit a compositional RBM with a progress display, evaluate "
+        "it on the held-out segments and save it (HDF5). Prints one JSON line with "
+        "the metrics on stdout.",
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="recording file (cRBM/Fishualizer HDF5 or NWB), or the word 'synthetic'",
+    )
     p.add_argument("--out", required=True, metavar="MODEL.h5", help="model file to write")
     g = p.add_argument_group("model")
-    g.add_argument("--lam", type=float, default=0.001,
-                   help="sparsity strength lambda (0.001: recovers the synthetic fish's assemblies "
-                        "at N = 300-1000, where 0.01 and above shrink every weight to 0; search "
-                        "lambda for your data with 'raysearch run')")
+    g.add_argument(
+        "--lam",
+        type=float,
+        default=0.001,
+        help="sparsity strength lambda (0.001: recovers the synthetic fish's assemblies "
+        "at N = 300-1000, where 0.01 and above shrink every weight to 0; search "
+        "lambda for your data with 'raysearch run')",
+    )
     g.add_argument("--penalty", choices=("l2l1", "l1"), default="l2l1", help="penalty (l2l1)")
     g.add_argument("--hidden", type=int, default=100, help="hidden units M (100)")
-    g.add_argument("--updates", type=int, default=20000,
-                   help="gradient updates (20000: the low end of the authors' 20k-80k rule)")
+    g.add_argument(
+        "--updates",
+        type=int,
+        default=20000,
+        help="gradient updates (20000: the low end of the authors' 20k-80k rule)",
+    )
     g.add_argument("--batch", type=int, default=100, help="minibatch size = chains (100)")
     g.add_argument("--gibbs", type=int, default=15, help="Gibbs steps per update (15)")
-    g.add_argument("--lr", type=float, default=None,
-                   help="initial learning rate (default 5e-3 bernoulli, 1e-3 gaussian)")
-    g.add_argument("--visible", choices=("bernoulli", "gaussian"), default=None,
-                   help="visible units (default: bernoulli for spikes, gaussian for z-scored dF/F)")
-    g.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
-                   help="array backend (auto: CuPy when a GPU is visible)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="initial learning rate (default 5e-3 bernoulli, 1e-3 gaussian)",
+    )
+    g.add_argument(
+        "--visible",
+        choices=("bernoulli", "gaussian"),
+        default=None,
+        help="visible units (default: bernoulli for spikes, gaussian for z-scored dF/F)",
+    )
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "numpy", "cupy"),
+        help="array backend (auto: CuPy when a GPU is visible)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    g.add_argument("--jobs", type=int, default=1,
-                   help="threads advancing the persistent chains on a CPU (1; the number of cores "
-                        "of a machine of your own is faster; part of the result like the seed)")
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="threads advancing the persistent chains on a CPU (1; the number of cores "
+        "of a machine of your own is faster; part of the result like the seed)",
+    )
     d = p.add_argument_group("data")
-    d.add_argument("--signal", choices=("spikes", "dff"), default="spikes",
-                   help="which activity to model (spikes)")
-    d.add_argument("--voxel-um", type=float, default=None,
-                   help="average neurons in voxels of this edge (um); default single neurons")
-    d.add_argument("--transform", choices=("auto", "binarize", "zscore", "none"), default="auto",
-                   help="auto (default): spikes as 0/1, dF/F z-scored; binarize: 0/1 at "
-                        "--threshold (e.g. --signal dff --transform binarize)")
-    d.add_argument("--threshold", type=float, default=0.5,
-                   help="binarisation threshold for --transform binarize (0.5)")
-    d.add_argument("--on-nonfinite", choices=("error", "drop"), default="error",
-                   help="NaN/inf in the activity: fail (default) or drop those neurons")
-    d.add_argument("--test-segments", default="2,6,7",
-                   help="held-out segments of 10, e.g. '2,6,7' (default), or 'percentile'")
-    d.add_argument("--synthetic-neurons", type=int, default=1000,
-                   help="N of the synthetic fish when DATA is 'synthetic' (1000)")
-    d.add_argument("--synthetic-frames", type=int, default=2000,
-                   help="T of the synthetic fish when DATA is 'synthetic' (2000)")
+    d.add_argument(
+        "--signal",
+        choices=("spikes", "dff"),
+        default="spikes",
+        help="which activity to model (spikes)",
+    )
+    d.add_argument(
+        "--voxel-um",
+        type=float,
+        default=None,
+        help="average neurons in voxels of this edge (um); default single neurons",
+    )
+    d.add_argument(
+        "--transform",
+        choices=("auto", "binarize", "zscore", "none"),
+        default="auto",
+        help="auto (default): spikes as 0/1, dF/F z-scored; binarize: 0/1 at "
+        "--threshold (e.g. --signal dff --transform binarize)",
+    )
+    d.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="binarisation threshold for --transform binarize (0.5)",
+    )
+    d.add_argument(
+        "--on-nonfinite",
+        choices=("error", "drop"),
+        default="error",
+        help="NaN/inf in the activity: fail (default) or drop those neurons",
+    )
+    d.add_argument(
+        "--test-segments",
+        default="2,6,7",
+        help="held-out segments of 10, e.g. '2,6,7' (default), or 'percentile'",
+    )
+    d.add_argument(
+        "--synthetic-neurons",
+        type=int,
+        default=1000,
+        help="N of the synthetic fish when DATA is 'synthetic' (1000)",
+    )
+    d.add_argument(
+        "--synthetic-frames",
+        type=int,
+        default=2000,
+        help="T of the synthetic fish when DATA is 'synthetic' (2000)",
+    )
     e = p.add_argument_group("evaluation and output")
-    e.add_argument("--eval-chains", type=int, default=300,
-                   help="independent model chains for the held-out evaluation (300)")
+    e.add_argument(
+        "--eval-chains",
+        type=int,
+        default=300,
+        help="independent model chains for the held-out evaluation (300)",
+    )
     e.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
-    e.add_argument("--checkpoint", metavar="CK.h5", default=None,
-                   help="save the training state here every 1000 updates (resume with --resume); "
-                        "an existing file is replaced only when it is a checkpoint of this fit "
-                        "(same settings and data) or with --force; never the input recording")
-    e.add_argument("--resume", metavar="CK.h5", default=None,
-                   help="continue a fit from a checkpoint written with the same settings on the "
-                        "same data")
-    e.add_argument("--force", action="store_true",
-                   help="overwrite MODEL.h5 (and a --checkpoint file that is not a checkpoint of "
-                        "this fit) if it exists")
+    e.add_argument(
+        "--checkpoint",
+        metavar="CK.h5",
+        default=None,
+        help="save the training state here every 1000 updates (resume with --resume); "
+        "an existing file is replaced only when it is a checkpoint of this fit "
+        "(same settings and data) or with --force; never the input recording",
+    )
+    e.add_argument(
+        "--resume",
+        metavar="CK.h5",
+        default=None,
+        help="continue a fit from a checkpoint written with the same settings on the same data",
+    )
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite MODEL.h5 (and a --checkpoint file that is not a checkpoint of "
+        "this fit) if it exists",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_train)
 
@@ -93,16 +167,19 @@ def _test_segments(text):
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"--test-segments {text!r}: give comma-separated segment indices "
-                          "(e.g. 2,6,7) or 'percentile'") from None
+        raise ConfigError(
+            f"--test-segments {text!r}: give comma-separated segment indices "
+            "(e.g. 2,6,7) or 'percentile'"
+        ) from None
 
 
 def _load(args):
     if args.data == SYNTHETIC:
         from raysearch.data.synthetic import make_synthetic_recording
 
-        rec, _ = make_synthetic_recording(n_neurons=args.synthetic_neurons,
-                                          n_frames=args.synthetic_frames, seed=args.seed)
+        rec, _ = make_synthetic_recording(
+            n_neurons=args.synthetic_neurons, n_frames=args.synthetic_frames, seed=args.seed
+        )
         return rec
     from raysearch.data.recordings import load_recording
 
@@ -127,8 +204,9 @@ def _check_output_path(path: Path, option: str) -> None:
             break
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"{option} {path}: {parent} is not a directory, so the file cannot be "
-                          "created there")
+        raise ConfigError(
+            f"{option} {path}: {parent} is not a directory, so the file cannot be created there"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: no permission to write in {parent}")
 
@@ -147,8 +225,9 @@ def _check_paths(args) -> None:
         raise InputError(f"{out}: already exists; pass --force to overwrite it")
     _check_output_path(out, "--out")
     if args.resume is not None and _same_file(out, Path(args.resume)):
-        raise ConfigError(f"--out {out} is the checkpoint given to --resume; choose another "
-                          "model file name")
+        raise ConfigError(
+            f"--out {out} is the checkpoint given to --resume; choose another model file name"
+        )
     if args.checkpoint is None:
         return
     from raysearch.crbm.io import is_checkpoint_file
@@ -157,15 +236,18 @@ def _check_paths(args) -> None:
     if ck.suffix.lower() not in (".h5", ".hdf5"):
         raise ConfigError(f"--checkpoint {ck}: the checkpoint file name must end in .h5 or .hdf5")
     if ck.resolve() == out.resolve() or _same_file(ck, out):
-        raise ConfigError(f"--checkpoint {ck} is the same file as --out; give them different "
-                          "names")
+        raise ConfigError(f"--checkpoint {ck} is the same file as --out; give them different names")
     if data is not None and _same_file(ck, data):
-        raise ConfigError(f"--checkpoint {ck} is the input recording; it would be overwritten. "
-                          "Choose another checkpoint file name")
+        raise ConfigError(
+            f"--checkpoint {ck} is the input recording; it would be overwritten. "
+            "Choose another checkpoint file name"
+        )
     _check_output_path(ck, "--checkpoint")
     if ck.exists() and not args.force and not is_checkpoint_file(ck):
-        raise InputError(f"--checkpoint {ck}: the file exists and is not a raysearch checkpoint; "
-                         "it would be overwritten. Choose another name or pass --force")
+        raise InputError(
+            f"--checkpoint {ck}: the file exists and is not a raysearch checkpoint; "
+            "it would be overwritten. Choose another name or pass --force"
+        )
 
 
 def _check_checkpoint_owner(args, model, ds) -> None:
@@ -179,15 +261,27 @@ def _check_checkpoint_owner(args, model, ds) -> None:
     from raysearch.crbm.io import data_fingerprint, read_checkpoint
 
     state = read_checkpoint(ck)
-    keys = ("n_hidden", "visible", "penalty", "lam", "n_updates", "batch_size", "n_gibbs",
-            "learning_rate", "seed", "n_jobs")
+    keys = (
+        "n_hidden",
+        "visible",
+        "penalty",
+        "lam",
+        "n_updates",
+        "batch_size",
+        "n_gibbs",
+        "learning_rate",
+        "seed",
+        "n_jobs",
+    )
     mine = model.get_params()
     same = all(state["settings"].get(k) == mine[k] for k in keys)
     fp = state.get("data_fingerprint")
     if not same or fp is None or fp != data_fingerprint(model._check_data(ds)):
-        raise InputError(f"--checkpoint {ck}: the file is a checkpoint of another fit (other "
-                         "settings or data) and would be overwritten; continue that fit with "
-                         "--resume, choose another name, or pass --force")
+        raise InputError(
+            f"--checkpoint {ck}: the file is a checkpoint of another fit (other "
+            "settings or data) and would be overwritten; continue that fit with "
+            "--resume, choose another name, or pass --force"
+        )
 
 
 def _check_args(args) -> None:
@@ -218,41 +312,87 @@ def _train(args) -> int:
     # settings and paths first, so a bad one fails before any data is read
     _check_paths(args)
     _check_args(args)
-    CRBM(n_hidden=args.hidden, visible=args.visible or "bernoulli", penalty=args.penalty,
-         lam=args.lam, n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
-         learning_rate=args.lr, seed=args.seed, backend=args.backend,
-         n_jobs=args.jobs)._check_settings()
+    CRBM(
+        n_hidden=args.hidden,
+        visible=args.visible or "bernoulli",
+        penalty=args.penalty,
+        lam=args.lam,
+        n_updates=args.updates,
+        batch_size=args.batch,
+        n_gibbs=args.gibbs,
+        learning_rate=args.lr,
+        seed=args.seed,
+        backend=args.backend,
+        n_jobs=args.jobs,
+    )._check_settings()
     rec = _load(args)
-    ds = preprocess(rec, signal=args.signal, voxel_um=args.voxel_um, visible=args.visible,
-                    transform=args.transform, threshold=args.threshold,
-                    test_segments=_test_segments(args.test_segments), seed=args.seed)
+    ds = preprocess(
+        rec,
+        signal=args.signal,
+        voxel_um=args.voxel_um,
+        visible=args.visible,
+        transform=args.transform,
+        threshold=args.threshold,
+        test_segments=_test_segments(args.test_segments),
+        seed=args.seed,
+    )
     check_trainable(ds)
-    model = CRBM(n_hidden=args.hidden, visible=ds.visible, penalty=args.penalty, lam=args.lam,
-                 n_updates=args.updates, batch_size=args.batch, n_gibbs=args.gibbs,
-                 learning_rate=args.lr, seed=args.seed, backend=args.backend, n_jobs=args.jobs)
+    model = CRBM(
+        n_hidden=args.hidden,
+        visible=ds.visible,
+        penalty=args.penalty,
+        lam=args.lam,
+        n_updates=args.updates,
+        batch_size=args.batch,
+        n_gibbs=args.gibbs,
+        learning_rate=args.lr,
+        seed=args.seed,
+        backend=args.backend,
+        n_jobs=args.jobs,
+    )
     if args.checkpoint:
         _check_checkpoint_owner(args, model, ds)
     every = max(1, min(100, args.updates // 100))
-    bar = tqdm(total=args.updates, unit="upd", file=sys.stderr, disable=args.quiet,
-               desc=f"cRBM N={ds.n_units} M={args.hidden} lam={args.lam:g}", dynamic_ncols=True)
+    bar = tqdm(
+        total=args.updates,
+        unit="upd",
+        file=sys.stderr,
+        disable=args.quiet,
+        desc=f"cRBM N={ds.n_units} M={args.hidden} lam={args.lam:g}",
+        dynamic_ncols=True,
+    )
 
     def progress(p):
         bar.update(p["updates"] - bar.n)
         bar.set_postfix(recon=f"{p['health']:.4f}", lr=f"{p['lr']:.1e}", refresh=False)
 
     try:
-        model.fit(ds, callback=progress, callback_every=every,
-                  checkpoint=(args.checkpoint, 1000) if args.checkpoint else None,
-                  resume_from=args.resume)
+        model.fit(
+            ds,
+            callback=progress,
+            callback_every=every,
+            checkpoint=(args.checkpoint, 1000) if args.checkpoint else None,
+            resume_from=args.resume,
+        )
     finally:
         bar.close()
-    result = {"model": str(out), "data": str(args.data), "n_units": int(ds.n_units),
-              "n_train": int(ds.n_train), "n_test": int(ds.n_test), "visible": ds.visible,
-              "n_hidden": args.hidden, "lam": args.lam, "penalty": args.penalty,
-              "seed": args.seed, "updates": model.n_updates_done_,
-              "seconds": round(model.fit_seconds_, 3), "diverged": bool(model.diverged_),
-              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
-              "backend": model._backend().name}
+    result = {
+        "model": str(out),
+        "data": str(args.data),
+        "n_units": int(ds.n_units),
+        "n_train": int(ds.n_train),
+        "n_test": int(ds.n_test),
+        "visible": ds.visible,
+        "n_hidden": args.hidden,
+        "lam": args.lam,
+        "penalty": args.penalty,
+        "seed": args.seed,
+        "updates": model.n_updates_done_,
+        "seconds": round(model.fit_seconds_, 3),
+        "diverged": bool(model.diverged_),
+        "diverged_reason": str(getattr(model, "diverged_reason_", "")),
+        "backend": model._backend().name,
+    }
     # the fit is saved before the evaluation, so a failing evaluation never loses it
     model.save(out, dataset=ds)
     if not args.no_eval:
@@ -271,7 +411,7 @@ def _train(args) -> int:
 
 def _jsonable(x):
     try:
-        return x.item()          # numpy scalars
+        return x.item()  # numpy scalars
     except AttributeError:
         return str(x)
 

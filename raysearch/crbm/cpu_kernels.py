@@ -50,8 +50,19 @@ from llvmlite import ir
 from numba import njit, types, uint64
 from numba.extending import intrinsic
 
-__all__ = ["bernoulli_draw", "csr_rows", "csr_matmul", "sparse_hidden_inputs", "bernoulli_step",
-           "rational_erfcx", "drelu_sample", "exp32", "log32", "ndtri32", "DENSE_ABOVE"]
+__all__ = [
+    "bernoulli_draw",
+    "csr_rows",
+    "csr_matmul",
+    "sparse_hidden_inputs",
+    "bernoulli_step",
+    "rational_erfcx",
+    "drelu_sample",
+    "exp32",
+    "log32",
+    "ndtri32",
+    "DENSE_ABOVE",
+]
 
 #: Above this fraction of non-zeros the BLAS product is used instead of the sparse kernels
 #: (crossover measured on a 2-core AVX-512 VM: the sparse product equals BLAS at about 10% ones
@@ -96,7 +107,7 @@ def bernoulli_draw(E, key, V, ptr, idx):
         raise ValueError("bernoulli_draw: idx needs B * N + 8 entries and ptr B + 1")
     g = uint64(_GOLDEN)
     n_words = (N + 7) // 8
-    ones = np.zeros(8 * n_words, np.uint8)   # this row's draws as bytes, read 8 at a time below
+    ones = np.zeros(8 * n_words, np.uint8)  # this row's draws as bytes, read 8 at a time below
     words = ones.view(np.uint64)
     k = 0
     ptr[0] = 0
@@ -104,13 +115,13 @@ def bernoulli_draw(E, key, V, ptr, idx):
         base = key + uint64(b) * uint64(N) * g
         e = E[b]
         v = V[b]
-        for n in range(N):                   # vectorises: hash, compare, two stores
+        for n in range(N):  # vectorises: hash, compare, two stores
             u = _mix(base + uint64(n + 1) * g) >> uint64(32)
             one = float(u) * (1.0 + float(e[n])) < _TWO32
             v[n] = np.float32(one)
             ones[n] = one
-        for j in range(n_words):             # compaction: skip 8 zeros at once (72% of words
-            if words[j] != 0:                # at 4% ones), branch-free inside a word
+        for j in range(n_words):  # compaction: skip 8 zeros at once (72% of words
+            if words[j] != 0:  # at 4% ones), branch-free inside a word
                 for n in range(8 * j, 8 * j + 8):
                     idx[k] = n
                     k += ones[n]
@@ -161,7 +172,7 @@ def csr_matmul(ptr, idx, val, WT, out):
         for m in range(M):
             o[m] = 0.0
         j, end = ptr[b], ptr[b + 1]
-        while j + 4 <= end:                  # four rows per pass: a quarter of the loads/stores of o
+        while j + 4 <= end:  # four rows per pass: a quarter of the loads/stores of o
             w0, w1, w2, w3 = WT[idx[j]], WT[idx[j + 1]], WT[idx[j + 2]], WT[idx[j + 3]]
             if val is None:
                 for m in range(M):
@@ -179,8 +190,8 @@ def csr_matmul(ptr, idx, val, WT, out):
             j += 1
 
 
-@njit(inline="always", error_model="numpy")   # numpy: x / 0 without a check, so loops over
-def _erfcx_rat(x, c, k, one, two):                # it vectorise (no transcendental function)
+@njit(inline="always", error_model="numpy")  # numpy: x / 0 without a check, so loops over
+def _erfcx_rat(x, c, k, one, two):  # it vectorise (no transcendental function)
     """P((x - k)/(x + k)) / (1 + 2x) by Horner, c a tuple of 13 coefficients of x's type; the
     array code's operations in its order (units._erfcx_nonneg)."""
     y = (x - k) / (x + k)
@@ -249,6 +260,7 @@ def _as_int32(typingctx, x):
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.IntType(32))
+
     return types.int32(types.float32), codegen
 
 
@@ -260,6 +272,7 @@ def _as_float32(typingctx, i):
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.FloatType())
+
     return types.float32(types.int32), codegen
 
 
@@ -283,7 +296,7 @@ def _exp32(x):
     k1 = np.int32(ki >> 1)
     k2 = np.int32(ki - k1)
     y = p * _as_float32(np.int32((k1 + 127) << 23)) * _as_float32(np.int32((k2 + 127) << 23))
-    return y if x == x else x                       # NaN stays NaN
+    return y if x == x else x  # NaN stays NaN
 
 
 @njit(inline="always", error_model="numpy")
@@ -310,25 +323,54 @@ def _log32(x):
     y = ef * _F(0.693359375) + (ef * _F(-2.1219444005469057e-4) + (s2 + s2 * (z * q)))
     y = _F(-np.inf) if x == _F(0.0) else y
     y = _F(np.inf) if x == _F(np.inf) else y
-    return y if x >= _F(0.0) else _F(np.nan)        # negative or NaN: NaN
+    return y if x >= _F(0.0) else _F(np.nan)  # negative or NaN: NaN
 
 
 # Chebyshev coefficients of the three pieces of ndtri32, from ``python bench/fit_ndtri.py``
 # (least-squares fits against scipy.special.ndtri; its docstring says how).
-_NDTRI_CENTRAL = (2.873473539227902, 0.42495236874574527, 0.06986317633479447,
-                  0.014427118125591084, 0.0033201004870140514, 0.00081380657611952,
-                  0.0002078684075381659, 5.465725366695836e-05, 1.4683873474056053e-05,
-                  4.010738977430938e-06, 1.1099824257047145e-06, 3.104897729781138e-07,
-                  8.76239951138134e-08)
-_NDTRI_TAIL1 = (0.794264745190562, 0.12755425151272234, -0.03168366701682764,
-                0.007228376947795108, -0.0015783437432006088, 0.0003357564395973833,
-                -7.022548669438324e-05, 1.4518309631269704e-05, -2.976598393885304e-06,
-                6.065193503053087e-07, -1.2300622005633374e-07)
-_NDTRI_TAIL2 = (0.9539705102652597, 0.038895216355066306, -0.013203958363497479,
-                0.0041041829768649245, -0.001216878037537185, 0.0003504207637153441,
-                -9.893999019995073e-05, 2.754346839385924e-05, -7.587110032847613e-06,
-                2.0729559227785917e-06, -5.627276047578163e-07, 1.519643135787685e-07,
-                -4.086275269439268e-08)
+_NDTRI_CENTRAL = (
+    2.873473539227902,
+    0.42495236874574527,
+    0.06986317633479447,
+    0.014427118125591084,
+    0.0033201004870140514,
+    0.00081380657611952,
+    0.0002078684075381659,
+    5.465725366695836e-05,
+    1.4683873474056053e-05,
+    4.010738977430938e-06,
+    1.1099824257047145e-06,
+    3.104897729781138e-07,
+    8.76239951138134e-08,
+)
+_NDTRI_TAIL1 = (
+    0.794264745190562,
+    0.12755425151272234,
+    -0.03168366701682764,
+    0.007228376947795108,
+    -0.0015783437432006088,
+    0.0003357564395973833,
+    -7.022548669438324e-05,
+    1.4518309631269704e-05,
+    -2.976598393885304e-06,
+    6.065193503053087e-07,
+    -1.2300622005633374e-07,
+)
+_NDTRI_TAIL2 = (
+    0.9539705102652597,
+    0.038895216355066306,
+    -0.013203958363497479,
+    0.0041041829768649245,
+    -0.001216878037537185,
+    0.0003504207637153441,
+    -9.893999019995073e-05,
+    2.754346839385924e-05,
+    -7.587110032847613e-06,
+    2.0729559227785917e-06,
+    -5.627276047578163e-07,
+    1.519643135787685e-07,
+    -4.086275269439268e-08,
+)
 _NC = tuple(_F(c) for c in _NDTRI_CENTRAL)
 _NT1 = tuple(_F(c) for c in _NDTRI_TAIL1)
 _NT2 = tuple(_F(c) for c in _NDTRI_TAIL2)
@@ -401,7 +443,7 @@ def ndtri32(p):
 _SQRT_HALF = _F(0.7071067811865476)
 _LOG_SQRT_HALF_PI = _F(0.5 * math.log(math.pi / 2.0))
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_TWO_M24 = _F(2.0 ** -24)
+_TWO_M24 = _F(2.0**-24)
 
 
 @njit(inline="always", error_model="numpy")
@@ -440,9 +482,12 @@ def _drelu_draw(I, sgp, sgm, tp, tm, lsr, key1, key2, c, k, x_newton, out, xs):
             d = lp - lm + lsr[m]
             pos = _uniform24(key1, i) < _F(1.0) / (_F(1.0) + _exp32(-d))
             x = x_p if pos else x_m
-            sf = _F(0.5) * (t_p if pos else t_m) * (_F(1.0) if x < _F(0.0) else
-                                                    (q_p if pos else q_m))
-            u = _F(1.0) - _uniform24(key2, i)       # (0, 1]
+            sf = (
+                _F(0.5)
+                * (t_p if pos else t_m)
+                * (_F(1.0) if x < _F(0.0) else (q_p if pos else q_m))
+            )
+            u = _F(1.0) - _uniform24(key2, i)  # (0, 1]
             e = max(-_ndtri32(sf * u) - x, _F(0.0))
             e = _F(np.inf) if x >= x_newton else e
             o[m] = e / sgp[m] if pos else -e / sgm[m]
@@ -501,10 +546,32 @@ def drelu_sample(I, gp, gm, tp, tm, key1, key2, erfcx_coef, erfcx_k, x_newton, n
     out = np.empty_like(I)
     xs = np.empty_like(I)
     c = tuple(_F(v) for v in erfcx_coef)
-    _drelu_draw(I, sgp, sgm, tp, tm, lsr, np.uint64(key1), np.uint64(key2), c, _F(erfcx_k),
-                _F(x_newton), out, xs)
-    _drelu_tail(sgp, sgm, np.uint64(key2), tuple(float(v) for v in erfcx_coef), float(erfcx_k),
-                float(x_newton), int(newton_steps), out, xs)
+    _drelu_draw(
+        I,
+        sgp,
+        sgm,
+        tp,
+        tm,
+        lsr,
+        np.uint64(key1),
+        np.uint64(key2),
+        c,
+        _F(erfcx_k),
+        _F(x_newton),
+        out,
+        xs,
+    )
+    _drelu_tail(
+        sgp,
+        sgm,
+        np.uint64(key2),
+        tuple(float(v) for v in erfcx_coef),
+        float(erfcx_k),
+        float(x_newton),
+        int(newton_steps),
+        out,
+        xs,
+    )
     return out
 
 
@@ -519,8 +586,11 @@ def _workspace(n_rows: int, size: int, with_values: bool):
     (fresh large allocations would page-fault on every Gibbs step)."""
     ws = getattr(_local, "ws", None)
     if ws is None or ws[0].shape[0] < n_rows + 1 or ws[1].shape[0] < size + 8:
-        ws = (np.empty(n_rows + 1, np.int64), np.empty(size + 8, np.int32),
-              np.empty(size + 8, np.float32))
+        ws = (
+            np.empty(n_rows + 1, np.int64),
+            np.empty(size + 8, np.int32),
+            np.empty(size + 8, np.float32),
+        )
         _local.ws = ws
     return ws if with_values else ws[:2]
 
@@ -556,9 +626,9 @@ def bernoulli_step(I, g, WT, key):
     V : (B, N) float32 0/1, hidden_inputs : (B, M) float32
     """
     B, N = I.shape
-    E = np.subtract(-g, I, out=I)                        # -(g + I)
+    E = np.subtract(-g, I, out=I)  # -(g + I)
     with np.errstate(over="ignore"):
-        np.exp(E, out=E)                                 # NumPy's SIMD exp
+        np.exp(E, out=E)  # NumPy's SIMD exp
     V = np.empty((B, N), np.float32)
     ptr, idx = _workspace(B, B * N, False)
     nnz = bernoulli_draw(E, np.uint64(key), V, ptr, idx)

@@ -17,8 +17,12 @@ VISIBLE_TYPES = ("bernoulli", "gaussian")
 PENALTIES = ("l1", "l2l1")
 DEFAULT_LR = {"bernoulli": 5e-3, "gaussian": 1e-3}
 PARAM_ATTRS = {  # training-state key -> fitted attribute
-    "weights": "weights_", "fields": "fields_", "gamma_plus": "gamma_plus_",
-    "gamma_minus": "gamma_minus_", "theta_plus": "theta_plus_", "theta_minus": "theta_minus_",
+    "weights": "weights_",
+    "fields": "fields_",
+    "gamma_plus": "gamma_plus_",
+    "gamma_minus": "gamma_minus_",
+    "theta_plus": "theta_plus_",
+    "theta_minus": "theta_minus_",
     "visible_gamma": "gamma_",
 }
 
@@ -32,13 +36,14 @@ def _is_real(x):
 
 
 def _unstable_reason(params, bk):
-    """"unstable: ..." when the training-state parameters of a gaussian cRBM are not normalisable
+    """ "unstable: ..." when the training-state parameters of a gaussian cRBM are not normalisable
     (:func:`raysearch.stability.check_stability`; one M x M eigenproblem, plus a witness search
     of O(M^2) steps when the eigenvalue bound fails), else "". Called at K-update boundaries."""
     from raysearch.stability import check_stability
 
-    v = check_stability(*(bk.to_numpy(params[k]) for k in
-                          ("weights", "visible_gamma", "gamma_plus", "gamma_minus")))
+    v = check_stability(
+        *(bk.to_numpy(params[k]) for k in ("weights", "visible_gamma", "gamma_plus", "gamma_minus"))
+    )
     return f"unstable: {v.reason}" if v.verdict == "unstable" else ""
 
 
@@ -101,10 +106,25 @@ class CRBM(BaseEstimator):
     n_visible_, n_hidden_ : int
     """
 
-    def __init__(self, n_hidden=50, visible="bernoulli", penalty="l2l1", lam=0.05, n_updates=2000,
-                 batch_size=100, n_chains=None, n_gibbs=15, learning_rate=None,
-                 lr_final_ratio=0.01, decay_after=0.5, beta2=0.999, epsilon=1e-6, seed=0,
-                 backend="auto", n_jobs=1):
+    def __init__(
+        self,
+        n_hidden=50,
+        visible="bernoulli",
+        penalty="l2l1",
+        lam=0.05,
+        n_updates=2000,
+        batch_size=100,
+        n_chains=None,
+        n_gibbs=15,
+        learning_rate=None,
+        lr_final_ratio=0.01,
+        decay_after=0.5,
+        beta2=0.999,
+        epsilon=1e-6,
+        seed=0,
+        backend="auto",
+        n_jobs=1,
+    ):
         self.n_hidden = n_hidden
         self.visible = visible
         self.penalty = penalty
@@ -143,8 +163,9 @@ class CRBM(BaseEstimator):
             bad("n_chains", "the number of chains must be an integer >= 1 (or None = batch_size)")
         if not _is_int(self.n_gibbs) or self.n_gibbs < 1:
             bad("n_gibbs", "the number of Gibbs steps per update must be an integer >= 1")
-        if self.learning_rate is not None and (not _is_real(self.learning_rate)
-                                               or self.learning_rate <= 0):
+        if self.learning_rate is not None and (
+            not _is_real(self.learning_rate) or self.learning_rate <= 0
+        ):
             bad("learning_rate", "the learning rate must be a number > 0 (or None for the default)")
         if not _is_real(self.lr_final_ratio) or not 0 < self.lr_final_ratio <= 1:
             bad("lr_final_ratio", "it must be in (0, 1]")
@@ -169,34 +190,50 @@ class CRBM(BaseEstimator):
             if X.visible != self.visible:
                 raise ConfigError(
                     f"the dataset has {X.visible!r} visible units but CRBM(visible={self.visible!r}); "
-                    f"set visible={X.visible!r} or preprocess with visible={self.visible!r}")
+                    f"set visible={X.visible!r} or preprocess with visible={self.visible!r}"
+                )
             X = X.train
         try:
             X = np.asarray(X, dtype=np.float32)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"training data must be a Dataset or a numeric (T, N) array: {exc}")
+            raise InputError(
+                f"training data must be a Dataset or a numeric (T, N) array: {exc}"
+            ) from exc
         if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-            raise InputError(f"training data must be a non-empty 2-D (frames, units) array; "
-                             f"got shape {X.shape}")
+            raise InputError(
+                f"training data must be a non-empty 2-D (frames, units) array; got shape {X.shape}"
+            )
         if not np.all(np.isfinite(X)):
             raise InputError("training data contains NaN or inf; clean or drop those frames/units")
         if self.visible == "bernoulli" and not np.all((X == 0) | (X == 1)):
-            raise InputError("bernoulli visible units need 0/1 data but the training data has other "
-                             "values; binarise it (preprocess signal='spikes') or use "
-                             "visible='gaussian'")
+            raise InputError(
+                "bernoulli visible units need 0/1 data but the training data has other "
+                "values; binarise it (preprocess signal='spikes') or use "
+                "visible='gaussian'"
+            )
         if self.batch_size > X.shape[0]:
-            raise ConfigError(f"CRBM setting batch_size={self.batch_size} is larger than the "
-                              f"{X.shape[0]} training frames; use batch_size <= {X.shape[0]}")
+            raise ConfigError(
+                f"CRBM setting batch_size={self.batch_size} is larger than the "
+                f"{X.shape[0]} training frames; use batch_size <= {X.shape[0]}"
+            )
         return np.ascontiguousarray(X)
 
     def _config(self):
         lr = self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.visible]
         return training.TrainConfig(
-            visible=self.visible, penalty=self.penalty, lam=float(self.lam),
-            n_gibbs=int(self.n_gibbs), learning_rate=float(lr), n_updates=int(self.n_updates),
-            lr_final_ratio=float(self.lr_final_ratio), decay_after=float(self.decay_after),
-            beta2=float(self.beta2), epsilon=float(self.epsilon), seed=int(self.seed),
-            n_groups=int(self.n_jobs))
+            visible=self.visible,
+            penalty=self.penalty,
+            lam=float(self.lam),
+            n_gibbs=int(self.n_gibbs),
+            learning_rate=float(lr),
+            n_updates=int(self.n_updates),
+            lr_final_ratio=float(self.lr_final_ratio),
+            decay_after=float(self.decay_after),
+            beta2=float(self.beta2),
+            epsilon=float(self.epsilon),
+            seed=int(self.seed),
+            n_groups=int(self.n_jobs),
+        )
 
     def _backend(self):
         from raysearch.backend import get_backend
@@ -270,12 +307,15 @@ class CRBM(BaseEstimator):
             start = 0
 
         params = {k: bk.asarray(v) for k, v in params_h.items()}
-        moments = ({k: bk.asarray(v) for k, v in moments_h.items()} if moments_h is not None
-                   else training.init_moments(params, bk))
+        moments = (
+            {k: bk.asarray(v) for k, v in moments_h.items()}
+            if moments_h is not None
+            else training.init_moments(params, bk)
+        )
         chains = bk.asarray(chains_h)
         mdata = {k: bk.asarray(v) for k, v in mom_host.items()}
         Xd = bk.asarray(Xh)
-        health_batch = Xd[:min(100, T)]
+        health_batch = Xd[: min(100, T)]
 
         self.n_visible_, self.n_hidden_ = N, int(self.n_hidden)
         self.diverged_ = False
@@ -296,16 +336,22 @@ class CRBM(BaseEstimator):
 
                 executor = stack.enter_context(ThreadPoolExecutor(self.n_jobs))
                 stack.enter_context(threadpool_limits(1))
-            for u, batch in training.minibatches(Xd, start, cfg.n_updates, self.batch_size,
-                                                 self.seed, bk):
+            for u, batch in training.minibatches(
+                Xd, start, cfg.n_updates, self.batch_size, self.seed, bk
+            ):
                 params, moments, chains = training.pcd_update(
-                    params, moments, chains, batch, mdata, u, cfg, bk, executor)
+                    params, moments, chains, batch, mdata, u, cfg, bk, executor
+                )
                 update = u + 1
                 if update % callback_every and update < cfg.n_updates:
                     continue
                 # boundary: the only place with host synchronisation
-                self._state = {"params": params, "moments": moments, "chains": chains,
-                               "update": update}
+                self._state = {
+                    "params": params,
+                    "moments": moments,
+                    "chains": chains,
+                    "update": update,
+                }
                 finite = bool(bk.to_numpy(training.params_finite(params, bk)))
                 stop = False
                 if not finite:
@@ -318,15 +364,26 @@ class CRBM(BaseEstimator):
                         self.diverged_, self.diverged_reason_ = True, why
                         stop = True
                 if callback is not None:
-                    health = float(bk.to_numpy(training.reconstruction_error(
-                        params, health_batch, self.visible, bk)))
+                    health = float(
+                        bk.to_numpy(
+                            training.reconstruction_error(params, health_batch, self.visible, bk)
+                        )
+                    )
                     progress = {
-                        "updates": update, "n_updates": cfg.n_updates,
-                        "seconds": time.perf_counter() - t0, "health": health,
+                        "updates": update,
+                        "n_updates": cfg.n_updates,
+                        "seconds": time.perf_counter() - t0,
+                        "health": health,
                         "mean_abs_w": float(bk.to_numpy(xp.abs(params["weights"]).mean())),
-                        "lr": training.learning_rate(update - 1, cfg.n_updates, cfg.learning_rate,
-                                                     cfg.lr_final_ratio, cfg.decay_after),
-                        "diverged": self.diverged_, "diverged_reason": self.diverged_reason_,
+                        "lr": training.learning_rate(
+                            update - 1,
+                            cfg.n_updates,
+                            cfg.learning_rate,
+                            cfg.lr_final_ratio,
+                            cfg.decay_after,
+                        ),
+                        "diverged": self.diverged_,
+                        "diverged_reason": self.diverged_reason_,
                     }
                     if callback(progress) == "stop":
                         stop = True
@@ -337,8 +394,7 @@ class CRBM(BaseEstimator):
                         self.save_checkpoint(ck_path)
                 if stop:
                     break
-            self._state = {"params": params, "moments": moments, "chains": chains,
-                           "update": update}
+            self._state = {"params": params, "moments": moments, "chains": chains, "update": update}
             self._set_fitted(params, Xd, bk, update, self.diverged_)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -355,7 +411,8 @@ class CRBM(BaseEstimator):
         self.n_visible_, self.n_hidden_ = int(self.weights_.shape[1]), int(self.weights_.shape[0])
         self.n_updates_done_ = int(update)
         self.diverged_ = bool(diverged) or not all(
-            np.all(np.isfinite(getattr(self, PARAM_ATTRS[k]))) for k in final)
+            np.all(np.isfinite(getattr(self, PARAM_ATTRS[k]))) for k in final
+        )
         if self.diverged_ and not getattr(self, "diverged_reason_", ""):
             self.diverged_reason_ = "non-finite parameters"
 
@@ -383,52 +440,81 @@ class CRBM(BaseEstimator):
 
         state = getattr(self, "_state", None)
         if state is None:
-            raise ConfigError("snapshot: this CRBM has no training state yet; call it during fit "
-                              "(in a callback) or after fit")
+            raise ConfigError(
+                "snapshot: this CRBM has no training state yet; call it during fit "
+                "(in a callback) or after fit"
+            )
         bk = self._backend()
         if X is None:
             Xd = getattr(self, "_fit_frames", None)
             if Xd is None:
-                raise ConfigError("snapshot: pass the training frames X; outside fit the model "
-                                  "does not keep them")
+                raise ConfigError(
+                    "snapshot: pass the training frames X; outside fit the model does not keep them"
+                )
         else:
             Xh = self._check_data(X)
             if Xh.shape[1] != state["params"]["weights"].shape[1]:
-                raise InputError(f"snapshot: X has {Xh.shape[1]} neurons, the model "
-                                 f"{state['params']['weights'].shape[1]}")
+                raise InputError(
+                    f"snapshot: X has {Xh.shape[1]} neurons, the model "
+                    f"{state['params']['weights'].shape[1]}"
+                )
             Xd = bk.asarray(Xh)
         snap = clone(self)
         snap.diverged_reason_ = getattr(self, "diverged_reason_", "")
-        snap._set_fitted(state["params"], Xd, bk, state["update"],
-                         getattr(self, "diverged_", False))
+        snap._set_fitted(
+            state["params"], Xd, bk, state["update"], getattr(self, "diverged_", False)
+        )
         return snap
 
     def _check_resume(self, state, n_visible, path="the checkpoint"):
         s = state["settings"]
         mine = self.get_params()
-        keys = ("n_hidden", "visible", "penalty", "lam", "n_updates", "batch_size", "n_chains",
-                "n_gibbs", "learning_rate", "lr_final_ratio", "decay_after", "beta2", "epsilon",
-                "seed", "n_jobs")
+        keys = (
+            "n_hidden",
+            "visible",
+            "penalty",
+            "lam",
+            "n_updates",
+            "batch_size",
+            "n_chains",
+            "n_gibbs",
+            "learning_rate",
+            "lr_final_ratio",
+            "decay_after",
+            "beta2",
+            "epsilon",
+            "seed",
+            "n_jobs",
+        )
         diff = [k for k in keys if s.get(k, 1 if k == "n_jobs" else None) != mine[k]]
         if diff:
-            raise ConfigError("cannot resume: the checkpoint was written with other settings ("
-                              + ", ".join(f"{k}={s.get(k)!r} vs {mine[k]!r}" for k in diff) + ")")
+            raise ConfigError(
+                "cannot resume: the checkpoint was written with other settings ("
+                + ", ".join(f"{k}={s.get(k)!r} vs {mine[k]!r}" for k in diff)
+                + ")"
+            )
         if state["params"]["weights"].shape[1] != n_visible:
-            raise InputError(f"cannot resume: the checkpoint has "
-                             f"{state['params']['weights'].shape[1]} visible units, the data "
-                             f"{n_visible}")
+            raise InputError(
+                f"cannot resume: the checkpoint has "
+                f"{state['params']['weights'].shape[1]} visible units, the data "
+                f"{n_visible}"
+            )
         saved, mine_fp = state.get("data_fingerprint"), getattr(self, "_data_fingerprint", None)
         if saved is None:
             import logging
 
             logging.getLogger(__name__).warning(
                 "%s records no fingerprint of its training data (written by an older version); "
-                "cannot check that it was fitted on the same data", path)
+                "cannot check that it was fitted on the same data",
+                path,
+            )
         elif mine_fp is not None and saved != mine_fp:
-            raise InputError(f"cannot resume from {path}: it was written while fitting other "
-                             "training data (same settings and number of units, but another "
-                             "recording, preprocessing or split); resume on the data it was "
-                             "fitted on, or start a new fit without resuming")
+            raise InputError(
+                f"cannot resume from {path}: it was written while fitting other "
+                "training data (same settings and number of units, but another "
+                "recording, preprocessing or split); resume on the data it was "
+                "fitted on, or start a new fit without resuming"
+            )
 
     # ---------------------------------------------------------------- state files
     def save_checkpoint(self, path):
@@ -440,12 +526,17 @@ class CRBM(BaseEstimator):
             raise ConfigError("no training state to checkpoint: call fit first")
         bk = self._backend()
         st = self._state
-        write_checkpoint(path, {
-            "params": {k: bk.to_numpy(v) for k, v in st["params"].items()},
-            "moments": {k: bk.to_numpy(v) for k, v in st["moments"].items()},
-            "chains": bk.to_numpy(st["chains"]), "update": int(st["update"]),
-            "settings": self.get_params(),
-            "data_fingerprint": getattr(self, "_data_fingerprint", None)})
+        write_checkpoint(
+            path,
+            {
+                "params": {k: bk.to_numpy(v) for k, v in st["params"].items()},
+                "moments": {k: bk.to_numpy(v) for k, v in st["moments"].items()},
+                "chains": bk.to_numpy(st["chains"]),
+                "update": int(st["update"]),
+                "settings": self.get_params(),
+                "data_fingerprint": getattr(self, "_data_fingerprint", None),
+            },
+        )
         return path
 
     def save(self, path, dataset=None):
@@ -468,8 +559,7 @@ class CRBM(BaseEstimator):
 
     def _params(self, bk):
         self._check_fitted()
-        return {k: bk.asarray(getattr(self, a)) for k, a in PARAM_ATTRS.items()
-                if hasattr(self, a)}
+        return {k: bk.asarray(getattr(self, a)) for k, a in PARAM_ATTRS.items() if hasattr(self, a)}
 
     def _as_visible(self, V):
         V = np.asarray(V, dtype=np.float32)
@@ -501,8 +591,9 @@ class CRBM(BaseEstimator):
         self._check_fitted()
         bk = self._backend()
         p = self._params(bk)
-        return bk.to_numpy(training.sample_hiddens(p, bk.asarray(self._as_visible(V)), bk,
-                                                   self._rng(bk, rng)))
+        return bk.to_numpy(
+            training.sample_hiddens(p, bk.asarray(self._as_visible(V)), bk, self._rng(bk, rng))
+        )
 
     def sample_visibles(self, H, rng=None):
         """One draw of v | h per row of H (T, M), (T, N)."""
@@ -517,13 +608,25 @@ class CRBM(BaseEstimator):
         self._check_fitted()
         bk = self._backend()
         p = self._params(bk)
-        return bk.to_numpy(training.gibbs(p, bk.asarray(self._as_visible(V)), n_steps,
-                                          self.visible, bk, self._rng(bk, rng)))
+        return bk.to_numpy(
+            training.gibbs(
+                p, bk.asarray(self._as_visible(V)), n_steps, self.visible, bk, self._rng(bk, rng)
+            )
+        )
 
     def free_energy(self, V):
         """F(v) = -log P(v) - log Z for every row of V, (T,)."""
         bk = self._backend()
         p = self._params(bk)
         V = bk.asarray(self._as_visible(V))
-        return bk.to_numpy(units.free_energy(V, p["weights"], p["fields"], training._hidden(p),
-                                             self.visible, bk, gamma=p.get("visible_gamma")))
+        return bk.to_numpy(
+            units.free_energy(
+                V,
+                p["weights"],
+                p["fields"],
+                training._hidden(p),
+                self.visible,
+                bk,
+                gamma=p.get("visible_gamma"),
+            )
+        )

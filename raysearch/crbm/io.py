@@ -44,9 +44,16 @@ MODEL_FORMAT = "raysearch-crbm"
 CHECKPOINT_FORMAT = "raysearch-crbm-checkpoint"
 FORMAT_VERSION = 1
 HIDDEN = ("gamma_plus", "gamma_minus", "theta_plus", "theta_minus")
-_ATTR = {"weights": "weights_", "fields": "fields_", "gamma_plus": "gamma_plus_",
-         "gamma_minus": "gamma_minus_", "theta_plus": "theta_plus_",
-         "theta_minus": "theta_minus_", "hidden_var": "hidden_var_", "visible_gamma": "gamma_"}
+_ATTR = {
+    "weights": "weights_",
+    "fields": "fields_",
+    "gamma_plus": "gamma_plus_",
+    "gamma_minus": "gamma_minus_",
+    "theta_plus": "theta_plus_",
+    "theta_minus": "theta_minus_",
+    "hidden_var": "hidden_var_",
+    "visible_gamma": "gamma_",
+}
 
 
 def _version():
@@ -101,8 +108,10 @@ def save_model(model, path, dataset=None):
     settings = model.get_params()
     N = model.weights_.shape[1]
     if dataset is not None and np.asarray(dataset.coords).shape[0] != N:
-        raise InputError(f"the dataset has {np.asarray(dataset.coords).shape[0]} units but the "
-                         f"model {N} visible units; pass the dataset the model was fitted on")
+        raise InputError(
+            f"the dataset has {np.asarray(dataset.coords).shape[0]} units but the "
+            f"model {N} visible units; pass the dataset the model was fitted on"
+        )
 
     def write(f):
         for name, attr in _ATTR.items():
@@ -133,8 +142,10 @@ def save_model(model, path, dataset=None):
 
 
 def _what(fmt):
-    return {MODEL_FORMAT: "raysearch model file",
-            CHECKPOINT_FORMAT: "raysearch checkpoint file"}.get(fmt, f"{fmt} file")
+    return {
+        MODEL_FORMAT: "raysearch model file",
+        CHECKPOINT_FORMAT: "raysearch checkpoint file",
+    }.get(fmt, f"{fmt} file")
 
 
 def _open(path, expected):
@@ -147,8 +158,9 @@ def _open(path, expected):
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: cannot be opened as HDF5, the file may be truncated or "
-                         f"corrupt ({exc})") from None
+        raise InputError(
+            f"{path}: cannot be opened as HDF5, the file may be truncated or corrupt ({exc})"
+        ) from None
     try:
         fmt = f.attrs.get("format")
     except Exception:  # noqa: BLE001 - a damaged attribute heap; reported below
@@ -157,8 +169,10 @@ def _open(path, expected):
         fmt = fmt.decode()
     if fmt != expected:
         f.close()
-        raise InputError(f"{path} is an HDF5 file but not a {_what(expected)} "
-                         f"(attribute format={fmt!r}, expected {expected!r})")
+        raise InputError(
+            f"{path} is an HDF5 file but not a {_what(expected)} "
+            f"(attribute format={fmt!r}, expected {expected!r})"
+        )
     return f
 
 
@@ -170,8 +184,10 @@ def _reading(path):
     except RaysearchError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path}: reading failed, the file may be truncated or corrupt "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_model(path, cls=None):
@@ -222,9 +238,12 @@ def load_units(path):
         if "units" not in f:
             return None
         g = f["units"]
-        return {"coords": np.asarray(g["coords"]), "unit_region": np.asarray(g["unit_region"]),
-                "n_neurons": np.asarray(g["n_neurons"]),
-                "region_names": json.loads(g.attrs["region_names"])}
+        return {
+            "coords": np.asarray(g["coords"]),
+            "unit_region": np.asarray(g["unit_region"]),
+            "n_neurons": np.asarray(g["n_neurons"]),
+            "region_names": json.loads(g.attrs["region_names"]),
+        }
 
 
 def data_fingerprint(X) -> str:
@@ -251,7 +270,7 @@ def data_fingerprint(X) -> str:
     flat = memoryview(a.reshape(-1).view(np.uint8))
     step = 1 << 24
     for i in range(0, len(flat), step):
-        h.update(flat[i:i + step])
+        h.update(flat[i : i + step])
     return f"sha256:{h.hexdigest()}"
 
 

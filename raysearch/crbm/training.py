@@ -145,6 +145,7 @@ class TrainConfig:
 # schedule, initialisation
 # --------------------------------------------------------------------------------------------
 
+
 def learning_rate(update, n_updates, lr0, lr_final_ratio=0.01, decay_after=0.5):
     """Learning rate used by update number ``update`` (0-based).
 
@@ -199,7 +200,7 @@ def init_params(moments, n_hidden, visible, seed):
         eps = 1e-6
         params["fields"] = np.log((mean + eps) / (1.0 - mean + eps)).astype(np.float32)
     else:
-        var = np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean ** 2, 1e-4)
+        var = np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean**2, 1e-4)
         params["visible_gamma"] = (1.0 / var).astype(np.float32)
         params["fields"] = (mean / var).astype(np.float32)
     params["gamma_plus"] = np.ones(n_hidden, np.float32)
@@ -216,7 +217,7 @@ def init_chains(moments, n_chains, visible, seed):
     rng = np.random.default_rng([int(seed), STREAM_INIT, 1])
     if visible == "bernoulli":
         return (rng.random((n_chains, mean.shape[0])) < mean).astype(np.float32)
-    std = np.sqrt(np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean ** 2, 1e-4))
+    std = np.sqrt(np.maximum(np.asarray(moments["sq_mean"], dtype=np.float64) - mean**2, 1e-4))
     return (mean + std * rng.standard_normal((n_chains, mean.shape[0]))).astype(np.float32)
 
 
@@ -239,7 +240,7 @@ def batch_indices(update, n_frames, batch_size, seed):
     """
     per_epoch = n_frames // batch_size
     epoch, k = divmod(int(update), per_epoch)
-    return epoch_permutation(epoch, n_frames, seed)[k * batch_size:(k + 1) * batch_size]
+    return epoch_permutation(epoch, n_frames, seed)[k * batch_size : (k + 1) * batch_size]
 
 
 def minibatches(Xd, start, stop, batch_size, seed, bk):
@@ -254,12 +255,13 @@ def minibatches(Xd, start, stop, batch_size, seed, bk):
         if epoch != cur:
             perm = bk.asarray(epoch_permutation(epoch, T, seed), dtype=np.int64)
             cur = epoch
-        yield update, Xd[perm[k * batch_size:(k + 1) * batch_size]]
+        yield update, Xd[perm[k * batch_size : (k + 1) * batch_size]]
 
 
 # --------------------------------------------------------------------------------------------
 # conditionals and sampling
 # --------------------------------------------------------------------------------------------
+
 
 def hidden_inputs(params, V):
     """I_mu(v) = sum_i w_{mu i} v_i for every row of V: (B, N) -> (B, M)."""
@@ -352,15 +354,29 @@ def advance_chains(params, chains, update, cfg, bk, executor=None, WT=None):
     if WT is None:
         WT = weights_t(params, bk)
     if G <= 1:
-        return gibbs(params, chains, cfg.n_gibbs, cfg.visible, bk,
-                     bk.rng(cfg.seed, STREAM_GIBBS, int(update)), WT)
+        return gibbs(
+            params,
+            chains,
+            cfg.n_gibbs,
+            cfg.visible,
+            bk,
+            bk.rng(cfg.seed, STREAM_GIBBS, int(update)),
+            WT,
+        )
     C = chains.shape[0]
     bounds = [(g * C // G, (g + 1) * C // G) for g in range(G)]
 
     def run(g):
         a, b = bounds[g]
-        return gibbs(params, chains[a:b], cfg.n_gibbs, cfg.visible, bk,
-                     bk.rng(cfg.seed, STREAM_GIBBS, int(update), g), WT)
+        return gibbs(
+            params,
+            chains[a:b],
+            cfg.n_gibbs,
+            cfg.visible,
+            bk,
+            bk.rng(cfg.seed, STREAM_GIBBS, int(update), g),
+            WT,
+        )
 
     parts = list(executor.map(run, range(G)) if executor is not None else map(run, range(G)))
     return bk.xp.concatenate(parts, axis=0)
@@ -369,6 +385,7 @@ def advance_chains(params, chains, update, cfg, bk, executor=None, WT=None):
 # --------------------------------------------------------------------------------------------
 # gradients
 # --------------------------------------------------------------------------------------------
+
 
 def penalty_gradient(W, penalty, lam, bk):
     """Gradient of the penalty R(W) with respect to W (M, N).
@@ -435,8 +452,18 @@ def _matmul_rows(A, B, n_blocks, bk, executor=None, product=None):
     return out
 
 
-def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=None,
-              penalise=True, neg_weights=None):
+def gradients(
+    params,
+    V_pos,
+    V_neg,
+    moments_data,
+    cfg,
+    bk,
+    WT=None,
+    executor=None,
+    penalise=True,
+    neg_weights=None,
+):
     """Log-likelihood ascent direction for every parameter (unclipped), and Var(h) on the data.
 
     Parameters
@@ -486,8 +513,11 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=Non
         WT = weights_t(params, bk)
     G = cfg.n_groups
     K = bk.cpu_kernels if cfg.visible == "bernoulli" else None
-    I = (hidden_inputs(params, Vs) if WT is None else
-         _matmul_rows(Vs, WT, G, bk, executor, None if K is None else K.sparse_hidden_inputs))
+    I = (
+        hidden_inputs(params, Vs)
+        if WT is None
+        else _matmul_rows(Vs, WT, G, bk, executor, None if K is None else K.sparse_hidden_inputs)
+    )
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *_hidden(params), bk)
     pos = [x[:B].mean(axis=0) for x in (ep, ep2, em, em2)]
     if neg_weights is None:
@@ -504,10 +534,10 @@ def gradients(params, V_pos, V_neg, moments_data, cfg, bk, WT=None, executor=Non
         dI, dhid = variance_gradient(I[:B], ep[:B], ep2[:B], em[:B], em2[:B], params, bk)
         corr = {k: nu * d for k, d in dhid.items()}
     Hs = ep
-    Hs += em                                      # E[h|v], (B + C, M)
+    Hs += em  # E[h|v], (B + C, M)
     if corr is not None:
         dI *= nu
-        Hs[:B] -= dI                              # - nu dVar/dw rides in the weight product
+        Hs[:B] -= dI  # - nu dVar/dw rides in the weight product
     Hs[:B] *= np.float32(1.0 / B)
     if neg_weights is None:
         Hs[B:] *= np.float32(-1.0 / C)
@@ -618,10 +648,16 @@ def variance_gradient(I, ep, ep2, em, em2, params, bk):
 # optimiser, constraints, normalisation, gauge
 # --------------------------------------------------------------------------------------------
 
+
 def _rmsprop_constants(lr, t, beta2, epsilon):
     """float32 constants of one RMSprop step: (beta2, 1 - beta2, 1 / (1 - beta2^t), lr, epsilon)."""
-    return (np.float32(beta2), np.float32(1.0 - beta2), np.float32(1.0 / (1.0 - beta2 ** t)),
-            np.float32(lr), np.float32(epsilon))
+    return (
+        np.float32(beta2),
+        np.float32(1.0 - beta2),
+        np.float32(1.0 / (1.0 - beta2**t)),
+        np.float32(lr),
+        np.float32(epsilon),
+    )
 
 
 def rmsprop_array(p, m, g, consts, bk, out_p=None, out_m=None):
@@ -850,7 +886,7 @@ def weights_step(W, m, gW, s2, data_mean, consts, cfg, bk, executor=None):
 
     chunks = weight_chunks(M, N, bk)
     G = max(1, min(int(cfg.n_groups), len(chunks)))
-    parts = [chunks[g * len(chunks) // G:(g + 1) * len(chunks) // G] for g in range(G)]
+    parts = [chunks[g * len(chunks) // G : (g + 1) * len(chunks) // G] for g in range(G)]
     list(executor.map(run, parts) if executor is not None and G > 1 else map(run, parts))
     return W_new, m_new, delta
 
@@ -882,10 +918,12 @@ def pcd_update(params, moments, chains, batch, moments_data, update, cfg, bk, ex
     """
     WT = weights_t(params, bk)
     chains = advance_chains(params, chains, update, cfg, bk, executor, WT)
-    grads, var_h = gradients(params, batch, chains, moments_data, cfg, bk, WT, executor,
-                             penalise=False)
-    new_p, new_m = apply_gradients(params, moments, grads, var_h, moments_data, update, cfg, bk,
-                                   executor)
+    grads, var_h = gradients(
+        params, batch, chains, moments_data, cfg, bk, WT, executor, penalise=False
+    )
+    new_p, new_m = apply_gradients(
+        params, moments, grads, var_h, moments_data, update, cfg, bk, executor
+    )
     return new_p, new_m, chains
 
 
@@ -902,12 +940,22 @@ def apply_gradients(params, moments, grads, var_h, moments_data, update, cfg, bk
     -------
     (params, moments) : new dicts.
     """
-    lr = learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
-                       cfg.decay_after)
+    lr = learning_rate(
+        update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio, cfg.decay_after
+    )
     consts = _rmsprop_constants(lr, int(update) + 1, cfg.beta2, cfg.epsilon)
     s2 = normalisation_scale(var_h, 0.25 * lr / cfg.learning_rate, bk)
-    W, mW, delta = weights_step(params["weights"], moments["weights"], grads.pop("weights"), s2,
-                                moments_data["mean"], consts, cfg, bk, executor)
+    W, mW, delta = weights_step(
+        params["weights"],
+        moments["weights"],
+        grads.pop("weights"),
+        s2,
+        moments_data["mean"],
+        consts,
+        cfg,
+        bk,
+        executor,
+    )
     new_p, new_m = {"weights": W}, {"weights": mW}
     for k, p in params.items():
         if k != "weights":
@@ -950,7 +998,7 @@ def hidden_mean_var(params, X, bk, chunk=1024):
     s_mean = xp.zeros(M, dtype=np.float32)
     s_var = xp.zeros(M, dtype=np.float32)
     for a in range(0, X.shape[0], chunk):
-        I = hidden_inputs(params, X[a:a + chunk])
+        I = hidden_inputs(params, X[a : a + chunk])
         m, v = units.drelu_mean_var(I, *_hidden(params), bk)
         s_mean = s_mean + m.sum(axis=0)
         s_var = s_var + v.sum(axis=0)

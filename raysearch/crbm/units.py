@@ -60,20 +60,31 @@ import warnings
 import numpy as np
 
 __all__ = [
-    "drelu_cgf", "drelu_mean", "drelu_mean_var", "drelu_branch_moments", "drelu_sample",
-    "bernoulli_mean", "bernoulli_sample", "bernoulli_sample_mask", "bernoulli_cgf",
-    "gaussian_mean", "gaussian_sample", "gaussian_cgf",
-    "hidden_inputs", "visible_inputs", "free_energy",
+    "drelu_cgf",
+    "drelu_mean",
+    "drelu_mean_var",
+    "drelu_branch_moments",
+    "drelu_sample",
+    "bernoulli_mean",
+    "bernoulli_sample",
+    "bernoulli_sample_mask",
+    "bernoulli_cgf",
+    "gaussian_mean",
+    "gaussian_sample",
+    "gaussian_cgf",
+    "hidden_inputs",
+    "visible_inputs",
+    "free_energy",
 ]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_LOG_SQRT_HALF_PI = 0.5 * math.log(math.pi / 2.0)     # log M(x) = this + log erfcx(x/sqrt2)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)            # 1/M(x) = this / erfcx(x/sqrt2)
+_LOG_SQRT_HALF_PI = 0.5 * math.log(math.pi / 2.0)  # log M(x) = this + log erfcx(x/sqrt2)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # 1/M(x) = this / erfcx(x/sqrt2)
 _LOG_2PI = math.log(2.0 * math.pi)
-_X_CF = 4.0          # continued fraction for r, v at x >= this
-_CF_DEPTH = 16       # levels: relative truncation error < 1e-8 at x >= 4
-_X_NEWTON = 5.0      # tail sampler at x >= this (Phi(-5) = 2.9e-7: inverse CDF still exact below)
-_NEWTON_STEPS = 3   # from the start below: 2 reach float32 precision for E >= 0.1
+_X_CF = 4.0  # continued fraction for r, v at x >= this
+_CF_DEPTH = 16  # levels: relative truncation error < 1e-8 at x >= 4
+_X_NEWTON = 5.0  # tail sampler at x >= this (Phi(-5) = 2.9e-7: inverse CDF still exact below)
+_NEWTON_STEPS = 3  # from the start below: 2 reach float32 precision for E >= 0.1
 
 
 # erfcx on the CPU: erfcx(a) = P(y)/(1 + 2a), y = (a - 2)/(a + 2), a >= 0, with P of degree 12
@@ -82,11 +93,21 @@ _NEWTON_STEPS = 3   # from the start below: 2 reach float32 precision for E >= 0
 # a >= 0 (test_units checks this). It is ~27 SIMD-friendly NumPy passes, about 6x faster than
 # scipy.special.erfcx on (100, 200) float32 arrays; on a GPU cupyx's fused erfcx is used instead.
 _ERFCX_K = 2.0
-_ERFCX_POLY = (1.27697838142703, -0.09276376277487022, -0.16603038352632202,
-               0.16404945413944289, -0.054220266615093056, -0.008018963078735288,
-               0.00872460763960875, 0.001217410592308819, -0.0014640709102771321,
-               -0.0003579204480078309, 0.00022157154984215143, 6.33694584371561e-05,
-               -2.0255989366374706e-05)
+_ERFCX_POLY = (
+    1.27697838142703,
+    -0.09276376277487022,
+    -0.16603038352632202,
+    0.16404945413944289,
+    -0.054220266615093056,
+    -0.008018963078735288,
+    0.00872460763960875,
+    0.001217410592308819,
+    -0.0014640709102771321,
+    -0.0003579204480078309,
+    0.00022157154984215143,
+    6.33694584371561e-05,
+    -2.0255989366374706e-05,
+)
 
 
 def _erfcx_nonneg(a, bk):
@@ -95,7 +116,7 @@ def _erfcx_nonneg(a, bk):
         return bk.erfcx(a)
     K = bk.cpu_kernels
     if K is not None and a.dtype in (np.float32, np.float64):
-        return K.rational_erfcx(a, _ERFCX_POLY, _ERFCX_K)     # the same arithmetic, one pass
+        return K.rational_erfcx(a, _ERFCX_POLY, _ERFCX_K)  # the same arithmetic, one pass
     y = a - _ERFCX_K
     y /= a + _ERFCX_K
     r = y * _ERFCX_POLY[-1]
@@ -135,12 +156,12 @@ class _Mills:
         xp = bk.xp
         a = xp.abs(x)
         a *= _INV_SQRT2
-        self.e = _erfcx_nonneg(a, bk)       # in (0, 1]
+        self.e = _erfcx_nonneg(a, bk)  # in (0, 1]
         a *= a
-        self.a2 = a                         # x^2/2
+        self.a2 = a  # x^2/2
         self.neg = x < 0
-        self.q = xp.exp(-a)                 # exp(-x^2/2)
-        t = self.q * self.e                 # erfc(|x|/sqrt2) in [0, 1]
+        self.q = xp.exp(-a)  # exp(-x^2/2)
+        t = self.q * self.e  # erfc(|x|/sqrt2) in [0, 1]
         t *= -1.0
         t += 2.0
         self.t = xp.where(self.neg, t, self.e)
@@ -172,7 +193,7 @@ def _tail_r_v(x, bk, need_var=True):
     for k in range(_CF_DEPTH, 1, -1):
         c += xc
         c = k / c
-    s = c                               # 2/(x + 3/(x + ...))
+    s = c  # 2/(x + 3/(x + ...))
     r = 1.0 / (xc + s)
     if not need_var:
         return r, None
@@ -197,12 +218,12 @@ def _excess_moments(x, bk, need_var=True):
         v *= -1.0
         v += 1.0
     tail = x >= _X_CF
-    if bk.is_device:                    # no host check on a GPU: compute everywhere, select
+    if bk.is_device:  # no host check on a GPU: compute everywhere, select
         rt, vt = _tail_r_v(x, bk, need_var)
         r = xp.where(tail, rt, r)
         if need_var:
             v = xp.where(tail, vt, v)
-    elif bool(tail.any()):              # CPU: only the tail elements
+    elif bool(tail.any()):  # CPU: only the tail elements
         rt, vt = _tail_r_v(x[tail], bk, need_var)
         r[tail] = rt
         if need_var:
@@ -221,14 +242,14 @@ def _branches(I, gp, gm, tp, tm, bk, need_var=True):
     x_m /= sgm
     lmp, r_p, v_p = _excess_moments(x_p, bk, need_var)
     lmm, r_m, v_m = _excess_moments(x_m, bk, need_var)
-    lmp -= xp.log(sgp)                  # log Z+
-    lmm -= xp.log(sgm)                  # log Z-
+    lmp -= xp.log(sgp)  # log Z+
+    lmm -= xp.log(sgm)  # log Z-
     d = lmp - lmm
     p_p = _expit(d, bk)
     d *= -1.0
     p_m = _expit(d, bk)
-    r_p /= sgp                          # m+ = E[h | h >= 0 branch] >= 0
-    r_m /= -sgm                         # m- <= 0
+    r_p /= sgp  # m+ = E[h | h >= 0 branch] >= 0
+    r_m /= -sgm  # m- <= 0
     if need_var:
         v_p /= gp
         v_m /= gm
@@ -297,26 +318,39 @@ float mp = rp / sgp, mm = -rm / sgm;
 """
 
 _CUDA_OPS = {
-    "cgf": ("cgf", r"""
+    "cgf": (
+        "cgf",
+        r"""
 float sgp = sqrtf(gp), sgm = sqrtf(gm);
 float t, q;
 float lzp = rs_mills((tp - inp) / sgp, &t, &q) - logf(sgp);
 float lzm = rs_mills((inp + tm) / sgm, &t, &q) - logf(sgm);
 cgf = fmaxf(lzp, lzm) + log1pf(expf(-fabsf(lzp - lzm)));
-"""),
+""",
+    ),
     "mean": ("mean", _CUDA_BRANCHES + "mean = pp * mp + pm * mm;\n"),
-    "mean_var": ("mean, float32 var", _CUDA_BRANCHES + r"""
+    "mean_var": (
+        "mean, float32 var",
+        _CUDA_BRANCHES
+        + r"""
 mean = pp * mp + pm * mm;
 float dm = mp - mm;
 var = pp * (vp / gp) + pm * (vm / gm) + pp * pm * dm * dm;
-"""),
-    "moments": ("ep, float32 ep2, float32 em, float32 em2", _CUDA_BRANCHES + r"""
+""",
+    ),
+    "moments": (
+        "ep, float32 ep2, float32 em, float32 em2",
+        _CUDA_BRANCHES
+        + r"""
 ep = pp * mp;
 ep2 = pp * (vp / gp + mp * mp);
 em = pm * mm;
 em2 = pm * (vm / gm + mm * mm);
-"""),
-    "sample": ("h", r"""
+""",
+    ),
+    "sample": (
+        "h",
+        r"""
 float sgp = sqrtf(gp), sgm = sqrtf(gm);
 float xpl = (tp - inp) / sgp, xmi = (inp + tm) / sgm;
 float tpl, qpl, tmi, qmi;
@@ -339,14 +373,21 @@ if (x < RS_X_NEWTON) {
     }
 }
 h = pos ? e / sgp : -e / sgm;
-"""),
+""",
+    ),
 }
 _CUDA_DRELU_IN = "float32 inp, float32 gp, float32 gm, float32 tp, float32 tm"
 _CUDA_VISIBLE = {
-    "bernoulli": ("float32 inp, float32 g, float32 u", "float32 v",
-                  "v = (u < 1.0f / (1.0f + expf(-(inp + g)))) ? 1.0f : 0.0f;"),
-    "gaussian": ("float32 inp, float32 g, float32 gam, float32 z", "float32 v",
-                 "v = (inp + g) / gam + z / sqrtf(gam);"),
+    "bernoulli": (
+        "float32 inp, float32 g, float32 u",
+        "float32 v",
+        "v = (u < 1.0f / (1.0f + expf(-(inp + g)))) ? 1.0f : 0.0f;",
+    ),
+    "gaussian": (
+        "float32 inp, float32 g, float32 gam, float32 z",
+        "float32 v",
+        "v = (inp + g) / gam + z / sqrtf(gam);",
+    ),
 }
 _FUSED = {"enabled": os.environ.get("RAYSEARCH_FUSED_KERNELS", "1") != "0", "kernels": {}}
 
@@ -357,8 +398,9 @@ def _cuda_kernel(bk, name):
         if name in _CUDA_OPS:
             outs, op = _CUDA_OPS[name]
             ins = _CUDA_DRELU_IN + (", float32 u1, float32 u2" if name == "sample" else "")
-            k = bk.xp.ElementwiseKernel(ins, "float32 " + outs, op, f"raysearch_drelu_{name}",
-                                        preamble=_CUDA_PREAMBLE)
+            k = bk.xp.ElementwiseKernel(
+                ins, "float32 " + outs, op, f"raysearch_drelu_{name}", preamble=_CUDA_PREAMBLE
+            )
         else:
             ins, outs, op = _CUDA_VISIBLE[name]
             k = bk.xp.ElementwiseKernel(ins, outs, op, f"raysearch_{name}_sample")
@@ -376,8 +418,12 @@ def _fused(bk, name, *arrays):
         return _cuda_kernel(bk, name)(*arrays)
     except Exception as exc:  # build failure on this machine: fall back for the whole process
         _FUSED["enabled"] = False
-        warnings.warn(f"raysearch: fused CUDA kernel {name!r} failed ({type(exc).__name__}: "
-                      f"{exc}); using the unfused CuPy array code", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"raysearch: fused CUDA kernel {name!r} failed ({type(exc).__name__}: "
+            f"{exc}); using the unfused CuPy array code",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
@@ -473,7 +519,7 @@ def _tail_excess(x, E, bk):
     xp = bk.xp
     e = xp.sqrt(x * x + 2.0 * E)
     e += x
-    e = (2.0 * E) / e                   # root of x e + e^2/2 = E: right of the solution
+    e = (2.0 * E) / e  # root of x e + e^2/2 = E: right of the solution
     log_ex = xp.log(_erfcx_nonneg(x * _INV_SQRT2, bk))
     for _ in range(_NEWTON_STEPS):
         y = x + e
@@ -483,8 +529,8 @@ def _tail_excess(x, E, bk):
         g *= e
         g -= xp.log(ey)
         g += log_ex
-        g -= E                          # g(e) - E >= 0
-        g *= ey                         # / hazard(x + e) = * erfcx((x+e)/sqrt2) / sqrt(2/pi)
+        g -= E  # g(e) - E >= 0
+        g *= ey  # / hazard(x + e) = * erfcx((x+e)/sqrt2) / sqrt(2/pi)
         g *= 1.0 / _SQRT_2_OVER_PI
         e -= g
         e = xp.maximum(e, 0.0)
@@ -501,13 +547,13 @@ def _truncated_excess(x, sf, u, bk):
     p = sf * u
     z = bk.ndtri(p)
     z += x
-    z *= -1.0                           # z - x
-    e = xp.maximum(z, 0.0)              # (+inf where p underflowed; replaced below)
+    z *= -1.0  # z - x
+    e = xp.maximum(z, 0.0)  # (+inf where p underflowed; replaced below)
     tail = x >= _X_NEWTON
-    if bk.is_device:                    # no host check on a GPU: compute everywhere, select
+    if bk.is_device:  # no host check on a GPU: compute everywhere, select
         xt = xp.maximum(x, _X_NEWTON)
         return xp.where(tail, _tail_excess(xt, -xp.log(u), bk), e)
-    if bool(tail.any()):                # CPU: only the tail elements
+    if bool(tail.any()):  # CPU: only the tail elements
         e[tail] = _tail_excess(x[tail], -xp.log(u[tail]), bk)
     return e
 
@@ -523,15 +569,26 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
         ``bk.rng(...)``; two uniform arrays of I's shape are drawn.
     """
     if bk.name == "cupy" and _FUSED["enabled"]:
-        u = rng.random((2,) + tuple(I.shape))     # both uniform arrays in one draw
+        u = rng.random((2,) + tuple(I.shape))  # both uniform arrays in one draw
         out = _fused(bk, "sample", I, gp, gm, tp, tm, u[0], u[1])
         if out is not None:
             return out
     K = bk.cpu_kernels
     if K is not None and all(a.dtype == np.float32 for a in (I, gp, gm, tp, tm)):
         # NumPy backend: the same formulas in one compiled, vectorised pass (raysearch.crbm.cpu_kernels)
-        return K.drelu_sample(I, gp, gm, tp, tm, rng.key64(), rng.key64(), _ERFCX_POLY,
-                              _ERFCX_K, _X_NEWTON, _NEWTON_STEPS)
+        return K.drelu_sample(
+            I,
+            gp,
+            gm,
+            tp,
+            tm,
+            rng.key64(),
+            rng.key64(),
+            _ERFCX_POLY,
+            _ERFCX_K,
+            _X_NEWTON,
+            _NEWTON_STEPS,
+        )
     xp = bk.xp
     sgp = xp.sqrt(gp)
     sgm = xp.sqrt(gm)
@@ -557,7 +614,7 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
         lm = ms.log_m(bk)
         d = lm[0] - lm[1]
         t_p, t_m, q_p, q_m = ms.t[0], ms.t[1], ms.q[0], ms.q[1]
-    d += xp.log(sgm / sgp)              # log Z+ - log Z-
+    d += xp.log(sgm / sgp)  # log Z+ - log Z-
     pos = rng.random(I.shape) < _expit(d, bk)
     x = xp.where(pos, x_p, x_m)
     # Phi(-x) = t/2 [* exp(-x^2/2) where x >= 0], from the chosen branch's Mills pieces
@@ -566,7 +623,7 @@ def drelu_sample(I, gp, gm, tp, tm, bk, rng):
     sf *= 0.5
     u = rng.random(I.shape)
     u *= -1.0
-    u += 1.0                            # (0, 1]
+    u += 1.0  # (0, 1]
     e = _truncated_excess(x, sf, u, bk)
     e /= xp.where(pos, sgp, -sgm)
     return e
@@ -602,13 +659,13 @@ def bernoulli_sample_mask(I, g, bk, rng):
     if bk.is_device:
         p = bk.expit(I + g)
         return rng.random(I.shape) < p
-    x = xp.subtract(-g, I)                              # -(g + I)
-    with np.errstate(over="ignore"):                    # exp -> inf: c = 0, v = 0
+    x = xp.subtract(-g, I)  # -(g + I)
+    with np.errstate(over="ignore"):  # exp -> inf: c = 0, v = 0
         xp.exp(x, out=x)
     x += 1.0
-    xp.divide(np.float32(256.0), x, out=x)              # c = 256 p in [0, 256]
+    xp.divide(np.float32(256.0), x, out=x)  # c = 256 p in [0, 256]
     k = rng.random_bytes(I.shape)
-    t = x.astype(np.uint16)                             # floor(c); 256 where p == 1
+    t = x.astype(np.uint16)  # floor(c); 256 where p == 1
     v = k < t
     amb = xp.flatnonzero(k == t)
     if amb.size:

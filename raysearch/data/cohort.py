@@ -50,13 +50,18 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError
 from raysearch.data.preprocessing import Dataset, preprocess
 from raysearch.data.recordings import Recording
+from raysearch.errors import ConfigError, InputError
 
-__all__ = ["JointDataset", "joint_dataset", "CohortTruth",
-           "make_synthetic_cohort", "write_synthetic_cohort", "load_cohort_truth",
-           ]
+__all__ = [
+    "JointDataset",
+    "joint_dataset",
+    "CohortTruth",
+    "make_synthetic_cohort",
+    "write_synthetic_cohort",
+    "load_cohort_truth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +101,34 @@ class JointDataset(Dataset):
     def fish_dataset(self, f: int) -> Dataset:
         """The frames of fish ``f`` alone, on the common grid (views where possible)."""
         tr, te = self.fish_train == f, self.fish_test == f
-        return Dataset(train=self.train[tr], test=self.test[te], visible=self.visible,
-                       coords=self.coords, unit_region=self.unit_region,
-                       region_names=self.region_names, n_neurons=self.n_neurons,
-                       test_segments=self.test_segments, n_segments=self.n_segments,
-                       source=self.fish_names[f], signal=self.signal, voxel_um=self.voxel_um,
-                       transform=self.transform, threshold=self.threshold,
-                       unit_of_neuron=self.unit_of_neuron_per_fish[f])
+        return Dataset(
+            train=self.train[tr],
+            test=self.test[te],
+            visible=self.visible,
+            coords=self.coords,
+            unit_region=self.unit_region,
+            region_names=self.region_names,
+            n_neurons=self.n_neurons,
+            test_segments=self.test_segments,
+            n_segments=self.n_segments,
+            source=self.fish_names[f],
+            signal=self.signal,
+            voxel_um=self.voxel_um,
+            transform=self.transform,
+            threshold=self.threshold,
+            unit_of_neuron=self.unit_of_neuron_per_fish[f],
+        )
 
     def describe(self) -> dict:
         d = super().describe()
-        d.update(n_fish=self.n_fish, fish=list(self.fish_names), min_fish=int(self.min_fish),
-                 n_train_per_fish=np.bincount(self.fish_train, minlength=self.n_fish).tolist(),
-                 n_test_per_fish=np.bincount(self.fish_test, minlength=self.n_fish).tolist(),
-                 filled_units_per_fish=(~self.present).sum(1).tolist())
+        d.update(
+            n_fish=self.n_fish,
+            fish=list(self.fish_names),
+            min_fish=int(self.min_fish),
+            n_train_per_fish=np.bincount(self.fish_train, minlength=self.n_fish).tolist(),
+            n_test_per_fish=np.bincount(self.fish_test, minlength=self.n_fish).tolist(),
+            filled_units_per_fish=(~self.present).sum(1).tolist(),
+        )
         return d
 
 
@@ -117,9 +136,15 @@ def _keys(centres, voxel_um):
     return np.round(np.asarray(centres, dtype=np.float64) / float(voxel_um) - 0.5).astype(np.int64)
 
 
-def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
-                  signal: str = "spikes", transform: str = "zscore", names=None,
-                  **preprocess_kwargs) -> JointDataset:
+def joint_dataset(
+    recordings,
+    voxel_um: float,
+    min_fish: int | None = None,
+    signal: str = "spikes",
+    transform: str = "zscore",
+    names=None,
+    **preprocess_kwargs,
+) -> JointDataset:
     """Build one train/test dataset from several registered recordings on a common voxel grid.
 
     Parameters
@@ -158,38 +183,51 @@ def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
     if F < 2:
         raise InputError(f"a joint dataset needs at least 2 recordings, got {F}")
     if voxel_um is None or not (isinstance(voxel_um, (int, float)) and voxel_um > 0):
-        raise ConfigError(f"a joint dataset needs voxel_um > 0 micrometres (the common grid), "
-                          f"got {voxel_um!r}")
+        raise ConfigError(
+            f"a joint dataset needs voxel_um > 0 micrometres (the common grid), got {voxel_um!r}"
+        )
     min_fish = F if min_fish is None else min_fish
-    if isinstance(min_fish, bool) or not isinstance(min_fish, (int, np.integer)) \
-            or not 1 <= min_fish <= F:
+    if (
+        isinstance(min_fish, bool)
+        or not isinstance(min_fish, (int, np.integer))
+        or not 1 <= min_fish <= F
+    ):
         raise ConfigError(f"min_fish must be an integer in 1..{F}, got {min_fish!r}")
-    names = [str(getattr(r, "source", f"fish{i}")) for i, r in enumerate(recs)] \
-        if names is None else [str(n) for n in names]
+    names = (
+        [str(getattr(r, "source", f"fish{i}")) for i, r in enumerate(recs)]
+        if names is None
+        else [str(n) for n in names]
+    )
     if len(names) != F:
         raise ConfigError(f"{len(names)} names for {F} recordings")
     for n, r in zip(names, recs):
         if getattr(r, "ref_coords", None) is None:
-            raise InputError(f"{n}: the recording has no reference-brain coordinates; a joint "
-                             "dataset needs every fish registered to the same reference brain")
+            raise InputError(
+                f"{n}: the recording has no reference-brain coordinates; a joint "
+                "dataset needs every fish registered to the same reference brain"
+            )
     atlas = list(recs[0].region_names)
     for n, r in zip(names[1:], recs[1:]):
         if list(r.region_names) != atlas:
-            raise InputError(f"{n}: its region atlas ({len(r.region_names)} regions) differs "
-                             f"from {names[0]}'s ({len(atlas)}); the recordings are not on the "
-                             "same reference grid")
+            raise InputError(
+                f"{n}: its region atlas ({len(r.region_names)} regions) differs "
+                f"from {names[0]}'s ({len(atlas)}); the recordings are not on the "
+                "same reference grid"
+            )
     if "voxel_um" in preprocess_kwargs:
         raise ConfigError("pass voxel_um once, as joint_dataset's argument")
 
     per = []
-    for n, r in zip(names, recs):
-        ds = preprocess(r, signal=signal, voxel_um=float(voxel_um), transform=transform,
-                        **preprocess_kwargs)
+    for r in recs:
+        ds = preprocess(
+            r, signal=signal, voxel_um=float(voxel_um), transform=transform, **preprocess_kwargs
+        )
         per.append(ds)
     visible = {d.visible for d in per}
     if len(visible) != 1:
-        raise ConfigError(f"the fish gave different visible types {sorted(visible)}; set "
-                          "transform explicitly")
+        raise ConfigError(
+            f"the fish gave different visible types {sorted(visible)}; set transform explicitly"
+        )
     keys = [_keys(d.coords, voxel_um) for d in per]
     allk, inv = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
     inv = inv.ravel()
@@ -197,27 +235,33 @@ def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
     np.add.at(counts, inv, 1)
     keep = counts >= min_fish
     if not keep.any():
-        raise InputError(f"no voxel of {voxel_um} um is present in at least {min_fish} of the "
-                         f"{F} fish; use larger voxels or a lower min_fish")
+        raise InputError(
+            f"no voxel of {voxel_um} um is present in at least {min_fish} of the "
+            f"{F} fish; use larger voxels or a lower min_fish"
+        )
     col = np.full(allk.shape[0], -1, dtype=np.int64)
     col[keep] = np.arange(int(keep.sum()))
     U = int(keep.sum())
     present = np.zeros((F, U), dtype=bool)
     maps, off = [], 0
     for f, d in enumerate(per):
-        m = col[inv[off:off + d.n_units]]
+        m = col[inv[off : off + d.n_units]]
         off += d.n_units
         maps.append(m)
         present[f, m[m >= 0]] = True
     vis = per[0].visible
     if vis == "bernoulli" and not present.all():
-        raise ConfigError(f"{int((~present).sum())} (fish, voxel) entries are missing with "
-                          "min_fish < number of fish, and binarised data have no neutral value "
-                          "to fill them; use min_fish equal to the number of fish or "
-                          "transform='zscore'")
+        raise ConfigError(
+            f"{int((~present).sum())} (fish, voxel) entries are missing with "
+            "min_fish < number of fish, and binarised data have no neutral value "
+            "to fill them; use min_fish equal to the number of fish or "
+            "transform='zscore'"
+        )
     if vis == "gaussian" and per[0].transform != "zscore" and not present.all():
-        raise ConfigError("missing voxels are filled with the per-fish mean 0, which needs "
-                          "transform='zscore'; use min_fish equal to the number of fish")
+        raise ConfigError(
+            "missing voxels are filled with the per-fish mean 0, which needs "
+            "transform='zscore'; use min_fish equal to the number of fish"
+        )
 
     T_tr = sum(d.n_train for d in per)
     T_te = sum(d.n_test for d in per)
@@ -235,10 +279,10 @@ def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
         for X, out, t0 in ((d.train, train, a), (d.test, test, b)):
             step = max(1, (64 * 2**20) // (4 * max(1, d.n_units)))
             for s in range(0, X.shape[0], step):
-                blk = X[s:s + step]
-                out[t0 + s:t0 + s + blk.shape[0], dst] = blk[:, src]
-        fish_train[a:a + d.n_train] = f
-        fish_test[b:b + d.n_test] = f
+                blk = X[s : s + step]
+                out[t0 + s : t0 + s + blk.shape[0], dst] = blk[:, src]
+        fish_train[a : a + d.n_train] = f
+        fish_test[b : b + d.n_test] = f
         a += d.n_train
         b += d.n_test
         np.add.at(n_neurons, dst, d.n_neurons[src])
@@ -249,19 +293,35 @@ def joint_dataset(recordings, voxel_um: float, min_fish: int | None = None,
         per[f] = None  # free the fish's arrays as soon as they are copied
     vkeys = allk[keep]
     return JointDataset(
-        train=train, test=test, visible=vis,
-        coords=((vkeys + 0.5) * float(voxel_um)).astype(np.float32), unit_region=unit_region,
-        region_names=atlas, n_neurons=n_neurons,
+        train=train,
+        test=test,
+        visible=vis,
+        coords=((vkeys + 0.5) * float(voxel_um)).astype(np.float32),
+        unit_region=unit_region,
+        region_names=atlas,
+        n_neurons=n_neurons,
         test_segments=tuple(int(s) for s in getattr(d, "test_segments", ())),
-        n_segments=int(d.n_segments), source="joint(" + ", ".join(names) + ")", signal=signal,
-        voxel_um=float(voxel_um), transform=d.transform, threshold=d.threshold,
-        unit_of_neuron=None, split_rule=d.split_rule,
-        fish_train=fish_train, fish_test=fish_test, fish_names=names, present=present,
-        voxel_keys=vkeys, unit_of_neuron_per_fish=uon, min_fish=int(min_fish))
+        n_segments=int(d.n_segments),
+        source="joint(" + ", ".join(names) + ")",
+        signal=signal,
+        voxel_um=float(voxel_um),
+        transform=d.transform,
+        threshold=d.threshold,
+        unit_of_neuron=None,
+        split_rule=d.split_rule,
+        fish_train=fish_train,
+        fish_test=fish_test,
+        fish_names=names,
+        present=present,
+        voxel_keys=vkeys,
+        unit_of_neuron_per_fish=uon,
+        min_fish=int(min_fish),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # synthetic cohort
+
 
 @dataclass
 class CohortTruth:
@@ -312,14 +372,16 @@ def _fish_geometry(rng, N):
     d = rng.standard_normal((N, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     local = d * (rng.random(N) ** (1.0 / 3.0))[:, None] * syn._SEMI_AXES
-    band = np.clip(((syn._SEMI_AXES[0] - local[:, 0]) / (2 * syn._SEMI_AXES[0]) * 6).astype(int),
-                   0, 5)
+    band = np.clip(
+        ((syn._SEMI_AXES[0] - local[:, 0]) / (2 * syn._SEMI_AXES[0]) * 6).astype(int), 0, 5
+    )
     region = band * 2 + (local[:, 1] >= 0).astype(int)
     labels = np.zeros((N, len(syn.REGION_NAMES)), dtype=bool)
     labels[np.arange(N), region] = True
     angle = np.deg2rad(rng.uniform(-8, 8))
-    rot = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0],
-                    [0.0, 0.0, 1.0]])
+    rot = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
     micro = local @ rot.T + np.array([620.0, 300.0, 160.0]) + rng.uniform(-20, 20, 3)
     return local, micro, labels
 
@@ -344,16 +406,29 @@ def _draw_centres(rng, n, radius, existing):
             out.append(p)
             got.append(p)
     if len(got) < n:
-        raise ConfigError(f"cannot place {n} more assemblies of radius {radius} um apart in the "
-                          "synthetic brain; use fewer assemblies or a smaller radius_um")
+        raise ConfigError(
+            f"cannot place {n} more assemblies of radius {radius} um apart in the "
+            "synthetic brain; use fewer assemblies or a smaller radius_um"
+        )
     return np.array(got).reshape(-1, 3)
 
 
-def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int = 2000,
-                          n_shared: int = 4, n_private: int = 2, seed: int = 0, *,
-                          radius_um: float = 70.0, frame_rate: float = 4.0,
-                          mean_rate: float = 0.04, on_fraction: float = 0.08,
-                          bout_s=(1.0, 3.0), gain: float = 5.0, jitter_um: float = 3.0):
+def make_synthetic_cohort(
+    n_fish: int = 3,
+    n_neurons: int = 3000,
+    n_frames: int = 2000,
+    n_shared: int = 4,
+    n_private: int = 2,
+    seed: int = 0,
+    *,
+    radius_um: float = 70.0,
+    frame_rate: float = 4.0,
+    mean_rate: float = 0.04,
+    on_fraction: float = 0.08,
+    bout_s=(1.0, 3.0),
+    gain: float = 5.0,
+    jitter_um: float = 3.0,
+):
     """Build a synthetic cohort in memory (see the module notes for the generative model).
 
     Parameters
@@ -383,9 +458,14 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
     """
     from raysearch.data import synthetic as syn
 
-    for name, v, lo in (("n_fish", n_fish, 2), ("n_neurons", n_neurons, 50),
-                        ("n_frames", n_frames, 20), ("n_shared", n_shared, 0),
-                        ("n_private", n_private, 0), ("seed", seed, 0)):
+    for name, v, lo in (
+        ("n_fish", n_fish, 2),
+        ("n_neurons", n_neurons, 50),
+        ("n_frames", n_frames, 20),
+        ("n_shared", n_shared, 0),
+        ("n_private", n_private, 0),
+        ("seed", seed, 0),
+    ):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
     if n_shared + n_private < 1:
@@ -406,7 +486,7 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
     expressed = np.zeros((F, K), dtype=bool)
     expressed[:, :n_shared] = True
     for f in range(F):
-        expressed[f, n_shared + f * n_private: n_shared + (f + 1) * n_private] = True
+        expressed[f, n_shared + f * n_private : n_shared + (f + 1) * n_private] = True
 
     recs, weights, acts, bgs = [], [], [], []
     for f in range(F):
@@ -439,26 +519,50 @@ def make_synthetic_cohort(n_fish: int = 3, n_neurons: int = 3000, n_frames: int 
                 on = np.flatnonzero(A[t0:t1, k])
                 if on.size and idx.size:
                     logits[np.ix_(on, idx)] += W[k, idx]
-            spikes[t0:t1] = _cohort_rng(seed, 3, f, c).random((t1 - t0, N),
-                                                              dtype=np.float32) \
-                < syn._sigmoid(logits)
-        recs.append(Recording(
-            spikes=spikes, dff=None, coords=micro.astype(np.float32),
-            ref_coords=ref.astype(np.float32),
-            times=np.arange(T, dtype=np.float64) / frame_rate, labels=labels,
-            region_names=list(syn.REGION_NAMES), source=f"synthetic-cohort(seed={seed}, fish={f})",
-            layout="synthetic"))
+            spikes[t0:t1] = _cohort_rng(seed, 3, f, c).random(
+                (t1 - t0, N), dtype=np.float32
+            ) < syn._sigmoid(logits)
+        recs.append(
+            Recording(
+                spikes=spikes,
+                dff=None,
+                coords=micro.astype(np.float32),
+                ref_coords=ref.astype(np.float32),
+                times=np.arange(T, dtype=np.float64) / frame_rate,
+                labels=labels,
+                region_names=list(syn.REGION_NAMES),
+                source=f"synthetic-cohort(seed={seed}, fish={f})",
+                layout="synthetic",
+            )
+        )
         weights.append(W)
         acts.append(A)
         bgs.append(bg.astype(np.float32))
-    params = dict(n_fish=F, n_neurons=N, n_frames=T, n_shared=int(n_shared),
-                  n_private=int(n_private), seed=int(seed), radius_um=float(radius_um),
-                  frame_rate=float(frame_rate), mean_rate=float(mean_rate),
-                  on_fraction=float(on_fraction), bout_s=[float(b) for b in bout_s],
-                  gain=float(gain), jitter_um=float(jitter_um))
-    truth = CohortTruth(centres=(centres + syn._REF_CENTRE), shared=shared, expressed=expressed,
-                        radius_um=float(radius_um), weights=weights, activity=acts,
-                        params=params, background=bgs)
+    params = dict(
+        n_fish=F,
+        n_neurons=N,
+        n_frames=T,
+        n_shared=int(n_shared),
+        n_private=int(n_private),
+        seed=int(seed),
+        radius_um=float(radius_um),
+        frame_rate=float(frame_rate),
+        mean_rate=float(mean_rate),
+        on_fraction=float(on_fraction),
+        bout_s=[float(b) for b in bout_s],
+        gain=float(gain),
+        jitter_um=float(jitter_um),
+    )
+    truth = CohortTruth(
+        centres=(centres + syn._REF_CENTRE),
+        shared=shared,
+        expressed=expressed,
+        radius_um=float(radius_um),
+        weights=weights,
+        activity=acts,
+        params=params,
+        background=bgs,
+    )
     return recs, truth
 
 
@@ -488,9 +592,12 @@ def write_synthetic_cohort(directory, force: bool = False, **kwargs) -> list[Pat
             with h5py.File(tmp / f"fish{f}.h5", "w") as h:
                 brain = h.create_group("Data/Brain")
                 brain.create_group("Analysis").create_dataset(
-                    "ThresholdedSpikes", data=rec.spikes.view(np.uint8), compression="gzip")
-                for name, xyz in (("Coordinates", rec.coords), ("ZBrainCoordinates",
-                                                                rec.ref_coords)):
+                    "ThresholdedSpikes", data=rec.spikes.view(np.uint8), compression="gzip"
+                )
+                for name, xyz in (
+                    ("Coordinates", rec.coords),
+                    ("ZBrainCoordinates", rec.ref_coords),
+                ):
                     d = brain.create_dataset(name, data=(xyz.T / 1000.0).astype(np.float32))
                     d.attrs["unit"] = "mm"
                 tms = brain.create_dataset("Times", data=rec.times[:, None])
@@ -503,25 +610,33 @@ def write_synthetic_cohort(directory, force: bool = False, **kwargs) -> list[Pat
                 gt = h.create_group("GroundTruth")
                 gt.attrs["params"] = json.dumps(dict(truth.params, fish=f))
                 gt.attrs["region_names"] = json.dumps(rec.region_names)
-                gt.create_dataset("membership", data=(truth.weights[f] != 0).astype(np.uint8),
-                                  compression="gzip")
+                gt.create_dataset(
+                    "membership", data=(truth.weights[f] != 0).astype(np.uint8), compression="gzip"
+                )
                 gt.create_dataset("region_coupling", data=np.zeros((R, R)))
                 gt.create_dataset("structural", data=np.zeros((R, R)))
                 gt.create_dataset("background", data=truth.background[f])
                 gt.create_dataset("weights", data=truth.weights[f], compression="gzip")
-                gt.create_dataset("activity", data=truth.activity[f].astype(np.uint8),
-                                  compression="gzip")
-        meta = dict(params=truth.params, centres_um=truth.centres.tolist(),
-                    shared=truth.shared.tolist(), expressed=truth.expressed.tolist(),
-                    radius_um=truth.radius_um,
-                    fish=[f"fish{f}.h5" for f in range(len(recs))])
+                gt.create_dataset(
+                    "activity", data=truth.activity[f].astype(np.uint8), compression="gzip"
+                )
+        meta = dict(
+            params=truth.params,
+            centres_um=truth.centres.tolist(),
+            shared=truth.shared.tolist(),
+            expressed=truth.expressed.tolist(),
+            radius_um=truth.radius_um,
+            fish=[f"fish{f}.h5" for f in range(len(recs))],
+        )
         (tmp / "cohort.json").write_text(json.dumps(meta, indent=2))
         if directory.exists():
             import shutil
+
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return [directory / f"fish{f}.h5" for f in range(len(recs))]
@@ -541,7 +656,12 @@ def load_cohort_truth(directory) -> CohortTruth:
         with h5py.File(directory / name, "r") as h:
             W.append(h["GroundTruth/weights"][()].astype(np.float32))
             A.append(h["GroundTruth/activity"][()].astype(np.float32))
-    return CohortTruth(centres=np.asarray(meta["centres_um"]), shared=np.asarray(meta["shared"]),
-                       expressed=np.asarray(meta["expressed"]),
-                       radius_um=float(meta["radius_um"]), weights=W, activity=A,
-                       params=meta["params"])
+    return CohortTruth(
+        centres=np.asarray(meta["centres_um"]),
+        shared=np.asarray(meta["shared"]),
+        expressed=np.asarray(meta["expressed"]),
+        radius_um=float(meta["radius_um"]),
+        weights=W,
+        activity=A,
+        params=meta["params"],
+    )

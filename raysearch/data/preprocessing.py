@@ -33,8 +33,16 @@ import numpy as np
 
 from raysearch.errors import ConfigError, InputError
 
-__all__ = ["Dataset", "preprocess", "voxelize", "voxel_average", "segment_bounds",
-           "split_scores", "percentile_split", "unit_regions"]
+__all__ = [
+    "Dataset",
+    "preprocess",
+    "voxelize",
+    "voxel_average",
+    "segment_bounds",
+    "split_scores",
+    "percentile_split",
+    "unit_regions",
+]
 
 log = logging.getLogger(__name__)
 _BLOCK_BYTES = 64 * 2**20
@@ -108,11 +116,19 @@ class Dataset:
     def describe(self) -> dict:
         """JSON-able summary."""
         return {
-            "source": self.source, "signal": self.signal, "visible": self.visible,
-            "transform": self.transform, "threshold": self.threshold, "voxel_um": self.voxel_um,
-            "n_units": self.n_units, "n_train": self.n_train, "n_test": self.n_test,
-            "n_segments": self.n_segments, "test_segments": list(self.test_segments),
-            "split_rule": self.split_rule, "split_score": self.split_score,
+            "source": self.source,
+            "signal": self.signal,
+            "visible": self.visible,
+            "transform": self.transform,
+            "threshold": self.threshold,
+            "voxel_um": self.voxel_um,
+            "n_units": self.n_units,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "n_segments": self.n_segments,
+            "test_segments": list(self.test_segments),
+            "split_rule": self.split_rule,
+            "split_score": self.split_score,
             "mean_train": float(self.train.mean()) if self.train.size else float("nan"),
             "neurons_per_unit_mean": float(np.mean(self.n_neurons)),
         }
@@ -120,6 +136,7 @@ class Dataset:
 
 # ----------------------------------------------------------------------------------------------
 # pure helpers
+
 
 def unit_regions(labels: np.ndarray) -> np.ndarray:
     """Region index of each neuron: the first region whose mask holds it, -1 for none.
@@ -140,8 +157,12 @@ def unit_regions(labels: np.ndarray) -> np.ndarray:
     return reg.astype(np.int64)
 
 
-def voxelize(coords_um: np.ndarray, voxel_um: float, neuron_region: np.ndarray | None = None,
-             min_neurons: int = 1):
+def voxelize(
+    coords_um: np.ndarray,
+    voxel_um: float,
+    neuron_region: np.ndarray | None = None,
+    min_neurons: int = 1,
+):
     """Assign neurons to cubic voxels on a grid anchored at the frame's origin.
 
     Parameters
@@ -210,29 +231,39 @@ def voxel_average(X: np.ndarray, unit_of_neuron: np.ndarray, n_units: int) -> np
     m = unit_of_neuron >= 0
     counts = np.bincount(unit_of_neuron[m], minlength=n_units).astype(np.float64)
     cols = np.flatnonzero(m)
-    A = sparse.csr_matrix((1.0 / counts[unit_of_neuron[m]], (cols, unit_of_neuron[m])),
-                          shape=(N, n_units), dtype=np.float32)
+    A = sparse.csr_matrix(
+        (1.0 / counts[unit_of_neuron[m]], (cols, unit_of_neuron[m])),
+        shape=(N, n_units),
+        dtype=np.float32,
+    )
     At = A.T.tocsr()
     out = np.empty((T, n_units), dtype=np.float32)
     step = max(1, _BLOCK_BYTES // (4 * N))
     for t0 in range(0, T, step):
-        block = np.asarray(X[t0:t0 + step], dtype=np.float32)
-        out[t0:t0 + step] = (At @ block.T).T
+        block = np.asarray(X[t0 : t0 + step], dtype=np.float32)
+        out[t0 : t0 + step] = (At @ block.T).T
     return out
 
 
 def segment_bounds(n_frames: int, n_segments: int) -> np.ndarray:
     """Boundaries (n_segments + 1,) of contiguous segments as ``numpy.array_split`` cuts them."""
     if n_frames < n_segments:
-        raise InputError(f"{n_frames} frames cannot be cut into {n_segments} segments; "
-                         "use fewer segments or a longer recording")
+        raise InputError(
+            f"{n_frames} frames cannot be cut into {n_segments} segments; "
+            "use fewer segments or a longer recording"
+        )
     sizes = np.full(n_segments, n_frames // n_segments)
     sizes[: n_frames % n_segments] += 1
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def split_scores(X: np.ndarray, n_segments: int = 10, n_test_segments: int = 3,
-                 max_units: int = 1000, seed: int = 0):
+def split_scores(
+    X: np.ndarray,
+    n_segments: int = 10,
+    n_test_segments: int = 3,
+    max_units: int = 1000,
+    seed: int = 0,
+):
     """Train-vs-test RMSE of <v> and of <vv> - <v><v> for every choice of test segments.
 
     Parameters
@@ -262,7 +293,7 @@ def split_scores(X: np.ndarray, n_segments: int = 10, n_test_segments: int = 3,
     sums = np.empty((n_segments, U))
     prods = np.empty((n_segments, sub.size, sub.size))
     for s in range(n_segments):
-        seg = X[bounds[s]:bounds[s + 1]]
+        seg = X[bounds[s] : bounds[s + 1]]
         sums[s] = seg.sum(0, dtype=np.float64)
         xs = np.asarray(seg[:, sub], dtype=np.float64)
         prods[s] = xs.T @ xs
@@ -287,8 +318,14 @@ def split_scores(X: np.ndarray, n_segments: int = 10, n_test_segments: int = 3,
     return choices, rm, rc, rm / med_m + rc / med_c
 
 
-def percentile_split(X: np.ndarray, n_segments: int = 10, n_test_segments: int = 3,
-                     percentile: float = 10.0, max_units: int = 1000, seed: int = 0):
+def percentile_split(
+    X: np.ndarray,
+    n_segments: int = 10,
+    n_test_segments: int = 3,
+    percentile: float = 10.0,
+    max_units: int = 1000,
+    seed: int = 0,
+):
     """The published split rule: the choice of test segments at the 10th percentile of the score.
 
     All ``C(n_segments, n_test_segments)`` choices (120 for 10 and 3) are scored by
@@ -312,14 +349,17 @@ def percentile_split(X: np.ndarray, n_segments: int = 10, n_test_segments: int =
 
 # ----------------------------------------------------------------------------------------------
 
+
 def _check_binary(X, what):
     step = max(1, _BLOCK_BYTES // (4 * max(1, X.shape[1])))
     for t0 in range(0, X.shape[0], step):
-        b = X[t0:t0 + step]
+        b = X[t0 : t0 + step]
         if b.dtype != bool and np.any((b != 0) & (b != 1)):
-            raise ConfigError(f"{what}: bernoulli visible units need 0/1 data but the values are "
-                              "not binary; use transform='binarize' or visible='gaussian' "
-                              "(raysearch train: --transform binarize or --visible gaussian)")
+            raise ConfigError(
+                f"{what}: bernoulli visible units need 0/1 data but the values are "
+                "not binary; use transform='binarize' or visible='gaussian' "
+                "(raysearch train: --transform binarize or --visible gaussian)"
+            )
 
 
 def _take_rows(X, ranges, dtype=np.float32):
@@ -330,7 +370,7 @@ def _take_rows(X, ranges, dtype=np.float32):
         step = max(1, _BLOCK_BYTES // (4 * max(1, X.shape[1])))
         for t0 in range(a, b, step):
             t1 = min(b, t0 + step)
-            out[i:i + t1 - t0] = X[t0:t1]
+            out[i : i + t1 - t0] = X[t0:t1]
             i += t1 - t0
     return out
 
@@ -345,24 +385,34 @@ def _col_moments(X):
     step = max(1, min(256, _BLOCK_BYTES // (4 * max(1, U))))
     s1 = np.zeros(U)
     for t0 in range(0, T, step):
-        s1 += X[t0:t0 + step].sum(0, dtype=np.float32)
+        s1 += X[t0 : t0 + step].sum(0, dtype=np.float32)
     n = max(1, T)
     mean = s1 / n
     m32 = mean.astype(np.float32)
     s2 = np.zeros(U)
     for t0 in range(0, T, step):
-        d = X[t0:t0 + step] - m32
+        d = X[t0 : t0 + step] - m32
         d *= d
         s2 += d.sum(0, dtype=np.float32)
     return mean, np.sqrt(s2 / n)
 
 
-def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
-               transform: str = "auto", threshold: float = 0.5, visible: str | None = None,
-               n_segments: int = 10, n_test_segments: int = 3,
-               test_segments=(2, 6, 7), min_neurons_per_voxel: int = 1,
-               on_constant: str = "drop", seed: int = 0, split_percentile: float = 10.0,
-               split_max_units: int = 1000) -> Dataset:
+def preprocess(
+    recording,
+    signal: str = "spikes",
+    voxel_um: float | None = None,
+    transform: str = "auto",
+    threshold: float = 0.5,
+    visible: str | None = None,
+    n_segments: int = 10,
+    n_test_segments: int = 3,
+    test_segments=(2, 6, 7),
+    min_neurons_per_voxel: int = 1,
+    on_constant: str = "drop",
+    seed: int = 0,
+    split_percentile: float = 10.0,
+    split_max_units: int = 1000,
+) -> Dataset:
     """Turn a :class:`~raysearch.data.recordings.Recording` into a train/test :class:`Dataset`.
 
     Parameters
@@ -396,8 +446,9 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
     if signal not in ("spikes", "dff"):
         raise ConfigError(f"signal must be 'spikes' or 'dff', got {signal!r}")
     if transform not in ("auto", "binarize", "zscore", "none"):
-        raise ConfigError(f"transform must be one of auto, binarize, zscore, none; "
-                          f"got {transform!r}")
+        raise ConfigError(
+            f"transform must be one of auto, binarize, zscore, none; got {transform!r}"
+        )
     if visible not in (None, "bernoulli", "gaussian"):
         raise ConfigError(f"visible must be 'bernoulli' or 'gaussian', got {visible!r}")
     if on_constant not in ("drop", "error"):
@@ -407,26 +458,42 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
     X = getattr(recording, signal)
     if X is None:
         have = [s for s in ("spikes", "dff") if getattr(recording, s, None) is not None]
-        raise InputError(f"{src}: the recording has no {signal} (it has {have}); choose "
-                         f"signal={have[0]!r}" if have else f"{src}: the recording has no activity")
+        raise InputError(
+            f"{src}: the recording has no {signal} (it has {have}); choose signal={have[0]!r}"
+            if have
+            else f"{src}: the recording has no activity"
+        )
     T, N = X.shape
     if T < n_segments:
-        raise InputError(f"{src}: {T} frames are fewer than the {n_segments} segments of the "
-                         "split; use fewer segments or a longer recording")
+        raise InputError(
+            f"{src}: {T} frames are fewer than the {n_segments} segments of the "
+            "split; use fewer segments or a longer recording"
+        )
     if isinstance(test_segments, str):
         if test_segments != "percentile":
-            raise ConfigError(f"test_segments must be a tuple of segment indices or "
-                              f"'percentile', got {test_segments!r}")
-        if not (isinstance(n_test_segments, (int, np.integer))
-                and 1 <= n_test_segments < n_segments):
-            raise ConfigError(f"n_test_segments must be in 1..{n_segments - 1}, "
-                              f"got {n_test_segments!r}")
+            raise ConfigError(
+                f"test_segments must be a tuple of segment indices or "
+                f"'percentile', got {test_segments!r}"
+            )
+        if not (
+            isinstance(n_test_segments, (int, np.integer)) and 1 <= n_test_segments < n_segments
+        ):
+            raise ConfigError(
+                f"n_test_segments must be in 1..{n_segments - 1}, got {n_test_segments!r}"
+            )
     else:
         ts = tuple(int(i) for i in test_segments)
-        if not ts or len(set(ts)) != len(ts) or min(ts) < 0 or max(ts) >= n_segments \
-                or len(ts) >= n_segments:
-            raise ConfigError(f"test_segments {test_segments!r} must be distinct indices in "
-                              f"0..{n_segments - 1}, fewer than n_segments")
+        if (
+            not ts
+            or len(set(ts)) != len(ts)
+            or min(ts) < 0
+            or max(ts) >= n_segments
+            or len(ts) >= n_segments
+        ):
+            raise ConfigError(
+                f"test_segments {test_segments!r} must be distinct indices in "
+                f"0..{n_segments - 1}, fewer than n_segments"
+            )
         test_segments = tuple(sorted(ts))
 
     # 1-2: units
@@ -434,15 +501,21 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
     if voxel_um is not None:
         anchor = recording.ref_coords
         if anchor is None:
-            log.warning("%s: no reference-brain coordinates; voxels are anchored in the "
-                        "microscope frame and are not comparable across fish", src)
+            log.warning(
+                "%s: no reference-brain coordinates; voxels are anchored in the "
+                "microscope frame and are not comparable across fish",
+                src,
+            )
             anchor = recording.coords
         unit_of_neuron, coords, counts, unit_region = voxelize(
-            anchor, voxel_um, neuron_region, min_neurons_per_voxel)
+            anchor, voxel_um, neuron_region, min_neurons_per_voxel
+        )
         if coords.shape[0] == 0:
-            raise InputError(f"{src}: no voxel of {voxel_um} um holds at least "
-                             f"{min_neurons_per_voxel} neurons; nothing left after voxel "
-                             "averaging (use larger voxels or a lower min_neurons_per_voxel)")
+            raise InputError(
+                f"{src}: no voxel of {voxel_um} um holds at least "
+                f"{min_neurons_per_voxel} neurons; nothing left after voxel "
+                "averaging (use larger voxels or a lower min_neurons_per_voxel)"
+            )
         data = voxel_average(X, unit_of_neuron, coords.shape[0])
         binary_data = False
     else:
@@ -464,13 +537,18 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
         else:
             transform = "zscore"
     if visible is None:
-        visible = "bernoulli" if transform == "binarize" or (transform == "none" and binary_data) \
+        visible = (
+            "bernoulli"
+            if transform == "binarize" or (transform == "none" and binary_data)
             else "gaussian"
+        )
     if visible == "bernoulli":
         if transform == "zscore":
-            raise ConfigError("transform='zscore' gives real values, which bernoulli visible "
-                              "units cannot take; use visible='gaussian' or transform='binarize' "
-                              "(raysearch train: --visible gaussian or --transform binarize)")
+            raise ConfigError(
+                "transform='zscore' gives real values, which bernoulli visible "
+                "units cannot take; use visible='gaussian' or transform='binarize' "
+                "(raysearch train: --visible gaussian or --transform binarize)"
+            )
         if transform == "none" and not binary_data:
             _check_binary(data, src)
     if transform == "binarize":
@@ -482,7 +560,8 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
     rule = "fixed"
     if isinstance(test_segments, str):
         test_segments, split_score = percentile_split(
-            data, n_segments, n_test_segments, split_percentile, split_max_units, seed)
+            data, n_segments, n_test_segments, split_percentile, split_max_units, seed
+        )
         rule = "percentile"
     train_r = [(bounds[s], bounds[s + 1]) for s in range(n_segments) if s not in test_segments]
     test_r = [(bounds[s], bounds[s + 1]) for s in test_segments]
@@ -496,33 +575,48 @@ def preprocess(recording, signal: str = "spikes", voxel_um: float | None = None,
         const = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
         if const.any():
             if on_constant == "error":
-                raise InputError(f"{src}: {int(const.sum())} units are constant over the "
-                                 "training frames and cannot be z-scored; pass "
-                                 "on_constant='drop' to drop them")
+                raise InputError(
+                    f"{src}: {int(const.sum())} units are constant over the "
+                    "training frames and cannot be z-scored; pass "
+                    "on_constant='drop' to drop them"
+                )
             if const.all():
-                raise InputError(f"{src}: every unit is constant over the training frames; "
-                                 "nothing left to z-score")
-            log.warning("%s: dropping %d units that are constant over the training frames",
-                        src, int(const.sum()))
+                raise InputError(
+                    f"{src}: every unit is constant over the training frames; "
+                    "nothing left to z-score"
+                )
+            log.warning(
+                "%s: dropping %d units that are constant over the training frames",
+                src,
+                int(const.sum()),
+            )
             keep = ~const
             train, test = train[:, keep], test[:, keep]
             coords, counts, unit_region = coords[keep], counts[keep], unit_region[keep]
             mean, std = mean[keep], std[keep]
             remap = np.full(keep.size, -1, dtype=np.int64)
             remap[keep] = np.arange(int(keep.sum()))
-            unit_of_neuron = np.where(unit_of_neuron >= 0,
-                                      remap[np.maximum(unit_of_neuron, 0)], -1)
+            unit_of_neuron = np.where(unit_of_neuron >= 0, remap[np.maximum(unit_of_neuron, 0)], -1)
         _zscore_inplace(train, mean, std)
         _zscore_inplace(test, mean, std)
 
     return Dataset(
-        train=train, test=test, visible=visible, coords=np.asarray(coords, dtype=np.float32),
+        train=train,
+        test=test,
+        visible=visible,
+        coords=np.asarray(coords, dtype=np.float32),
         unit_region=np.asarray(unit_region, dtype=np.int64),
-        region_names=list(recording.region_names), n_neurons=np.asarray(counts, dtype=np.int64),
-        test_segments=tuple(int(s) for s in test_segments), n_segments=int(n_segments),
-        source=src, signal=signal, voxel_um=None if voxel_um is None else float(voxel_um),
-        transform=transform, threshold=float(threshold) if transform == "binarize" else None,
-        unit_of_neuron=np.asarray(unit_of_neuron, dtype=np.int64), split_rule=rule,
+        region_names=list(recording.region_names),
+        n_neurons=np.asarray(counts, dtype=np.int64),
+        test_segments=tuple(int(s) for s in test_segments),
+        n_segments=int(n_segments),
+        source=src,
+        signal=signal,
+        voxel_um=None if voxel_um is None else float(voxel_um),
+        transform=transform,
+        threshold=float(threshold) if transform == "binarize" else None,
+        unit_of_neuron=np.asarray(unit_of_neuron, dtype=np.int64),
+        split_rule=rule,
         split_score=split_score,
         zscore_mean=None if mean is None else mean.astype(np.float32),
         zscore_std=None if std is None else std.astype(np.float32),
@@ -533,7 +627,7 @@ def _binarize(data, threshold):
     out = np.empty(data.shape, dtype=bool)
     step = max(1, _BLOCK_BYTES // (4 * max(1, data.shape[1])))
     for t0 in range(0, data.shape[0], step):
-        out[t0:t0 + step] = data[t0:t0 + step] > threshold
+        out[t0 : t0 + step] = data[t0 : t0 + step] > threshold
     return out
 
 
@@ -542,7 +636,7 @@ def _zscore_inplace(X, mean, std):
     inv = (1.0 / std).astype(np.float32)
     step = max(1, _BLOCK_BYTES // (4 * max(1, X.shape[1])))
     for t0 in range(0, X.shape[0], step):
-        blk = X[t0:t0 + step]
+        blk = X[t0 : t0 + step]
         blk -= m
         blk *= inv
 
@@ -551,6 +645,8 @@ def check_trainable(ds) -> None:
     """Raise :class:`InputError` when a cRBM cannot learn anything from ``ds``: bernoulli training
     frames without a single spike (every metric of such a fit would be NaN)."""
     if ds.visible == "bernoulli" and not np.any(ds.train):
-        raise InputError(f"{ds.source}: the training frames have no spikes at all (every value "
-                         "is 0); a cRBM cannot be fitted to them and every metric would be NaN. "
-                         "Check the recording (raysearch inspect) or model the dF/F (signal dff)")
+        raise InputError(
+            f"{ds.source}: the training frames have no spikes at all (every value "
+            "is 0); a cRBM cannot be fitted to them and every metric would be NaN. "
+            "Check the recording (raysearch inspect) or model the dF/F (signal dff)"
+        )

@@ -51,9 +51,18 @@ _BLOCK_BYTES = 64 * 2**20
 _ALIASES = {
     "dff": ("df_aligned", "dff_align", "df/f", "dff", "calcium", "values", "calcium_data", "df"),
     "coords": ("coordinates", "coords", "coordinates_raw"),
-    "ref_coords": ("refcoords", "ref_coords", "refcoordinates", "ref_coordinates",
-                   "reference_coordinates", "coordinates_registered", "zbraincoords",
-                   "zbrain_coords", "zbrain_coordinates", "zbraincoordinates"),
+    "ref_coords": (
+        "refcoords",
+        "ref_coords",
+        "refcoordinates",
+        "ref_coordinates",
+        "reference_coordinates",
+        "coordinates_registered",
+        "zbraincoords",
+        "zbrain_coords",
+        "zbrain_coordinates",
+        "zbraincoordinates",
+    ),
     "times": ("times", "time", "time_vector"),
     "spikes": ("spike", "spikes", "spike_data", "thresholdedspikes"),
     "labels": ("labels", "region_labels", "zbrainatlas_labels"),
@@ -162,15 +171,17 @@ def _mean_bool(a: np.ndarray) -> float:
     total = 0
     step = max(1, _BLOCK_BYTES // max(1, a.shape[1]))
     for i in range(0, a.shape[0], step):
-        total += int(np.count_nonzero(a[i:i + step]))
+        total += int(np.count_nonzero(a[i : i + step]))
     return total / max(1, a.size)
 
 
 # ----------------------------------------------------------------------------------------------
 # entry point
 
-def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True,
-                   on_nonfinite: str = "error") -> Recording:
+
+def load_recording(
+    path, signals=("spikes", "dff"), drop_unlabelled: bool = True, on_nonfinite: str = "error"
+) -> Recording:
     """Read a recording file (cRBM, Fishualizer or NWB layout; found automatically).
 
     Parameters
@@ -208,13 +219,16 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
     import h5py
 
     if not h5py.is_hdf5(path):
-        raise InputError(f"{path}: not an HDF5/NWB file (no HDF5 signature); raysearch reads the "
-                         "cRBM and Fishualizer HDF5 layouts and NWB")
+        raise InputError(
+            f"{path}: not an HDF5/NWB file (no HDF5 signature); raysearch reads the "
+            "cRBM and Fishualizer HDF5 layouts and NWB"
+        )
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: cannot be opened as HDF5, the file may be truncated or "
-                         f"corrupt ({exc})") from None
+        raise InputError(
+            f"{path}: cannot be opened as HDF5, the file may be truncated or corrupt ({exc})"
+        ) from None
     try:
         with f:
             found = None
@@ -229,12 +243,15 @@ def load_recording(path, signals=("spikes", "dff"), drop_unlabelled: bool = True
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         # h5py raises these when a dataset's bytes are missing (truncated file) or its
         # metadata is damaged (e.g. a type that cannot be represented)
-        raise InputError(f"{path}: reading failed, the file may be truncated or corrupt "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise InputError(
+            f"{path}: reading failed, the file may be truncated or corrupt "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
 # HDF5 layouts
+
 
 def _walk(f) -> dict:
     """All datasets in the file: path -> h5py.Dataset."""
@@ -245,6 +262,7 @@ def _walk(f) -> dict:
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
             out[name] = obj
+
     f.visititems(visit)
     return out
 
@@ -264,8 +282,10 @@ def _resolve(f, path) -> tuple[str, dict]:
     for key, aliases in _ALIASES.items():
         # first alias in priority order, then shortest path
         for alias in aliases:
-            hits = sorted((p for p in allds if p.rsplit("/", 1)[-1].lower() == alias),
-                          key=lambda p: (p.count("/"), p))
+            hits = sorted(
+                (p for p in allds if p.rsplit("/", 1)[-1].lower() == alias),
+                key=lambda p: (p.count("/"), p),
+            )
             if hits:
                 chosen[key] = allds[hits[0]]
                 break
@@ -274,19 +294,25 @@ def _resolve(f, path) -> tuple[str, dict]:
     if "coords" in chosen and ("spikes" in chosen or "dff" in chosen):
         return "fishualizer", chosen
     listing = ", ".join(f"{p} {tuple(d.shape)}" for p, d in list(allds.items())[:30]) or "none"
-    missing = [k for k in ("coordinates", "spikes or dF/F") if
-               (k == "coordinates" and "coords" not in chosen) or
-               (k != "coordinates" and "spikes" not in chosen and "dff" not in chosen)]
+    missing = [
+        k
+        for k in ("coordinates", "spikes or dF/F")
+        if (k == "coordinates" and "coords" not in chosen)
+        or (k != "coordinates" and "spikes" not in chosen and "dff" not in chosen)
+    ]
     raise InputError(
         f"{path}: none of the known recording layouts found (missing {' and '.join(missing)}). "
         f"Expected the cRBM layout (Data/Brain/Analysis/ThresholdedSpikes or DFF_align/DFF, "
         f"Data/Brain/Coordinates, ...) or Fishualizer names (Values, Coordinates, Times, Labels, "
-        f"Spikes). Datasets found: {listing}")
+        f"Spikes). Datasets found: {listing}"
+    )
 
 
 def _n_from_coords(shape, layout, path, name) -> int:
     if len(shape) != 2 or 3 not in shape:
-        raise InputError(f"{path}: coordinates {name} have shape {shape}; expected (3, N) or (N, 3)")
+        raise InputError(
+            f"{path}: coordinates {name} have shape {shape}; expected (3, N) or (N, 3)"
+        )
     if layout == "crbm":
         return int(shape[1]) if shape[0] == 3 else int(shape[0])
     return int(max(shape))
@@ -297,10 +323,15 @@ def _coords(ds, n, path, against=None) -> np.ndarray:
     if a.shape == (3, n) and n != 3:
         a = a.T
     elif a.shape != (n, 3):
-        src = f"{against.name} {tuple(against.shape)} and the activity give" \
-            if against is not None else "the recording has"
-        raise InputError(f"{path}: {ds.name} has shape {a.shape}, but {src} N = {n} neurons; "
-                         "coordinates must be (3, N) or (N, 3)")
+        src = (
+            f"{against.name} {tuple(against.shape)} and the activity give"
+            if against is not None
+            else "the recording has"
+        )
+        raise InputError(
+            f"{path}: {ds.name} has shape {a.shape}, but {src} N = {n} neurons; "
+            "coordinates must be (3, N) or (N, 3)"
+        )
     if not np.all(np.isfinite(a)):
         raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
     unit = ds.attrs.get("unit", ds.attrs.get("units", None))
@@ -316,8 +347,10 @@ def _coords(ds, n, path, against=None) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = a.astype(np.float32)
     if not np.all(np.isfinite(out)):
-        raise InputError(f"{path}: {ds.name} has {int((~np.isfinite(out)).sum())} values too "
-                         "large for a coordinate (beyond float32); the dataset is corrupt")
+        raise InputError(
+            f"{path}: {ds.name} has {int((~np.isfinite(out)).sum())} values too "
+            "large for a coordinate (beyond float32); the dataset is corrupt"
+        )
     return out
 
 
@@ -329,10 +362,15 @@ def _orient(shape, n, path, name, coords=None) -> tuple[bool, int]:
         return False, int(shape[0])
     if shape[0] == n:
         return True, int(shape[1])
-    src = f"{coords.name} {tuple(coords.shape)} gives" if coords is not None \
+    src = (
+        f"{coords.name} {tuple(coords.shape)} gives"
+        if coords is not None
         else "the coordinates give"
-    raise InputError(f"{path}: {name} has shape {shape} but {src} N = {n} neurons; the "
-                     "activity and the coordinates disagree on N")
+    )
+    raise InputError(
+        f"{path}: {name} has shape {shape} but {src} N = {n} neurons; the "
+        "activity and the coordinates disagree on N"
+    )
 
 
 def _read_activity(ds, n, keep, kind, path, name, transposed) -> tuple[np.ndarray, np.ndarray]:
@@ -406,13 +444,17 @@ def _region_names(lab_ds, f, n_regions) -> list[str]:
         parent = lab_ds.parent
         for cand in ("RegionNames", "region_names", "Labels_names", "LabelNames"):
             if cand in parent:
-                names = [n.decode() if isinstance(n, bytes) else str(n)
-                         for n in np.asarray(parent[cand][()]).ravel()]
+                names = [
+                    n.decode() if isinstance(n, bytes) else str(n)
+                    for n in np.asarray(parent[cand][()]).ravel()
+                ]
                 break
     if names is not None and len(names) != n_regions:
-        raise InputError(f"{lab_ds.file.filename}: {lab_ds.name} has {n_regions} regions but its "
-                         f"region names list {len(names)}; fix the names (or remove them to use "
-                         "the default names)")
+        raise InputError(
+            f"{lab_ds.file.filename}: {lab_ds.name} has {n_regions} regions but its "
+            f"region names list {len(names)}; fix the names (or remove them to use "
+            "the default names)"
+        )
     if names is None:
         if n_regions == len(ZBRAIN_REGIONS):
             names = list(ZBRAIN_REGIONS)
@@ -426,8 +468,10 @@ def _labels(ds, n, path, f) -> tuple[np.ndarray, list[str]]:
     if a.ndim == 1 and a.shape[0] == n:
         a = a[:, None]
     if a.ndim != 2 or n not in a.shape:
-        raise InputError(f"{path}: {ds.name} has shape {a.shape} but the coordinates give "
-                         f"N = {n} neurons; labels must be (R, N) or (N, R)")
+        raise InputError(
+            f"{path}: {ds.name} has shape {a.shape} but the coordinates give "
+            f"N = {n} neurons; labels must be (R, N) or (N, R)"
+        )
     if a.shape[1] == n:  # (R, N), the published orientation (also when R == N)
         lab = (a != 0).T
     else:  # (N, R)
@@ -450,8 +494,11 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
     # the activity is checked against the coordinates first, so a wrong-sized array is named
     orient = {s: _orient(ds[s].shape, n, path, ds[s].name, ds["coords"]) for s in wanted}
     coords = _coords(ds["coords"], n, path)
-    ref = _coords(ds["ref_coords"], n, path, against=ds["coords"]) if "ref_coords" in ds and \
-        ds["ref_coords"] is not ds["coords"] else None
+    ref = (
+        _coords(ds["ref_coords"], n, path, against=ds["coords"])
+        if "ref_coords" in ds and ds["ref_coords"] is not ds["coords"]
+        else None
+    )
     if "labels" in ds:
         labels, names = _labels(ds["labels"], n, path, f)
     else:
@@ -459,12 +506,27 @@ def _load_h5(f, path, signals, drop_unlabelled, on_nonfinite) -> Recording:
         labels, names = np.ones((n, 1), dtype=bool), ["all"]
     Ts = {s: t for s, (_, t) in orient.items()}
     if len(set(Ts.values())) > 1:
-        raise InputError(f"{path}: the activity arrays disagree on the number of frames: "
-                         + ", ".join(f"{ds[s].name} has T = {t}" for s, t in Ts.items()))
+        raise InputError(
+            f"{path}: the activity arrays disagree on the number of frames: "
+            + ", ".join(f"{ds[s].name} has T = {t}" for s, t in Ts.items())
+        )
     T = next(iter(Ts.values()))
     times = _times(ds.get("times"), T, path)
-    return _assemble(path, layout, found, n, T, coords, ref, labels, names, times,
-                     {s: (ds[s], orient[s][0]) for s in wanted}, drop_unlabelled, on_nonfinite)
+    return _assemble(
+        path,
+        layout,
+        found,
+        n,
+        T,
+        coords,
+        ref,
+        labels,
+        names,
+        times,
+        {s: (ds[s], orient[s][0]) for s in wanted},
+        drop_unlabelled,
+        on_nonfinite,
+    )
 
 
 def _times(ds, T, path) -> np.ndarray:
@@ -473,31 +535,54 @@ def _times(ds, T, path) -> np.ndarray:
         return np.arange(T, dtype=np.float64)
     t = np.asarray(ds[()], dtype=np.float64).ravel()
     if t.size != T:
-        raise InputError(f"{path}: {ds.name} has {t.size} frame times but the activity has "
-                         f"T = {T} frames")
+        raise InputError(
+            f"{path}: {ds.name} has {t.size} frame times but the activity has T = {T} frames"
+        )
     if not np.all(np.isfinite(t)):
         raise InputError(f"{path}: {ds.name} contains NaN/inf frame times")
     if t.size >= 2:
         step = np.diff(t)
         if not np.median(step) > 0:
             what = "constant" if np.all(step == 0) else "not increasing"
-            raise InputError(f"{path}: {ds.name} (frame times) are {what} (from {t[0]:g} to "
-                             f"{t[-1]:g} s), so the frame rate is undefined; fix the times, or "
-                             "remove the dataset to use frame indices")
+            raise InputError(
+                f"{path}: {ds.name} (frame times) are {what} (from {t[0]:g} to "
+                f"{t[-1]:g} s), so the frame rate is undefined; fix the times, or "
+                "remove the dataset to use frame indices"
+            )
         if np.any(step <= 0):
-            log.warning("%s: %s has %d frame interval(s) <= 0 (first at frame %d); the frame "
-                        "rate is taken from the median interval", path, ds.name,
-                        int((step <= 0).sum()), int(np.argmax(step <= 0)) + 1)
+            log.warning(
+                "%s: %s has %d frame interval(s) <= 0 (first at frame %d); the frame "
+                "rate is taken from the median interval",
+                path,
+                ds.name,
+                int((step <= 0).sum()),
+                int(np.argmax(step <= 0)) + 1,
+            )
     return t
 
 
-def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sources,
-              drop_unlabelled, on_nonfinite) -> Recording:
+def _assemble(
+    path,
+    layout,
+    found,
+    n,
+    T,
+    coords,
+    ref,
+    labels,
+    names,
+    times,
+    sources,
+    drop_unlabelled,
+    on_nonfinite,
+) -> Recording:
     keep = labels.any(1) if drop_unlabelled else np.ones(n, dtype=bool)
     n_dropped = int(n - keep.sum())
     if not keep.any():
-        raise InputError(f"{path}: all {n} neurons are in no region; nothing left after region "
-                         "filtering (pass drop_unlabelled=False to keep them)")
+        raise InputError(
+            f"{path}: all {n} neurons are in no region; nothing left after region "
+            "filtering (pass drop_unlabelled=False to keep them)"
+        )
     arrays = {"spikes": None, "dff": None}
     bad_any = np.zeros(int(keep.sum()), dtype=bool)
     for s, (d, transposed) in sources.items():
@@ -509,13 +594,15 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
                     f"values (in {int((bad > 0).sum())} neurons); read only the dF/F and "
                     "binarise it "
                     "(raysearch train: --signal dff --transform binarize; Python: "
-                    "signals=('dff',) and preprocess(transform='binarize'))")
+                    "signals=('dff',) and preprocess(transform='binarize'))"
+                )
             if on_nonfinite == "error":
                 raise InputError(
                     f"{path}: {d.name} has {int(bad.sum())} NaN/inf values in "
                     f"{int((bad > 0).sum())} neurons; to drop those neurons pass "
                     "--on-nonfinite drop (raysearch train/inspect), on_nonfinite: drop (study "
-                    "recordings) or on_nonfinite='drop' (Python)")
+                    "recordings) or on_nonfinite='drop' (Python)"
+                )
             bad_any |= bad > 0
         arrays[s] = arr
     n_nonfinite = int(bad_any.sum())
@@ -531,18 +618,28 @@ def _assemble(path, layout, found, n, T, coords, ref, labels, names, times, sour
                 arrays[s] = arrays[s][:, good]
         coords, labels = coords[good], labels[good]
         ref = ref[good] if ref is not None else None
-    return Recording(spikes=arrays["spikes"], dff=arrays["dff"], coords=coords, ref_coords=ref,
-                     times=times, labels=labels, region_names=names, source=str(path),
-                     layout=layout, n_dropped=n_dropped + n_nonfinite, datasets=found,
-                     n_nonfinite_dropped=n_nonfinite)
+    return Recording(
+        spikes=arrays["spikes"],
+        dff=arrays["dff"],
+        coords=coords,
+        ref_coords=ref,
+        times=times,
+        labels=labels,
+        region_names=names,
+        source=str(path),
+        layout=layout,
+        n_dropped=n_dropped + n_nonfinite,
+        datasets=found,
+        n_nonfinite_dropped=n_nonfinite,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # NWB
 
+
 def _is_nwb(f) -> bool:
-    return "nwb_version" in f.attrs or ("processing" in f and "acquisition" in f
-                                         and "general" in f)
+    return "nwb_version" in f.attrs or ("processing" in f and "acquisition" in f and "general" in f)
 
 
 def _nwb_datasets(f, path) -> dict:
@@ -553,8 +650,9 @@ def _import_pynwb(path):
     try:
         import pynwb  # noqa: F401
     except ImportError:
-        raise InputError(f"{path}: is an NWB file, which needs pynwb: "
-                         'pip install "raysearch[nwb]"') from None
+        raise InputError(
+            f'{path}: is an NWB file, which needs pynwb: pip install "raysearch[nwb]"'
+        ) from None
     return pynwb
 
 
@@ -574,22 +672,29 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
             raise InputError(f"{path}: pynwb cannot read this NWB file ({exc})") from None
     try:
         if "ophys" not in nwb.processing:
-            raise InputError(f"{path}: NWB file has no processing/ophys module; datasets found: "
-                             + ", ".join(list(found)[:30]))
+            raise InputError(
+                f"{path}: NWB file has no processing/ophys module; datasets found: "
+                + ", ".join(list(found)[:30])
+            )
         mod = nwb.processing["ophys"]
         series, kind = None, None
         for cname in ("DfOverF", "Fluorescence"):
-            cands = [s for iface in mod.data_interfaces.values()
-                     if type(iface).__name__ == cname
-                     for s in iface.roi_response_series.values()]
+            cands = [
+                s
+                for iface in mod.data_interfaces.values()
+                if type(iface).__name__ == cname
+                for s in iface.roi_response_series.values()
+            ]
             if cands:
                 # e.g. DANDI:000350 has neuron and glia series: prefer the neurons
                 neuron = [s for s in cands if "neuron" in s.name.lower()]
                 series, kind = (neuron or cands)[0], cname
                 break
         if series is None:
-            raise InputError(f"{path}: NWB processing/ophys has no DfOverF or Fluorescence "
-                             f"RoiResponseSeries; it has {list(mod.data_interfaces)}")
+            raise InputError(
+                f"{path}: NWB processing/ophys has no DfOverF or Fluorescence "
+                f"RoiResponseSeries; it has {list(mod.data_interfaces)}"
+            )
         table = series.rois.table
         rows = np.asarray(series.rois.data[:], dtype=np.int64)
         coords = _nwb_coords(table, rows, path)
@@ -603,14 +708,29 @@ def _load_nwb(path, signals, drop_unlabelled, on_nonfinite, found) -> Recording:
         if times.size != T:
             raise InputError(f"{path}: {series.name} has {times.size} timestamps but T = {T}")
         if "dff" not in signals:
-            raise InputError(f"{path}: NWB files provide dF/F (or fluorescence) only; asked for "
-                             f"{list(signals)}; use the dF/F (raysearch train: --signal dff; "
-                             "a study: preprocessing.signal: dff; Python: signals=('dff',))")
+            raise InputError(
+                f"{path}: NWB files provide dF/F (or fluorescence) only; asked for "
+                f"{list(signals)}; use the dF/F (raysearch train: --signal dff; "
+                "a study: preprocessing.signal: dff; Python: signals=('dff',))"
+            )
         if "spikes" in signals:
             log.warning("%s: NWB has no binary spikes; Recording.spikes is None", path)
         labels, names = np.ones((n, 1), dtype=bool), ["all"]
-        return _assemble(path, "nwb", found, n, T, coords, None, labels, names, times,
-                         {"dff": (data, transposed)}, drop_unlabelled, on_nonfinite)
+        return _assemble(
+            path,
+            "nwb",
+            found,
+            n,
+            T,
+            coords,
+            None,
+            labels,
+            names,
+            times,
+            {"dff": (data, transposed)},
+            drop_unlabelled,
+            on_nonfinite,
+        )
     finally:
         io.close()
 
@@ -634,13 +754,15 @@ def _mask_centres(col, path, name) -> np.ndarray:
         rows = []
         for r in range(len(col)):
             m = col[r]
-            arr = np.asarray([tuple(x) for x in (m.to_records(index=False) if hasattr(
-                m, "to_records") else m)], dtype=float)
+            arr = np.asarray(
+                [tuple(x) for x in (m.to_records(index=False) if hasattr(m, "to_records") else m)],
+                dtype=float,
+            )
             rows.append(arr)
         ends = np.cumsum([len(a) for a in rows]).astype(np.int64)
         allm = np.concatenate(rows) if rows else np.zeros((0, 4))
         xyz = np.zeros((allm.shape[0], 3))
-        xyz[:, :allm.shape[1] - 1] = allm[:, :-1]
+        xyz[:, : allm.shape[1] - 1] = allm[:, :-1]
         w = allm[:, -1]
     starts = np.concatenate([[0], ends[:-1]])
     counts = ends - starts
@@ -651,8 +773,9 @@ def _mask_centres(col, path, name) -> np.ndarray:
     zero = wsum <= 0  # all-zero weights: plain mean
     w = np.where(zero[roi], 1.0, w)
     wsum = np.bincount(roi, weights=w, minlength=ends.size)
-    out = np.stack([np.bincount(roi, weights=w * xyz[:, j], minlength=ends.size)
-                    for j in range(3)], axis=1)
+    out = np.stack(
+        [np.bincount(roi, weights=w * xyz[:, j], minlength=ends.size) for j in range(3)], axis=1
+    )
     return out / wsum[:, None]
 
 
@@ -664,20 +787,35 @@ def _nwb_coords(table, rows, path) -> np.ndarray:
     if plane is not None:
         gs = getattr(plane, "grid_spacing", None)
         unit = (getattr(plane, "grid_spacing_unit", None) or "meters").lower()
-        factor = {"meters": 1e6, "meter": 1e6, "m": 1e6, "millimeters": 1e3, "mm": 1e3,
-                  "micrometers": 1.0, "um": 1.0, "micrometer": 1.0, "µm": 1.0}.get(unit, 1e6)
+        factor = {
+            "meters": 1e6,
+            "meter": 1e6,
+            "m": 1e6,
+            "millimeters": 1e3,
+            "mm": 1e3,
+            "micrometers": 1.0,
+            "um": 1.0,
+            "micrometer": 1.0,
+            "µm": 1.0,
+        }.get(unit, 1e6)
         if gs is not None and len(gs) >= 2:
             g = np.asarray(gs, dtype=float) * factor
-            scale[:len(g)] = g[:3]
+            scale[: len(g)] = g[:3]
         oc = getattr(plane, "origin_coords", None)
         if oc is not None and len(oc) >= 2:
             ounit = (getattr(plane, "origin_coords_unit", None) or "meters").lower()
-            o = np.asarray(oc, dtype=float) * {"meters": 1e6, "m": 1e6, "millimeters": 1e3,
-                                               "mm": 1e3}.get(ounit, 1.0)
-            origin[:len(o)] = o[:3]
+            o = np.asarray(oc, dtype=float) * {
+                "meters": 1e6,
+                "m": 1e6,
+                "millimeters": 1e3,
+                "mm": 1e3,
+            }.get(ounit, 1.0)
+            origin[: len(o)] = o[:3]
     if "voxel_mask" not in cols and "pixel_mask" not in cols:
-        raise InputError(f"{path}: the NWB PlaneSegmentation has neither voxel_mask nor "
-                         f"pixel_mask (columns: {sorted(cols)}); cannot place the ROIs")
+        raise InputError(
+            f"{path}: the NWB PlaneSegmentation has neither voxel_mask nor "
+            f"pixel_mask (columns: {sorted(cols)}); cannot place the ROIs"
+        )
     name = "voxel_mask" if "voxel_mask" in cols else "pixel_mask"
     out = _mask_centres(table[name], path, name)[rows]
     if name == "pixel_mask":
@@ -690,5 +828,8 @@ def _nwb_coords(table, rows, path) -> np.ndarray:
 # axis (alphabetical, as listed in the cRBM authors' RegionLabels.txt), one per line in the package
 # data file zbrain_regions.txt. Used to name the regions of a file whose Labels have 294 rows and no
 # names of their own.
-ZBRAIN_REGIONS = (resources.files("raysearch.data") / "zbrain_regions.txt").read_text(
-    encoding="utf-8").splitlines()
+ZBRAIN_REGIONS = (
+    (resources.files("raysearch.data") / "zbrain_regions.txt")
+    .read_text(encoding="utf-8")
+    .splitlines()
+)

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raysearch.errors import ConfigError, InputError
 from raysearch.data.recordings import Recording
+from raysearch.errors import ConfigError, InputError
 
 __all__ = [
     "GroundTruth",
@@ -57,8 +57,14 @@ __all__ = [
     "load_ground_truth",
 ]
 
-_BANDS = ("Telencephalon", "Diencephalon", "Tectum", "Cerebellum",
-          "Rhombencephalon_ant", "Rhombencephalon_post")
+_BANDS = (
+    "Telencephalon",
+    "Diencephalon",
+    "Tectum",
+    "Cerebellum",
+    "Rhombencephalon_ant",
+    "Rhombencephalon_post",
+)
 REGION_NAMES = [f"{b}_{side}" for b in _BANDS for side in ("L", "R")]
 _SEMI_AXES = np.array([500.0, 250.0, 150.0])
 _REF_CENTRE = np.array([560.0, 250.0, 140.0])
@@ -129,12 +135,24 @@ def _check_params(n_neurons, n_frames, n_assemblies, frame_rate, mean_rate, asse
     if assembly_size > n_neurons // 2:
         raise ConfigError(
             f"assemblies of {assembly_size} neurons do not fit in {n_neurons} neurons; "
-            "use more neurons or a smaller min_assembly_size")
+            "use more neurons or a smaller min_assembly_size"
+        )
 
 
-def _static_model(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate,
-                  assembly_fraction, min_assembly_size, bilateral_fraction, overlap_fraction,
-                  bout_s, gain):
+def _static_model(
+    n_neurons,
+    n_frames,
+    n_assemblies,
+    seed,
+    frame_rate,
+    mean_rate,
+    assembly_fraction,
+    min_assembly_size,
+    bilateral_fraction,
+    overlap_fraction,
+    bout_s,
+    gain,
+):
     """Everything except the per-frame spikes and dF/F (small: O(N K + T K))."""
     rng = _rng(seed, _STREAM_STATIC)
     N, T, K = int(n_neurons), int(n_frames), int(n_assemblies)
@@ -145,9 +163,9 @@ def _static_model(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate
     local = direction * radius[:, None] * _SEMI_AXES  # (N, 3) um, centred
     ref = local + _REF_CENTRE
     angle = np.deg2rad(rng.uniform(-8, 8))
-    rot = np.array([[np.cos(angle), -np.sin(angle), 0.0],
-                    [np.sin(angle), np.cos(angle), 0.0],
-                    [0.0, 0.0, 1.0]])
+    rot = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
     micro = local @ rot.T + np.array([620.0, 300.0, 160.0]) + rng.uniform(-20, 20, 3)
     # regions: 6 bands along x (rostral = +x first), split by the sign of y
     band = np.clip(((_SEMI_AXES[0] - local[:, 0]) / (2 * _SEMI_AXES[0]) * 6).astype(int), 0, 5)
@@ -249,8 +267,9 @@ def _static_model(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate
     mass /= mass.sum(1, keepdims=True)
     coupling = mass.T @ mass
     coupling /= coupling.max()
-    region_centres = np.array([local[region == r].mean(0) if np.any(region == r)
-                               else np.zeros(3) for r in range(R)])
+    region_centres = np.array(
+        [local[region == r].mean(0) if np.any(region == r) else np.zeros(3) for r in range(R)]
+    )
     dist = np.linalg.norm(region_centres[:, None] - region_centres[None], axis=-1)
     noise = rng.normal(0, 0.05, (R, R))
     structural = 0.6 * coupling + 0.4 * np.exp(-dist / 250.0) + (noise + noise.T) / 2
@@ -258,11 +277,24 @@ def _static_model(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate
     np.fill_diagonal(structural, 0.0)
 
     return dict(
-        ref=ref.astype(np.float32), micro=micro.astype(np.float32), labels=labels,
-        membership=membership, weights=weights, activity=activity, bias=bias,
-        background=background.astype(np.float32), decay=decay, amp=amp, noise_sd=noise_sd,
-        drift_amp=drift_amp, drift_period=drift_period, drift_phase=drift_phase,
-        coupling=coupling, structural=structural, kinds=list(kinds), size=size,
+        ref=ref.astype(np.float32),
+        micro=micro.astype(np.float32),
+        labels=labels,
+        membership=membership,
+        weights=weights,
+        activity=activity,
+        bias=bias,
+        background=background.astype(np.float32),
+        decay=decay,
+        amp=amp,
+        noise_sd=noise_sd,
+        drift_amp=drift_amp,
+        drift_period=drift_period,
+        drift_phase=drift_phase,
+        coupling=coupling,
+        structural=structural,
+        kinds=list(kinds),
+        size=size,
     )
 
 
@@ -305,8 +337,10 @@ def _frame_blocks(model, n_frames, seed, frame_rate, signals):
             dff = rng.standard_normal((b, N), dtype=np.float32)
             dff *= noise_sd
             t = (np.arange(t0, t1) / frame_rate)[:, None]
-            dff += (model["drift_amp"] * np.sin(2 * np.pi * t / model["drift_period"]
-                                                + model["drift_phase"])).astype(np.float32)
+            dff += (
+                model["drift_amp"]
+                * np.sin(2 * np.pi * t / model["drift_period"] + model["drift_phase"])
+            ).astype(np.float32)
             for i in range(b):
                 calcium *= decay
                 calcium += spikes[i]
@@ -314,51 +348,88 @@ def _frame_blocks(model, n_frames, seed, frame_rate, signals):
         yield t0, t1, spikes, dff
 
 
-def _settings(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate, assembly_fraction,
-              min_assembly_size, bilateral_fraction, overlap_fraction, bout_s, gain):
+def _settings(
+    n_neurons,
+    n_frames,
+    n_assemblies,
+    seed,
+    frame_rate,
+    mean_rate,
+    assembly_fraction,
+    min_assembly_size,
+    bilateral_fraction,
+    overlap_fraction,
+    bout_s,
+    gain,
+):
     if n_assemblies is None and isinstance(n_neurons, (int, np.integer)):
         n_assemblies = _default_n_assemblies(int(n_neurons))
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    for name, v in (("n_neurons", n_neurons), ("n_frames", n_frames),
-                    ("n_assemblies", n_assemblies)):
+    for name, v in (
+        ("n_neurons", n_neurons),
+        ("n_frames", n_frames),
+        ("n_assemblies", n_assemblies),
+    ):
         if not isinstance(v, (int, np.integer)):
             raise ConfigError(f"{name} must be an integer, got {v!r}")
-    if not (isinstance(bout_s, (tuple, list)) and len(bout_s) == 2
-            and 0 < bout_s[0] <= bout_s[1]):
+    if not (isinstance(bout_s, (tuple, list)) and len(bout_s) == 2 and 0 < bout_s[0] <= bout_s[1]):
         raise ConfigError(f"bout_s must be (min, max) seconds with 0 < min <= max, got {bout_s!r}")
-    for name, v in (("bilateral_fraction", bilateral_fraction),
-                    ("overlap_fraction", overlap_fraction)):
+    for name, v in (
+        ("bilateral_fraction", bilateral_fraction),
+        ("overlap_fraction", overlap_fraction),
+    ):
         if not 0 <= v <= 1:
             raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
     if bilateral_fraction + overlap_fraction > 1:
         raise ConfigError("bilateral_fraction + overlap_fraction must be <= 1")
     if not 0 < assembly_fraction < 0.5:
         raise ConfigError(f"assembly_fraction must be in (0, 0.5), got {assembly_fraction!r}")
-    return dict(n_neurons=int(n_neurons), n_frames=int(n_frames), n_assemblies=int(n_assemblies),
-                seed=int(seed), frame_rate=float(frame_rate), mean_rate=float(mean_rate),
-                assembly_fraction=float(assembly_fraction),
-                min_assembly_size=int(min_assembly_size),
-                bilateral_fraction=float(bilateral_fraction),
-                overlap_fraction=float(overlap_fraction),
-                bout_s=[float(bout_s[0]), float(bout_s[1])], gain=float(gain))
+    return dict(
+        n_neurons=int(n_neurons),
+        n_frames=int(n_frames),
+        n_assemblies=int(n_assemblies),
+        seed=int(seed),
+        frame_rate=float(frame_rate),
+        mean_rate=float(mean_rate),
+        assembly_fraction=float(assembly_fraction),
+        min_assembly_size=int(min_assembly_size),
+        bilateral_fraction=float(bilateral_fraction),
+        overlap_fraction=float(overlap_fraction),
+        bout_s=[float(bout_s[0]), float(bout_s[1])],
+        gain=float(gain),
+    )
 
 
 def _ground_truth(model, settings):
     return GroundTruth(
-        membership=model["membership"], weights=model["weights"], activity=model["activity"],
-        region_coupling=model["coupling"], structural=model["structural"],
-        region_names=list(REGION_NAMES), background=model["background"],
-        params=dict(settings, assembly_kinds=model["kinds"], assembly_size=model["size"]))
+        membership=model["membership"],
+        weights=model["weights"],
+        activity=model["activity"],
+        region_coupling=model["coupling"],
+        structural=model["structural"],
+        region_names=list(REGION_NAMES),
+        background=model["background"],
+        params=dict(settings, assembly_kinds=model["kinds"], assembly_size=model["size"]),
+    )
 
 
-def make_synthetic_recording(n_neurons: int = 1000, n_frames: int = 2000,
-                             n_assemblies: int | None = None, seed: int = 0, *,
-                             frame_rate: float = 4.0, mean_rate: float = 0.04,
-                             assembly_fraction: float = 0.01, min_assembly_size: int = 8,
-                             bilateral_fraction: float = 0.25, overlap_fraction: float = 0.1,
-                             bout_s: tuple[float, float] = (1.0, 3.0), gain: float = 5.0,
-                             signals=("spikes", "dff")):
+def make_synthetic_recording(
+    n_neurons: int = 1000,
+    n_frames: int = 2000,
+    n_assemblies: int | None = None,
+    seed: int = 0,
+    *,
+    frame_rate: float = 4.0,
+    mean_rate: float = 0.04,
+    assembly_fraction: float = 0.01,
+    min_assembly_size: int = 8,
+    bilateral_fraction: float = 0.25,
+    overlap_fraction: float = 0.1,
+    bout_s: tuple[float, float] = (1.0, 3.0),
+    gain: float = 5.0,
+    signals=("spikes", "dff"),
+):
     """Build a synthetic fish in memory.
 
     Parameters
@@ -390,9 +461,20 @@ def make_synthetic_recording(n_neurons: int = 1000, n_frames: int = 2000,
         spikes (T, N) bool, dff (T, N) float32, coords/ref_coords (N, 3) um, 12 regions.
     truth : GroundTruth
     """
-    settings = _settings(n_neurons, n_frames, n_assemblies, seed, frame_rate, mean_rate,
-                         assembly_fraction, min_assembly_size, bilateral_fraction,
-                         overlap_fraction, bout_s, gain)
+    settings = _settings(
+        n_neurons,
+        n_frames,
+        n_assemblies,
+        seed,
+        frame_rate,
+        mean_rate,
+        assembly_fraction,
+        min_assembly_size,
+        bilateral_fraction,
+        overlap_fraction,
+        bout_s,
+        gain,
+    )
     model = _static_model(**settings)
     T, N = settings["n_frames"], settings["n_neurons"]
     spikes = np.empty((T, N), dtype=bool) if "spikes" in signals else None
@@ -403,14 +485,27 @@ def make_synthetic_recording(n_neurons: int = 1000, n_frames: int = 2000,
         if dff is not None:
             dff[t0:t1] = d
     rec = Recording(
-        spikes=spikes, dff=dff, coords=model["micro"], ref_coords=model["ref"],
-        times=np.arange(T, dtype=np.float64) / frame_rate, labels=model["labels"],
-        region_names=list(REGION_NAMES), source=f"synthetic(seed={int(seed)})", layout="synthetic")
+        spikes=spikes,
+        dff=dff,
+        coords=model["micro"],
+        ref_coords=model["ref"],
+        times=np.arange(T, dtype=np.float64) / frame_rate,
+        labels=model["labels"],
+        region_names=list(REGION_NAMES),
+        source=f"synthetic(seed={int(seed)})",
+        layout="synthetic",
+    )
     return rec, _ground_truth(model, settings)
 
 
-def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
-                              n_assemblies: int | None = None, seed: int = 0, **kwargs):
+def write_synthetic_recording(
+    path,
+    n_neurons: int = 1000,
+    n_frames: int = 2000,
+    n_assemblies: int | None = None,
+    seed: int = 0,
+    **kwargs,
+):
     """Write a synthetic fish in the published cRBM layout plus a ``/GroundTruth`` group.
 
     Streams frames to disk in blocks (peak memory ~ a few hundred MB even for a whole fish) and
@@ -451,12 +546,15 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
             f.attrs["raysearch_synthetic"] = json.dumps(settings)
             brain = f.create_group("Data/Brain")
             ana = brain.create_group("Analysis")
-            ds_s = ana.create_dataset("ThresholdedSpikes", (T, N), dtype="u1") \
-                if "spikes" in signals else None
-            ds_d = ana.create_dataset("DFF_align", (T, N), dtype="f4") \
-                if "dff" in signals else None
-            for t0, t1, s, d in _frame_blocks(model, T, settings["seed"],
-                                              settings["frame_rate"], signals):
+            ds_s = (
+                ana.create_dataset("ThresholdedSpikes", (T, N), dtype="u1")
+                if "spikes" in signals
+                else None
+            )
+            ds_d = ana.create_dataset("DFF_align", (T, N), dtype="f4") if "dff" in signals else None
+            for t0, t1, s, d in _frame_blocks(
+                model, T, settings["seed"], settings["frame_rate"], signals
+            ):
                 if ds_s is not None:
                     ds_s.write_direct(s.view(np.uint8), dest_sel=np.s_[t0:t1])
                 if ds_d is not None:
@@ -465,19 +563,23 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
                 d = brain.create_dataset(name, data=(xyz.T / 1000.0).astype(np.float32))
                 d.attrs["unit"] = "mm"
             tms = brain.create_dataset(
-                "Times", data=(np.arange(T, dtype=np.float64) / settings["frame_rate"])[:, None])
+                "Times", data=(np.arange(T, dtype=np.float64) / settings["frame_rate"])[:, None]
+            )
             tms.attrs["unit"] = "s"
             lab = brain.create_dataset("Labels", data=model["labels"].T.astype(np.uint8))
             lab.attrs["region_names"] = json.dumps(REGION_NAMES)
             gt = f.create_group("GroundTruth")
-            gt.attrs["params"] = json.dumps(dict(settings, assembly_kinds=model["kinds"],
-                                                 assembly_size=model["size"]))
+            gt.attrs["params"] = json.dumps(
+                dict(settings, assembly_kinds=model["kinds"], assembly_size=model["size"])
+            )
             gt.attrs["region_names"] = json.dumps(REGION_NAMES)
-            gt.create_dataset("membership", data=model["membership"].astype(np.uint8),
-                              compression="gzip")
+            gt.create_dataset(
+                "membership", data=model["membership"].astype(np.uint8), compression="gzip"
+            )
             gt.create_dataset("weights", data=model["weights"], compression="gzip")
-            gt.create_dataset("activity", data=model["activity"].astype(np.uint8),
-                              compression="gzip")
+            gt.create_dataset(
+                "activity", data=model["activity"].astype(np.uint8), compression="gzip"
+            )
             gt.create_dataset("region_coupling", data=model["coupling"])
             gt.create_dataset("structural", data=model["structural"])
             gt.create_dataset("background", data=model["background"])
@@ -491,15 +593,24 @@ def write_synthetic_recording(path, n_neurons: int = 1000, n_frames: int = 2000,
     return path
 
 
-_DEFAULTS = dict(frame_rate=4.0, mean_rate=0.04, assembly_fraction=0.01, min_assembly_size=8,
-                 bilateral_fraction=0.25, overlap_fraction=0.1, bout_s=(1.0, 3.0), gain=5.0)
+_DEFAULTS = dict(
+    frame_rate=4.0,
+    mean_rate=0.04,
+    assembly_fraction=0.01,
+    min_assembly_size=8,
+    bilateral_fraction=0.25,
+    overlap_fraction=0.1,
+    bout_s=(1.0, 3.0),
+    gain=5.0,
+)
 
 
 def _settings_from_kwargs(n_neurons, n_frames, n_assemblies, seed, kwargs):
     unknown = set(kwargs) - set(_DEFAULTS)
     if unknown:
-        raise ConfigError(f"unknown synthetic-recording setting(s): {sorted(unknown)}; "
-                          f"known: {sorted(_DEFAULTS)}")
+        raise ConfigError(
+            f"unknown synthetic-recording setting(s): {sorted(unknown)}; known: {sorted(_DEFAULTS)}"
+        )
     opts = dict(_DEFAULTS, **kwargs)
     return _settings(n_neurons, n_frames, n_assemblies, seed, **opts)
 
@@ -523,8 +634,10 @@ def load_ground_truth(path) -> GroundTruth:
         raise InputError(f"{path}: cannot be read as HDF5 ({exc})") from None
     with f:
         if "GroundTruth" not in f:
-            raise InputError(f"{path}: has no /GroundTruth group (only files written by "
-                             "`raysearch synth` carry ground truth)")
+            raise InputError(
+                f"{path}: has no /GroundTruth group (only files written by "
+                "`raysearch synth` carry ground truth)"
+            )
         g = f["GroundTruth"]
         return GroundTruth(
             membership=g["membership"][()].astype(bool),

@@ -25,14 +25,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raysearch.errors import ConfigError
 from raysearch.verdicts import DEFAULT_OBJECTIVE
 
-__all__ = ["Study", "load_study", "study_from_dict", "default_study_path", "SearchSpec",
-           "RecordingSpec", "EvalSettings"]
+__all__ = [
+    "Study",
+    "load_study",
+    "study_from_dict",
+    "default_study_path",
+    "SearchSpec",
+    "RecordingSpec",
+    "EvalSettings",
+]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -105,8 +120,10 @@ class PreprocessingSpec(_Strict):
             raise ValueError("n_test_segments must be smaller than n_segments")
         if isinstance(self.test_segments, list):
             if len(self.test_segments) != self.n_test_segments:
-                raise ValueError(f"test_segments has {len(self.test_segments)} entries but "
-                                 f"n_test_segments is {self.n_test_segments}")
+                raise ValueError(
+                    f"test_segments has {len(self.test_segments)} entries but "
+                    f"n_test_segments is {self.n_test_segments}"
+                )
             bad = [s for s in self.test_segments if not 0 <= s < self.n_segments]
             if bad:
                 raise ValueError(f"test_segments {bad} outside 0..{self.n_segments - 1}")
@@ -186,8 +203,10 @@ class SearchSpec(_Strict):
     @classmethod
     def _num_samples(cls, v):
         if v > MAX_TRIALS:
-            raise ValueError(f"at most {MAX_TRIALS} trials per study (each trial is one cRBM "
-                             "fit); split a larger search into several studies")
+            raise ValueError(
+                f"at most {MAX_TRIALS} trials per study (each trial is one cRBM "
+                "fit); split a larger search into several studies"
+            )
         return v
 
     @model_validator(mode="after")
@@ -199,23 +218,33 @@ class SearchSpec(_Strict):
                 raise ValueError("points_to_evaluate is for the optuna and multi modes")
             size = len(self.lam) * len(self.seeds) * len(self.n_hidden or [0])
             if size > MAX_TRIALS:
-                raise ValueError(f"the grid has {size} lambda x seed x n_hidden points; at most "
-                                 f"{MAX_TRIALS} trials per study (split the grid)")
+                raise ValueError(
+                    f"the grid has {size} lambda x seed x n_hidden points; at most "
+                    f"{MAX_TRIALS} trials per study (split the grid)"
+                )
         else:
             if not isinstance(self.lam, LamRange):
-                raise ValueError(f"mode '{self.mode}' needs lam as a range, e.g. "
-                                 "lam: {low: 1.0e-4, high: 1.0}")
+                raise ValueError(
+                    f"mode '{self.mode}' needs lam as a range, e.g. lam: {{low: 1.0e-4, high: 1.0}}"
+                )
             allowed = {"lam", "seed", "n_hidden", "recording"}
             for i, p in enumerate(self.points_to_evaluate):
                 extra = set(p) - allowed
                 if extra:
-                    raise ValueError(f"points_to_evaluate[{i}] has unknown keys {sorted(extra)}; "
-                                     f"allowed: {sorted(allowed)}")
+                    raise ValueError(
+                        f"points_to_evaluate[{i}] has unknown keys {sorted(extra)}; "
+                        f"allowed: {sorted(allowed)}"
+                    )
                 lam = p.get("lam")
-                if not isinstance(lam, (int, float)) or isinstance(lam, bool) \
-                        or not self.lam.low <= lam <= self.lam.high:
-                    raise ValueError(f"points_to_evaluate[{i}].lam={lam!r} must be a number in "
-                                     f"[{self.lam.low}, {self.lam.high}]")
+                if (
+                    not isinstance(lam, (int, float))
+                    or isinstance(lam, bool)
+                    or not self.lam.low <= lam <= self.lam.high
+                ):
+                    raise ValueError(
+                        f"points_to_evaluate[{i}].lam={lam!r} must be a number in "
+                        f"[{self.lam.low}, {self.lam.high}]"
+                    )
         if self.mode == "multi" and self.asha is not None:
             raise ValueError("asha is not available in mode 'multi' (two objectives)")
         return self
@@ -239,8 +268,9 @@ class EvaluationSpec(_Strict):
     """
 
     report_every: PositiveInt = 200
-    during: EvalSettings = EvalSettings(n_chains=50, n_burnin=200, n_samples=10, n_between=10,
-                                        max_pairs=100_000)
+    during: EvalSettings = EvalSettings(
+        n_chains=50, n_burnin=200, n_samples=10, n_between=10, max_pairs=100_000
+    )
     final: EvalSettings = EvalSettings()
     seed: int = Field(0, ge=0)
 
@@ -305,8 +335,10 @@ class Study(_Strict):
         if self.preprocessing.voxel_um is None:
             raise ValueError("joint: true needs preprocessing.voxel_um (the common voxel grid)")
         if self.joint_min_fish is not None and self.joint_min_fish > len(self.recordings):
-            raise ValueError(f"joint_min_fish ({self.joint_min_fish}) is larger than the "
-                             f"{len(self.recordings)} recordings")
+            raise ValueError(
+                f"joint_min_fish ({self.joint_min_fish}) is larger than the "
+                f"{len(self.recordings)} recordings"
+            )
         return self
 
     @model_validator(mode="after")
@@ -316,13 +348,17 @@ class Study(_Strict):
         if dup:
             raise ValueError(f"recording names {dup} occur twice; give each a distinct 'name'")
         if self.evaluation.report_every > self.model.n_updates:
-            raise ValueError(f"evaluation.report_every ({self.evaluation.report_every}) is larger "
-                             f"than model.n_updates ({self.model.n_updates})")
+            raise ValueError(
+                f"evaluation.report_every ({self.evaluation.report_every}) is larger "
+                f"than model.n_updates ({self.model.n_updates})"
+            )
         known = set(keys)
         for i, p in enumerate(self.search.points_to_evaluate):
             if "recording" in p and p["recording"] not in known:
-                raise ValueError(f"search.points_to_evaluate[{i}].recording={p['recording']!r} is "
-                                 f"not one of {sorted(known)}")
+                raise ValueError(
+                    f"search.points_to_evaluate[{i}].recording={p['recording']!r} is "
+                    f"not one of {sorted(known)}"
+                )
         return self
 
     @property
@@ -345,25 +381,30 @@ def _format_errors(err: ValidationError, where: str) -> str:
         inp = e.get("input")
         # a union (e.g. lam: range | list) reports one error per branch: keep the branch that
         # matches what was written
-        if (e["type"] == "list_type" and isinstance(inp, dict)) or \
-                (e["type"] in ("model_type", "dict_type", "model_attributes_type")
-                 and isinstance(inp, list)):
+        if (e["type"] == "list_type" and isinstance(inp, dict)) or (
+            e["type"] in ("model_type", "dict_type", "model_attributes_type")
+            and isinstance(inp, list)
+        ):
             continue
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         loc = loc.replace(".LamRange", "").replace(".list[constrained-float]", "")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see experiments/quickstart.yaml)"
-        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict) \
+        shown = (
+            ""
+            if e["type"] in ("extra_forbidden", "missing") or isinstance(inp, dict)
             else f" (got {inp!r})"
+        )
         lines.append(f"  - {loc or '<top level>'}: {msg}{shown}")
     # pydantic reports one error per union branch; keep each line once
     lines = list(dict.fromkeys(lines))
     return f"invalid study {where}: {len(lines)} problem(s)\n" + "\n".join(lines)
 
 
-def study_from_dict(data: Any, source: str = "<dict>", base_dir: str | os.PathLike | None = None
-                    ) -> Study:
+def study_from_dict(
+    data: Any, source: str = "<dict>", base_dir: str | os.PathLike | None = None
+) -> Study:
     """Validate a study given as a dict.
 
     Parameters
@@ -381,8 +422,10 @@ def study_from_dict(data: Any, source: str = "<dict>", base_dir: str | os.PathLi
         One message listing every problem, each with its key.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid study {source}: the file must hold a mapping "
-                          f"(name:, recordings:, search:, ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"invalid study {source}: the file must hold a mapping "
+            f"(name:, recordings:, search:, ...), got {type(data).__name__}"
+        )
     try:
         study = Study.model_validate(data)
     except ValidationError as exc:
@@ -408,8 +451,10 @@ def load_study(path: str | os.PathLike | None = None) -> Study:
     """
     path = Path(path) if path is not None else default_study_path()
     if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist (give a study YAML file, e.g. "
-                          "experiments/quickstart.yaml)")
+        raise ConfigError(
+            f"study file {path} does not exist (give a study YAML file, e.g. "
+            "experiments/quickstart.yaml)"
+        )
     data = _read_yaml(path, "study file")
     return study_from_dict(data, source=str(path), base_dir=path.parent)
 
@@ -423,16 +468,19 @@ def _read_yaml(path: Path, what: str) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
-                          f"{line}); save it as UTF-8") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
+            f"{line}); save it as UTF-8"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{what} {path} is not valid YAML{at}: "
-                          f"{getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{what} {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}"
+        ) from None
 
 
 def load_experiment_study(path: str | os.PathLike) -> Study:
@@ -443,9 +491,10 @@ def load_experiment_study(path: str | os.PathLike) -> Study:
     try:
         return study_from_dict(data, source=str(path))
     except ConfigError as exc:
-        raise ConfigError(f"{exc}\n(the experiment's study.yaml is corrupt or was edited; "
-                          "restore it from the study file the experiment was started with)"
-                          ) from None
+        raise ConfigError(
+            f"{exc}\n(the experiment's study.yaml is corrupt or was edited; "
+            "restore it from the study file the experiment was started with)"
+        ) from None
 
 
 def default_study_path() -> Path:

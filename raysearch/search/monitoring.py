@@ -35,9 +35,21 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["job_metadata", "named_trainable", "trial_label", "export_trial_metrics", "METRICS",
-           "MonitoredOptunaSearch", "DIVERGED_VALUE", "USER_ATTRS", "progress_reporter",
-           "console_callbacks", "logger_callbacks", "next_steps", "TENSORBOARD_ENV"]
+__all__ = [
+    "job_metadata",
+    "named_trainable",
+    "trial_label",
+    "export_trial_metrics",
+    "METRICS",
+    "MonitoredOptunaSearch",
+    "DIVERGED_VALUE",
+    "USER_ATTRS",
+    "progress_reporter",
+    "console_callbacks",
+    "logger_callbacks",
+    "next_steps",
+    "TENSORBOARD_ENV",
+]
 
 STAT_NAMES = ("v", "h", "vh", "vv", "hh")
 
@@ -48,18 +60,30 @@ STAT_NAMES = ("v", "h", "vh", "vv", "hh")
 DIVERGED_VALUE = 10.0
 
 #: Optuna user attributes written for every trial (``bad_reason`` only when the trial reports it).
-USER_ATTRS = ("tune_trial_id", "seed", "recording", "n_hidden", *(f"nrmse_{s}" for s in STAT_NAMES),
-              "mean_nrmse", "max_nrmse", "bad", "bad_reason", "weight_density", "updates",
-              "model_path", "objective_reported")
+USER_ATTRS = (
+    "tune_trial_id",
+    "seed",
+    "recording",
+    "n_hidden",
+    *(f"nrmse_{s}" for s in STAT_NAMES),
+    "mean_nrmse",
+    "max_nrmse",
+    "bad",
+    "bad_reason",
+    "weight_density",
+    "updates",
+    "model_path",
+    "objective_reported",
+)
 
 #: Prometheus names (as Ray's metrics agent serves them, with its ``ray_`` prefix) -> meaning.
 METRICS = {
     "ray_raysearch_trial_updates": "parameter updates done by the trial",
     "ray_raysearch_trial_seconds_per_update": "wall seconds per update since the trial's "
-                                              "previous report",
+    "previous report",
     "ray_raysearch_trial_objective": "latest objective (mean or max nRMSE; 10 when not finite)",
     "ray_raysearch_trial_nrmse": "latest nRMSE per statistic (tag statistic: v, h, vh, vv, hh; "
-                                 "10 when not finite)",
+    "10 when not finite)",
     "ray_raysearch_trial_bad": "1 when the latest evaluation flags the fit bad, else 0",
 }
 _TAGS = ("study", "trial_id", "lam")
@@ -74,9 +98,12 @@ def job_metadata(study, experiment_dir: str) -> dict[str, str]:
 
     ``job_name`` is the key the Ray dashboard shows as the job's name.
     """
-    return {"job_name": f"raysearch {study.name}", "raysearch_study": str(study.name),
-            "raysearch_mode": str(study.search.mode),
-            "raysearch_experiment_dir": str(experiment_dir)}
+    return {
+        "job_name": f"raysearch {study.name}",
+        "raysearch_study": str(study.name),
+        "raysearch_mode": str(study.search.mode),
+        "raysearch_experiment_dir": str(experiment_dir),
+    }
 
 
 # ----------------------------------------------------------------------- Ray dashboard: actors
@@ -124,8 +151,11 @@ def named_trainable(fn):
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
         return base.setup(self, config, *args, **kwargs)
 
-    return type(name, (base,), {"__repr__": __repr__, "setup": setup, "__qualname__": name,
-                                "__module__": __name__})
+    return type(
+        name,
+        (base,),
+        {"__repr__": __repr__, "setup": setup, "__qualname__": name, "__module__": __name__},
+    )
 
 
 # ------------------------------------------------------------------------------- Ray metrics
@@ -141,8 +171,9 @@ def _gauge(short: str):
         if short not in _gauges:
             full = f"ray_raysearch_trial_{short}"
             tags = _TAGS + (("statistic",) if short == "nrmse" else ())
-            _gauges[short] = Gauge(f"raysearch_trial_{short}", description=METRICS[full],
-                                   tag_keys=tags)
+            _gauges[short] = Gauge(
+                f"raysearch_trial_{short}", description=METRICS[full], tag_keys=tags
+            )
         return _gauges[short]
 
 
@@ -176,17 +207,23 @@ def export_trial_metrics(row: dict, objective: str = "mean_nrmse") -> dict | Non
         study = ctx.get_experiment_name()
         if not trial_id:
             return None
-        tags = {"study": str(study), "trial_id": str(trial_id),
-                "lam": f"{_float(row.get('lam')):.4g}"}
+        tags = {
+            "study": str(study),
+            "trial_id": str(trial_id),
+            "lam": f"{_float(row.get('lam')):.4g}",
+        }
         updates, seconds = _float(row.get("updates")), _float(row.get("seconds"))
         prev_u, prev_s = _last.get(trial_id, (0.0, 0.0))
         if updates < prev_u:  # a restart from an older checkpoint
             prev_u, prev_s = 0.0, 0.0
         per_update = (seconds - prev_s) / (updates - prev_u) if updates > prev_u else math.nan
         _last[trial_id] = (updates, seconds)
-        values = {"updates": updates, "seconds_per_update": per_update,
-                  "objective": finite_value(row.get(objective)),
-                  "bad": float(bool(row.get("bad")))}
+        values = {
+            "updates": updates,
+            "seconds_per_update": per_update,
+            "objective": finite_value(row.get(objective)),
+            "bad": float(bool(row.get("bad"))),
+        }
         for short, v in values.items():
             if v is not None and not math.isnan(v):
                 _gauge(short).set(v, tags=tags)
@@ -292,9 +329,12 @@ def progress_reporter(objective: str = "mean_nrmse", multi: bool = False):
     metrics = {objective: objective, "bad": "bad", "updates": "updates"}
     if multi:
         metrics["weight_density"] = "weight_density"
-    return CLIReporter(parameter_columns={"lam": "lam", "seed": "seed", "recording": "recording"},
-                       metric_columns=metrics, max_report_frequency=30,
-                       print_intermediate_tables=True)
+    return CLIReporter(
+        parameter_columns={"lam": "lam", "seed": "seed", "recording": "recording"},
+        metric_columns=metrics,
+        max_report_frequency=30,
+        print_intermediate_tables=True,
+    )
 
 
 def _tbx_base():
@@ -368,8 +408,11 @@ class FinishedTrialLine(_trial_callback_base()):
         print(self.line(trial), file=self.stream, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"Trial {trial.trial_id} failed (see its error.txt in the trial folder)",
-              file=self.stream, flush=True)
+        print(
+            f"Trial {trial.trial_id} failed (see its error.txt in the trial folder)",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def console_callbacks(objective: str = "mean_nrmse") -> list:
@@ -387,11 +430,15 @@ def use_legacy_console() -> None:
 def next_steps(experiment_dir: str, optuna_url: str | None = None) -> list[str]:
     """The lines printed at the end of ``raysearch run``/``resume``: where the results are and
     what to run next."""
-    lines = [f"Results are in {experiment_dir}", "Next:",
-             f"  raysearch results {experiment_dir}        # the trials, best and recommended "
-             "lambda",
-             f"  raysearch analyze {experiment_dir}        # couplings, clusters, report.html"]
+    lines = [
+        f"Results are in {experiment_dir}",
+        "Next:",
+        f"  raysearch results {experiment_dir}        # the trials, best and recommended lambda",
+        f"  raysearch analyze {experiment_dir}        # couplings, clusters, report.html",
+    ]
     if optuna_url:
-        lines.append(f"  optuna-dashboard {optuna_url}   # the Optuna study "
-                     "(pip install \"raysearch[dashboard]\")")
+        lines.append(
+            f"  optuna-dashboard {optuna_url}   # the Optuna study "
+            '(pip install "raysearch[dashboard]")'
+        )
     return lines

@@ -31,13 +31,45 @@ __all__ = ["load_results", "pareto_mask", "COLUMNS"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status",
-           *verdicts.NRMSE_COLUMNS, "mean_nrmse", "max_nrmse", "bad", "bad_reason", "sparsity",
-           "weight_density", "updates", "seconds", "node", "model_path"]
-_EXTRA = ["finished", "resumed_at", "eval_seconds", "train_seconds", "n_reports", "node_id",
-          "trial_dir", "model_error", "max_criteria", verdicts.RECONSTRUCTION, *verdicts.OBJECTIVE_SE_COLUMNS,
-          "weight_std", "weights_converged", "unassessable", "unassessable_reason", "unstable",
-          "unstable_reason"]
+COLUMNS = [
+    "trial_id",
+    "lam",
+    "seed",
+    "recording",
+    "penalty",
+    "n_hidden",
+    "status",
+    *verdicts.NRMSE_COLUMNS,
+    "mean_nrmse",
+    "max_nrmse",
+    "bad",
+    "bad_reason",
+    "sparsity",
+    "weight_density",
+    "updates",
+    "seconds",
+    "node",
+    "model_path",
+]
+_EXTRA = [
+    "finished",
+    "resumed_at",
+    "eval_seconds",
+    "train_seconds",
+    "n_reports",
+    "node_id",
+    "trial_dir",
+    "model_error",
+    "max_criteria",
+    verdicts.RECONSTRUCTION,
+    *verdicts.OBJECTIVE_SE_COLUMNS,
+    "weight_std",
+    "weights_converged",
+    "unassessable",
+    "unassessable_reason",
+    "unstable",
+    "unstable_reason",
+]
 _TEXT = ("unassessable", "unassessable_reason", "unstable_reason")
 # why a trial stopped early (raysearch.stability: diverged_reason "unstable: ..." for a Gaussian
 # fit that stopped being normalisable, "non-finite parameters" otherwise)
@@ -46,8 +78,11 @@ _REASONS = ["diverged", "diverged_reason"]
 
 def _per_fish_columns(last: dict) -> dict:
     """The per-fish metrics of a joint study's final report (``fish<f>_...``, ``bad_any_fish``)."""
-    return {k: v for k, v in last.items()
-            if k == "bad_any_fish" or (k.startswith("fish") and "nrmse" in k)}
+    return {
+        k: v
+        for k, v in last.items()
+        if k == "bad_any_fish" or (k.startswith("fish") and "nrmse" in k)
+    }
 
 
 def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
@@ -66,8 +101,11 @@ def _read_json_lines(path: str, warn: bool = True) -> list[dict]:
                     row = None
                 if not isinstance(row, dict):
                     if warn:
-                        log.warning("%s line %d is not a JSON report (corrupt or cut short); "
-                                    "skipped it", path, number)
+                        log.warning(
+                            "%s line %d is not a JSON report (corrupt or cut short); skipped it",
+                            path,
+                            number,
+                        )
                     continue
                 rows.append(row)
     except FileNotFoundError:
@@ -99,8 +137,7 @@ def _read_state(path: str) -> dict | None:
         with open(path, "rb") as fh:
             state = json.load(fh)
     except (OSError, ValueError) as exc:
-        log.warning("%s is not readable Tune experiment state (%s); using an older one", path,
-                    exc)
+        log.warning("%s is not readable Tune experiment state (%s); using an older one", path, exc)
         return None
     if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list):
         log.warning("%s holds no trial_data; using an older experiment state", path)
@@ -126,8 +163,11 @@ def _trial_states(exp_dir: Path) -> dict[str, dict]:
             config = json.loads(info.get("config", "{}"))
         except (TypeError, json.JSONDecodeError):
             config = {}
-        out[info["trial_id"]] = {"status": info.get("status"),
-                                 "logdir": info.get("relative_logdir"), "config": config}
+        out[info["trial_id"]] = {
+            "status": info.get("status"),
+            "logdir": info.get("relative_logdir"),
+            "config": config,
+        }
     return out
 
 
@@ -136,6 +176,7 @@ def _trial_reports(tdir: Path) -> list[dict]:
     written by the resume when Tune restarted the trial without a recorded checkpoint) then
     ``result.json``. Where a later file restarts at or below an earlier file's updates (the trial
     resumed from an older checkpoint), the earlier file's rows from there on are dropped."""
+
     def resume_number(p: Path) -> int:
         k = p.stem.rsplit("-", 1)[-1]
         return int(k) if k.isdigit() else 0
@@ -190,8 +231,9 @@ def _model_metrics(path: Path) -> tuple[dict | None, str | None]:
                 return None, "model file without /weights (incomplete)"
             if "evaluation" not in f:
                 return None, None
-            return {k: (v.item() if hasattr(v, "item") else v)
-                    for k, v in f["evaluation"].attrs.items()}, None
+            return {
+                k: (v.item() if hasattr(v, "item") else v) for k, v in f["evaluation"].attrs.items()
+            }, None
     except Exception as exc:  # noqa: BLE001 - h5py raises several types on corrupt files
         return None, f"unreadable ({type(exc).__name__}: {exc}); truncated or corrupt"
 
@@ -221,8 +263,11 @@ def _study(exp_dir: Path) -> dict:
     try:
         data = yaml.safe_load(p.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        log.warning("%s is unreadable or corrupt (%s); reading the trials without it",
-                    p, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning(
+            "%s is unreadable or corrupt (%s); reading the trials without it",
+            p,
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
         return {}
     if data is None:
         return {}
@@ -235,8 +280,12 @@ def _study(exp_dir: Path) -> dict:
             data = {**data, key: {}}
     objective = (data.get("search") or {}).get("objective")
     if objective is not None and objective not in ("mean_nrmse", "max_nrmse"):
-        log.warning("%s: unknown search.objective %r (corrupt file); using %s", p, objective,
-                    DEFAULT_OBJECTIVE)
+        log.warning(
+            "%s: unknown search.objective %r (corrupt file); using %s",
+            p,
+            objective,
+            DEFAULT_OBJECTIVE,
+        )
         data = {**data, "search": {k: v for k, v in data["search"].items() if k != "objective"}}
     return data
 
@@ -272,14 +321,18 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
     """
     exp_dir = Path(path)
     if not exp_dir.is_dir():
-        raise InputError(f"{exp_dir} is not a directory; give the experiment directory "
-                         "(<storage_path>/<study name>) that `raysearch run` printed")
+        raise InputError(
+            f"{exp_dir} is not a directory; give the experiment directory "
+            "(<storage_path>/<study name>) that `raysearch run` printed"
+        )
     study = _study(exp_dir)
     states = _trial_states(exp_dir)
     dirs = _trial_dirs(exp_dir)
     if not states and not dirs:
-        raise InputError(f"{exp_dir} holds no Ray Tune trials (no experiment_state-*.json and no "
-                         "trial directories); is it the experiment directory of a study?")
+        raise InputError(
+            f"{exp_dir} holds no Ray Tune trials (no experiment_state-*.json and no "
+            "trial directories); is it the experiment directory of a study?"
+        )
     penalty = (study.get("search") or {}).get("penalty")
     default_hidden = (study.get("model") or {}).get("n_hidden")
     rows, hist = [], []
@@ -327,19 +380,30 @@ def load_results(path: str | os.PathLike, history: bool = False) -> pd.DataFrame
         row["node_id"] = last.get("node_id")
         row["trial_dir"] = str(tdir) if tdir is not None else None
         row["model_error"] = model_error
-        for k in RMSE_KEYS:             # the parts of each nRMSE (NaN in older studies)
+        for k in RMSE_KEYS:  # the parts of each nRMSE (NaN in older studies)
             row[k] = _float(last.get(k))
-        row.update(_per_fish_columns(last))     # joint studies (issue 14)
-        for k in _REASONS:              # None in older studies and in reports before the final
+        row.update(_per_fish_columns(last))  # joint studies (issue 14)
+        for k in _REASONS:  # None in older studies and in reports before the final
             row[k] = last.get(k)
         rows.append(row)
         for seq, r in enumerate(reports):
-            h = {c: row[c] for c in ("trial_id", "lam", "seed", "recording", "penalty",
-                                     "n_hidden", "status")}
+            h = {
+                c: row[c]
+                for c in ("trial_id", "lam", "seed", "recording", "penalty", "n_hidden", "status")
+            }
             h["_seq"] = seq
-            for k in METRIC_KEYS + ("bad", "bad_reason", "updates", "seconds", "node", "node_id", "final",
-                                    "resumed_at",
-                                    "training_iteration", "timestamp"):
+            for k in METRIC_KEYS + (
+                "bad",
+                "bad_reason",
+                "updates",
+                "seconds",
+                "node",
+                "node_id",
+                "final",
+                "resumed_at",
+                "training_iteration",
+                "timestamp",
+            ):
                 h[k] = r.get(k)
             hist.append(h)
     if history:

@@ -42,8 +42,16 @@ from raysearch import verdicts
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crbm_trial", "STAT_NAMES", "METRIC_KEYS", "sanitize_metrics", "trial_settings",
-           "CHECKPOINT_FILE", "restore_checkpoint", "resume_from_folder"]
+__all__ = [
+    "crbm_trial",
+    "STAT_NAMES",
+    "METRIC_KEYS",
+    "sanitize_metrics",
+    "trial_settings",
+    "CHECKPOINT_FILE",
+    "restore_checkpoint",
+    "resume_from_folder",
+]
 
 # the metric vocabulary is raysearch.verdicts'; these names are kept for the callers
 STAT_NAMES = verdicts.STATS
@@ -54,8 +62,14 @@ METRIC_KEYS = verdicts.METRIC_COLUMNS
 # nRMSE is ill-conditioned (rmse_shuf close to rmse_opt)
 RMSE_KEYS = verdicts.RMSE_COLUMNS
 #: the verdict's text and flag fields, reported as they are
-VERDICT_KEYS = ("bad_reason", "unstable", "unstable_reason", "unassessable",
-                "unassessable_reason", "weights_converged")
+VERDICT_KEYS = (
+    "bad_reason",
+    "unstable",
+    "unstable_reason",
+    "unassessable",
+    "unassessable_reason",
+    "weights_converged",
+)
 CHECKPOINT_FILE = "crbm_checkpoint.h5"
 
 # Errors a numerically broken fit may raise; they mark the trial bad instead of failing it.
@@ -128,7 +142,7 @@ def sanitize_metrics(metrics: dict[str, Any], final: bool = True) -> dict[str, A
         except (TypeError, ValueError):
             v = math.nan
         if k in skip:
-            v = math.nan            # unassessable: no nRMSE (never an objective, so NaN is safe)
+            v = math.nan  # unassessable: no nRMSE (never an objective, so NaN is safe)
         elif not math.isfinite(v):
             finite = False if k in verdicts.OBJECTIVES and k != "max_criteria" else finite
             v = math.inf
@@ -143,12 +157,12 @@ def sanitize_metrics(metrics: dict[str, Any], final: bool = True) -> dict[str, A
 
 
 def _diverged_metrics() -> dict[str, Any]:
-    return sanitize_metrics({k: math.inf for k in METRIC_KEYS} | {"bad": True,
-                                                                  "bad_reason": "diverged"})
+    return sanitize_metrics(
+        {k: math.inf for k in METRIC_KEYS} | {"bad": True, "bad_reason": "diverged"}
+    )
 
 
-def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False,
-              final=True):
+def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=False, final=True):
     """Run raysearch.evaluate; return (metrics dict, stats or None). Non-finite -> bad/inf."""
     from raysearch.evaluation import evaluate
 
@@ -159,8 +173,9 @@ def _evaluate(model, dataset, eval_kw: dict, seed: int, backend, return_stats=Fa
         metrics["unstable_reason"] = why if metrics["unstable"] else ""
         return metrics, None
     try:
-        res = evaluate(model, dataset, seed=seed, return_stats=return_stats, backend=backend,
-                       **eval_kw)
+        res = evaluate(
+            model, dataset, seed=seed, return_stats=return_stats, backend=backend, **eval_kw
+        )
     except _DIVERGENCE_ERRORS:
         return _diverged_metrics(), None
     d = res.to_dict()
@@ -181,8 +196,14 @@ def _raw_objectives(res) -> dict:
 
 
 def _params_finite(model) -> bool:
-    for name in ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_",
-                 "theta_minus_"):
+    for name in (
+        "weights_",
+        "fields_",
+        "gamma_plus_",
+        "gamma_minus_",
+        "theta_plus_",
+        "theta_minus_",
+    ):
         a = getattr(model, name, None)
         if a is not None and not np.all(np.isfinite(np.asarray(a))):
             return False
@@ -200,8 +221,9 @@ def _node() -> tuple[str, str]:
     return ip, node_id
 
 
-def _write_model_file(model, dataset, stats, metrics: dict, trial_id: str,
-                      experiment_dir: str) -> str:
+def _write_model_file(
+    model, dataset, stats, metrics: dict, trial_id: str, experiment_dir: str
+) -> str:
     """Save the model (with /units and /evaluation) as <experiment_dir>/models/<trial_id>.h5."""
     import h5py
 
@@ -248,9 +270,15 @@ def _folder_checkpoints(filesystem, folder: str) -> list:
         infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     except OSError:
         return []
-    paths = sorted((info.path for info in infos if info.type == pafs.FileType.Directory
-                    and re.fullmatch(r"checkpoint_\d+", posixpath.basename(info.path))),
-                   reverse=True)
+    paths = sorted(
+        (
+            info.path
+            for info in infos
+            if info.type == pafs.FileType.Directory
+            and re.fullmatch(r"checkpoint_\d+", posixpath.basename(info.path))
+        ),
+        reverse=True,
+    )
     return [tune.Checkpoint(path=p, filesystem=filesystem) for p in paths]
 
 
@@ -258,8 +286,11 @@ def _checkpoint_candidates(ckpt) -> list:
     """Tune's checkpoint first, then the other ``checkpoint_NNNNNN`` folders of the same trial,
     newest first (as ``ray.tune.Checkpoint`` objects on the same filesystem)."""
     parent = posixpath.dirname(ckpt.path.rstrip("/"))
-    return [ckpt] + [c for c in _folder_checkpoints(ckpt.filesystem, parent)
-                     if c.path.rstrip("/") != ckpt.path.rstrip("/")]
+    return [ckpt] + [
+        c
+        for c in _folder_checkpoints(ckpt.filesystem, parent)
+        if c.path.rstrip("/") != ckpt.path.rstrip("/")
+    ]
 
 
 def resume_from_folder(filesystem, folder: str) -> tuple[str, dict] | None:
@@ -272,8 +303,11 @@ def resume_from_folder(filesystem, folder: str) -> tuple[str, dict] | None:
     for cand in _folder_checkpoints(filesystem, folder):
         loaded = load_checkpoint_dir(cand)
         if loaded is not None:
-            logger.warning("Tune restarted this trial without a checkpoint, but its folder has "
-                           "one: resuming from %s", cand.path)
+            logger.warning(
+                "Tune restarted this trial without a checkpoint, but its folder has "
+                "one: resuming from %s",
+                cand.path,
+            )
             return loaded
     return None
 
@@ -312,11 +346,15 @@ def restore_checkpoint(ckpt) -> tuple[str, dict] | None:
         loaded = load_checkpoint_dir(cand)
         if loaded is not None:
             if i:
-                logger.warning("Tune's checkpoint %s is missing or incomplete; resuming from %s "
-                               "instead", ckpt.path, cand.path)
+                logger.warning(
+                    "Tune's checkpoint %s is missing or incomplete; resuming from %s instead",
+                    ckpt.path,
+                    cand.path,
+                )
             return loaded
-    logger.warning("no usable checkpoint left for this trial (Tune named %s): starting the fit "
-                   "over", ckpt.path)
+    logger.warning(
+        "no usable checkpoint left for this trial (Tune named %s): starting the fit over", ckpt.path
+    )
     return None
 
 
@@ -353,18 +391,32 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     ip, node_id = _node()
     n_updates = int(s["n_updates"])
     every = int(s["report_every"])
-    base = {"lam": float(config["lam"]), "seed": int(config["seed"]),
-            "recording": config["recording"], "penalty": s["penalty"], "n_hidden": n_hidden,
-            "node": ip, "node_id": node_id, "backend": backend_name}
+    base = {
+        "lam": float(config["lam"]),
+        "seed": int(config["seed"]),
+        "recording": config["recording"],
+        "penalty": s["penalty"],
+        "n_hidden": n_hidden,
+        "node": ip,
+        "node_id": node_id,
+        "backend": backend_name,
+    }
 
-    model = CRBM(n_hidden=n_hidden, visible=dataset.visible, penalty=s["penalty"],
-                 lam=float(config["lam"]), seed=int(config["seed"]), backend=backend_name,
-                 **s["crbm"])
+    model = CRBM(
+        n_hidden=n_hidden,
+        visible=dataset.visible,
+        penalty=s["penalty"],
+        lam=float(config["lam"]),
+        seed=int(config["seed"]),
+        backend=backend_name,
+        **s["crbm"],
+    )
     if backend_name == "numpy" and "n_jobs" not in s["crbm"]:
         # one chain thread per CPU the trial holds (Ray gives the worker that many BLAS threads);
         # like the seed, this is part of the result, and it is the same on every restart
-        model.set_params(n_jobs=max(1, min(int(s.get("cpu", 1)),
-                                           int(model.n_chains or model.batch_size))))
+        model.set_params(
+            n_jobs=max(1, min(int(s.get("cpu", 1)), int(model.n_chains or model.batch_size)))
+        )
 
     resume_dir, saved = None, None
     ckpt = tune.get_checkpoint()
@@ -381,8 +433,13 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
     # eval_seconds: evaluations; callback_seconds: everything done inside fit's callbacks
     # (evaluation, checkpoint files, tune.report), so training alone is seconds - callback_seconds.
     # All three add up over restarts (kept in the checkpoint's progress.json).
-    state = {"eval_seconds": 0.0, "callback_seconds": 0.0, "seconds_before": 0.0,
-             "progress": None, "resumed_at": None}
+    state = {
+        "eval_seconds": 0.0,
+        "callback_seconds": 0.0,
+        "seconds_before": 0.0,
+        "progress": None,
+        "resumed_at": None,
+    }
 
     def on_progress(progress: dict) -> None:
         state["progress"] = progress
@@ -400,18 +457,34 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
             ckpt_path = os.path.join(d, CHECKPOINT_FILE)
             fitting.save_checkpoint(ckpt_path)
             with open(os.path.join(d, "progress.json"), "w") as fh:
-                json.dump({"updates": updates, "seconds": seconds,
-                           "eval_seconds": state["eval_seconds"],
-                           "callback_seconds": state["callback_seconds"]}, fh)
+                json.dump(
+                    {
+                        "updates": updates,
+                        "seconds": seconds,
+                        "eval_seconds": state["eval_seconds"],
+                        "callback_seconds": state["callback_seconds"],
+                    },
+                    fh,
+                )
             t0 = time.perf_counter()
-            snapshot = fitting.snapshot()          # the frames fit holds: no new transfer
-            metrics, _ = _evaluate(snapshot, dataset, s["eval_during"], s["eval_seed"], backend,
-                                   final=False)
+            snapshot = fitting.snapshot()  # the frames fit holds: no new transfer
+            metrics, _ = _evaluate(
+                snapshot, dataset, s["eval_during"], s["eval_seed"], backend, final=False
+            )
             state["eval_seconds"] += time.perf_counter() - t0
-            row = base | metrics | {"updates": updates, "seconds": seconds,
-                                    "eval_seconds": state["eval_seconds"], "final": False,
-                                    "resumed_at": state["resumed_at"], "model_path": ""}
-            export_trial_metrics(row, s["objective"])     # Ray metrics (search.monitoring)
+            row = (
+                base
+                | metrics
+                | {
+                    "updates": updates,
+                    "seconds": seconds,
+                    "eval_seconds": state["eval_seconds"],
+                    "final": False,
+                    "resumed_at": state["resumed_at"],
+                    "model_path": "",
+                }
+            )
+            export_trial_metrics(row, s["objective"])  # Ray metrics (search.monitoring)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         state["callback_seconds"] += time.perf_counter() - t_cb
 
@@ -424,8 +497,13 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
         state["callback_seconds"] = float(saved.get("callback_seconds", 0.0))
     try:
         try:
-            model.fit(dataset, callback=on_progress, callback_every=every,
-                      checkpoint=on_boundary, resume_from=resume_from)
+            model.fit(
+                dataset,
+                callback=on_progress,
+                callback_every=every,
+                checkpoint=on_boundary,
+                resume_from=resume_from,
+            )
         except _DIVERGENCE_ERRORS:
             model.diverged_ = True
     finally:
@@ -433,20 +511,28 @@ def crbm_trial(config: dict, datasets: dict | None = None, settings: dict | None
             shutil.rmtree(resume_dir, ignore_errors=True)
 
     t0 = time.perf_counter()
-    metrics, stats = _evaluate(model, dataset, s["eval_final"], s["eval_seed"], backend,
-                               return_stats=True)
+    metrics, stats = _evaluate(
+        model, dataset, s["eval_final"], s["eval_seed"], backend, return_stats=True
+    )
     state["eval_seconds"] += time.perf_counter() - t0
     updates = int(getattr(model, "n_updates_done_", n_updates))
     seconds = state["seconds_before"] + float(getattr(model, "fit_seconds_", math.nan))
-    final = base | metrics | {"updates": updates, "seconds": seconds,
-                              "eval_seconds": state["eval_seconds"],
-                              "train_seconds": seconds - state["callback_seconds"],
-                              "diverged": bool(getattr(model, "diverged_", False)),
-                              "diverged_reason": str(getattr(model, "diverged_reason_", "")),
-                              "resumed_at": state["resumed_at"]}
-    if final["diverged"] and not final["bad"]:      # pragma: no cover - evaluate says so first
+    final = (
+        base
+        | metrics
+        | {
+            "updates": updates,
+            "seconds": seconds,
+            "eval_seconds": state["eval_seconds"],
+            "train_seconds": seconds - state["callback_seconds"],
+            "diverged": bool(getattr(model, "diverged_", False)),
+            "diverged_reason": str(getattr(model, "diverged_reason_", "")),
+            "resumed_at": state["resumed_at"],
+        }
+    )
+    if final["diverged"] and not final["bad"]:  # pragma: no cover - evaluate says so first
         final = sanitize_metrics(final | {"bad": True, "bad_reason": "diverged"})
-    if hasattr(dataset, "fish_dataset"):        # joint study: nRMSE per fish (issue 14)
+    if hasattr(dataset, "fish_dataset"):  # joint study: nRMSE per fish (issue 14)
         from raysearch.evaluation import per_fish_metrics
 
         final |= per_fish_metrics(model, dataset, s["eval_final"], s["eval_seed"], backend)

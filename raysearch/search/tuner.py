@@ -32,8 +32,16 @@ from typing import Any
 from raysearch.errors import ConfigError, InputError
 from raysearch.search.config import Study, load_experiment_study, load_study, study_from_dict
 
-__all__ = ["run_study", "resume_study", "prepare_datasets", "build_tuner", "connect_ray",
-           "experiment_dir", "optuna_storage_url", "StudyRun"]
+__all__ = [
+    "run_study",
+    "resume_study",
+    "prepare_datasets",
+    "build_tuner",
+    "connect_ray",
+    "experiment_dir",
+    "optuna_storage_url",
+    "StudyRun",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,7 @@ class StudyRun:
     """What :func:`run_study` / :func:`resume_study` return."""
 
     experiment_dir: str
-    results: Any            # pandas.DataFrame from load_results
+    results: Any  # pandas.DataFrame from load_results
     num_errors: int
     dashboard_url: str | None = None
     #: trials the study asked for that did not end (still RUNNING/PENDING/PAUSED in the saved
@@ -76,9 +84,11 @@ def optuna_storage_url(study: Study, exp_dir: str) -> str:
     if study.search.optuna_storage:
         return study.search.optuna_storage
     if _is_uri(exp_dir):
-        raise ConfigError(f"the experiment directory {exp_dir} is not a local path, so the default "
-                          "SQLite Optuna storage cannot live there; set search.optuna_storage to "
-                          "an SQLAlchemy URL (e.g. postgresql://user@host/db)")
+        raise ConfigError(
+            f"the experiment directory {exp_dir} is not a local path, so the default "
+            "SQLite Optuna storage cannot live there; set search.optuna_storage to "
+            "an SQLAlchemy URL (e.g. postgresql://user@host/db)"
+        )
     return f"sqlite:///{Path(exp_dir) / 'optuna.db'}"
 
 
@@ -104,9 +114,12 @@ def prepare_datasets(study: Study) -> dict[str, Any]:
             rec, _truth = make_synthetic_recording(**spec.synthetic.model_dump(exclude_none=True))
         else:
             # read only the signal the study uses (a whole-fish array is ~1 GB)
-            rec = load_recording(spec.path, signals=(pre["signal"],),
-                                 drop_unlabelled=spec.drop_unlabelled,
-                                 on_nonfinite=spec.on_nonfinite)
+            rec = load_recording(
+                spec.path,
+                signals=(pre["signal"],),
+                drop_unlabelled=spec.drop_unlabelled,
+                on_nonfinite=spec.on_nonfinite,
+            )
         if study.joint:
             recs.append(rec)
             continue
@@ -132,8 +145,15 @@ def _joint_study_dataset(study, recordings, pre: dict) -> dict:
     signal = pre.pop("signal")
     if transform == "auto":
         transform = "zscore" if signal == "dff" else "binarize"
-    jd = joint_dataset(recordings, voxel_um, min_fish=study.joint_min_fish, signal=signal,
-                       transform=transform, names=[r.key for r in study.recordings], **pre)
+    jd = joint_dataset(
+        recordings,
+        voxel_um,
+        min_fish=study.joint_min_fish,
+        signal=signal,
+        transform=transform,
+        names=[r.key for r in study.recordings],
+        **pre,
+    )
     return {JOINT_KEY: jd}
 
 
@@ -145,14 +165,22 @@ def _space(study: Study):
     keys = study.recording_keys
     hidden = s.n_hidden or [study.model.n_hidden]
     if s.mode == "grid":
-        return {"lam": tune.grid_search(list(s.lam)), "seed": tune.grid_search(list(s.seeds)),
-                "recording": tune.grid_search(keys), "n_hidden": tune.grid_search(hidden)}
+        return {
+            "lam": tune.grid_search(list(s.lam)),
+            "seed": tune.grid_search(list(s.seeds)),
+            "recording": tune.grid_search(keys),
+            "n_hidden": tune.grid_search(hidden),
+        }
 
     def choice(values):
         return tune.choice(list(values)) if len(values) > 1 else values[0]
 
-    return {"lam": tune.loguniform(s.lam.low, s.lam.high), "seed": choice(s.seeds),
-            "recording": choice(keys), "n_hidden": choice(hidden)}
+    return {
+        "lam": tune.loguniform(s.lam.low, s.lam.high),
+        "seed": choice(s.seeds),
+        "recording": choice(keys),
+        "n_hidden": choice(hidden),
+    }
 
 
 def _points(study: Study) -> list[dict] | None:
@@ -167,8 +195,7 @@ def _points(study: Study) -> list[dict] | None:
         searched["recording"] = study.recording_keys[0]
     if s.n_hidden and len(s.n_hidden) > 1:
         searched["n_hidden"] = s.n_hidden[0]
-    return [{k: p.get(k, default) for k, default in searched.items()}
-            for p in s.points_to_evaluate]
+    return [{k: p.get(k, default) for k, default in searched.items()} for p in s.points_to_evaluate]
 
 
 def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = False):
@@ -190,10 +217,14 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     from raysearch.search.trial import crbm_trial, trial_settings
 
     # named_trainable: the actor class "crbm_trial", each actor labelled with its trial and λ
-    trainable = named_trainable(tune.with_resources(
-        tune.with_parameters(crbm_trial, datasets=datasets,
-                             settings=trial_settings(study, exp_dir)),
-        {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom}))
+    trainable = named_trainable(
+        tune.with_resources(
+            tune.with_parameters(
+                crbm_trial, datasets=datasets, settings=trial_settings(study, exp_dir)
+            ),
+            {"cpu": study.resources.cpu, "gpu": study.resources.gpu, **study.resources.custom},
+        )
+    )
     if restore:
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
 
@@ -204,40 +235,61 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
     tc_metric, tc_mode = metric, "min"
     if s.mode in ("optuna", "multi"):
         import optuna
+
         from raysearch.search.monitoring import MonitoredOptunaSearch as OptunaSearch
         from raysearch.search.samplers import make_sampler
 
         storage = optuna.storages.RDBStorage(optuna_storage_url(study, exp_dir))
         sampler = make_sampler(s.mode, s.sampler_seed)
         if s.mode == "optuna":
-            search_alg = OptunaSearch(metric=metric, mode="min", sampler=sampler,
-                                      storage=storage, study_name=study.name,
-                                      points_to_evaluate=_points(study))
+            search_alg = OptunaSearch(
+                metric=metric,
+                mode="min",
+                sampler=sampler,
+                storage=storage,
+                study_name=study.name,
+                points_to_evaluate=_points(study),
+            )
         else:
-            search_alg = OptunaSearch(metric=[metric, "weight_density"], mode=["min", "min"],
-                                      sampler=sampler, storage=storage, study_name=study.name,
-                                      points_to_evaluate=_points(study))
+            search_alg = OptunaSearch(
+                metric=[metric, "weight_density"],
+                mode=["min", "min"],
+                sampler=sampler,
+                storage=storage,
+                study_name=study.name,
+                points_to_evaluate=_points(study),
+            )
             tc_metric = tc_mode = None
     else:
         num_samples = 1
     if s.asha is not None:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="updates", max_t=study.model.n_updates,
-                                  grace_period=s.asha.grace_updates,
-                                  reduction_factor=s.asha.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="updates",
+            max_t=study.model.n_updates,
+            grace_period=s.asha.grace_updates,
+            reduction_factor=s.asha.reduction_factor,
+        )
     parent, name = _split_exp_dir(exp_dir)
     from raysearch.search import monitoring
 
     return tune.Tuner(
         trainable,
         param_space=_space(study),
-        tune_config=tune.TuneConfig(metric=tc_metric, mode=tc_mode, num_samples=num_samples,
-                                    max_concurrent_trials=s.max_concurrent,
-                                    search_alg=search_alg, scheduler=scheduler,
-                                    reuse_actors=study.run.reuse_actors),
+        tune_config=tune.TuneConfig(
+            metric=tc_metric,
+            mode=tc_mode,
+            num_samples=num_samples,
+            max_concurrent_trials=s.max_concurrent,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            reuse_actors=study.run.reuse_actors,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=parent, verbose=study.run.verbose,
+            name=name,
+            storage_path=parent,
+            verbose=study.run.verbose,
             # console and loggers: raysearch.search.monitoring
             progress_reporter=monitoring.progress_reporter(metric, multi=s.mode == "multi"),
             callbacks=monitoring.console_callbacks(metric),
@@ -245,8 +297,9 @@ def build_tuner(study: Study, datasets: dict, exp_dir: str, restore: bool = Fals
             # num_to_keep makes Tune snapshot the experiment state whenever a trial has written
             # that many checkpoints, so a restore after a driver crash knows every trial's
             # latest checkpoint.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=study.run.checkpoint_num_to_keep)))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=study.run.checkpoint_num_to_keep),
+        ),
+    )
 
 
 def _split_exp_dir(exp_dir: str) -> tuple[str, str]:
@@ -255,8 +308,9 @@ def _split_exp_dir(exp_dir: str) -> tuple[str, str]:
     return parent, name
 
 
-def connect_ray(address: str | None = None, num_cpus: int | None = None,
-                metadata: dict[str, str] | None = None):
+def connect_ray(
+    address: str | None = None, num_cpus: int | None = None, metadata: dict[str, str] | None = None
+):
     """Initialise Ray for a study; return (started_here: bool, dashboard_url or None).
 
     ``metadata`` (:func:`raysearch.search.monitoring.job_metadata`) becomes the driver's Ray job
@@ -276,8 +330,13 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None,
         ctx = ray.init(address=address, job_config=job_config)
     else:
         with _loopback_only():
-            ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                           dashboard_host="127.0.0.1", job_config=job_config)
+            ctx = ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                job_config=job_config,
+            )
     url = getattr(ctx, "dashboard_url", None)
     if url and not url.startswith("http"):
         url = f"http://{url}"
@@ -320,9 +379,11 @@ def _warn_missing_gpus(study: Study) -> None:
     import ray
 
     if study.resources.gpu > 0 and not ray.cluster_resources().get("GPU"):
-        log.warning("the study asks for %s GPU per trial but the Ray cluster has no GPU now; "
-                    "trials stay PENDING until one joins (set resources.gpu: 0 to run on CPUs)",
-                    study.resources.gpu)
+        log.warning(
+            "the study asks for %s GPU per trial but the Ray cluster has no GPU now; "
+            "trials stay PENDING until one joins (set resources.gpu: 0 to run on CPUs)",
+            study.resources.gpu,
+        )
 
 
 def _write_study(study: Study, exp_dir: str) -> None:
@@ -379,14 +440,22 @@ def _finish(exp_dir: str, result_grid, dashboard_url, study: Study) -> StudyRun:
     from raysearch.search.results import load_results
 
     df = load_results(exp_dir) if not _is_uri(exp_dir) else result_grid.get_dataframe()
-    return StudyRun(experiment_dir=exp_dir, results=df, num_errors=result_grid.num_errors,
-                    dashboard_url=dashboard_url,
-                    num_unfinished=_unfinished(study, result_grid, df))
+    return StudyRun(
+        experiment_dir=exp_dir,
+        results=df,
+        num_errors=result_grid.num_errors,
+        dashboard_url=dashboard_url,
+        num_unfinished=_unfinished(study, result_grid, df),
+    )
 
 
-def run_study(study: Study | str | os.PathLike | None = None, address: str | None = None,
-              storage: str | None = None, name: str | None = None,
-              on_connect=None) -> StudyRun:
+def run_study(
+    study: Study | str | os.PathLike | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    on_connect=None,
+) -> StudyRun:
     """Run a study with Ray Tune and return its results.
 
     Parameters
@@ -412,8 +481,10 @@ def run_study(study: Study | str | os.PathLike | None = None, address: str | Non
         study = load_study(study)
     exp_dir = experiment_dir(study, storage, name)
     if not _is_uri(exp_dir) and any(Path(exp_dir).glob("experiment_state-*.json")):
-        raise ConfigError(f"the experiment directory {exp_dir} already holds a study; continue it "
-                          f"with `raysearch resume {exp_dir}` or choose another --name")
+        raise ConfigError(
+            f"the experiment directory {exp_dir} already holds a study; continue it "
+            f"with `raysearch resume {exp_dir}` or choose another --name"
+        )
     if study.search.mode != "grid":
         optuna_storage_url(study, exp_dir)  # a URI storage needs search.optuna_storage: say so now
     _set_tune_env()
@@ -454,8 +525,11 @@ def repair_checkpoints(exp_dir: str) -> list[str]:
     try:
         trials = ExperimentAnalysis(exp_dir).trials
     except Exception as exc:  # noqa: BLE001 - the repair must never be what stops a resume
-        log.warning("could not read the experiment state to check its checkpoints (%s); "
-                    "resuming without that check", exc)
+        log.warning(
+            "could not read the experiment state to check its checkpoints (%s); "
+            "resuming without that check",
+            exc,
+        )
         return notes
     for trial in trials:
         ckpt = trial.checkpoint
@@ -475,23 +549,33 @@ def repair_checkpoints(exp_dir: str) -> list[str]:
             local, saved = loaded
             try:
                 ckpt.filesystem.create_dir(ckpt.path, recursive=True)
-                pafs.copy_files(local, ckpt.path, source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=ckpt.filesystem)
+                pafs.copy_files(
+                    local,
+                    ckpt.path,
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=ckpt.filesystem,
+                )
             finally:
                 shutil.rmtree(local, ignore_errors=True)
-            notes.append(f"trial {trial.trial_id}: its checkpoint {ckpt.path} was deleted before "
-                         f"the driver stopped; restored it from {cand.path} "
-                         f"(update {saved['updates']})")
+            notes.append(
+                f"trial {trial.trial_id}: its checkpoint {ckpt.path} was deleted before "
+                f"the driver stopped; restored it from {cand.path} "
+                f"(update {saved['updates']})"
+            )
             break
         else:
             # nothing to resume from: a placeholder lets Tune restart the trial, and the trial,
             # finding no complete checkpoint, fits from the start (same seed, same result)
             ckpt.filesystem.create_dir(ckpt.path, recursive=True)
             with ckpt.filesystem.open_output_stream(f"{ckpt.path}/LOST.txt") as fh:
-                fh.write(b"raysearch: this checkpoint was deleted before the driver stopped and "
-                         b"no complete one was left; the trial was restarted from update 0\n")
-            notes.append(f"trial {trial.trial_id}: its checkpoint {ckpt.path} is gone and no "
-                         "complete one is left; the trial starts over")
+                fh.write(
+                    b"raysearch: this checkpoint was deleted before the driver stopped and "
+                    b"no complete one was left; the trial was restarted from update 0\n"
+                )
+            notes.append(
+                f"trial {trial.trial_id}: its checkpoint {ckpt.path} is gone and no "
+                "complete one is left; the trial starts over"
+            )
     for line in notes:
         log.warning("%s", line)
     return notes
@@ -511,7 +595,7 @@ def _keep_reports(trial) -> str | None:
 
     storage = getattr(trial, "storage", None)
     try:
-        if storage is not None:                 # a Tune trial: its storage filesystem and path
+        if storage is not None:  # a Tune trial: its storage filesystem and path
             fs, root = storage.storage_filesystem, storage.trial_fs_path
         elif getattr(trial, "path", None):
             fs, root = pafs.LocalFileSystem(), str(trial.path)
@@ -526,15 +610,17 @@ def _keep_reports(trial) -> str | None:
             k += 1
         fs.copy_file(src, f"{root}/result.pre-resume-{k}.json")
     except Exception as exc:  # noqa: BLE001 - never what stops a resume
-        log.warning("could not keep the reports of trial %s before resuming (%s)",
-                    trial.trial_id, exc)
+        log.warning(
+            "could not keep the reports of trial %s before resuming (%s)", trial.trial_id, exc
+        )
         return None
-    return (f"trial {trial.trial_id}: no checkpoint recorded in the experiment state; kept its "
-            f"reports so far in result.pre-resume-{k}.json")
+    return (
+        f"trial {trial.trial_id}: no checkpoint recorded in the experiment state; kept its "
+        f"reports so far in result.pre-resume-{k}.json"
+    )
 
 
-def resume_study(path: str | os.PathLike, address: str | None = None,
-                 on_connect=None) -> StudyRun:
+def resume_study(path: str | os.PathLike, address: str | None = None, on_connect=None) -> StudyRun:
     """Continue an interrupted study from its experiment directory.
 
     Finished trials are kept; trials that were running continue from their last checkpoint
@@ -546,8 +632,10 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         exp_dir = str(Path(exp_dir).expanduser().resolve())
         study_file = Path(exp_dir) / STUDY_FILE
         if not study_file.is_file():
-            raise InputError(f"{exp_dir} has no {STUDY_FILE}; give the experiment directory that "
-                             "`raysearch run` created (<storage_path>/<name>)")
+            raise InputError(
+                f"{exp_dir} has no {STUDY_FILE}; give the experiment directory that "
+                "`raysearch run` created (<storage_path>/<name>)"
+            )
         study = load_experiment_study(study_file)
     else:
         import pyarrow.fs as pafs
@@ -559,8 +647,10 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         try:
             data = yaml.safe_load(raw.decode("utf-8"))
         except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{exp_dir}/{STUDY_FILE} is corrupt ({exc}); restore it from the "
-                              "study file the experiment was started with") from None
+            raise ConfigError(
+                f"{exp_dir}/{STUDY_FILE} is corrupt ({exc}); restore it from the "
+                "study file the experiment was started with"
+            ) from None
         study = study_from_dict(data, source=f"{exp_dir}/{STUDY_FILE}")
     _set_tune_env()
     datasets = prepare_datasets(study)
@@ -571,8 +661,10 @@ def resume_study(path: str | os.PathLike, address: str | None = None,
         from ray import tune
 
         if not tune.Tuner.can_restore(exp_dir):
-            raise InputError(f"{exp_dir} cannot be restored by Ray Tune (no experiment state); "
-                             "was the study started at all?")
+            raise InputError(
+                f"{exp_dir} cannot be restored by Ray Tune (no experiment state); "
+                "was the study started at all?"
+            )
         repair_checkpoints(exp_dir)
         tuner = build_tuner(study, datasets, exp_dir, restore=True)
         grid = tuner.fit()

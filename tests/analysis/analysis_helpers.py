@@ -44,8 +44,11 @@ def fake_stats(rng, noise):
     out = {}
     for s, n in zip(STATS, (30, 8, 60, 90, 20)):
         test = rng.random(n)
-        out[s] = {"train": test + 0.01 * rng.normal(size=n), "test": test,
-                  "model": test + noise * rng.normal(size=n)}
+        out[s] = {
+            "train": test + 0.01 * rng.normal(size=n),
+            "test": test,
+            "model": test + noise * rng.normal(size=n),
+        }
     return out
 
 
@@ -58,23 +61,40 @@ def make_experiment(root, models, dataset, recording="fish0", with_models=True):
         tid = f"abcde_{i:05d}"
         tdir = exp / f"crbm_trial_{tid}_lam={spec['lam']:.3g}"
         tdir.mkdir()
-        cfg = {"lam": spec["lam"], "seed": spec["seed"], "recording": spec.get("recording",
-                                                                            recording)}
+        cfg = {
+            "lam": spec["lam"],
+            "seed": spec["seed"],
+            "recording": spec.get("recording", recording),
+        }
         (tdir / "params.json").write_text(json.dumps(cfg))
-        (tdir / "result.json").write_text(json.dumps({"trial_id": tid, "training_iteration": 1,
-                                                      **cfg}) + "\n")
+        (tdir / "result.json").write_text(
+            json.dumps({"trial_id": tid, "training_iteration": 1, **cfg}) + "\n"
+        )
         if not with_models:
             continue
         mn = spec.get("mean_nrmse", 0.3)
         metrics = {f"nrmse_{s}": mn for s in STATS}
-        metrics.update(mean_nrmse=mn, max_nrmse=mn, bad=bool(spec.get("bad", False)),
-                       sparsity=0.5, weight_density=spec.get("weight_density", 0.5),
-                       updates=100, seconds=1.0)
+        metrics.update(
+            mean_nrmse=mn,
+            max_nrmse=mn,
+            bad=bool(spec.get("bad", False)),
+            sparsity=0.5,
+            weight_density=spec.get("weight_density", 0.5),
+            updates=100,
+            seconds=1.0,
+        )
         if "bad_reason" in spec:
             metrics["bad_reason"] = spec["bad_reason"]
-        write_model(exp / "models" / f"{tid}.h5", spec["W"], spec["c"], dataset,
-                    lam=spec["lam"], seed=spec["seed"], metrics=metrics,
-                    stats=fake_stats(rng, 0.3 if spec.get("bad") else 0.02))
+        write_model(
+            exp / "models" / f"{tid}.h5",
+            spec["W"],
+            spec["c"],
+            dataset,
+            lam=spec["lam"],
+            seed=spec["seed"],
+            metrics=metrics,
+            stats=fake_stats(rng, 0.3 if spec.get("bad") else 0.02),
+        )
     return exp
 
 
@@ -86,8 +106,15 @@ def family_specs(rng, n, m=8, per_family=4):
         for j in range(per_family):
             W = base + 0.3 * rng.normal(size=(m, n)) * (rng.random((m, n)) < 0.3)
             W = W[rng.permutation(m)]
-            specs.append({"W": W, "c": rng.uniform(0.5, 1.5, m),
-                          "lam": (1e-3 if f == 0 else 1e-1) * (1 + j), "seed": j,
-                          "bad": f == 1 and j == 0, "mean_nrmse": 0.2 + 0.1 * f + 0.01 * j,
-                          "family": f})
+            specs.append(
+                {
+                    "W": W,
+                    "c": rng.uniform(0.5, 1.5, m),
+                    "lam": (1e-3 if f == 0 else 1e-1) * (1 + j),
+                    "seed": j,
+                    "bad": f == 1 and j == 0,
+                    "mean_nrmse": 0.2 + 0.1 * f + 0.01 * j,
+                    "family": f,
+                }
+            )
     return specs

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from analysis_helpers import family_specs, make_experiment
 from sklearn.metrics import adjusted_rand_score
 
 from raysearch.analysis import analyze
 from raysearch.errors import InputError
-
-from analysis_helpers import family_specs, make_experiment
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,8 @@ def test_analyze_family_dir(family_dir):
     assert set(a.identity) == {"best", "bad"}
     best_tid = a.identity["best"][0]
     assert specs[int(best_tid.split("_")[1])]["mean_nrmse"] == min(
-        s["mean_nrmse"] for s in specs if not s["bad"])
+        s["mean_nrmse"] for s in specs if not s["bad"]
+    )
     assert a.identity["bad"][0] == "abcde_00004"
     assert a.assemblies.membership.shape == (8, ds.n_units)
     assert a.coords.shape == (ds.n_units, 3)
@@ -61,8 +61,9 @@ def test_structural_comparison(family_dir, tmp_path):
 def test_no_model_files(tmp_path, small_dataset):
     ds, _ = small_dataset
     rng = np.random.default_rng(1)
-    exp = make_experiment(tmp_path / "study", family_specs(rng, ds.n_units, per_family=1), ds,
-                          with_models=False)
+    exp = make_experiment(
+        tmp_path / "study", family_specs(rng, ds.n_units, per_family=1), ds, with_models=False
+    )
     with pytest.raises(InputError, match="no finished trial with a model file"):
         analyze(exp)
 

@@ -11,12 +11,11 @@ import pickle
 
 import numpy as np
 import pytest
+from analysis_helpers import family_specs, make_experiment
 
 from raysearch.analysis import analyze
 from raysearch.cli import main
 from raysearch.errors import InputError
-
-from analysis_helpers import family_specs, make_experiment
 
 
 def _spoil(path, how):
@@ -26,7 +25,7 @@ def _spoil(path, how):
         path.write_bytes(pickle.dumps({"weights": np.ones((2, 2))}))
     else:  # truncated: the first part of a real model file
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 3])
+        path.write_bytes(data[: len(data) // 3])
 
 
 @pytest.fixture()
@@ -40,8 +39,7 @@ def exp_with_best_spoiled(tmp_path, small_dataset):
 
 
 @pytest.mark.parametrize("how", ["garbage", "pickle", "truncated"])
-def test_unreadable_model_file_fails_by_default_and_is_listed_otherwise(exp_with_best_spoiled,
-                                                                        how):
+def test_unreadable_model_file_fails_by_default_and_is_listed_otherwise(exp_with_best_spoiled, how):
     exp = exp_with_best_spoiled
     spoiled = exp / "models" / "abcde_00000.h5"
     _spoil(spoiled, how)

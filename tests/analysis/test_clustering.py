@@ -47,9 +47,15 @@ def test_given_k_and_tiny_sets():
 
 
 def test_cluster_table():
-    df = pd.DataFrame({"lam": [0.01, 0.02, 0.1, 0.2], "penalty": ["l1"] * 4,
-                       "bad": [False, False, True, False], "mean_nrmse": [0.2, 0.3, 0.9, 0.5],
-                       "seed": [0, 1, 0, 1]})
+    df = pd.DataFrame(
+        {
+            "lam": [0.01, 0.02, 0.1, 0.2],
+            "penalty": ["l1"] * 4,
+            "bad": [False, False, True, False],
+            "mean_nrmse": [0.2, 0.3, 0.9, 0.5],
+            "seed": [0, 1, 0, 1],
+        }
+    )
     t = cluster_table(df, [0, 0, 1, 1])
     assert list(t["n_models"]) == [2, 2]
     assert t.loc[0, "lam_min"] == 0.01 and t.loc[0, "lam_max"] == 0.02

@@ -5,10 +5,17 @@ about a minute on one core)."""
 import numpy as np
 import pytest
 
-from raysearch.analysis.cross_subject import (coupling_consistency, expressing_fish,
-                                              expression_figure, fish_expression, match_units,
-                                              recurrence, recurrence_figure, report_section,
-                                              shared_recovery)
+from raysearch.analysis.cross_subject import (
+    coupling_consistency,
+    expressing_fish,
+    expression_figure,
+    fish_expression,
+    match_units,
+    recurrence,
+    recurrence_figure,
+    report_section,
+    shared_recovery,
+)
 from raysearch.data.cohort import JointDataset
 from raysearch.errors import InputError
 
@@ -32,8 +39,8 @@ def test_match_units_recovers_a_permutation():
 
 def test_recurrence_share():
     base = _orthonormal(8, 60, 2)
-    a = base[:5]                              # units 0..4
-    b = np.vstack([base[[2, 0, 1]], base[5:7]])   # shares units 0, 1, 2 of a
+    a = base[:5]  # units 0..4
+    b = np.vstack([base[[2, 0, 1]], base[5:7]])  # shares units 0, 1, 2 of a
     share, pairs = recurrence([a, b], names=["x", "y"], min_cosine=0.5)
     assert share.loc["x", "y"] == pytest.approx(3 / 5)
     assert share.loc["y", "x"] == pytest.approx(3 / 5)
@@ -56,18 +63,31 @@ def _joint(T=4000, seed=0):
     fish = np.repeat([0, 1], T)
     half = np.arange(2 * T) % 4 == 0
     return JointDataset(
-        train=X[~half], test=X[half], visible="gaussian", coords=np.zeros((U, 3), np.float32),
-        unit_region=np.zeros(U, int), region_names=["r"], n_neurons=np.ones(U, int),
-        test_segments=(0,), n_segments=2, source="t", signal="dff", voxel_um=10.0,
-        fish_train=fish[~half], fish_test=fish[half], fish_names=["f0", "f1"],
-        present=np.ones((2, U), bool), unit_of_neuron_per_fish=[np.arange(U)] * 2)
+        train=X[~half],
+        test=X[half],
+        visible="gaussian",
+        coords=np.zeros((U, 3), np.float32),
+        unit_region=np.zeros(U, int),
+        region_names=["r"],
+        n_neurons=np.ones(U, int),
+        test_segments=(0,),
+        n_segments=2,
+        source="t",
+        signal="dff",
+        voxel_um=10.0,
+        fish_train=fish[~half],
+        fish_test=fish[half],
+        fish_names=["f0", "f1"],
+        present=np.ones((2, U), bool),
+        unit_of_neuron_per_fish=[np.arange(U)] * 2,
+    )
 
 
 def test_fish_expression_known_answer():
     jd = _joint()
     W = np.zeros((3, 8))
-    W[0, :5] = 1.0          # the fish-0 assembly: e = (n - 1) * var(common) = 4 * 2 = 8
-    W[1, 5:] = 1.0          # independent voxels: e = 0
+    W[0, :5] = 1.0  # the fish-0 assembly: e = (n - 1) * var(common) = 4 * 2 = 8
+    W[1, 5:] = 1.0  # independent voxels: e = 0
     e = fish_expression(W, jd)
     assert list(e.columns) == ["f0", "f1"]
     assert e.loc[0, "f0"] == pytest.approx(8.0, rel=0.1)
@@ -108,18 +128,27 @@ def test_figures_and_section(tmp_path):
 # ------------------------------------------------------------------------------------------
 # acceptance on a small synthetic cohort
 
+
 @pytest.fixture(scope="module")
 def cohort():
-    from raysearch.crbm import CRBM
     from raysearch.analysis.cross_subject import truth_on_grid
+    from raysearch.crbm import CRBM
     from raysearch.data.cohort import joint_dataset, make_synthetic_cohort
 
-    recs, truth = make_synthetic_cohort(n_fish=3, n_neurons=1500, n_frames=2000, n_shared=4,
-                                        n_private=1, seed=0)
+    recs, truth = make_synthetic_cohort(
+        n_fish=3, n_neurons=1500, n_frames=2000, n_shared=4, n_private=1, seed=0
+    )
     jd = joint_dataset(recs, 50.0, transform="zscore")
     G = truth_on_grid(truth, jd)
-    kw = dict(visible="gaussian", lam=0.003, n_gibbs=1, batch_size=100, learning_rate=5e-3,
-              seed=0, backend="numpy")
+    kw = dict(
+        visible="gaussian",
+        lam=0.003,
+        n_gibbs=1,
+        batch_size=100,
+        learning_rate=5e-3,
+        seed=0,
+        backend="numpy",
+    )
     # These tests check the cross-subject analysis of the weights, not the verdict. At this lambda
     # the joint model is not normalisable (raysearch.stability says so after 100 updates, and an
     # independent 6,000-step Gibbs run explodes to |v| ~ 1e29), so the trainer's early stop is
@@ -131,10 +160,13 @@ def cohort():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(estimator, "_unstable_reason", lambda params, bk: "")
         joint = CRBM(n_hidden=12, n_updates=600, **kw).fit(jd)
-        per_fish = [CRBM(n_hidden=10, n_updates=600, **kw).fit(jd.fish_dataset(f))
-                    for f in range(jd.n_fish)]
-    assert check_stability(joint.weights_, joint.gamma_, joint.gamma_plus_,
-                           joint.gamma_minus_).verdict == "unstable"
+        per_fish = [
+            CRBM(n_hidden=10, n_updates=600, **kw).fit(jd.fish_dataset(f)) for f in range(jd.n_fish)
+        ]
+    assert (
+        check_stability(joint.weights_, joint.gamma_, joint.gamma_plus_, joint.gamma_minus_).verdict
+        == "unstable"
+    )
     return truth, jd, G, joint, per_fish
 
 
@@ -151,7 +183,7 @@ def test_shared_told_apart_from_private(cohort):
     cols = [f"rel_{n}" for n in jd.fish_names]
     for k in range(truth.n_assemblies):
         if rec.loc[k, "abs_cosine"] < 0.8:
-            assert not truth.shared[k]        # only private ones may be missed
+            assert not truth.shared[k]  # only private ones may be missed
             continue
         mu = rec.loc[k, "best_unit"]
         expressed = rel.loc[mu, cols].to_numpy() >= 0.3
@@ -164,9 +196,11 @@ def test_per_fish_matching_finds_shared_assemblies(cohort):
     truth, jd, G, _, per_fish = cohort
 
     # each fish's model against that fish's planted assemblies on the grid
-    recs = [shared_recovery(m, truth_on_grid(truth, jd, fish=f), truth.shared)
-            for f, m in enumerate(per_fish)]
-    best = np.array([r["best_unit"].to_numpy() for r in recs])        # (F, K)
+    recs = [
+        shared_recovery(m, truth_on_grid(truth, jd, fish=f), truth.shared)
+        for f, m in enumerate(per_fish)
+    ]
+    best = np.array([r["best_unit"].to_numpy() for r in recs])  # (F, K)
     cos = np.array([r["abs_cosine"].to_numpy() for r in recs])
     shared = np.flatnonzero(truth.shared)
     # single-fish models see a third of the frames: every shared assembly is found in every fish
@@ -192,22 +226,19 @@ def test_per_fish_matching_finds_shared_assemblies(cohort):
                 # fish a's unit for assembly k is matched one to one to a unit of fish b that is
                 # assembly k there too, and the pair recurs
                 partner = p.loc[best[a, k], "unit_b"]
-                linked.append(bool(unit_cos[b][partner, k] >= 0.5
-                                   and p.loc[best[a, k], "recurs"]))
+                linked.append(bool(unit_cos[b][partner, k] >= 0.5 and p.loc[best[a, k], "recurs"]))
     # the one-to-one matching links most, not all: a fish model may split an assembly over two
     # units, and the Hungarian pairing then takes the other one (20 of 24 on the full cohort of
     # bench/cross_subject_acceptance.py)
     assert np.mean(linked) >= 0.75, linked
     # at least the shared assemblies recur: 4 of 10 units per fish
     assert (share.to_numpy()[~np.eye(3, dtype=bool)] >= 4 / 10).all()
-    mats, cons = coupling_consistency(per_fish, jd.unit_region, len(jd.region_names),
-                                      jd.fish_names)
+    mats, cons = coupling_consistency(per_fish, jd.unit_region, len(jd.region_names), jd.fish_names)
     assert cons.shape == (3, 3) and np.isfinite(cons.to_numpy()).all()
 
 
 def test_analysis_and_report_files(tmp_path):
-    from raysearch.analysis.cross_subject import (cross_subject_analysis,
-                                                  write_cross_subject_report)
+    from raysearch.analysis.cross_subject import cross_subject_analysis, write_cross_subject_report
 
     class M:
         def __init__(self, W):
@@ -220,7 +251,7 @@ def test_analysis_and_report_files(tmp_path):
     W[1, 5:] = 1.0
     res = cross_subject_analysis(jd, M(W), [M(W), M(W[::-1])])
     assert res["expression"].loc[0, "n_fish"] == 1 and res["expression"].loc[0, "rel_f0"] == 1.0
-    assert res["recurrence"].iloc[0, 1] == 1.0       # the same units, permuted
+    assert res["recurrence"].iloc[0, 1] == 1.0  # the same units, permuted
     with pytest.raises(InputError, match="per-fish models"):
         cross_subject_analysis(jd, None, [M(W)])
     out = write_cross_subject_report(res, tmp_path / "r")

@@ -20,8 +20,15 @@ def fitted(tmp_path_factory):
     specs = []
     for seed in (0, 1):
         m = CRBM(n_hidden=12, lam=0.005, n_updates=200, seed=seed, backend="numpy").fit(ds)
-        specs.append({"W": m.weights_, "c": m.hidden_var_, "lam": 0.005, "seed": seed,
-                      "mean_nrmse": 0.3 + 0.1 * seed})
+        specs.append(
+            {
+                "W": m.weights_,
+                "c": m.hidden_var_,
+                "lam": 0.005,
+                "seed": seed,
+                "mean_nrmse": 0.3 + 0.1 * seed,
+            }
+        )
     exp = make_experiment(tmp_path_factory.mktemp("fits") / "study", specs, ds)
     return exp, specs, ds, gt
 

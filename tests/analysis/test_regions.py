@@ -4,8 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysearch.analysis import (LowRankCouplings, consistency, load_structural, log_pearson,
-                                region_couplings, structural_spearman)
+from raysearch.analysis import (
+    LowRankCouplings,
+    consistency,
+    load_structural,
+    log_pearson,
+    region_couplings,
+    structural_spearman,
+)
 from raysearch.analysis.regions import region_couplings_dense
 from raysearch.errors import InputError
 
@@ -16,13 +22,13 @@ def test_blockwise_equals_dense(chunk):
     N, M, R = 90, 6, 5
     W, c = rng.normal(size=(M, N)), rng.random(M)
     reg = rng.integers(-1, R, N)
-    reg[:2] = 3          # make sure region 3 has >= 2 units
-    reg[reg == 4] = 0    # region 4 empty -> NaN row/col
+    reg[:2] = 3  # make sure region 3 has >= 2 units
+    reg[reg == 4] = 0  # region 4 empty -> NaN row/col
     J = LowRankCouplings.from_factors(W, c).dense()
     got = region_couplings(W, c, reg, n_regions=R, chunk=chunk, dtype=np.float64)
     ref = region_couplings_dense(J, reg, n_regions=R)
     np.testing.assert_allclose(got, ref, rtol=1e-10, equal_nan=True)
-    got32 = region_couplings(W, c, reg, n_regions=R, chunk=chunk)       # default float32 blocks
+    got32 = region_couplings(W, c, reg, n_regions=R, chunk=chunk)  # default float32 blocks
     np.testing.assert_allclose(got32, ref, rtol=1e-5, equal_nan=True)
     assert np.isnan(got[4]).all()
     np.testing.assert_allclose(got, got.T, rtol=1e-12, equal_nan=True)
@@ -39,9 +45,9 @@ def test_log_pearson_and_consistency():
     rng = np.random.default_rng(1)
     a = np.exp(rng.normal(size=(6, 6)))
     a = a + a.T
-    b = a ** 2             # log10 b = 2 log10 a: correlation 1
+    b = a**2  # log10 b = 2 log10 a: correlation 1
     c = a.copy()
-    c[0, 1] = c[1, 0] = 0.0   # zeros are excluded, not log'ed
+    c[0, 1] = c[1, 0] = 0.0  # zeros are excluded, not log'ed
     r, n = log_pearson(a, b)
     assert r == pytest.approx(1.0) and n == 21
     r, n = log_pearson(a, c)
@@ -57,9 +63,9 @@ def test_structural_spearman_uses_nonzero_upper_triangle():
     S = rng.random((5, 5))
     S = S + S.T
     S[0, 2] = S[2, 0] = 0.0
-    F = S ** 3          # monotone in S on non-zero entries
-    F[0, 2] = F[2, 0] = 100.0   # would break the rank order if zeros were used
-    F[3, 1] = -5.0               # lower triangle: ignored
+    F = S**3  # monotone in S on non-zero entries
+    F[0, 2] = F[2, 0] = 100.0  # would break the rank order if zeros were used
+    F[3, 1] = -5.0  # lower triangle: ignored
     rho, n = structural_spearman(F, S)
     assert rho == pytest.approx(1.0)
     assert n == 14

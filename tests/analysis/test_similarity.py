@@ -42,7 +42,7 @@ def test_offdiag_stats_match_dense():
     st = offdiag_stats(W, c)
     assert st["n_pairs"] == off.size
     np.testing.assert_allclose(st["sum"], off.sum(), rtol=1e-10)
-    np.testing.assert_allclose(st["sumsq"], (off ** 2).sum(), rtol=1e-10)
+    np.testing.assert_allclose(st["sumsq"], (off**2).sum(), rtol=1e-10)
     np.testing.assert_allclose(st["var"], off.var(), rtol=1e-8)
 
 
@@ -101,8 +101,9 @@ def test_bad_inputs():
     with pytest.raises(ConfigError):
         similarity_matrix(_models(rng), method="dense")
     with pytest.raises(InputError, match="visible units"):
-        similarity_matrix([(rng.normal(size=(3, 10)), np.ones(3)),
-                           (rng.normal(size=(3, 11)), np.ones(3))])
+        similarity_matrix(
+            [(rng.normal(size=(3, 10)), np.ones(3)), (rng.normal(size=(3, 11)), np.ones(3))]
+        )
     with pytest.raises(InputError, match="hidden_var"):
         similarity_matrix([(rng.normal(size=(3, 10)), np.ones(4))])
     W = rng.normal(size=(3, 10))
@@ -117,6 +118,8 @@ def test_matplotlib_not_imported_by_analysis():
     import subprocess
     import sys
 
-    code = ("import sys, raysearch.analysis as a; a.similarity_matrix; "
-            "assert 'matplotlib' not in sys.modules")
+    code = (
+        "import sys, raysearch.analysis as a; a.similarity_matrix; "
+        "assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,8 +15,23 @@ from raysearch.data.synthetic import load_ground_truth, make_synthetic_recording
 
 def test_synth_then_inspect(tmp_path, capsys):
     out = tmp_path / "fish.h5"
-    assert main(["synth", str(out), "--neurons", "300", "--frames", "120", "--seed", "4",
-                 "--assemblies", "5"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--neurons",
+                "300",
+                "--frames",
+                "120",
+                "--seed",
+                "4",
+                "--assemblies",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     rec = load_recording(out)
     ref, gt = make_synthetic_recording(300, 120, n_assemblies=5, seed=4)
@@ -47,13 +62,16 @@ def test_synth_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert h5py.is_hdf5(out)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--neurons", "5"], "n_neurons must be an integer >= 20"),
-    (["--frames", "3"], "n_frames must be an integer >= 10"),
-    (["--assemblies", "0"], "n_assemblies must be a positive integer"),
-    (["--seed", "-1"], "seed must be a non-negative integer"),
-    (["--frame-rate", "0"], "frame_rate must be > 0 Hz"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--neurons", "5"], "n_neurons must be an integer >= 20"),
+        (["--frames", "3"], "n_frames must be an integer >= 10"),
+        (["--assemblies", "0"], "n_assemblies must be a positive integer"),
+        (["--seed", "-1"], "seed must be a non-negative integer"),
+        (["--frame-rate", "0"], "frame_rate must be > 0 Hz"),
+    ],
+)
 def test_synth_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "fish.h5"
     assert main(["synth", str(out), *args]) == 2
@@ -115,7 +133,10 @@ def test_inspect_can_drop_nonfinite_neurons(tmp_path, capsys):
 
 
 def test_console_script_exit_code_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "raysearch", "inspect", str(tmp_path / "x.h5")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "raysearch", "inspect", str(tmp_path / "x.h5")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "no such file" in r.stderr and "Traceback" not in r.stderr

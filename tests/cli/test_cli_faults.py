@@ -42,12 +42,14 @@ def one_error_line(err: str, command: str) -> str:
 def fish(tmp_path_factory) -> Path:
     from raysearch.data.synthetic import write_synthetic_recording
 
-    return write_synthetic_recording(tmp_path_factory.mktemp("fish") / "fish.h5", n_neurons=80,
-                                     n_frames=400, seed=3)
+    return write_synthetic_recording(
+        tmp_path_factory.mktemp("fish") / "fish.h5", n_neurons=80, n_frames=400, seed=3
+    )
 
 
-def write_recording(path, spikes, coords=None, times=None, labels=None, names=None,
-                    dff=None, ref=None):
+def write_recording(
+    path, spikes, coords=None, times=None, labels=None, names=None, dff=None, ref=None
+):
     """A minimal cRBM-layout HDF5 recording (spikes (T, N), coords (3, N) um)."""
     spikes = np.asarray(spikes)
     T, N = spikes.shape
@@ -55,9 +57,10 @@ def write_recording(path, spikes, coords=None, times=None, labels=None, names=No
         f["Data/Brain/Analysis/ThresholdedSpikes"] = spikes
         if dff is not None:
             f["Data/Brain/Analysis/DFF_align"] = dff
-        c = f.create_dataset("Data/Brain/Coordinates",
-                             data=coords if coords is not None
-                             else np.random.default_rng(0).uniform(0, 400, (3, N)))
+        c = f.create_dataset(
+            "Data/Brain/Coordinates",
+            data=coords if coords is not None else np.random.default_rng(0).uniform(0, 400, (3, N)),
+        )
         c.attrs["unit"] = "um"
         if ref is not None:
             r = f.create_dataset("Data/Brain/ZBrainCoordinates", data=ref)
@@ -72,13 +75,23 @@ def write_recording(path, spikes, coords=None, times=None, labels=None, names=No
 
 # ------------------------------------------------------------------------------ 1. data loss
 
+
 def test_checkpoint_never_overwrites_the_input_recording(tmp_path, fish, capsys):
     victim = tmp_path / "victim.h5"
     shutil.copy(fish, victim)
     before = victim.read_bytes()
     for extra in ([], ["--force"]):
-        rc, out, err = run(capsys, "train", str(victim), "--out", str(tmp_path / "out" / "v.h5"),
-                           "--checkpoint", str(victim), *extra, *FAST)
+        rc, out, err = run(
+            capsys,
+            "train",
+            str(victim),
+            "--out",
+            str(tmp_path / "out" / "v.h5"),
+            "--checkpoint",
+            str(victim),
+            *extra,
+            *FAST,
+        )
         assert rc == 2
         assert "input recording" in one_error_line(err, "train")
         assert victim.read_bytes() == before
@@ -94,58 +107,119 @@ def test_checkpoint_does_not_overwrite_a_model_file_without_force(tmp_path, fish
     rc, _, err = run(capsys, "train", str(fish), "--out", str(model), "--no-eval", *FAST)
     assert rc == 0, err
     before = model.read_bytes()
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "m2.h5"), "--no-eval",
-                     "--checkpoint", str(model), *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "m2.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(model),
+        *FAST,
+    )
     assert rc == 2 and "not a raysearch checkpoint" in one_error_line(err, "train")
     assert model.read_bytes() == before and not (tmp_path / "m2.h5").exists()
     # with --force the user said so
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "m2.h5"), "--no-eval",
-                     "--checkpoint", str(model), "--force", *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "m2.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(model),
+        "--force",
+        *FAST,
+    )
     assert rc == 0, err
     with h5py.File(model) as f:
         assert f.attrs["format"] == "raysearch-crbm-checkpoint"
 
 
-def test_checkpoint_of_another_fit_needs_force_but_this_fit_may_rewrite_it(tmp_path, fish,
-                                                                           capsys):
+def test_checkpoint_of_another_fit_needs_force_but_this_fit_may_rewrite_it(tmp_path, fish, capsys):
     ck = tmp_path / "ck.h5"
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "a.h5"), "--no-eval",
-                     "--checkpoint", str(ck), "--lam", "0.01", *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "a.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(ck),
+        "--lam",
+        "0.01",
+        *FAST,
+    )
     assert rc == 0, err
     before = ck.read_bytes()
     # another lambda: another fit
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "b.h5"), "--no-eval",
-                     "--checkpoint", str(ck), "--lam", "0.02", *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "b.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(ck),
+        "--lam",
+        "0.02",
+        *FAST,
+    )
     assert rc == 2 and "checkpoint of another fit" in one_error_line(err, "train")
     assert ck.read_bytes() == before
     # the same fit again (same settings, same data) may rewrite its own checkpoint
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "c.h5"), "--no-eval",
-                     "--checkpoint", str(ck), "--lam", "0.01", *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "c.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(ck),
+        "--lam",
+        "0.01",
+        *FAST,
+    )
     assert rc == 0, err
 
 
 # ------------------------------------------------------------------ 2. validate before any work
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda d: ["--out", str(d / "afile" / "m.h5")], "is not a directory"),
-    (lambda d: ["--out", str(d / "m.h5"), "--eval-chains", "0"], "--eval-chains must be >= 1"),
-    (lambda d: ["--out", str(d / "m.h5"), "--checkpoint", str(d / "afile" / "ck.h5")],
-     "is not a directory"),
-    (lambda d: ["--out", str(d / "m.h5"), "--checkpoint", str(d / "m.h5")], "same file as --out"),
-    (lambda d: ["--out", str(d)], "must end in .h5"),
-])
-def test_bad_paths_and_arguments_fail_before_the_data_is_read(tmp_path, capsys, make_args,
-                                                              message):
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ["--out", str(d / "afile" / "m.h5")], "is not a directory"),
+        (lambda d: ["--out", str(d / "m.h5"), "--eval-chains", "0"], "--eval-chains must be >= 1"),
+        (
+            lambda d: ["--out", str(d / "m.h5"), "--checkpoint", str(d / "afile" / "ck.h5")],
+            "is not a directory",
+        ),
+        (
+            lambda d: ["--out", str(d / "m.h5"), "--checkpoint", str(d / "m.h5")],
+            "same file as --out",
+        ),
+        (lambda d: ["--out", str(d)], "must end in .h5"),
+    ],
+)
+def test_bad_paths_and_arguments_fail_before_the_data_is_read(tmp_path, capsys, make_args, message):
     (tmp_path / "afile").write_text("a file, not a folder")
     # the recording does not exist: an error about it would mean the arguments were checked late
-    rc, _, err = run(capsys, "train", str(tmp_path / "no-such-recording.h5"),
-                     *make_args(tmp_path), *FAST)
+    rc, _, err = run(
+        capsys, "train", str(tmp_path / "no-such-recording.h5"), *make_args(tmp_path), *FAST
+    )
     assert rc == 2
     assert message in one_error_line(err, "train")
 
 
 def test_model_is_saved_before_evaluation_so_a_failing_evaluation_loses_nothing(
-        tmp_path, fish, capsys, monkeypatch):
+    tmp_path, fish, capsys, monkeypatch
+):
     import raysearch.evaluation
 
     def broken(*a, **k):
@@ -162,23 +236,50 @@ def test_model_is_saved_before_evaluation_so_a_failing_evaluation_loses_nothing(
 
 # ---------------------------------------------------------------- 4. resume on the wrong data
 
-def test_resume_refuses_a_checkpoint_of_another_recording_with_the_same_n(tmp_path, fish,
-                                                                         capsys):
+
+def test_resume_refuses_a_checkpoint_of_another_recording_with_the_same_n(tmp_path, fish, capsys):
     from raysearch.data.synthetic import write_synthetic_recording
 
     other = write_synthetic_recording(tmp_path / "other.h5", n_neurons=80, n_frames=400, seed=4)
     ck = tmp_path / "ck.h5"
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "a.h5"), "--no-eval",
-                     "--checkpoint", str(ck), *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "a.h5"),
+        "--no-eval",
+        "--checkpoint",
+        str(ck),
+        *FAST,
+    )
     assert rc == 0, err
-    rc, _, err = run(capsys, "train", str(other), "--out", str(tmp_path / "b.h5"), "--no-eval",
-                     "--resume", str(ck), *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(other),
+        "--out",
+        str(tmp_path / "b.h5"),
+        "--no-eval",
+        "--resume",
+        str(ck),
+        *FAST,
+    )
     assert rc == 2
     assert "other training data" in one_error_line(err, "train")
     assert not (tmp_path / "b.h5").exists()
     # on its own data the resume is accepted
-    rc, _, err = run(capsys, "train", str(fish), "--out", str(tmp_path / "c.h5"), "--no-eval",
-                     "--resume", str(ck), *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(fish),
+        "--out",
+        str(tmp_path / "c.h5"),
+        "--no-eval",
+        "--resume",
+        str(ck),
+        *FAST,
+    )
     assert rc == 0, err
 
 
@@ -186,7 +287,7 @@ def test_fit_resume_checks_the_data_fingerprint(tmp_path):
     rng = np.random.default_rng(0)
     A = (rng.random((200, 12)) < 0.2).astype(np.float32)
     B = A.copy()
-    B[7, 3] = 1 - B[7, 3]                               # one value differs
+    B[7, 3] = 1 - B[7, 3]  # one value differs
     ck = tmp_path / "ck.h5"
     kw = dict(n_hidden=2, n_updates=20, batch_size=20, n_gibbs=1, backend="numpy")
     CRBM(**kw).fit(A, checkpoint=(ck, 10))
@@ -226,12 +327,13 @@ def test_data_fingerprint_is_exact_and_sees_shape_and_dtype():
 
 # -------------------------------------------------------- 7. tracebacks instead of one line
 
+
 @pytest.mark.parametrize("argv", [["inspect", "{fish}"], ["inspect", "{fish}", "--json"]])
 def test_closed_stdout_pipe_is_not_a_traceback(fish, argv):
     """``raysearch inspect FILE | head -1``: the reader goes away before the output is written."""
     cmd = [sys.executable, "-m", "raysearch", *[a.format(fish=fish) for a in argv]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()                                 # head -1 has exited
+    proc.stdout.close()  # head -1 has exited
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
@@ -252,38 +354,49 @@ def test_unreadable_file_is_one_line_in_process(tmp_path, fish, capsys, monkeypa
     assert "Permission denied" in line and str(fish) in line
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run a command as nobody")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run a command as nobody",
+)
 def test_unreadable_file_as_an_unprivileged_user(fish):
     import tempfile
 
-    where = Path(tempfile.mkdtemp(prefix="raysearch-test-"))   # /tmp: reachable by nobody
+    where = Path(tempfile.mkdtemp(prefix="raysearch-test-"))  # /tmp: reachable by nobody
     try:
         os.chmod(where, 0o755)
         locked = where / "locked.h5"
         shutil.copy(fish, locked)
         os.chmod(locked, 0o000)
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-               "-c", "import sys; from raysearch.cli import main; sys.exit(main(sys.argv[1:]))",
-               "inspect", str(locked)]
+        cmd = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import sys; from raysearch.cli import main; sys.exit(main(sys.argv[1:]))",
+            "inspect",
+            str(locked),
+        ]
         env = {**os.environ, "HOME": str(where)}
         if "PYTHONPATH" not in env:
             env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
-                             cwd=where)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=where)
     finally:
         shutil.rmtree(where, ignore_errors=True)
     if "No module named" in res.stderr or "can't open file" in res.stderr:
         pytest.skip(f"the Python environment is not readable by nobody: {res.stderr[:200]}")
     assert "Traceback" not in res.stderr, res.stderr
     assert res.returncode == 2, res.stderr
-    assert res.stderr.strip() == f"raysearch inspect: error: {locked}: cannot be read " \
-                                 "(Permission denied)", res.stderr
+    assert (
+        res.stderr.strip() == f"raysearch inspect: error: {locked}: cannot be read "
+        "(Permission denied)"
+    ), res.stderr
 
 
 def test_fifo_or_directory_instead_of_a_file_is_one_line(tmp_path, capsys):
     fifo = tmp_path / "pipe.h5"
-    os.mkfifo(fifo)                 # opening it to sniff the HDF5 signature would block forever
+    os.mkfifo(fifo)  # opening it to sniff the HDF5 signature would block forever
     rc, _, err = run(capsys, "inspect", str(fifo))
     assert rc == 2 and "not a regular file" in one_error_line(err, "inspect")
     rc, _, err = run(capsys, "train", str(tmp_path), "--out", str(tmp_path / "m.h5"), *FAST)
@@ -297,16 +410,23 @@ def test_non_utf8_study_file_is_one_line(tmp_path, capsys):
     assert rc == 2 and "not UTF-8" in one_error_line(err, "run")
 
 
-@pytest.mark.parametrize("search", [
-    {"mode": "grid", "lam": [0.01, float("inf")]},
-    {"mode": "optuna", "lam": {"low": 1e-4, "high": float("inf")}},
-    {"mode": "optuna", "lam": {"low": float("nan"), "high": 1.0}},
-])
+@pytest.mark.parametrize(
+    "search",
+    [
+        {"mode": "grid", "lam": [0.01, float("inf")]},
+        {"mode": "optuna", "lam": {"low": 1e-4, "high": float("inf")}},
+        {"mode": "optuna", "lam": {"low": float("nan"), "high": 1.0}},
+    ],
+)
 def test_infinite_lambda_is_refused_before_anything_is_created(tmp_path, capsys, search):
     import yaml
 
-    study = {"name": "inf", "recordings": [{"synthetic": {"n_neurons": 60, "n_frames": 600}}],
-             "search": search, "run": {"storage_path": str(tmp_path / "results")}}
+    study = {
+        "name": "inf",
+        "recordings": [{"synthetic": {"n_neurons": 60, "n_frames": 600}}],
+        "search": search,
+        "run": {"storage_path": str(tmp_path / "results")},
+    }
     p = tmp_path / "inf.yaml"
     p.write_text(yaml.safe_dump(study))
     assert ".inf" in p.read_text() or ".nan" in p.read_text()
@@ -323,23 +443,31 @@ def test_num_samples_has_an_upper_bound(tmp_path):
 
     base = {"name": "big", "recordings": [{"synthetic": {}}]}
     with pytest.raises(ConfigError, match="at most 10000 trials"):
-        study_from_dict({**base, "search": {"lam": {"low": 1e-4, "high": 1},
-                                            "num_samples": 10**12}})
-    study_from_dict({**base, "search": {"lam": {"low": 1e-4, "high": 1},
-                                        "num_samples": MAX_TRIALS}})
+        study_from_dict(
+            {**base, "search": {"lam": {"low": 1e-4, "high": 1}, "num_samples": 10**12}}
+        )
+    study_from_dict(
+        {**base, "search": {"lam": {"low": 1e-4, "high": 1}, "num_samples": MAX_TRIALS}}
+    )
     with pytest.raises(ConfigError, match="at most 10000 trials"):
-        study_from_dict({**base, "search": {"mode": "grid", "lam": [0.1, 0.2],
-                                            "seeds": list(range(5001))}})
+        study_from_dict(
+            {**base, "search": {"mode": "grid", "lam": [0.1, 0.2], "seeds": list(range(5001))}}
+        )
 
 
 # ------------------------------------------------------------------------ 8. messages
+
 
 def test_coordinates_of_the_wrong_size_are_named(tmp_path, capsys):
     T, N = 50, 20
     rng = np.random.default_rng(1)
     spikes = (rng.random((T, N)) < 0.2).astype(np.uint8)
-    path = write_recording(tmp_path / "c.h5", spikes, coords=rng.uniform(0, 400, (3, N - 1)),
-                           ref=rng.uniform(0, 400, (3, N)))
+    path = write_recording(
+        tmp_path / "c.h5",
+        spikes,
+        coords=rng.uniform(0, 400, (3, N - 1)),
+        ref=rng.uniform(0, 400, (3, N)),
+    )
     rc, _, err = run(capsys, "inspect", str(path))
     assert rc == 2
     line = one_error_line(err, "inspect")
@@ -356,20 +484,46 @@ def test_train_messages_name_cli_options_that_exist(tmp_path, capsys):
     rc, _, err = run(capsys, "train", str(path), "--out", str(tmp_path / "m.h5"), *FAST)
     line = one_error_line(err, "train")
     assert rc == 2 and "--signal dff --transform binarize" in line
-    rc, _, err = run(capsys, "train", str(path), "--out", str(tmp_path / "m.h5"), "--no-eval",
-                     "--signal", "dff", "--transform", "binarize", "--threshold", "1.0", *FAST)
+    rc, _, err = run(
+        capsys,
+        "train",
+        str(path),
+        "--out",
+        str(tmp_path / "m.h5"),
+        "--no-eval",
+        "--signal",
+        "dff",
+        "--transform",
+        "binarize",
+        "--threshold",
+        "1.0",
+        *FAST,
+    )
     assert rc == 0, err
     # NaN in the dF/F: the fix is --on-nonfinite drop
     dff2 = dff.copy()
     dff2[5, 4] = np.nan
-    path2 = write_recording(tmp_path / "nan.h5", (dff > 1).astype(np.uint8), dff=dff2,
-                            labels=labels, names=["all"])
-    rc, _, err = run(capsys, "train", str(path2), "--out", str(tmp_path / "m2.h5"),
-                     "--signal", "dff", *FAST)
+    path2 = write_recording(
+        tmp_path / "nan.h5", (dff > 1).astype(np.uint8), dff=dff2, labels=labels, names=["all"]
+    )
+    rc, _, err = run(
+        capsys, "train", str(path2), "--out", str(tmp_path / "m2.h5"), "--signal", "dff", *FAST
+    )
     line = one_error_line(err, "train")
     assert rc == 2 and "--on-nonfinite drop" in line
-    rc, out, err = run(capsys, "train", str(path2), "--out", str(tmp_path / "m2.h5"),
-                       "--no-eval", "--signal", "dff", "--on-nonfinite", "drop", *FAST)
+    rc, out, err = run(
+        capsys,
+        "train",
+        str(path2),
+        "--out",
+        str(tmp_path / "m2.h5"),
+        "--no-eval",
+        "--signal",
+        "dff",
+        "--on-nonfinite",
+        "drop",
+        *FAST,
+    )
     assert rc == 0, err
     assert json.loads(out)["n_units"] == N - 1
 
@@ -385,10 +539,15 @@ def test_checkpoint_error_names_the_format_once(tmp_path, fish):
 
 # -------------------------------------------------------------- 9. silently accepted nonsense
 
+
 def test_all_zero_spikes_are_an_error_before_training(tmp_path, capsys):
     T, N = 400, 30
-    path = write_recording(tmp_path / "zero.h5", np.zeros((T, N), np.uint8),
-                           labels=np.ones((1, N), np.uint8), names=["all"])
+    path = write_recording(
+        tmp_path / "zero.h5",
+        np.zeros((T, N), np.uint8),
+        labels=np.ones((1, N), np.uint8),
+        names=["all"],
+    )
     rc, out, err = run(capsys, "train", str(path), "--out", str(tmp_path / "m.h5"), *FAST)
     assert rc == 2 and out == ""
     assert "no spikes" in one_error_line(err, "train")
@@ -399,23 +558,32 @@ def test_all_zero_spikes_in_a_study_are_an_error_before_ray_starts(tmp_path, cap
     import yaml
 
     T, N = 400, 30
-    path = write_recording(tmp_path / "zero.h5", np.zeros((T, N), np.uint8),
-                           labels=np.ones((1, N), np.uint8), names=["all"])
-    study = {"name": "zero", "recordings": [{"path": str(path)}],
-             "search": {"lam": {"low": 1e-4, "high": 1}},
-             "run": {"storage_path": str(tmp_path / "results")}}
+    path = write_recording(
+        tmp_path / "zero.h5",
+        np.zeros((T, N), np.uint8),
+        labels=np.ones((1, N), np.uint8),
+        names=["all"],
+    )
+    study = {
+        "name": "zero",
+        "recordings": [{"path": str(path)}],
+        "search": {"lam": {"low": 1e-4, "high": 1}},
+        "run": {"storage_path": str(tmp_path / "results")},
+    }
     (tmp_path / "zero.yaml").write_text(yaml.safe_dump(study))
     rc, out, err = run(capsys, "run", str(tmp_path / "zero.yaml"))
     assert rc == 2 and "no spikes" in one_error_line(err, "run")
     assert "Ray dashboard" not in out and not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("times, word", [(np.zeros(50), "constant"),
-                                         (np.arange(50)[::-1] / 4.0, "not increasing")])
+@pytest.mark.parametrize(
+    "times, word", [(np.zeros(50), "constant"), (np.arange(50)[::-1] / 4.0, "not increasing")]
+)
 def test_constant_or_reversed_frame_times_are_an_error(tmp_path, capsys, times, word):
     rng = np.random.default_rng(3)
-    path = write_recording(tmp_path / "t.h5", (rng.random((50, 10)) < 0.2).astype(np.uint8),
-                           times=times)
+    path = write_recording(
+        tmp_path / "t.h5", (rng.random((50, 10)) < 0.2).astype(np.uint8), times=times
+    )
     rc, _, err = run(capsys, "inspect", str(path))
     assert rc == 2
     line = one_error_line(err, "inspect")
@@ -427,8 +595,12 @@ def test_region_name_count_mismatch_is_an_error(tmp_path, capsys):
     N = 10
     labels = np.zeros((3, N), np.uint8)
     labels[np.arange(N) % 3, np.arange(N)] = 1
-    path = write_recording(tmp_path / "l.h5", (rng.random((50, N)) < 0.2).astype(np.uint8),
-                           labels=labels, names=["a", "b"])
+    path = write_recording(
+        tmp_path / "l.h5",
+        (rng.random((50, N)) < 0.2).astype(np.uint8),
+        labels=labels,
+        names=["a", "b"],
+    )
     rc, _, err = run(capsys, "inspect", str(path))
     assert rc == 2
     line = one_error_line(err, "inspect")
@@ -437,9 +609,11 @@ def test_region_name_count_mismatch_is_an_error(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ 10. minor
 
+
 def _strict_json(text):
     def refuse(c):
         raise ValueError(f"bare {c} in JSON output")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -458,7 +632,7 @@ def test_train_json_line_has_null_not_nan(tmp_path, fish, capsys, monkeypatch):
 
 
 def test_inspect_json_has_null_not_nan(tmp_path, capsys):
-    path = write_recording(tmp_path / "one.h5", np.ones((1, 5), np.uint8))   # one frame
+    path = write_recording(tmp_path / "one.h5", np.ones((1, 5), np.uint8))  # one frame
     rc, out, err = run(capsys, "inspect", str(path), "--json")
     assert rc == 0, err
     assert _strict_json(out)["frame_rate_hz"] is None
@@ -478,9 +652,16 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
         m = CRBM(n_hidden=2, n_updates=10, batch_size=10, n_gibbs=1, backend="numpy").fit(X)
         m.save(tmp_path / "m.h5")
         m.save_checkpoint(tmp_path / "ck.h5")
-        _write_study(study_from_dict({"name": "s", "recordings": [{"synthetic": {}}],
-                                      "search": {"lam": {"low": 1e-3, "high": 1}}}),
-                     str(tmp_path / "exp"))
+        _write_study(
+            study_from_dict(
+                {
+                    "name": "s",
+                    "recordings": [{"synthetic": {}}],
+                    "search": {"lam": {"low": 1e-3, "high": 1}},
+                }
+            ),
+            str(tmp_path / "exp"),
+        )
     finally:
         os.umask(old)
     for p in (tmp_path / "m.h5", tmp_path / "ck.h5", tmp_path / "exp" / "study.yaml"):

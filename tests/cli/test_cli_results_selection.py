@@ -29,20 +29,29 @@ def experiment(tmp_path_factory):
     rec, _ = make_synthetic_recording(n_neurons=60, n_frames=300, seed=0)
     ds = preprocess(rec)
     rng = np.random.default_rng(0)
-    specs = [dict(W=rng.normal(size=(3, ds.n_units)), c=np.ones(3), lam=lam, seed=s,
-                  mean_nrmse=vals[s], bad=lam == 1e-1)
-             for lam, vals in GRID.items() for s in (0, 1)]
+    specs = [
+        dict(
+            W=rng.normal(size=(3, ds.n_units)),
+            c=np.ones(3),
+            lam=lam,
+            seed=s,
+            mean_nrmse=vals[s],
+            bad=lam == 1e-1,
+        )
+        for lam, vals in GRID.items()
+        for s in (0, 1)
+    ]
     return make_experiment(tmp_path_factory.mktemp("res") / "study", specs, ds)
 
 
 def _section(out: str) -> str:
-    return out[out.index("Model selection"):]
+    return out[out.index("Model selection") :]
 
 
 def test_default_rule_tolerance_from_seed_spread(experiment, capsys):
     assert main(["results", str(experiment)]) == 0
     out = capsys.readouterr().out
-    assert out.index("trial_id") < out.index("Model selection")   # after the trial table
+    assert out.index("trial_id") < out.index("Model selection")  # after the trial table
     sec = _section(out)
     # no study.yaml says otherwise: the default objective, the worst nRMSE (here = the mean)
     assert "objective max_nrmse, rule sparsest" in sec
@@ -53,7 +62,8 @@ def test_default_rule_tolerance_from_seed_spread(experiment, capsys):
     from scipy import stats
 
     from raysearch.selection import subset_constant
-    tol = subset_constant(3) * np.sqrt(0.02 ** 2 / 2 / stats.chi2.median(1))
+
+    tol = subset_constant(3) * np.sqrt(0.02**2 / 2 / stats.chi2.median(1))
     assert f"{tol:.4g} (95% subset of the best)" in sec and f"{tol:.3g}" == "0.0402"
     # lambda means 0.21, 0.19, 0.22: all within 0.19 + 0.0402; the largest good lambda 0.01, its
     # better seed
@@ -61,9 +71,10 @@ def test_default_rule_tolerance_from_seed_spread(experiment, capsys):
     assert "lambda 0.01," in rec_line and "mean_nrmse 0.2100" in rec_line
     assert "runner-up:" in sec
     # bins: one per lambda, 2 fits each; 2/2 bad at 0.1 with Wilson CI 34-100%
-    table = sec[sec.index("Bad models per lambda range"):].splitlines()[2:]
-    assert [ln.split()[2:6] for ln in table] == [["2", "0", "0", "0%"]] * 3 + \
-        [["2", "2", "0", "100%"]]
+    table = sec[sec.index("Bad models per lambda range") :].splitlines()[2:]
+    assert [ln.split()[2:6] for ln in table] == [["2", "0", "0", "0%"]] * 3 + [
+        ["2", "2", "0", "100%"]
+    ]
     assert table[-1].split()[-1] == "34-100%" and table[0].split()[-1] == "0-66%"
 
 
@@ -100,6 +111,6 @@ def test_bad_tolerance_is_one_message_and_exit_2(experiment, capsys):
     assert main(["results", str(experiment), "--tolerance", "-1"]) == 2
     err = capsys.readouterr().err
     assert "tolerance" in err and "Traceback" not in err
-    with pytest.raises(SystemExit) as exc:                 # argparse: usage error, exit 2
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error, exit 2
         main(["results", str(experiment), "--tolerance", "wide"])
     assert exc.value.code == 2 and "seed-spread" in capsys.readouterr().err

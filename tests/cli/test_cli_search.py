@@ -26,8 +26,9 @@ def test_help_lists_the_options(capsys):
 
 def test_bad_study_is_one_message_and_exit_2(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
-    d = yaml.safe_load((Path(__file__).resolve().parents[2] / "experiments"
-                        / "quickstart.yaml").read_text())
+    d = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml").read_text()
+    )
     d["search"]["num_sample"] = 4
     p.write_text(yaml.safe_dump(d))
     assert main(["run", str(p)]) == 2

@@ -20,9 +20,20 @@ def run(capsys, *argv):
 
 def test_train_synthetic_without_eval(tmp_path, capsys):
     out = tmp_path / "m.h5"
-    rc, stdout, err = run(capsys, "synthetic", "--synthetic-neurons", "200",
-                          "--synthetic-frames", "600", "--lam", "0.02", "--no-eval",
-                          "--out", str(out), *FAST)
+    rc, stdout, err = run(
+        capsys,
+        "synthetic",
+        "--synthetic-neurons",
+        "200",
+        "--synthetic-frames",
+        "600",
+        "--lam",
+        "0.02",
+        "--no-eval",
+        "--out",
+        str(out),
+        *FAST,
+    )
     assert rc == 0, err
     lines = stdout.strip().splitlines()
     assert len(lines) == 1
@@ -50,26 +61,56 @@ def test_train_recording_file_with_evaluation(tmp_path, capsys):
 
 
 def test_progress_goes_to_stderr(tmp_path, capsys):
-    rc, stdout, err = run(capsys, "synthetic", "--synthetic-neurons", "100",
-                          "--synthetic-frames", "400", "--no-eval", "--out",
-                          str(tmp_path / "m.h5"), "--hidden", "2", "--updates", "200",
-                          "--gibbs", "1", "--batch", "20")
+    rc, stdout, err = run(
+        capsys,
+        "synthetic",
+        "--synthetic-neurons",
+        "100",
+        "--synthetic-frames",
+        "400",
+        "--no-eval",
+        "--out",
+        str(tmp_path / "m.h5"),
+        "--hidden",
+        "2",
+        "--updates",
+        "200",
+        "--gibbs",
+        "1",
+        "--batch",
+        "20",
+    )
     assert rc == 0
     assert "200/200" in err and "upd" in err
     assert len(stdout.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--lam", "-1"], "lam"),
-    (["--hidden", "0"], "n_hidden"),
-    (["--batch", "100000"], "batch_size"),
-    (["--test-segments", "a,b"], "test-segments"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lam", "-1"], "lam"),
+        (["--hidden", "0"], "n_hidden"),
+        (["--batch", "100000"], "batch_size"),
+        (["--test-segments", "a,b"], "test-segments"),
+    ],
+)
 def test_bad_settings_exit_2_with_message(tmp_path, capsys, args, message):
     out = tmp_path / "m.h5"
-    rc, stdout, err = run(capsys, "synthetic", "--synthetic-neurons", "100",
-                          "--synthetic-frames", "400", "--no-eval", "--out", str(out),
-                          "--quiet", "--updates", "10", *args)
+    rc, stdout, err = run(
+        capsys,
+        "synthetic",
+        "--synthetic-neurons",
+        "100",
+        "--synthetic-frames",
+        "400",
+        "--no-eval",
+        "--out",
+        str(out),
+        "--quiet",
+        "--updates",
+        "10",
+        *args,
+    )
     assert rc == 2
     assert message in err and "Traceback" not in err
     assert not out.exists() and stdout == ""
@@ -87,8 +128,15 @@ def test_bad_input_files(tmp_path, capsys):
 
 
 def test_checkpoint_and_resume(tmp_path, capsys):
-    common = ["synthetic", "--synthetic-neurons", "100", "--synthetic-frames", "400", "--no-eval",
-              *FAST]
+    common = [
+        "synthetic",
+        "--synthetic-neurons",
+        "100",
+        "--synthetic-frames",
+        "400",
+        "--no-eval",
+        *FAST,
+    ]
     ck = tmp_path / "ck.h5"
     rc, _, err = run(capsys, *common, "--out", str(tmp_path / "a.h5"), "--checkpoint", str(ck))
     assert rc == 0 and ck.exists(), err
@@ -97,7 +145,21 @@ def test_checkpoint_and_resume(tmp_path, capsys):
     assert json.loads(stdout)["updates"] == 60
     a, b = CRBM.load(tmp_path / "a.h5"), CRBM.load(tmp_path / "b.h5")
     np.testing.assert_array_equal(a.weights_, b.weights_)
-    rc, _, err = run(capsys, *common[:-len(FAST)], "--hidden", "5", "--updates", "60", "--gibbs",
-                     "2", "--batch", "50", "--quiet", "--out", str(tmp_path / "c.h5"),
-                     "--resume", str(ck))
+    rc, _, err = run(
+        capsys,
+        *common[: -len(FAST)],
+        "--hidden",
+        "5",
+        "--updates",
+        "60",
+        "--gibbs",
+        "2",
+        "--batch",
+        "50",
+        "--quiet",
+        "--out",
+        str(tmp_path / "c.h5"),
+        "--resume",
+        str(ck),
+    )
     assert rc == 2 and "cannot resume" in err

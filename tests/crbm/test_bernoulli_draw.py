@@ -19,7 +19,7 @@ def test_bernoulli_frequency_matches_p_with_4m_draws(backend, p):
     I = backend.asarray(np.full((N_DRAWS // 1000, 1000), logit, dtype=np.float32))
     g = backend.asarray(np.zeros(1000, dtype=np.float32))
     v = backend.to_numpy(units.bernoulli_sample(I, g, backend, backend.rng(7, int(p * 1e6))))
-    p32 = 1.0 / (1.0 + np.exp(-np.float64(logit)))       # the float32 logit's own probability
+    p32 = 1.0 / (1.0 + np.exp(-np.float64(logit)))  # the float32 logit's own probability
     mean = v.mean(dtype=np.float64)
     se = np.sqrt(p32 * (1 - p32) / v.size)
     assert abs(mean - p32) < 5 * se, (p, mean, p32, (mean - p32) / se)

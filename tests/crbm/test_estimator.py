@@ -7,8 +7,15 @@ from raysearch.backend import get_backend
 from raysearch.crbm import CRBM, training, units
 from raysearch.errors import ConfigError, InputError
 
-FITTED = ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_", "theta_minus_",
-          "hidden_var_")
+FITTED = (
+    "weights_",
+    "fields_",
+    "gamma_plus_",
+    "gamma_minus_",
+    "theta_plus_",
+    "theta_minus_",
+    "hidden_var_",
+)
 
 
 def binary_data(T=200, N=30, seed=0):
@@ -22,14 +29,16 @@ def binary_data(T=200, N=30, seed=0):
 
 
 def small(**kw):
-    base = dict(n_hidden=4, lam=0.01, n_updates=30, batch_size=20, n_gibbs=3, seed=3,
-                backend="numpy")
+    base = dict(
+        n_hidden=4, lam=0.01, n_updates=30, batch_size=20, n_gibbs=3, seed=3, backend="numpy"
+    )
     base.update(kw)
     return CRBM(**base)
 
 
 def fit_and_stop(model, X, at, ck, every):
     """Fit ``model`` on ``X``, save its checkpoint to ``ck`` at update ``at`` and stop there."""
+
     def stop(progress):
         if progress["updates"] == at:
             model.save_checkpoint(ck)
@@ -53,18 +62,23 @@ def test_fit_attributes_shapes_and_types():
     assert m.fields_.shape == (30,)
     assert m.n_updates_done_ == 30 and m.diverged_ is False and m.fit_seconds_ > 0
     assert (m.n_visible_, m.n_hidden_) == (30, 4)
-    assert np.all(m.weights_.sum(axis=1) >= 0)                # sign gauge applied
+    assert np.all(m.weights_.sum(axis=1) >= 0)  # sign gauge applied
     assert np.all(m.gamma_plus_ >= training.GAMMA_MIN)
     # hidden_var_ is c_mu: mean over the training frames of Var(h | v)
     bk = get_backend("numpy")
-    _, v = units.drelu_mean_var(X @ m.weights_.T, m.gamma_plus_, m.gamma_minus_, m.theta_plus_,
-                                m.theta_minus_, bk)
+    _, v = units.drelu_mean_var(
+        X @ m.weights_.T, m.gamma_plus_, m.gamma_minus_, m.theta_plus_, m.theta_minus_, bk
+    )
     np.testing.assert_allclose(m.hidden_var_, v.mean(axis=0), rtol=1e-5)
     H = m.transform(X[:5])
     assert H.shape == (5, 4)
-    np.testing.assert_allclose(H, units.drelu_mean(X[:5] @ m.weights_.T, m.gamma_plus_,
-                                                   m.gamma_minus_, m.theta_plus_,
-                                                   m.theta_minus_, bk), rtol=1e-6)
+    np.testing.assert_allclose(
+        H,
+        units.drelu_mean(
+            X[:5] @ m.weights_.T, m.gamma_plus_, m.gamma_minus_, m.theta_plus_, m.theta_minus_, bk
+        ),
+        rtol=1e-6,
+    )
     assert m.free_energy(X[:3]).shape == (3,)
     assert m.gibbs(X[:3], 2, rng=1).shape == (3, 30)
     assert m.sample_hiddens(X[:3], rng=1).shape == (3, 4)
@@ -93,6 +107,7 @@ def test_periodic_checkpoint_file_resumes(tmp_path):
     full = small(n_updates=20).fit(X, checkpoint=(ck, 10), callback_every=10)
     assert ck.exists() and not list(ck.parent.glob(".*tmp"))
     from raysearch.crbm.io import read_checkpoint
+
     st = read_checkpoint(ck)
     assert st["update"] == 20 and st["chains"].shape == (20, 30)
     assert set(st["moments"]) == set(st["params"])
@@ -100,8 +115,11 @@ def test_periodic_checkpoint_file_resumes(tmp_path):
     with pytest.raises(ConfigError, match="lam"):
         small(n_updates=20, lam=0.5).fit(X, resume_from=ck)
     calls = []
-    small(n_updates=20).fit(X, checkpoint=lambda model: calls.append(model.save_checkpoint(
-        tmp_path / "cb.h5")), callback_every=10)
+    small(n_updates=20).fit(
+        X,
+        checkpoint=lambda model: calls.append(model.save_checkpoint(tmp_path / "cb.h5")),
+        callback_every=10,
+    )
     assert len(calls) == 2 and (tmp_path / "cb.h5").exists()
     assert full.n_updates_done_ == 20
 
@@ -135,16 +153,23 @@ def test_gradients_agree_across_backends(backend):
     mom = training.data_moments(X, "bernoulli")
     p = training.init_params(mom, 4, "bernoulli", 0)
     p["weights"] = p["weights"] * 30
-    cfg = training.TrainConfig(visible="bernoulli", penalty="l2l1", lam=0.02, n_gibbs=1,
-                               learning_rate=1e-2, n_updates=10)
+    cfg = training.TrainConfig(
+        visible="bernoulli", penalty="l2l1", lam=0.02, n_gibbs=1, learning_rate=1e-2, n_updates=10
+    )
     ref, ref_var = training.gradients(p, X[:50], X[50:90], mom, cfg, np_bk)
     dp = {k: backend.asarray(v) for k, v in p.items()}
-    got, got_var = training.gradients(dp, backend.asarray(X[:50]), backend.asarray(X[50:90]),
-                                      {k: backend.asarray(v) for k, v in mom.items()}, cfg, backend)
+    got, got_var = training.gradients(
+        dp,
+        backend.asarray(X[:50]),
+        backend.asarray(X[50:90]),
+        {k: backend.asarray(v) for k, v in mom.items()},
+        cfg,
+        backend,
+    )
     for k in ref:
         np.testing.assert_allclose(backend.to_numpy(got[k]), ref[k], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(backend.to_numpy(got_var), ref_var, rtol=1e-4, atol=1e-6)
-    m = small(backend=backend.name).fit(X)                   # a whole fit runs on it
+    m = small(backend=backend.name).fit(X)  # a whole fit runs on it
     assert not m.diverged_ and np.all(np.isfinite(m.weights_))
 
 
@@ -158,8 +183,9 @@ def test_divergence_is_an_outcome_not_an_exception():
 
 def test_callback_can_stop():
     X = binary_data()
-    m = small(n_updates=100).fit(X, callback=lambda p: "stop" if p["updates"] >= 20 else None,
-                                 callback_every=10)
+    m = small(n_updates=100).fit(
+        X, callback=lambda p: "stop" if p["updates"] >= 20 else None, callback_every=10
+    )
     assert m.n_updates_done_ == 20 and not m.diverged_
 
 
@@ -170,8 +196,16 @@ def test_gaussian_visible_finds_planted_factor():
     z = rng.standard_normal(2000).astype(np.float32)
     X = (np.outer(z, a) + 0.5 * rng.standard_normal((2000, 20))).astype(np.float32)
     X = (X - X.mean(0)) / X.std(0)
-    m = CRBM(n_hidden=2, visible="gaussian", lam=0.001, n_updates=600, batch_size=50, n_gibbs=3,
-             seed=0, backend="numpy").fit(X)
+    m = CRBM(
+        n_hidden=2,
+        visible="gaussian",
+        lam=0.001,
+        n_updates=600,
+        batch_size=50,
+        n_gibbs=3,
+        seed=0,
+        backend="numpy",
+    ).fit(X)
     assert m.gamma_.shape == (20,) and not m.diverged_
     cos = np.abs(m.weights_ @ a) / (np.linalg.norm(m.weights_, axis=1) * np.linalg.norm(a))
     assert cos.max() > 0.9
@@ -180,27 +214,30 @@ def test_gaussian_visible_finds_planted_factor():
 X_OK = binary_data()
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(lam=-0.1), "lam"),
-    (dict(lam=float("nan")), "lam"),
-    (dict(n_hidden=0), "n_hidden"),
-    (dict(n_hidden=2.5), "n_hidden"),
-    (dict(visible="potts"), "unknown visible"),
-    (dict(penalty="l3"), "unknown penalty"),
-    (dict(batch_size=500), "larger than the 200 training frames"),
-    (dict(n_updates=0), "n_updates"),
-    (dict(n_gibbs=0), "n_gibbs"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(lr_final_ratio=0.0), "lr_final_ratio"),
-    (dict(decay_after=1.5), "decay_after"),
-    (dict(beta2=1.0), "beta2"),
-    (dict(epsilon=0.0), "epsilon"),
-    (dict(seed=-1), "seed"),
-    (dict(n_chains=0), "n_chains"),
-    (dict(n_jobs=0), "n_jobs"),
-    (dict(n_jobs=30, batch_size=20), "more chain threads"),
-    (dict(backend="tpu"), "unknown backend"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(lam=-0.1), "lam"),
+        (dict(lam=float("nan")), "lam"),
+        (dict(n_hidden=0), "n_hidden"),
+        (dict(n_hidden=2.5), "n_hidden"),
+        (dict(visible="potts"), "unknown visible"),
+        (dict(penalty="l3"), "unknown penalty"),
+        (dict(batch_size=500), "larger than the 200 training frames"),
+        (dict(n_updates=0), "n_updates"),
+        (dict(n_gibbs=0), "n_gibbs"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(lr_final_ratio=0.0), "lr_final_ratio"),
+        (dict(decay_after=1.5), "decay_after"),
+        (dict(beta2=1.0), "beta2"),
+        (dict(epsilon=0.0), "epsilon"),
+        (dict(seed=-1), "seed"),
+        (dict(n_chains=0), "n_chains"),
+        (dict(n_jobs=0), "n_jobs"),
+        (dict(n_jobs=30, batch_size=20), "more chain threads"),
+        (dict(backend="tpu"), "unknown backend"),
+    ],
+)
 def test_invalid_settings_raise_config_error(kw, match):
     with pytest.raises(ConfigError, match=match):
         small(**kw).fit(X_OK)
@@ -265,8 +302,15 @@ def test_advance_chains_executor_is_transparent():
     p = training.init_params(mom, 4, "bernoulli", 0)
     p["weights"] = p["weights"] * 20
     ch = training.init_chains(mom, 21, "bernoulli", 0)
-    cfg = training.TrainConfig(visible="bernoulli", penalty="l1", lam=0.0, n_gibbs=4,
-                               learning_rate=1e-3, n_updates=10, n_groups=3)
+    cfg = training.TrainConfig(
+        visible="bernoulli",
+        penalty="l1",
+        lam=0.0,
+        n_gibbs=4,
+        learning_rate=1e-3,
+        n_updates=10,
+        n_groups=3,
+    )
     seq = training.advance_chains(p, ch, 5, cfg, bk)
     with ThreadPoolExecutor(3) as ex:
         par = training.advance_chains(p, ch, 5, cfg, bk, ex)

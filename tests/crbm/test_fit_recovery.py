@@ -18,8 +18,9 @@ def fish():
 
     rec, truth = make_synthetic_recording(n_neurons=300, n_frames=1500, seed=0)
     ds = preprocess(rec)
-    model = CRBM(n_hidden=8, lam=0.003, penalty="l2l1", n_updates=3000, n_gibbs=5, seed=0,
-                 backend="numpy").fit(ds)
+    model = CRBM(
+        n_hidden=8, lam=0.003, penalty="l2l1", n_updates=3000, n_gibbs=5, seed=0, backend="numpy"
+    ).fit(ds)
     return ds, truth, model
 
 
@@ -38,7 +39,7 @@ def test_planted_assemblies_are_recovered(fish):
     # the assembly units put their weight on the members: the best unit's 8 largest weights
     for k in range(truth.n_assemblies):
         mu = np.argmax(np.abs(model.weights_ @ truth.weights[k]))
-        top = np.argsort(-np.abs(model.weights_[mu]))[:truth.membership[k].sum()]
+        top = np.argsort(-np.abs(model.weights_[mu]))[: truth.membership[k].sum()]
         assert truth.membership[k, top].mean() >= 0.75
 
 
@@ -61,6 +62,5 @@ def test_random_data_gives_no_assemblies():
     rng = np.random.default_rng(0)
     X = rec.spikes.astype(np.float32)
     X = np.stack([rng.permutation(col) for col in X.T], axis=1)
-    model = CRBM(n_hidden=8, lam=0.003, n_updates=1000, n_gibbs=5, seed=0,
-                 backend="numpy").fit(X)
+    model = CRBM(n_hidden=8, lam=0.003, n_updates=1000, n_gibbs=5, seed=0, backend="numpy").fit(X)
     assert best_abs_cosine(truth.weights, model.weights_).mean() < 0.5

@@ -59,8 +59,14 @@ def planted_data(T=2000):
     W = np.zeros((1, N))
     W[0, :4] = 0.8
     W[0, 4] = -0.4
-    p = {"weights": W, "fields": np.full(N, -1.5), "gamma_plus": np.ones(1),
-         "gamma_minus": np.ones(1), "theta_plus": np.zeros(1), "theta_minus": np.zeros(1)}
+    p = {
+        "weights": W,
+        "fields": np.full(N, -1.5),
+        "gamma_plus": np.ones(1),
+        "gamma_minus": np.ones(1),
+        "theta_plus": np.zeros(1),
+        "theta_minus": np.zeros(1),
+    }
     return np.repeat(ALL_V, np.round(probs(p) * T).astype(int), axis=0).astype(np.float32)
 
 
@@ -86,12 +92,19 @@ def exact_fit(X, penalty, lam, n_updates=3000, lr=0.02):
     mom = training.data_moments(X, "bernoulli")
     p = training.init_params(mom, M, "bernoulli", 0)
     m = training.init_moments(p, BK)
-    cfg = training.TrainConfig(visible="bernoulli", penalty=penalty, lam=lam, n_gibbs=0,
-                               learning_rate=lr, n_updates=n_updates)
+    cfg = training.TrainConfig(
+        visible="bernoulli",
+        penalty=penalty,
+        lam=lam,
+        n_gibbs=0,
+        learning_rate=lr,
+        n_updates=n_updates,
+    )
     V = ALL_V.astype(np.float32)
     for u in range(n_updates):
-        g, var_h = training.gradients(p, X, V, mom, cfg, BK, penalise=False,
-                                      neg_weights=probs(p).astype(np.float32))
+        g, var_h = training.gradients(
+            p, X, V, mom, cfg, BK, penalise=False, neg_weights=probs(p).astype(np.float32)
+        )
         p, m = training.apply_gradients(p, m, g, var_h, mom, u, cfg, BK)
     exact_fit.last = p
     return p
@@ -101,9 +114,14 @@ def _stats(p, V):
     """Per-state sufficient statistics (the log-likelihood's gradient is data minus model)."""
     I = V @ p["weights"].T
     ep, ep2, em, em2 = units.drelu_branch_moments(I, *(p[k] for k in HK), BK)
-    return {"weights": (ep + em)[:, :, None] * V[:, None, :], "fields": V,
-            "gamma_plus": -0.5 * ep2, "gamma_minus": -0.5 * em2, "theta_plus": -ep,
-            "theta_minus": em}
+    return {
+        "weights": (ep + em)[:, :, None] * V[:, None, :],
+        "fields": V,
+        "gamma_plus": -0.5 * ep2,
+        "gamma_minus": -0.5 * em2,
+        "theta_plus": -ep,
+        "theta_minus": em,
+    }
 
 
 def exact_ll_gradient(p, X):
@@ -144,21 +162,27 @@ def kkt_residual(p, X, penalty, lam, zero=1e-3):
     vs = np.concatenate([gv[k][smooth[k]] for k in KEYS])
     nu = gs @ vs / (vs @ vs)
     z = ~smooth["weights"]
-    res = np.concatenate([gs - nu * vs,
-                          np.maximum(np.abs(gl["weights"] - nu * gv["weights"])[z] - bound, 0.0)])
+    res = np.concatenate(
+        [gs - nu * vs, np.maximum(np.abs(gl["weights"] - nu * gv["weights"])[z] - bound, 0.0)]
+    )
     scale = np.linalg.norm(dR)
     return np.linalg.norm(res) / scale, scale
 
 
-@pytest.mark.parametrize("penalty, lam", [
-    pytest.param("l1", 0.003, marks=pytest.mark.slow), ("l1", 0.01),
-    pytest.param("l2l1", 0.003, marks=pytest.mark.slow),
-    pytest.param("l2l1", 0.01, marks=pytest.mark.slow)])     # ~12 s each on an idle core
+@pytest.mark.parametrize(
+    "penalty, lam",
+    [
+        pytest.param("l1", 0.003, marks=pytest.mark.slow),
+        ("l1", 0.01),
+        pytest.param("l2l1", 0.003, marks=pytest.mark.slow),
+        pytest.param("l2l1", 0.01, marks=pytest.mark.slow),
+    ],
+)  # ~12 s each on an idle core
 def test_exact_gradient_fit_is_the_gauge_fixed_optimum(penalty, lam):
     X = planted_data()
     X64 = X.astype(np.float64)
     fit = gauge_fixed(exact_fit(X, penalty, lam), X64)
-    assert abs(data_var(_f64(exact_fit.last), X64)[0] - 1.0) < 0.02   # the fit's own gauge
+    assert abs(data_var(_f64(exact_fit.last), X64)[0] - 1.0) < 0.02  # the fit's own gauge
     rel, scale = kkt_residual(fit, X64, penalty, lam)
     assert scale > 1e-3
     assert rel < 0.03, rel

@@ -12,26 +12,48 @@ from raysearch.crbm import CRBM
 from raysearch.crbm.io import load_units, read_checkpoint
 from raysearch.errors import InputError
 
-SETTINGS = ("n_hidden", "visible", "penalty", "lam", "n_updates", "batch_size", "n_chains",
-            "n_gibbs", "learning_rate", "lr_final_ratio", "decay_after", "beta2", "epsilon",
-            "seed", "backend")
+SETTINGS = (
+    "n_hidden",
+    "visible",
+    "penalty",
+    "lam",
+    "n_updates",
+    "batch_size",
+    "n_chains",
+    "n_gibbs",
+    "learning_rate",
+    "lr_final_ratio",
+    "decay_after",
+    "beta2",
+    "epsilon",
+    "seed",
+    "backend",
+)
 
 
 @pytest.fixture(scope="module")
 def fitted():
     X = (np.random.default_rng(0).random((120, 15)) < 0.2).astype(np.float32)
-    return CRBM(n_hidden=3, lam=0.02, n_updates=20, batch_size=20, n_gibbs=2, seed=5,
-                backend="numpy").fit(X), X
+    return CRBM(
+        n_hidden=3, lam=0.02, n_updates=20, batch_size=20, n_gibbs=2, seed=5, backend="numpy"
+    ).fit(X), X
 
 
 def test_round_trip(tmp_path, fitted):
     m, X = fitted
     path = m.save(tmp_path / "m.h5")
-    assert not [p for p in tmp_path.iterdir() if p.name != "m.h5"]      # no temp file left
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.h5"]  # no temp file left
     m2 = CRBM.load(path)
     assert raysearch.CRBM is CRBM
-    for k in ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_",
-              "theta_minus_", "hidden_var_"):
+    for k in (
+        "weights_",
+        "fields_",
+        "gamma_plus_",
+        "gamma_minus_",
+        "theta_plus_",
+        "theta_minus_",
+        "hidden_var_",
+    ):
         np.testing.assert_array_equal(getattr(m2, k), getattr(m, k))
     assert m2.get_params() == m.get_params()
     assert (m2.n_updates_done_, m2.diverged_) == (20, False)
@@ -40,10 +62,15 @@ def test_round_trip(tmp_path, fitted):
 
 def test_file_layout(tmp_path, fitted):
     m, _ = fitted
-    ds = SimpleNamespace(coords=np.arange(45, dtype=np.float32).reshape(15, 3),
-                         unit_region=np.arange(15) % 4 - 1, n_neurons=np.ones(15, int),
-                         region_names=["A_L", "A_R", "B_L"], source="synthetic(seed=0)",
-                         signal="spikes", voxel_um=None)
+    ds = SimpleNamespace(
+        coords=np.arange(45, dtype=np.float32).reshape(15, 3),
+        unit_region=np.arange(15) % 4 - 1,
+        n_neurons=np.ones(15, int),
+        region_names=["A_L", "A_R", "B_L"],
+        source="synthetic(seed=0)",
+        signal="spikes",
+        voxel_um=None,
+    )
     path = m.save(tmp_path / "m.h5", dataset=ds)
     with h5py.File(path, "r") as f:
         assert f["weights"].shape == (3, 15) and f["weights"].dtype == np.float32
@@ -66,8 +93,9 @@ def test_file_layout(tmp_path, fitted):
 
 def test_gaussian_model_round_trip(tmp_path):
     X = np.random.default_rng(1).standard_normal((80, 6)).astype(np.float32)
-    m = CRBM(n_hidden=2, visible="gaussian", n_updates=10, batch_size=20, n_gibbs=1,
-             backend="numpy").fit(X)
+    m = CRBM(
+        n_hidden=2, visible="gaussian", n_updates=10, batch_size=20, n_gibbs=1, backend="numpy"
+    ).fit(X)
     m2 = CRBM.load(m.save(tmp_path / "g.h5"))
     np.testing.assert_array_equal(m2.gamma_, m.gamma_)
     np.testing.assert_allclose(m2.free_energy(X[:4]), m.free_energy(X[:4]))
@@ -102,13 +130,27 @@ def test_failed_write_leaves_old_file_intact(tmp_path, fitted):
     m, _ = fitted
     path = m.save(tmp_path / "m.h5")
     before = path.read_bytes()
-    bad_ds = SimpleNamespace(coords=np.zeros((7, 3)), unit_region=np.zeros(7), n_neurons=np.ones(7),
-                             region_names=[], source="", signal="", voxel_um=None)
+    bad_ds = SimpleNamespace(
+        coords=np.zeros((7, 3)),
+        unit_region=np.zeros(7),
+        n_neurons=np.ones(7),
+        region_names=[],
+        source="",
+        signal="",
+        voxel_um=None,
+    )
     with pytest.raises(InputError, match="7 units"):
         m.save(path, dataset=bad_ds)
     # a failure in the middle of writing (unserialisable region names) leaves no partial file
-    mid = SimpleNamespace(coords=np.zeros((15, 3)), unit_region=np.zeros(15), n_neurons=np.ones(15),
-                          region_names=[object()], source="", signal="", voxel_um=None)
+    mid = SimpleNamespace(
+        coords=np.zeros((15, 3)),
+        unit_region=np.zeros(15),
+        n_neurons=np.ones(15),
+        region_names=[object()],
+        source="",
+        signal="",
+        voxel_um=None,
+    )
     with pytest.raises(TypeError):
         m.save(path, dataset=mid)
     assert path.read_bytes() == before

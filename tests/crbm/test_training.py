@@ -62,8 +62,10 @@ def per_sample_stats(p, V):
     return {
         "weights": h[:, :, None] * V[:, None, :],
         "fields": V,
-        "gamma_plus": -0.5 * ep2, "gamma_minus": -0.5 * em2,
-        "theta_plus": -ep, "theta_minus": em,
+        "gamma_plus": -0.5 * ep2,
+        "gamma_minus": -0.5 * em2,
+        "theta_plus": -ep,
+        "theta_minus": em,
     }
 
 
@@ -92,8 +94,9 @@ def test_exact_gradient_matches_finite_differences():
 
 
 def _config(**kw):
-    base = dict(visible="bernoulli", penalty="l1", lam=0.0, n_gibbs=1, learning_rate=1e-3,
-                n_updates=10)
+    base = dict(
+        visible="bernoulli", penalty="l1", lam=0.0, n_gibbs=1, learning_rate=1e-3, n_updates=10
+    )
     base.update(kw)
     return training.TrainConfig(**base)
 
@@ -113,8 +116,14 @@ def test_estimator_with_exact_negative_samples_is_unbiased():
     rng = np.random.default_rng(3)
     S = ALL_V[rng.choice(len(ALL_V), size=40_000, p=model_probs(p))]
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
-    est, _ = training.gradients(p32, D.astype(np.float32), S.astype(np.float32),
-                                {"mean": D.mean(axis=0).astype(np.float32)}, _config(), BK)
+    est, _ = training.gradients(
+        p32,
+        D.astype(np.float32),
+        S.astype(np.float32),
+        {"mean": D.mean(axis=0).astype(np.float32)},
+        _config(),
+        BK,
+    )
     _check_within(est, exact, S, p)
 
 
@@ -125,16 +134,28 @@ def test_estimator_with_mixed_gibbs_chains_is_unbiased():
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
     V0 = (np.random.default_rng(4).random((40_000, N)) < 0.5).astype(np.float32)
     chains = training.gibbs(p32, V0, 30, "bernoulli", BK, BK.rng(5, 0))
-    est, _ = training.gradients(p32, D.astype(np.float32), chains,
-                                {"mean": D.mean(axis=0).astype(np.float32)}, _config(), BK)
+    est, _ = training.gradients(
+        p32,
+        D.astype(np.float32),
+        chains,
+        {"mean": D.mean(axis=0).astype(np.float32)},
+        _config(),
+        BK,
+    )
     _check_within(est, exact, chains.astype(np.float64), p)
 
 
 def test_var_h_on_data_is_total_variance():
     p, D = tiny_params(), tiny_data()
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
-    _, var_h = training.gradients(p32, D.astype(np.float32), D.astype(np.float32),
-                                  {"mean": D.mean(axis=0).astype(np.float32)}, _config(), BK)
+    _, var_h = training.gradients(
+        p32,
+        D.astype(np.float32),
+        D.astype(np.float32),
+        {"mean": D.mean(axis=0).astype(np.float32)},
+        _config(),
+        BK,
+    )
     m, v = units.drelu_mean_var(D @ p["weights"].T, *training._hidden(p), BK)
     np.testing.assert_allclose(var_h, m.var(axis=0) + v.mean(axis=0), rtol=1e-4, atol=1e-5)
 
@@ -149,8 +170,10 @@ def test_penalty_gradient_matches_finite_differences(penalty):
         Wp, Wm = W.copy(), W.copy()
         Wp[idx] += eps
         Wm[idx] -= eps
-        fd = (training.penalty_value(Wp, penalty, lam, BK)
-              - training.penalty_value(Wm, penalty, lam, BK)) / (2 * eps)
+        fd = (
+            training.penalty_value(Wp, penalty, lam, BK)
+            - training.penalty_value(Wm, penalty, lam, BK)
+        ) / (2 * eps)
         assert g[idx] == pytest.approx(fd, rel=1e-6, abs=1e-9)
     if penalty == "l2l1":  # the documented closed form
         np.testing.assert_allclose(g, lam * np.sign(W) * np.abs(W).sum(axis=1, keepdims=True))
@@ -199,10 +222,13 @@ def test_penalty_enters_through_the_normalisation(penalty):
     # the penalty's share has no component along any unit's scale-gauge orbit
     for mu in range(M):
         d = {k: np.asarray(g0[k], np.float64) - np.asarray(g1[k], np.float64) for k in g0}
-        t = (d["weights"][mu] @ p64["weights"][mu] + 2 * d["gamma_plus"][mu] * p64["gamma_plus"][mu]
-             + 2 * d["gamma_minus"][mu] * p64["gamma_minus"][mu]
-             + d["theta_plus"][mu] * p64["theta_plus"][mu]
-             + d["theta_minus"][mu] * p64["theta_minus"][mu])
+        t = (
+            d["weights"][mu] @ p64["weights"][mu]
+            + 2 * d["gamma_plus"][mu] * p64["gamma_plus"][mu]
+            + 2 * d["gamma_minus"][mu] * p64["gamma_minus"][mu]
+            + d["theta_plus"][mu] * p64["theta_plus"][mu]
+            + d["theta_minus"][mu] * p64["theta_minus"][mu]
+        )
         assert abs(t) < 1e-4 * lam * a[mu] ** 2, (mu, t)
 
 
@@ -222,7 +248,7 @@ def test_variance_gradient_matches_finite_differences():
             fd = (up - _data_variance(q, D)) / (2 * eps)
             got = dW[idx] if k == "weights" else dhid[k][idx]
             assert got == pytest.approx(fd[idx[0]], rel=1e-6, abs=1e-8), (k, idx)
-            assert abs(fd[1 - idx[0]]) < 1e-9           # a unit's parameters move only its Var
+            assert abs(fd[1 - idx[0]]) < 1e-9  # a unit's parameters move only its Var
 
 
 def test_weighted_negative_phase_is_the_exact_expectation():
@@ -230,9 +256,15 @@ def test_weighted_negative_phase_is_the_exact_expectation():
     p, D = tiny_params(), tiny_data()
     exact = exact_gradient(p, D)
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
-    got, _ = training.gradients(p32, D.astype(np.float32), ALL_V.astype(np.float32),
-                                {"mean": D.mean(axis=0).astype(np.float32)}, _config(), BK,
-                                neg_weights=model_probs(p).astype(np.float32))
+    got, _ = training.gradients(
+        p32,
+        D.astype(np.float32),
+        ALL_V.astype(np.float32),
+        {"mean": D.mean(axis=0).astype(np.float32)},
+        _config(),
+        BK,
+        neg_weights=model_probs(p).astype(np.float32),
+    )
     for k in KEYS:
         np.testing.assert_allclose(got[k], exact[k], rtol=1e-4, atol=2e-6, err_msg=k)
 
@@ -247,11 +279,13 @@ def _reference_coords(p):
 
 
 def test_bounds_clip_eta_and_the_jump_like_the_reference():
-    p = {"weights": np.ones((4, 3), np.float32),
-         "gamma_plus": np.array([1.0, 0.1, 2.0, 1.0], np.float32),
-         "gamma_minus": np.array([1.2, 8.0, 2.0, 1.0], np.float32),   # eta = 0.09, 0.975, 0, 0
-         "theta_plus": np.array([0.3, 0.5, -30.0, -1.0], np.float32),
-         "theta_minus": np.array([0.1, -0.2, -20.0, -2.0], np.float32)}
+    p = {
+        "weights": np.ones((4, 3), np.float32),
+        "gamma_plus": np.array([1.0, 0.1, 2.0, 1.0], np.float32),
+        "gamma_minus": np.array([1.2, 8.0, 2.0, 1.0], np.float32),  # eta = 0.09, 0.975, 0, 0
+        "theta_plus": np.array([0.3, 0.5, -30.0, -1.0], np.float32),
+        "theta_minus": np.array([0.1, -0.2, -20.0, -2.0], np.float32),
+    }
     q = training.bound_hidden(p, BK)
     g0, e0, t0, d0 = _reference_coords(p)
     g1, e1, t1, d1 = _reference_coords(q)
@@ -269,16 +303,18 @@ def test_bounds_clip_eta_and_the_jump_like_the_reference():
     # the constraints apply them
     r = training.apply_constraints(p, BK)
     for k in training.HIDDEN_KEYS:
-        np.testing.assert_array_equal(r[k], np.maximum(q[k], np.float32(training.GAMMA_MIN))
-                                      if k.startswith("gamma") else q[k])
+        np.testing.assert_array_equal(
+            r[k],
+            np.maximum(q[k], np.float32(training.GAMMA_MIN)) if k.startswith("gamma") else q[k],
+        )
 
 
 def test_learning_rate_schedule():
     lr = training.learning_rate
     assert lr(0, 100, 1e-2) == 1e-2
     assert lr(49, 100, 1e-2) == 1e-2
-    assert lr(50, 100, 1e-2) == pytest.approx(1e-2)       # decay starts at 1.0
-    assert lr(99, 100, 1e-2) == pytest.approx(1e-4)       # lr_final_ratio * lr at the last update
+    assert lr(50, 100, 1e-2) == pytest.approx(1e-2)  # decay starts at 1.0
+    assert lr(99, 100, 1e-2) == pytest.approx(1e-4)  # lr_final_ratio * lr at the last update
     assert lr(99, 100, 1e-2, lr_final_ratio=0.5) == pytest.approx(5e-3)
     # geometric: the midpoint of the decay phase is the geometric mean
     assert lr(1500, 2001, 1.0, 0.01, 0.5) == pytest.approx(0.1, rel=1e-12)
@@ -296,7 +332,7 @@ def test_rmsprop_first_step_and_clipping():
     # bias-corrected second moment at t=1 is g^2, so the step is lr * g / (eps + |g|)
     np.testing.assert_allclose(newp["a"], [1.1, 1.9, 3.0], rtol=1e-5)
     np.testing.assert_allclose(newm["a"], [0.001 * 0.25, 0.001 * 1.0, 0.0], rtol=1e-5)
-    assert p["a"][0] == 1.0 and m["a"][0] == 0.0       # inputs untouched
+    assert p["a"][0] == 1.0 and m["a"][0] == 0.0  # inputs untouched
 
 
 def test_scale_gauge_and_sign_gauge_leave_p_of_v_unchanged():
@@ -307,8 +343,11 @@ def test_scale_gauge_and_sign_gauge_leave_p_of_v_unchanged():
     lq = log_unnorm(q, ALL_V)
     # Gamma shifts by a constant (log s) per unit: log-probabilities differences are invariant
     np.testing.assert_allclose(lq - lq[0], lu - lu[0], atol=2e-5)
-    np.testing.assert_allclose(qm["weights"], 1 / 1.3 * np.ones((N,)) * np.array([[1.0], [0.0]])
-                               + 1 / 0.8 * np.array([[0.0], [1.0]]), rtol=1e-6)
+    np.testing.assert_allclose(
+        qm["weights"],
+        1 / 1.3 * np.ones((N,)) * np.array([[1.0], [0.0]]) + 1 / 0.8 * np.array([[0.0], [1.0]]),
+        rtol=1e-6,
+    )
     p["weights"][0] = -np.abs(p["weights"][0])
     lu = log_unnorm(p, ALL_V)
     s = training.sign_gauge(p, BK)
@@ -323,10 +362,12 @@ def test_mean_centring_keeps_inputs_relative_to_thresholds():
     mean = tiny_data().mean(axis=0).astype(np.float32)
     q = dict(p, weights=p["weights"] + 0.1)
     c = training.centre_thresholds(q, p["weights"], mean, BK)
-    np.testing.assert_allclose(c["theta_plus"] - q["weights"] @ mean,
-                               p["theta_plus"] - p["weights"] @ mean, atol=1e-6)
-    np.testing.assert_allclose(c["theta_minus"] + q["weights"] @ mean,
-                               p["theta_minus"] + p["weights"] @ mean, atol=1e-6)
+    np.testing.assert_allclose(
+        c["theta_plus"] - q["weights"] @ mean, p["theta_plus"] - p["weights"] @ mean, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        c["theta_minus"] + q["weights"] @ mean, p["theta_minus"] + p["weights"] @ mean, atol=1e-6
+    )
 
 
 def test_pcd_update_is_pure_and_float32():
@@ -354,24 +395,26 @@ def _composed_update(params, moments, chains, batch, mom, update, cfg, bk, execu
     WT = training.weights_t(params, bk)
     chains = training.advance_chains(params, chains, update, cfg, bk, executor, WT)
     grads, var_h = training.gradients(params, batch, chains, mom, cfg, bk, WT, executor)
-    lr = training.learning_rate(update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio,
-                                cfg.decay_after)
-    p, m = training.rmsprop_step(params, moments, grads, lr, update + 1, cfg.beta2, cfg.epsilon,
-                                 bk)
+    lr = training.learning_rate(
+        update, cfg.n_updates, cfg.learning_rate, cfg.lr_final_ratio, cfg.decay_after
+    )
+    p, m = training.rmsprop_step(params, moments, grads, lr, update + 1, cfg.beta2, cfg.epsilon, bk)
     p = training.centre_thresholds(p, params["weights"], mom["mean"], bk)
     s2 = training.normalisation_scale(var_h, 0.25 * lr / cfg.learning_rate, bk)
     p, m = training.rescale_hidden(p, m, s2, bk)
     return training.apply_constraints(p, bk), m, chains
 
 
-@pytest.mark.parametrize("penalty, n_jobs, visible", [("l2l1", 1, "bernoulli"),
-                                                      ("l2l1", 3, "bernoulli"),
-                                                      ("l1", 2, "gaussian")])
+@pytest.mark.parametrize(
+    "penalty, n_jobs, visible",
+    [("l2l1", 1, "bernoulli"), ("l2l1", 3, "bernoulli"), ("l1", 2, "gaussian")],
+)
 def test_pcd_update_equals_composition_of_building_blocks(monkeypatch, penalty, n_jobs, visible):
     """pcd_update does the weights in cache-sized row chunks, split between threads: the same
     arithmetic as the whole-array building blocks, so the same numbers (a few float32 ulps at
     most, from the row-chunked matrix-vector product of the centring)."""
     from concurrent.futures import ThreadPoolExecutor
+
     Nv, Mh = 300, 23
     rng = np.random.default_rng(5)
     if visible == "bernoulli":
@@ -380,12 +423,13 @@ def test_pcd_update_equals_composition_of_building_blocks(monkeypatch, penalty, 
         X = rng.normal(0.3, 1.2, (120, Nv)).astype(np.float32)
     mom = training.data_moments(X, visible)
     p = training.init_params(mom, Mh, visible, 3)
-    p["weights"] *= 8.0                       # weights large enough for the penalty to matter
+    p["weights"] *= 8.0  # weights large enough for the penalty to matter
     m = training.init_moments(p, BK)
     m = {k: v + np.float32(1e-4) for k, v in m.items()}
     ch = training.init_chains(mom, 12, visible, 3)
-    cfg = _config(lam=0.02, penalty=penalty, n_gibbs=2, learning_rate=0.01, visible=visible,
-                  n_groups=n_jobs)
+    cfg = _config(
+        lam=0.02, penalty=penalty, n_gibbs=2, learning_rate=0.01, visible=visible, n_groups=n_jobs
+    )
     # 4 rows per chunk: 6 chunks of 23 rows, the last one short
     monkeypatch.setattr(training, "WEIGHT_CHUNK_BYTES", 4 * 4 * Nv)
     assert len(training.weight_chunks(Mh, Nv, BK)) == 6
@@ -423,16 +467,20 @@ def test_initialisation():
 def test_batch_indices_cover_each_epoch_once():
     seen = np.concatenate([training.batch_indices(u, 103, 10, 0) for u in range(10)])
     assert len(np.unique(seen)) == 100
-    np.testing.assert_array_equal(training.batch_indices(12, 103, 10, 0),
-                                  training.batch_indices(12, 103, 10, 0))
-    assert not np.array_equal(training.batch_indices(0, 103, 10, 0),
-                              training.batch_indices(10, 103, 10, 0))
+    np.testing.assert_array_equal(
+        training.batch_indices(12, 103, 10, 0), training.batch_indices(12, 103, 10, 0)
+    )
+    assert not np.array_equal(
+        training.batch_indices(0, 103, 10, 0), training.batch_indices(10, 103, 10, 0)
+    )
 
 
 def test_minibatches_follow_batch_indices(backend):
     X = np.arange(103 * 2, dtype=np.float32).reshape(103, 2)
-    got = [(u, backend.to_numpy(b)) for u, b in
-           training.minibatches(backend.asarray(X), 7, 25, 10, 3, backend)]
+    got = [
+        (u, backend.to_numpy(b))
+        for u, b in training.minibatches(backend.asarray(X), 7, 25, 10, 3, backend)
+    ]
     assert [u for u, _ in got] == list(range(7, 25))
     for u, b in got:
         np.testing.assert_array_equal(b, X[training.batch_indices(u, 103, 10, 3)])

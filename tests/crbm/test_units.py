@@ -30,28 +30,39 @@ def _potential(h, gp, gm, tp, tm):
 def quad_reference(I, gp, gm, tp, tm):
     """(Gamma, mean, var, E[h+], E[h+^2], E[h-], E[h-^2]) by quadrature of each branch."""
     sp, sm = 1 / math.sqrt(gp), 1 / math.sqrt(gm)
-    hp, hm = max((I - tp) / gp, 0.0), min((I + tm) / gm, 0.0)   # branch modes
+    hp, hm = max((I - tp) / gp, 0.0), min((I + tm) / gm, 0.0)  # branch modes
 
     def logf(h):
         return -_potential(h, gp, gm, tp, tm) + I * h
 
-    c = max(logf(hp), logf(hm))                                  # common scale
-    h0 = hp if logf(hp) >= logf(hm) else hm                      # moments about h0
+    c = max(logf(hp), logf(hm))  # common scale
+    h0 = hp if logf(hp) >= logf(hm) else hm  # moments about h0
     out = {}
-    with warnings.catch_warnings():   # quad's roundoff notes on negligible branches
+    with warnings.catch_warnings():  # quad's roundoff notes on negligible branches
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
-        for name, lo, hi, mode in (("+", max(0.0, hp - 40 * sp), hp + 40 * sp, hp),
-                                   ("-", hm - 40 * sm, min(0.0, hm + 40 * sm), hm)):
+        for name, lo, hi, mode in (
+            ("+", max(0.0, hp - 40 * sp), hp + 40 * sp, hp),
+            ("-", hm - 40 * sm, min(0.0, hm + 40 * sm), hm),
+        ):
             pts = [mode] if lo < mode < hi else None
-            out[name] = [integrate.quad(lambda h, k=k: (h - h0) ** k * math.exp(logf(h) - c),
-                                        lo, hi, points=pts, epsabs=0, epsrel=1e-11, limit=500)[0]
-                         for k in range(3)]
+            out[name] = [
+                integrate.quad(
+                    lambda h, k=k: (h - h0) ** k * math.exp(logf(h) - c),
+                    lo,
+                    hi,
+                    points=pts,
+                    epsabs=0,
+                    epsrel=1e-11,
+                    limit=500,
+                )[0]
+                for k in range(3)
+            ]
     Z = out["+"][0] + out["-"][0]
     d1 = (out["+"][1] + out["-"][1]) / Z
     mean = h0 + d1
     var = (out["+"][2] + out["-"][2]) / Z - d1 * d1
 
-    def branch(b):   # E[h_b], E[h_b^2] with h_b the branch part, from moments about h0
+    def branch(b):  # E[h_b], E[h_b^2] with h_b the branch part, from moments about h0
         z0, z1, z2 = out[b]
         return (z1 + h0 * z0) / Z, (z2 + 2 * h0 * z1 + h0 * h0 * z0) / Z
 
@@ -60,19 +71,27 @@ def quad_reference(I, gp, gm, tp, tm):
 
 
 ORDINARY = [  # (gp, gm, tp, tm)
-    (1.0, 1.0, 0.0, 0.0), (2.0, 0.5, 1.0, -1.0), (0.3, 3.0, -1.0, 2.0), (1.0, 1.0, 2.0, 2.0),
+    (1.0, 1.0, 0.0, 0.0),
+    (2.0, 0.5, 1.0, -1.0),
+    (0.3, 3.0, -1.0, 2.0),
+    (1.0, 1.0, 2.0, 2.0),
 ]
 ORDINARY_I = [-3.0, -0.5, 0.0, 0.7, 4.0]
 EXTREME = [  # extremes of gp, gm in [0.05, 1e3], tp, tm in [-50, 50], |I| up to 1e4
-    (0.05, 0.05, 0.0, 0.0), (1e3, 1e3, 50.0, 50.0), (1e3, 0.05, -50.0, 50.0),
-    (0.05, 1e3, 50.0, -50.0), (1e3, 1e3, -50.0, -50.0), (0.05, 0.05, 50.0, 50.0),
+    (0.05, 0.05, 0.0, 0.0),
+    (1e3, 1e3, 50.0, 50.0),
+    (1e3, 0.05, -50.0, 50.0),
+    (0.05, 1e3, 50.0, -50.0),
+    (1e3, 1e3, -50.0, -50.0),
+    (0.05, 0.05, 50.0, 50.0),
 ]
 EXTREME_I = [-1e4, -300.0, -49.0, 0.0, 45.0, 300.0, 1e4]
 
 
 def _cases():
-    return ([(I, *p) for p in ORDINARY for I in ORDINARY_I]
-            + [(I, *p) for p in EXTREME for I in EXTREME_I])
+    return [(I, *p) for p in ORDINARY for I in ORDINARY_I] + [
+        (I, *p) for p in EXTREME for I in EXTREME_I
+    ]
 
 
 def _columns(cases, bk, dtype=np.float32):
@@ -99,8 +118,9 @@ def test_cgf_mean_var_against_quadrature(backend, reference):
     sd = np.sqrt(r_var)
     # float32: relative accuracy ~1e-6 of each quantity's own scale
     np.testing.assert_allclose(cgf, r_cgf, rtol=3e-6, atol=3e-5)
-    assert np.all(np.abs(mean - r_mean) <= 2e-6 * np.abs(r_mean) + 1e-4 * sd), \
-        np.c_[cases, mean, r_mean][np.abs(mean - r_mean) > 2e-6 * np.abs(r_mean) + 1e-4 * sd]
+    assert np.all(np.abs(mean - r_mean) <= 2e-6 * np.abs(r_mean) + 1e-4 * sd), np.c_[
+        cases, mean, r_mean
+    ][np.abs(mean - r_mean) > 2e-6 * np.abs(r_mean) + 1e-4 * sd]
     np.testing.assert_allclose(mean_only, mean, rtol=1e-6, atol=1e-6 * sd.max())
     np.testing.assert_allclose(var, r_var, rtol=2e-5)
 
@@ -127,8 +147,7 @@ def test_derivatives_of_cgf_are_mean_and_var(backend):
     def f(fn, shift):
         return backend.to_numpy(fn(I + shift, gp, gm, tp, tm, backend))[0]
 
-    mean, var = (backend.to_numpy(a)[0] for a in
-                 U.drelu_mean_var(I, gp, gm, tp, tm, backend))
+    mean, var = (backend.to_numpy(a)[0] for a in U.drelu_mean_var(I, gp, gm, tp, tm, backend))
     d1 = (f(U.drelu_cgf, eps) - f(U.drelu_cgf, -eps)) / (2 * eps)
     d2 = (f(U.drelu_mean, eps) - f(U.drelu_mean, -eps)) / (2 * eps)
     np.testing.assert_allclose(d1, mean, rtol=1e-5, atol=1e-5 * np.sqrt(var).max())
@@ -142,13 +161,16 @@ def test_no_nan_or_inf_for_huge_inputs(backend):
     g = np.exp(rng.uniform(np.log(0.05), np.log(1e3), (2, K)))
     t = rng.uniform(-50, 50, (2, K))
     args = [backend.asarray(a) for a in (I, g[0], g[1], t[0], t[1])]
-    outs = [U.drelu_cgf(*args, backend), *U.drelu_mean_var(*args, backend),
-            *U.drelu_branch_moments(*args, backend),
-            U.drelu_sample(*args, backend, backend.rng(0, 1))]
+    outs = [
+        U.drelu_cgf(*args, backend),
+        *U.drelu_mean_var(*args, backend),
+        *U.drelu_branch_moments(*args, backend),
+        U.drelu_sample(*args, backend, backend.rng(0, 1)),
+    ]
     for o in outs:
         o = backend.to_numpy(o)
         assert o.shape == (1, K) and np.all(np.isfinite(o))
-    assert np.all(backend.to_numpy(outs[2]) > 0)   # variance
+    assert np.all(backend.to_numpy(outs[2]) > 0)  # variance
 
 
 def test_sampler_distribution_is_exact(backend):
@@ -156,11 +178,13 @@ def test_sampler_distribution_is_exact(backend):
     e = |h| sqrt(g) of the truncated normal maps through its exact survival function to U(0,1)
     (Kolmogorov-Smirnov), including far-tail regimes where Phi(-x) underflows float32."""
     regimes = [  # (I, gp, gm, tp, tm)
-        (0.0, 1.0, 1.0, 0.0, 0.0), (0.5, 2.0, 0.5, 1.0, -1.0), (-3.0, 1.0, 1.0, 20.0, -2.0),
-        (5.0, 1.0, 1.0, 10.0, 2.0),           # both branches in tails (x+ = 5, x- = 7)
-        (30.0, 1e3, 1e3, 50.0, 50.0),         # x+ = 0.63, x- = 2.5
-        (0.0, 1.0, 1.0, 50.0, 50.0),          # x = 50: far tail, Newton sampler, p+ = 1/2
-        (-900.0, 1e3, 0.05, 20.0, 1e3),       # x+ = 29, x- = 447
+        (0.0, 1.0, 1.0, 0.0, 0.0),
+        (0.5, 2.0, 0.5, 1.0, -1.0),
+        (-3.0, 1.0, 1.0, 20.0, -2.0),
+        (5.0, 1.0, 1.0, 10.0, 2.0),  # both branches in tails (x+ = 5, x- = 7)
+        (30.0, 1e3, 1e3, 50.0, 50.0),  # x+ = 0.63, x- = 2.5
+        (0.0, 1.0, 1.0, 50.0, 50.0),  # x = 50: far tail, Newton sampler, p+ = 1/2
+        (-900.0, 1e3, 0.05, 20.0, 1e3),  # x+ = 29, x- = 447
         (2.0, 4.0, 4.0, 0.0, 3.0),
     ]
     n = 40000
@@ -177,7 +201,11 @@ def test_sampler_distribution_is_exact(backend):
         col = h[:, k]
         pos = col > 0
         frac = pos.mean()
-        assert abs(frac - p_plus) <= 5 * math.sqrt(p_plus * (1 - p_plus) / n) + 1e-4, (k, frac, p_plus)
+        assert abs(frac - p_plus) <= 5 * math.sqrt(p_plus * (1 - p_plus) / n) + 1e-4, (
+            k,
+            frac,
+            p_plus,
+        )
         for mask, x, g, sign in ((pos, xp_, gp_, 1.0), (~pos, xm_, gm_, -1.0)):
             if mask.sum() < 200:
                 continue
@@ -189,21 +217,29 @@ def test_sampler_distribution_is_exact(backend):
 
 def test_sampler_moments_far_tail_and_huge_inputs(backend):
     """Mean and variance of many draws vs the analytic moments, 5-sigma bounds."""
-    regimes = [(1e4, 0.05, 0.05, 0.0, 0.0), (-1e4, 1e3, 0.05, 50.0, -50.0),
-               (0.0, 1.0, 1.0, 50.0, 50.0), (60.0, 1.0, 1.0, 50.0, -50.0),
-               (0.0, 1e3, 1e3, -50.0, 50.0)]
+    regimes = [
+        (1e4, 0.05, 0.05, 0.0, 0.0),
+        (-1e4, 1e3, 0.05, 50.0, -50.0),
+        (0.0, 1.0, 1.0, 50.0, 50.0),
+        (60.0, 1.0, 1.0, 50.0, -50.0),
+        (0.0, 1e3, 1e3, -50.0, 50.0),
+    ]
     n = 40000
     a = np.array(regimes).T
     I = backend.asarray(np.repeat(a[0][None, :], n, axis=0))
     gp, gm, tp, tm = (backend.asarray(a[k]) for k in range(1, 5))
-    h = backend.to_numpy(U.drelu_sample(I, gp, gm, tp, tm, backend, backend.rng(5))).astype(np.float64)
-    mean, var = (backend.to_numpy(x)[0].astype(np.float64)
-                 for x in U.drelu_mean_var(I[:1], gp, gm, tp, tm, backend))
+    h = backend.to_numpy(U.drelu_sample(I, gp, gm, tp, tm, backend, backend.rng(5))).astype(
+        np.float64
+    )
+    mean, var = (
+        backend.to_numpy(x)[0].astype(np.float64)
+        for x in U.drelu_mean_var(I[:1], gp, gm, tp, tm, backend)
+    )
     for k in range(len(regimes)):
         assert abs(h[:, k].mean() - mean[k]) <= 5 * math.sqrt(var[k] / n) + 1e-6 * abs(mean[k]), k
         c = h[:, k] - h[:, k].mean()
-        se_var = math.sqrt(max(np.mean(c ** 4) - var[k] ** 2, 0) / n)
-        assert abs(np.mean(c ** 2) - var[k]) <= 5 * se_var + 1e-4 * var[k], k
+        se_var = math.sqrt(max(np.mean(c**4) - var[k] ** 2, 0) / n)
+        assert abs(np.mean(c**2) - var[k]) <= 5 * se_var + 1e-4 * var[k], k
 
 
 def test_sampler_is_deterministic_per_stream(backend):
@@ -231,21 +267,30 @@ def test_bernoulli_layer(backend):
     mean = backend.to_numpy(U.bernoulli_mean(I, g, backend))
     np.testing.assert_allclose(mean, special.expit(xg), rtol=1e-6, atol=1e-7)
     # mean = d cgf / dI (float64 central differences)
-    I64, g64 = backend.asarray(np.vstack([x, -x]), np.float64), backend.asarray(np.linspace(-1, 1, 61), np.float64)
-    d = (backend.to_numpy(U.bernoulli_cgf(I64 + 1e-5, g64, backend))
-         - backend.to_numpy(U.bernoulli_cgf(I64 - 1e-5, g64, backend))) / 2e-5
+    I64, g64 = (
+        backend.asarray(np.vstack([x, -x]), np.float64),
+        backend.asarray(np.linspace(-1, 1, 61), np.float64),
+    )
+    d = (
+        backend.to_numpy(U.bernoulli_cgf(I64 + 1e-5, g64, backend))
+        - backend.to_numpy(U.bernoulli_cgf(I64 - 1e-5, g64, backend))
+    ) / 2e-5
     np.testing.assert_allclose(d, backend.to_numpy(U.bernoulli_mean(I64, g64, backend)), atol=1e-8)
     # samples: 0/1 float32, frequency matches the mean (5 sigma)
     n = 20000
     p_true = np.array([0.02, 0.3, 0.5, 0.9, 0.999])
     Ib = backend.asarray(np.zeros((n, 5)))
-    s = backend.to_numpy(U.bernoulli_sample(Ib, backend.asarray(special.logit(p_true)), backend,
-                                            backend.rng(4)))
+    s = backend.to_numpy(
+        U.bernoulli_sample(Ib, backend.asarray(special.logit(p_true)), backend, backend.rng(4))
+    )
     assert s.dtype == np.float32 and set(np.unique(s)) <= {0.0, 1.0}
     assert np.all(np.abs(s.mean(0) - p_true) <= 5 * np.sqrt(p_true * (1 - p_true) / n) + 1e-6)
     # extreme inputs: no NaN, deterministic outcome
-    s = backend.to_numpy(U.bernoulli_sample(backend.asarray([[1e4, -1e4]]), backend.asarray([0.0, 0.0]),
-                                            backend, backend.rng(0)))
+    s = backend.to_numpy(
+        U.bernoulli_sample(
+            backend.asarray([[1e4, -1e4]]), backend.asarray([0.0, 0.0]), backend, backend.rng(0)
+        )
+    )
     np.testing.assert_array_equal(s, [[1.0, 0.0]])
 
 
@@ -253,13 +298,30 @@ def test_gaussian_layer(backend):
     I_np = np.array([[-3.0, 0.0, 2.5], [1.0, -1.0, 40.0]])
     g_np, gam_np = np.array([0.5, -0.2, 1.0]), np.array([1.0, 0.3, 4.0])
     I, g, gam = (backend.asarray(a) for a in (I_np, g_np, gam_np))
-    want = np.array([[math.log(integrate.quad(lambda v: math.exp(-0.5 * gm * v * v + (gg + ii) * v
-                                                                   - (gg + ii) ** 2 / (2 * gm)),
-                                              -np.inf, np.inf)[0]) + (gg + ii) ** 2 / (2 * gm)
-                      for ii, gg, gm in zip(row, g_np, gam_np)] for row in I_np])
-    np.testing.assert_allclose(backend.to_numpy(U.gaussian_cgf(I, g, gam, backend)), want, rtol=1e-6)
-    np.testing.assert_allclose(backend.to_numpy(U.gaussian_mean(I, g, gam, backend)),
-                               (I_np + g_np) / gam_np, rtol=1e-6)
+    want = np.array(
+        [
+            [
+                math.log(
+                    integrate.quad(
+                        lambda v: math.exp(
+                            -0.5 * gm * v * v + (gg + ii) * v - (gg + ii) ** 2 / (2 * gm)
+                        ),
+                        -np.inf,
+                        np.inf,
+                    )[0]
+                )
+                + (gg + ii) ** 2 / (2 * gm)
+                for ii, gg, gm in zip(row, g_np, gam_np)
+            ]
+            for row in I_np
+        ]
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(U.gaussian_cgf(I, g, gam, backend)), want, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(U.gaussian_mean(I, g, gam, backend)), (I_np + g_np) / gam_np, rtol=1e-6
+    )
     n = 40000
     Ib = backend.asarray(np.repeat(I_np[:1], n, axis=0))
     s = backend.to_numpy(U.gaussian_sample(Ib, g, gam, backend, backend.rng(9))).astype(np.float64)
@@ -277,8 +339,12 @@ def _tiny_model(seed=0, N=5, M=3):
     rng = np.random.default_rng(seed)
     W = rng.normal(0, 0.8, (M, N))
     fields = rng.normal(-0.5, 0.5, N)
-    hidden = (np.array([1.0, 2.0, 0.5]), np.array([1.5, 0.7, 1.0]),
-              np.array([0.3, -0.5, 1.0]), np.array([0.2, 0.8, -0.4]))
+    hidden = (
+        np.array([1.0, 2.0, 0.5]),
+        np.array([1.5, 0.7, 1.0]),
+        np.array([0.3, -0.5, 1.0]),
+        np.array([0.2, 0.8, -0.4]),
+    )
     return W, fields, hidden
 
 
@@ -290,14 +356,24 @@ def test_free_energy_bernoulli_by_enumeration_and_integration(backend):
     want = []
     for v in V:
         I = W @ v
-        logint = sum(math.log(integrate.quad(
-            lambda h, m=m: math.exp(-_potential(h, *(p[m] for p in hidden)) + I[m] * h),
-            -np.inf, np.inf, epsabs=0, epsrel=1e-12)[0]) for m in range(M))
+        logint = sum(
+            math.log(
+                integrate.quad(
+                    lambda h, m=m: math.exp(-_potential(h, *(p[m] for p in hidden)) + I[m] * h),
+                    -np.inf,
+                    np.inf,
+                    epsabs=0,
+                    epsrel=1e-12,
+                )[0]
+            )
+            for m in range(M)
+        )
         want.append(-fields @ v - logint)
     args = [backend.asarray(a) for a in (V, W, fields)]
-    got = backend.to_numpy(U.free_energy(*args, tuple(backend.asarray(p) for p in hidden),
-                                         "bernoulli", backend))
-    assert got.shape == (2 ** N,)
+    got = backend.to_numpy(
+        U.free_energy(*args, tuple(backend.asarray(p) for p in hidden), "bernoulli", backend)
+    )
+    assert got.shape == (2**N,)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-5)
 
 
@@ -308,17 +384,34 @@ def test_free_energy_gaussian(backend):
     want = []
     for v in V:
         I = W @ v
-        logint = sum(math.log(integrate.quad(
-            lambda h, m=m: math.exp(-_potential(h, *(p[m] for p in hidden)) + I[m] * h),
-            -np.inf, np.inf, epsabs=0, epsrel=1e-12)[0]) for m in range(3))
+        logint = sum(
+            math.log(
+                integrate.quad(
+                    lambda h, m=m: math.exp(-_potential(h, *(p[m] for p in hidden)) + I[m] * h),
+                    -np.inf,
+                    np.inf,
+                    epsabs=0,
+                    epsrel=1e-12,
+                )[0]
+            )
+            for m in range(3)
+        )
         want.append(-fields @ v + 0.5 * gamma @ (v * v) - logint)
-    got = U.free_energy(*(backend.asarray(a) for a in (V, W, fields)),
-                        tuple(backend.asarray(p) for p in hidden), "gaussian", backend,
-                        gamma=backend.asarray(gamma))
+    got = U.free_energy(
+        *(backend.asarray(a) for a in (V, W, fields)),
+        tuple(backend.asarray(p) for p in hidden),
+        "gaussian",
+        backend,
+        gamma=backend.asarray(gamma),
+    )
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=2e-6, atol=2e-5)
     with pytest.raises(ValueError, match="gamma"):
-        U.free_energy(*(backend.asarray(a) for a in (V, W, fields)),
-                      tuple(backend.asarray(p) for p in hidden), "gaussian", backend)
+        U.free_energy(
+            *(backend.asarray(a) for a in (V, W, fields)),
+            tuple(backend.asarray(p) for p in hidden),
+            "gaussian",
+            backend,
+        )
 
 
 def test_gibbs_chain_reaches_exp_minus_free_energy(backend):
@@ -334,7 +427,7 @@ def test_gibbs_chain_reaches_exp_minus_free_energy(backend):
     p = np.exp(-(F - F.min()))
     p /= p.sum()
     n = 20000
-    v = bk.asarray((np.random.default_rng(0).random((n, 4)) < 0.5))
+    v = bk.asarray(np.random.default_rng(0).random((n, 4)) < 0.5)
     for step in range(40):
         h = U.drelu_sample(U.hidden_inputs(v, Wb), *hb, bk, bk.rng(3, 0, step))
         v = U.bernoulli_sample(U.visible_inputs(h, Wb), fb, bk, bk.rng(3, 1, step))
@@ -354,8 +447,9 @@ def test_cupy_matches_numpy():
     cases = _cases()
     a = [nb.to_numpy(x) for x in _columns(cases, nb)]
     for fn in (U.drelu_cgf, U.drelu_mean):
-        np.testing.assert_allclose(cb.to_numpy(fn(*(cb.asarray(x) for x in a), cb)),
-                                   fn(*a, nb), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            cb.to_numpy(fn(*(cb.asarray(x) for x in a), cb)), fn(*a, nb), rtol=1e-5, atol=1e-5
+        )
     for x, y in zip(U.drelu_mean_var(*(cb.asarray(x) for x in a), cb), U.drelu_mean_var(*a, nb)):
         np.testing.assert_allclose(cb.to_numpy(x), y, rtol=1e-4, atol=1e-6)
 
@@ -388,25 +482,37 @@ def test_device_code_path_on_cpu(reference):
     nb = get_backend("numpy")
     cases, ref = reference
     args_d, args_n = _columns(cases, dev), _columns(cases, nb)
-    np.testing.assert_allclose(dev.to_numpy(U.drelu_cgf(*args_d, dev)), U.drelu_cgf(*args_n, nb),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        dev.to_numpy(U.drelu_cgf(*args_d, dev)), U.drelu_cgf(*args_n, nb), rtol=1e-6, atol=1e-6
+    )
     for a, b in zip(U.drelu_branch_moments(*args_d, dev), U.drelu_branch_moments(*args_n, nb)):
         np.testing.assert_allclose(dev.to_numpy(a), b, rtol=2e-6, atol=1e-30)
     for a, b in zip(U.drelu_mean_var(*args_d, dev), U.drelu_mean_var(*args_n, nb)):
         np.testing.assert_allclose(dev.to_numpy(a), b, rtol=2e-6, atol=1e-30)
     # sampler: same uniforms, so the same draws up to float32 rounding
-    regimes = np.array([(0.0, 1, 1, 0, 0), (5.0, 1, 1, 10, 2), (0.0, 1, 1, 50, 50),
-                        (-900.0, 1e3, 0.05, 20, 1e3), (1e4, 0.05, 0.05, 0, 0)]).T
+    regimes = np.array(
+        [
+            (0.0, 1, 1, 0, 0),
+            (5.0, 1, 1, 10, 2),
+            (0.0, 1, 1, 50, 50),
+            (-900.0, 1e3, 0.05, 20, 1e3),
+            (1e4, 0.05, 0.05, 0, 0),
+        ]
+    ).T
     n = 2000
     I = np.repeat(regimes[0][None, :], n, axis=0)
-    hd = dev.to_numpy(U.drelu_sample(dev.asarray(I), *(dev.asarray(r) for r in regimes[1:]), dev,
-                                     dev.rng(2)))
-    ng = nb.without_cpu_kernels()     # the array code (the compiled sampler draws other uniforms)
+    hd = dev.to_numpy(
+        U.drelu_sample(dev.asarray(I), *(dev.asarray(r) for r in regimes[1:]), dev, dev.rng(2))
+    )
+    ng = nb.without_cpu_kernels()  # the array code (the compiled sampler draws other uniforms)
     hn = U.drelu_sample(ng.asarray(I), *(ng.asarray(r) for r in regimes[1:]), ng, ng.rng(2))
     np.testing.assert_allclose(hd, hn, rtol=1e-4, atol=1e-6)
     x = np.linspace(-40, 40, 81)[None, :]
-    vd = dev.to_numpy(U.bernoulli_sample(dev.asarray(np.repeat(x, 500, 0)), dev.asarray(np.zeros(81)),
-                                         dev, dev.rng(1)))
+    vd = dev.to_numpy(
+        U.bernoulli_sample(
+            dev.asarray(np.repeat(x, 500, 0)), dev.asarray(np.zeros(81)), dev, dev.rng(1)
+        )
+    )
     np.testing.assert_allclose(vd.mean(0), special.expit(x[0]), atol=5 * np.sqrt(0.25 / 500))
 
 
@@ -440,13 +546,20 @@ def _host_kernel_source():
     def kernel(name, ins, outs, op):
         ins = [p.split() for p in ins.split(",")]
         outs = [p.split() for p in outs.split(",")]
-        args = ", ".join(["long n", "long M"] + [f"const float* {n}_p" for _, n in ins]
-                         + [f"float* {n}_p" for _, n in outs])
-        body = "".join(f"const float {n} = {n}_p[{'idx' if n in ('inp', 'u1', 'u2', 'u', 'z') else 'idx % M'}];\n"
-                       for _, n in ins)
+        args = ", ".join(
+            ["long n", "long M"]
+            + [f"const float* {n}_p" for _, n in ins]
+            + [f"float* {n}_p" for _, n in outs]
+        )
+        body = "".join(
+            f"const float {n} = {n}_p[{'idx' if n in ('inp', 'u1', 'u2', 'u', 'z') else 'idx % M'}];\n"
+            for _, n in ins
+        )
         body += "".join(f"float& {n} = {n}_p[idx];\n" for _, n in outs)
-        return (f'extern "C" void {name}({args}) {{\nfor (long idx = 0; idx < n; ++idx) {{\n'
-                f'{body}{op}\n}}\n}}\n')
+        return (
+            f'extern "C" void {name}({args}) {{\nfor (long idx = 0; idx < n; ++idx) {{\n'
+            f"{body}{op}\n}}\n}}\n"
+        )
 
     src = _HOST_CUDA_SHIM + U._CUDA_PREAMBLE
     for name, (outs, op) in U._CUDA_OPS.items():
@@ -467,46 +580,69 @@ def test_cuda_kernel_logic_emulated_on_cpu(tmp_path, reference):
     if shutil.which("g++") is None:
         pytest.skip("g++ not available to compile the kernel source for the CPU")
     (tmp_path / "k.cpp").write_text(_host_kernel_source())
-    subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", str(tmp_path / "k.so"),
-                    str(tmp_path / "k.cpp")], check=True, capture_output=True)
+    subprocess.run(
+        ["g++", "-O1", "-shared", "-fPIC", "-o", str(tmp_path / "k.so"), str(tmp_path / "k.cpp")],
+        check=True,
+        capture_output=True,
+    )
     lib = ctypes.CDLL(str(tmp_path / "k.so"))
     nb = get_backend("numpy")
 
     def run(name, n_out, ins, M):
         outs = [np.empty(ins[0].shape, np.float32) for _ in range(n_out)]
         ptrs = [np.ascontiguousarray(a, np.float32) for a in ins]
-        getattr(lib, "k_" + name)(ctypes.c_long(ins[0].size), ctypes.c_long(M),
-                                  *[a.ctypes.data_as(ctypes.c_void_p) for a in ptrs + outs])
+        getattr(lib, "k_" + name)(
+            ctypes.c_long(ins[0].size),
+            ctypes.c_long(M),
+            *[a.ctypes.data_as(ctypes.c_void_p) for a in ptrs + outs],
+        )
         return outs
 
     cases, _ = reference
     args = [nb.to_numpy(a) for a in _columns(cases, nb)]
     K = len(cases)
-    np.testing.assert_allclose(run("cgf", 1, args, K)[0], U.drelu_cgf(*args, nb), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(run("mean", 1, args, K)[0], U.drelu_mean(*args, nb), rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(
+        run("cgf", 1, args, K)[0], U.drelu_cgf(*args, nb), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        run("mean", 1, args, K)[0], U.drelu_mean(*args, nb), rtol=2e-6, atol=1e-30
+    )
     for a, b in zip(run("mean_var", 2, args, K), U.drelu_mean_var(*args, nb)):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-30)
     for a, b in zip(run("moments", 4, args, K), U.drelu_branch_moments(*args, nb)):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-30)
     # sampler: the same uniforms through the kernel and through the array code
-    regimes = np.array([(0.0, 1, 1, 0, 0), (5.0, 1, 1, 10, 2), (0.0, 1, 1, 50, 50),
-                        (-900.0, 1e3, 0.05, 20, 1e3), (1e4, 0.05, 0.05, 0, 0), (0.5, 2, 0.5, 1, -1)]).T
+    regimes = np.array(
+        [
+            (0.0, 1, 1, 0, 0),
+            (5.0, 1, 1, 10, 2),
+            (0.0, 1, 1, 50, 50),
+            (-900.0, 1e3, 0.05, 20, 1e3),
+            (1e4, 0.05, 0.05, 0, 0),
+            (0.5, 2, 0.5, 1, -1),
+        ]
+    ).T
     n = 3000
     I = np.repeat(regimes[0][None, :], n, axis=0).astype(np.float32)
     params = [r.astype(np.float32) for r in regimes[1:]]
     rng = nb.rng(8)
     u1, u2 = rng.random(I.shape), rng.random(I.shape)
     h_kernel = run("sample", 1, [I, *params, u1, u2], I.shape[1])[0]
-    ng = nb.without_cpu_kernels()                                # the array code ...
-    h_array = U.drelu_sample(I, *params, ng, ng.rng(8))          # ... draws the same u1, u2
+    ng = nb.without_cpu_kernels()  # the array code ...
+    h_array = U.drelu_sample(I, *params, ng, ng.rng(8))  # ... draws the same u1, u2
     np.testing.assert_allclose(h_kernel, h_array, rtol=1e-4, atol=1e-6)
     # visible layers
     Iv = np.linspace(-4, 4, 4000, dtype=np.float32).reshape(200, 20)
     g = np.linspace(-1, 1, 20, dtype=np.float32)
     u = nb.rng(2).random(Iv.shape)
-    np.testing.assert_array_equal(run("bernoulli", 1, [Iv, g, u], 20)[0],
-                                  (u < special.expit(Iv + g)).astype(np.float32))
+    np.testing.assert_array_equal(
+        run("bernoulli", 1, [Iv, g, u], 20)[0], (u < special.expit(Iv + g)).astype(np.float32)
+    )
     gam = np.linspace(0.5, 2, 20, dtype=np.float32)
     z = nb.rng(3).standard_normal(Iv.shape)
-    np.testing.assert_allclose(run("gaussian", 1, [Iv, g, gam, z], 20)[0],
-                               (Iv + g) / gam + z / np.sqrt(gam), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        run("gaussian", 1, [Iv, g, gam, z], 20)[0],
+        (Iv + g) / gam + z / np.sqrt(gam),
+        rtol=1e-6,
+        atol=1e-6,
+    )

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from raysearch.analysis.cross_subject import truth_on_grid
-from raysearch.data.cohort import (joint_dataset, load_cohort_truth, make_synthetic_cohort,
-                                   write_synthetic_cohort)
+from raysearch.data.cohort import (
+    joint_dataset,
+    load_cohort_truth,
+    make_synthetic_cohort,
+    write_synthetic_cohort,
+)
 from raysearch.data.preprocessing import preprocess
 from raysearch.data.recordings import Recording
 from raysearch.errors import ConfigError, InputError
@@ -16,16 +20,24 @@ from raysearch.errors import ConfigError, InputError
 def _rec(voxels, T=200, seed=0, per_voxel=3, name="f", regions=("A", "B"), ref=True):
     """A recording with ``per_voxel`` neurons in each listed 10-um voxel (x index) of the grid."""
     rng = np.random.default_rng(seed)
-    xyz = np.array([[10.0 * v + 1.0 + 8.0 * rng.random(), 5.0, 5.0]
-                    for v in voxels for _ in range(per_voxel)])
+    xyz = np.array(
+        [[10.0 * v + 1.0 + 8.0 * rng.random(), 5.0, 5.0] for v in voxels for _ in range(per_voxel)]
+    )
     N = xyz.shape[0]
     labels = np.zeros((N, len(regions)), dtype=bool)
     labels[:, 0] = True
     dff = rng.normal(size=(T, N)).astype(np.float32) * (1 + np.arange(N))[None] + 3.0
-    return Recording(spikes=None, dff=dff, coords=xyz.astype(np.float32),
-                     ref_coords=xyz.astype(np.float32) if ref else None,
-                     times=np.arange(T) / 4.0, labels=labels, region_names=list(regions),
-                     source=name, layout="synthetic")
+    return Recording(
+        spikes=None,
+        dff=dff,
+        coords=xyz.astype(np.float32),
+        ref_coords=xyz.astype(np.float32) if ref else None,
+        times=np.arange(T) / 4.0,
+        labels=labels,
+        region_names=list(regions),
+        source=name,
+        layout="synthetic",
+    )
 
 
 def test_common_grid_known_answer():
@@ -40,8 +52,8 @@ def test_common_grid_known_answer():
     pa, pb = (preprocess(r, signal="dff", voxel_um=10.0, transform="zscore") for r in (a, b))
     assert jd.fish_train.tolist() == [0] * pa.n_train + [1] * pb.n_train
     assert jd.fish_test.tolist() == [0] * pa.n_test + [1] * pb.n_test
-    np.testing.assert_array_equal(jd.train[:pa.n_train], pa.train[:, [1, 2]])
-    np.testing.assert_array_equal(jd.test[pa.n_test:], pb.test[:, [0, 1]])
+    np.testing.assert_array_equal(jd.train[: pa.n_train], pa.train[:, [1, 2]])
+    np.testing.assert_array_equal(jd.test[pa.n_test :], pb.test[:, [0, 1]])
     # per-fish z-scoring: each fish's training frames have mean 0 and s.d. 1 per unit
     for f in range(2):
         x = jd.train[jd.fish_train == f]
@@ -84,17 +96,23 @@ def test_bad_input():
         joint_dataset([_rec([0]), _rec([5])], 10.0, signal="dff")
     # binarised data have no neutral fill value
     with pytest.raises(ConfigError, match="binarised"):
-        joint_dataset([_rec([0, 1]), _rec([1, 2])], 10.0, min_fish=1, signal="dff",
-                      transform="binarize", threshold=3.0)
+        joint_dataset(
+            [_rec([0, 1]), _rec([1, 2])],
+            10.0,
+            min_fish=1,
+            signal="dff",
+            transform="binarize",
+            threshold=3.0,
+        )
 
 
 def test_synthetic_cohort_truth():
-    recs, truth = make_synthetic_cohort(n_fish=3, n_neurons=800, n_frames=100, n_shared=3,
-                                        n_private=1, seed=4)
+    recs, truth = make_synthetic_cohort(
+        n_fish=3, n_neurons=800, n_frames=100, n_shared=3, n_private=1, seed=4
+    )
     assert len(recs) == 3 and truth.n_assemblies == 6
     assert truth.shared.tolist() == [True] * 3 + [False] * 3
-    assert truth.expressed.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0],
-                                        [1, 1, 1, 0, 0, 1]]
+    assert truth.expressed.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0], [1, 1, 1, 0, 0, 1]]
     for f, r in enumerate(recs):
         # own positions per fish, members = neurons within the ball around the shared centre
         assert not np.allclose(recs[0].ref_coords[:50], r.ref_coords[:50]) or f == 0
@@ -102,7 +120,7 @@ def test_synthetic_cohort_truth():
         assert np.all((W != 0).any(1) == truth.expressed[f])
         for k in np.flatnonzero(truth.expressed[f]):
             d = np.linalg.norm(r.ref_coords[W[k] != 0] - truth.centres[k], axis=1)
-            assert d.max() <= truth.radius_um + 5 * 3.0       # + registration jitter
+            assert d.max() <= truth.radius_um + 5 * 3.0  # + registration jitter
         # members spike more when their assembly is on
         k = 0
         on = truth.activity[f][:, k] > 0
@@ -110,14 +128,16 @@ def test_synthetic_cohort_truth():
         if on.any() and (~on).any():
             assert r.spikes[on][:, members].mean() > r.spikes[~on][:, members].mean() + 0.3
     # the same seed gives the same cohort
-    recs2, truth2 = make_synthetic_cohort(n_fish=3, n_neurons=800, n_frames=100, n_shared=3,
-                                          n_private=1, seed=4)
+    recs2, truth2 = make_synthetic_cohort(
+        n_fish=3, n_neurons=800, n_frames=100, n_shared=3, n_private=1, seed=4
+    )
     np.testing.assert_array_equal(recs[2].spikes, recs2[2].spikes)
 
 
 def test_truth_on_grid_sums_fish():
-    recs, truth = make_synthetic_cohort(n_fish=2, n_neurons=600, n_frames=60, n_shared=2,
-                                        n_private=1, seed=1)
+    recs, truth = make_synthetic_cohort(
+        n_fish=2, n_neurons=600, n_frames=60, n_shared=2, n_private=1, seed=1
+    )
     jd = joint_dataset(recs, 100.0, transform="zscore", min_fish=2)
     G = truth_on_grid(truth, jd)
     assert G.shape == (4, jd.n_units)
@@ -133,10 +153,12 @@ def test_write_and_load_cohort(tmp_path):
     from raysearch.data.recordings import load_recording
 
     out = tmp_path / "cohort"
-    files = write_synthetic_cohort(out, n_fish=2, n_neurons=300, n_frames=40, n_shared=1,
-                                   n_private=1, seed=2)
-    recs, truth = make_synthetic_cohort(n_fish=2, n_neurons=300, n_frames=40, n_shared=1,
-                                        n_private=1, seed=2)
+    files = write_synthetic_cohort(
+        out, n_fish=2, n_neurons=300, n_frames=40, n_shared=1, n_private=1, seed=2
+    )
+    recs, truth = make_synthetic_cohort(
+        n_fish=2, n_neurons=300, n_frames=40, n_shared=1, n_private=1, seed=2
+    )
     meta = json.loads((out / "cohort.json").read_text())
     assert meta["shared"] == [True, False, False]
     loaded = load_cohort_truth(out)
@@ -144,7 +166,7 @@ def test_write_and_load_cohort(tmp_path):
     np.testing.assert_array_equal(loaded.expressed, truth.expressed)
     from raysearch.data.synthetic import load_ground_truth
 
-    g = load_ground_truth(files[1])          # the single-fish reader reads a cohort fish
+    g = load_ground_truth(files[1])  # the single-fish reader reads a cohort fish
     np.testing.assert_array_equal(g.weights, truth.weights[1])
     np.testing.assert_array_equal(g.membership, truth.weights[1] != 0)
     r = load_recording(files[1])
@@ -152,25 +174,45 @@ def test_write_and_load_cohort(tmp_path):
     np.testing.assert_allclose(r.ref_coords, recs[1].ref_coords, atol=1e-3)
     with pytest.raises(InputError, match="already exists"):
         write_synthetic_cohort(out, n_fish=2, n_neurons=300, n_frames=40)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]   # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]  # no temporary left
 
 
 def test_truth_on_grid_of_one_fish():
-    recs, truth = make_synthetic_cohort(n_fish=2, n_neurons=600, n_frames=60, n_shared=2,
-                                        n_private=1, seed=1)
+    recs, truth = make_synthetic_cohort(
+        n_fish=2, n_neurons=600, n_frames=60, n_shared=2, n_private=1, seed=1
+    )
     jd = joint_dataset(recs, 100.0, transform="zscore", min_fish=2)
-    np.testing.assert_allclose(truth_on_grid(truth, jd, fish=0) + truth_on_grid(truth, jd, fish=1),
-                               truth_on_grid(truth, jd))
+    np.testing.assert_allclose(
+        truth_on_grid(truth, jd, fish=0) + truth_on_grid(truth, jd, fish=1),
+        truth_on_grid(truth, jd),
+    )
 
 
 def test_cli_synth_cohort(tmp_path, capsys):
     from raysearch.cli import main
 
     out = tmp_path / "c"
-    assert main(["synth-cohort", str(out), "--fish", "2", "--neurons", "200", "--frames", "30",
-                 "--shared", "1", "--private", "1"]) == 0
+    assert (
+        main(
+            [
+                "synth-cohort",
+                str(out),
+                "--fish",
+                "2",
+                "--neurons",
+                "200",
+                "--frames",
+                "30",
+                "--shared",
+                "1",
+                "--private",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == ["cohort.json", "fish0.h5", "fish1.h5"]
-    assert main(["synth-cohort", str(out), "--fish", "2"]) == 2          # exists: one error
+    assert main(["synth-cohort", str(out), "--fish", "2"]) == 2  # exists: one error
     assert "already exists" in capsys.readouterr().err
     assert main(["synth-cohort", str(tmp_path / "d"), "--fish", "1"]) == 2
     assert not (tmp_path / "d").exists()

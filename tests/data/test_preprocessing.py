@@ -6,11 +6,18 @@ import logging
 import numpy as np
 import pytest
 
-from raysearch.errors import ConfigError, InputError
-from raysearch.data.preprocessing import (percentile_split, preprocess, segment_bounds, split_scores,
-                                     unit_regions, voxel_average, voxelize)
+from raysearch.data.preprocessing import (
+    percentile_split,
+    preprocess,
+    segment_bounds,
+    split_scores,
+    unit_regions,
+    voxel_average,
+    voxelize,
+)
 from raysearch.data.recordings import Recording
 from raysearch.data.synthetic import make_synthetic_recording
+from raysearch.errors import ConfigError, InputError
 
 
 def _rec(spikes=None, dff=None, coords=None, ref=None, labels=None, names=None):
@@ -19,14 +26,22 @@ def _rec(spikes=None, dff=None, coords=None, ref=None, labels=None, names=None):
     coords = np.zeros((N, 3), np.float32) if coords is None else np.asarray(coords, np.float32)
     labels = np.ones((N, 1), bool) if labels is None else np.asarray(labels, bool)
     names = names or [f"r{i}" for i in range(labels.shape[1])]
-    return Recording(spikes=spikes, dff=dff, coords=coords,
-                     ref_coords=None if ref is None else np.asarray(ref, np.float32),
-                     times=np.arange(T) / 4.0, labels=labels, region_names=names,
-                     source="hand.h5", layout="crbm")
+    return Recording(
+        spikes=spikes,
+        dff=dff,
+        coords=coords,
+        ref_coords=None if ref is None else np.asarray(ref, np.float32),
+        times=np.arange(T) / 4.0,
+        labels=labels,
+        region_names=names,
+        source="hand.h5",
+        layout="crbm",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # voxels
+
 
 def test_voxel_averaging_against_a_hand_built_case():
     # 6 neurons, 10 um voxels anchored at the reference origin:
@@ -38,14 +53,14 @@ def test_voxel_averaging_against_a_hand_built_case():
     # microscope coordinates are deliberately different: the grid must use ref coords
     micro = np.array(ref) * 3.0 + 100.0
     labels = np.array([[1, 0], [0, 1], [0, 1], [1, 0], [0, 1], [1, 0]], bool)
-    X = np.array([[1, 0, 1, 1, 0, 0],
-                  [0, 0, 1, 0, 1, 1],
-                  [1, 1, 0, 0, 1, 0],
-                  [0, 1, 1, 1, 1, 1]], dtype=bool)
+    X = np.array(
+        [[1, 0, 1, 1, 0, 0], [0, 0, 1, 0, 1, 1], [1, 1, 0, 0, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=bool
+    )
     X = np.repeat(X, 3, axis=0)  # 12 frames (>= 10 segments)
     rec = _rec(spikes=X, coords=micro, ref=ref, labels=labels)
-    ds = preprocess(rec, voxel_um=10.0, transform="none", visible="gaussian",
-                    test_segments=(0, 1, 2))
+    ds = preprocess(
+        rec, voxel_um=10.0, transform="none", visible="gaussian", test_segments=(0, 1, 2)
+    )
     # units in voxel-index order: (-1,0,0), (0,0,0), (1,0,0)
     np.testing.assert_allclose(ds.coords, [[-5, 5, 5], [5, 5, 5], [15, 5, 5]])
     assert ds.n_neurons.tolist() == [1, 2, 3]
@@ -57,8 +72,9 @@ def test_voxel_averaging_against_a_hand_built_case():
     train_rows = np.concatenate([np.arange(bounds[s], bounds[s + 1]) for s in range(3, 10)])
     np.testing.assert_allclose(ds.train, expected[train_rows], atol=1e-6)
     # minimum count: only the 3-neuron voxel survives min 3
-    ds3 = preprocess(rec, voxel_um=10.0, min_neurons_per_voxel=3, transform="none",
-                     visible="gaussian")
+    ds3 = preprocess(
+        rec, voxel_um=10.0, min_neurons_per_voxel=3, transform="none", visible="gaussian"
+    )
     assert ds3.n_units == 1 and ds3.unit_of_neuron.tolist() == [-1, -1, 0, -1, 0, 0]
     # binarised voxel means (auto for voxel-averaged spikes): mean > 0.5
     dsb = preprocess(rec, voxel_um=10.0, test_segments=(0, 1, 2))
@@ -103,6 +119,7 @@ def test_unit_regions_first_mask_or_none():
 
 # ---------------------------------------------------------------------------------------------
 # transforms
+
 
 def test_zscore_uses_training_frames_only():
     rng = np.random.default_rng(2)
@@ -154,13 +171,14 @@ def test_spikes_default_is_bernoulli_on_single_neurons():
     assert ds.n_train == 1050 and ds.n_test == 450 and ds.test_segments == (2, 6, 7)
     assert ds.n_neurons.tolist() == [1] * 300
     b = segment_bounds(1500, 10)
-    np.testing.assert_array_equal(ds.test, rec.spikes[np.r_[b[2]:b[3], b[6]:b[8]]])
+    np.testing.assert_array_equal(ds.test, rec.spikes[np.r_[b[2] : b[3], b[6] : b[8]]])
     d = ds.describe()
     assert d["n_units"] == 300 and d["test_segments"] == [2, 6, 7]
 
 
 # ---------------------------------------------------------------------------------------------
 # split
+
 
 def test_segment_bounds_and_too_few_frames():
     assert segment_bounds(23, 10).tolist() == [0, 3, 6, 9, 11, 13, 15, 17, 19, 21, 23]
@@ -201,8 +219,8 @@ def test_split_scores_match_direct_computation():
     b = segment_bounds(53, 6)
     iu = np.triu_indices(7, 1)
     for c, test in enumerate(choices):
-        te = np.concatenate([X[b[s]:b[s + 1]] for s in test]).astype(np.float64)
-        tr = np.concatenate([X[b[s]:b[s + 1]] for s in range(6) if s not in test]).astype(float)
+        te = np.concatenate([X[b[s] : b[s + 1]] for s in test]).astype(np.float64)
+        tr = np.concatenate([X[b[s] : b[s + 1]] for s in range(6) if s not in test]).astype(float)
         assert rm[c] == pytest.approx(np.sqrt(np.mean((te.mean(0) - tr.mean(0)) ** 2)))
         cte = np.cov(te, rowvar=False, bias=True)[iu]
         ctr = np.cov(tr, rowvar=False, bias=True)[iu]
@@ -211,5 +229,7 @@ def test_split_scores_match_direct_computation():
     assert len(choices) == len(list(itertools.combinations(range(6), 2)))
     # reproducible, and the unit subset for the covariance term follows the seed
     assert percentile_split(X, 6, 2) == percentile_split(X, 6, 2)
-    assert split_scores(X, 6, 2, max_units=3, seed=1)[2].tolist() == \
+    assert (
         split_scores(X, 6, 2, max_units=3, seed=1)[2].tolist()
+        == split_scores(X, 6, 2, max_units=3, seed=1)[2].tolist()
+    )

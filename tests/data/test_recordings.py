@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from raysearch.errors import ConfigError, InputError
 from raysearch.data.recordings import load_recording
 from raysearch.data.synthetic import make_synthetic_recording, write_synthetic_recording
+from raysearch.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +140,24 @@ def _write_nwb(path, rec, glia=False):
     import pynwb
     from pynwb.ophys import DfOverF, ImageSegmentation, OpticalChannel
 
-    nwb = pynwb.NWBFile(session_description="test", identifier="x",
-                        session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    nwb = pynwb.NWBFile(
+        session_description="test",
+        identifier="x",
+        session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    )
     dev = nwb.create_device(name="scope")
     plane = nwb.create_imaging_plane(
-        name="plane", optical_channel=OpticalChannel(name="c", description="c",
-                                                     emission_lambda=510.0),
-        description="p", device=dev, excitation_lambda=488.0, indicator="GCaMP6s",
-        location="brain", imaging_rate=4.0, grid_spacing=[1e-6, 1e-6, 1e-6],
-        grid_spacing_unit="meters")
+        name="plane",
+        optical_channel=OpticalChannel(name="c", description="c", emission_lambda=510.0),
+        description="p",
+        device=dev,
+        excitation_lambda=488.0,
+        indicator="GCaMP6s",
+        location="brain",
+        imaging_rate=4.0,
+        grid_spacing=[1e-6, 1e-6, 1e-6],
+        grid_spacing_unit="meters",
+    )
     mod = nwb.create_processing_module(name="ophys", description="o")
     seg = ImageSegmentation()
     mod.add(seg)
@@ -161,10 +170,16 @@ def _write_nwb(path, rec, glia=False):
     mod.add(dff)
     region = ps.create_roi_table_region(region=list(range(rec.n_neurons)), description="all")
     if glia:  # added first: the reader must still pick the neurons
-        dff.create_roi_response_series(name="GliaDfOverF", data=rec.dff * 0 + 7, rois=region,
-                                       unit="1", rate=4.0)
-    dff.create_roi_response_series(name="NeuronDfOverF" if glia else "RoiResponseSeries",
-                                   data=rec.dff, rois=region, unit="1", rate=4.0)
+        dff.create_roi_response_series(
+            name="GliaDfOverF", data=rec.dff * 0 + 7, rois=region, unit="1", rate=4.0
+        )
+    dff.create_roi_response_series(
+        name="NeuronDfOverF" if glia else "RoiResponseSeries",
+        data=rec.dff,
+        rois=region,
+        unit="1",
+        rate=4.0,
+    )
     with pynwb.NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
     return path
@@ -206,6 +221,7 @@ def test_nwb_without_pynwb_names_the_extra(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # bad input: one clear InputError naming the file and the problem
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.h5: no such file"):
@@ -255,8 +271,11 @@ def test_nonfinite_activity_error_or_drop(tmp_path, small, caplog):
     dff[6, 10] = np.inf
     dff[0, 33] = -np.inf
     p = _crbm(tmp_path / "nan.h5", small, dff=dff)
-    with pytest.raises(InputError, match=r"nan\.h5: .*DFF has 3 NaN/inf values in 2 neurons.*"
-                                         r"on_nonfinite='drop'"):
+    with pytest.raises(
+        InputError,
+        match=r"nan\.h5: .*DFF has 3 NaN/inf values in 2 neurons.*"
+        r"on_nonfinite='drop'",
+    ):
         load_recording(p)
     with caplog.at_level(logging.WARNING):
         got = load_recording(p, on_nonfinite="drop")
@@ -297,15 +316,13 @@ def test_published_like_file_zbrain_names_bool_spikes_chunked_dff(tmp_path, smal
     with h5py.File(p, "w") as f:
         b = f.create_group("Data/Brain")
         b.create_dataset("Analysis/ThresholdedSpikes", data=small.spikes)
-        b.create_dataset("Analysis/DFF_align", data=small.dff, chunks=(16, 32),
-                         compression="gzip")
+        b.create_dataset("Analysis/DFF_align", data=small.dff, chunks=(16, 32), compression="gzip")
         b["Coordinates"] = small.coords.T / 1000.0
         b["ZBrainCoordinates"] = small.ref_coords.T / 1000.0
         b["Times"] = small.times[:, None]
         b["Labels"] = labels
     got = load_recording(p)
-    assert got.region_names == ZBRAIN_REGIONS and got.region_names[14] == \
-        "Diencephalon - Habenula"
+    assert got.region_names == ZBRAIN_REGIONS and got.region_names[14] == "Diencephalon - Habenula"
     assert got.n_dropped == 10 and got.n_neurons == 110
     assert np.array_equal(got.spikes, small.spikes[:, :110])
     assert np.array_equal(got.dff, small.dff[:, :110])

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raysearch.errors import InputError
 from raysearch.data.recordings import load_recording
+from raysearch.errors import InputError
 
 N_CASES = int(__import__("os").environ.get("RAYSEARCH_CORRUPTION_CASES", "60"))
 
@@ -23,8 +23,9 @@ N_CASES = int(__import__("os").environ.get("RAYSEARCH_CORRUPTION_CASES", "60"))
 def recording_bytes(tmp_path_factory):
     from raysearch.data.synthetic import write_synthetic_recording
 
-    path = write_synthetic_recording(tmp_path_factory.mktemp("rec") / "fish.h5", n_neurons=40,
-                                     n_frames=120, seed=0)
+    path = write_synthetic_recording(
+        tmp_path_factory.mktemp("rec") / "fish.h5", n_neurons=40, n_frames=120, seed=0
+    )
     return path.read_bytes(), load_recording(path)
 
 
@@ -42,7 +43,7 @@ def model_bytes(tmp_path_factory):
 
 def _damaged(data: bytes, rng, kind: str) -> bytes:
     if kind == "truncate":
-        return data[:int(rng.integers(0, len(data)))]
+        return data[: int(rng.integers(0, len(data)))]
     buf = bytearray(data)
     for pos in rng.integers(0, len(buf), size=int(rng.integers(1, 9))):
         buf[pos] ^= 1 << int(rng.integers(0, 8))
@@ -74,7 +75,7 @@ def test_damaged_recording_is_an_input_error_or_a_correct_load(tmp_path, recordi
         try:
             rec = load_recording(path)
         except InputError as exc:
-            assert str(path) in str(exc), exc           # the message names the file
+            assert str(path) in str(exc), exc  # the message names the file
             outcomes["error"] += 1
             continue
         _check_recording(rec, ref, kind)

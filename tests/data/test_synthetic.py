@@ -4,10 +4,14 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from raysearch.errors import ConfigError, InputError
 from raysearch.data.recordings import load_recording
-from raysearch.data.synthetic import (REGION_NAMES, load_ground_truth, make_synthetic_recording,
-                                 write_synthetic_recording)
+from raysearch.data.synthetic import (
+    REGION_NAMES,
+    load_ground_truth,
+    make_synthetic_recording,
+    write_synthetic_recording,
+)
+from raysearch.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")

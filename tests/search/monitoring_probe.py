@@ -23,8 +23,7 @@ import urllib.request
 
 
 def _get(url, token=None):
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token
-                                 else {})
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
             return resp.status, resp.read().decode()
@@ -51,15 +50,16 @@ def main(study_path: str, out_path: str) -> int:
         while not stop.is_set():
             status, text = _get(f"http://127.0.0.1:{port}/metrics")
             if status == 200:
-                scraped.extend(ln for ln in text.splitlines()
-                               if ln.startswith("ray_raysearch_trial_"))
+                scraped.extend(
+                    ln for ln in text.splitlines() if ln.startswith("ray_raysearch_trial_")
+                )
             stop.wait(1.0)
 
     th = threading.Thread(target=scrape, daemon=True)
     th.start()
     try:
         rc = cli_main(["run", study_path])
-        time.sleep(3.0)   # one more report interval of the metrics agent
+        time.sleep(3.0)  # one more report interval of the metrics agent
         stop.set()
         th.join()
         token_file = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
@@ -68,12 +68,21 @@ def main(study_path: str, out_path: str) -> int:
         noauth_status, _ = _get(f"{url}/api/jobs/")
         actors_status, actors = _get(f"{url}/api/v0/actors?detail=1&limit=100", token)
         tasks_status, tasks = _get(f"{url}/api/v0/tasks?detail=1&limit=200", token)
-        out = {"rc": rc, "dashboard_url": url, "metrics_port": port, "token": bool(token),
-               "experiment_dir": exp_dir, "scraped": sorted(set(scraped)),
-               "jobs_status": jobs_status, "jobs": json.loads(jobs) if jobs else None,
-               "noauth_status": noauth_status, "actors_status": actors_status,
-               "actors": json.loads(actors) if actors else None, "tasks_status": tasks_status,
-               "tasks": json.loads(tasks) if tasks else None}
+        out = {
+            "rc": rc,
+            "dashboard_url": url,
+            "metrics_port": port,
+            "token": bool(token),
+            "experiment_dir": exp_dir,
+            "scraped": sorted(set(scraped)),
+            "jobs_status": jobs_status,
+            "jobs": json.loads(jobs) if jobs else None,
+            "noauth_status": noauth_status,
+            "actors_status": actors_status,
+            "actors": json.loads(actors) if actors else None,
+            "tasks_status": tasks_status,
+            "tasks": json.loads(tasks) if tasks else None,
+        }
         with open(out_path, "w") as fh:
             json.dump(out, fh)
     finally:

@@ -18,11 +18,18 @@ TINY = {
     "recordings": [{"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}}],
     "preprocessing": {"n_segments": 5, "n_test_segments": 1, "test_segments": [2]},
     "model": {"n_hidden": 5, "n_updates": 40, "batch_size": 50, "n_gibbs": 2},
-    "search": {"mode": "optuna", "lam": {"low": 1e-4, "high": 1.0}, "num_samples": 3,
-               "max_concurrent": 2, "sampler_seed": 0},
-    "evaluation": {"report_every": 10,
-                   "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
-                   "final": {"n_chains": 40, "n_burnin": 50, "n_samples": 10, "n_between": 5}},
+    "search": {
+        "mode": "optuna",
+        "lam": {"low": 1e-4, "high": 1.0},
+        "num_samples": 3,
+        "max_concurrent": 2,
+        "sampler_seed": 0,
+    },
+    "evaluation": {
+        "report_every": 10,
+        "during": {"n_chains": 20, "n_burnin": 20, "n_samples": 5, "n_between": 5},
+        "final": {"n_chains": 40, "n_burnin": 50, "n_samples": 10, "n_between": 5},
+    },
     "run": {"verbose": 0, "max_failures": 3},
 }
 
@@ -113,5 +120,6 @@ def raysearch_cmd(*args) -> list[str]:
 
 def run_cli(*args, env=None, timeout=240) -> subprocess.CompletedProcess:
     """Run ``python -m raysearch ...`` in a subprocess."""
-    return subprocess.run(raysearch_cmd(*args), env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        raysearch_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout
+    )

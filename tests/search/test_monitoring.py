@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from search_helpers import tiny_dict
 
 from raysearch.search import monitoring as mon
-from search_helpers import tiny_dict
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -50,16 +50,22 @@ def test_parse_prometheus_known_lines():
 
 # ------------------------------------------------------------------------------ unit: labels
 def test_trial_label_and_job_metadata(tmp_path):
-    assert mon.trial_label({"lam": 0.00123456, "seed": 3, "recording": "fish"}, "ab_00001") == \
-        "crbm_trial(ab_00001, lam=0.001235, seed=3, recording=fish)"
+    assert (
+        mon.trial_label({"lam": 0.00123456, "seed": 3, "recording": "fish"}, "ab_00001")
+        == "crbm_trial(ab_00001, lam=0.001235, seed=3, recording=fish)"
+    )
     assert mon.trial_label({}) == "crbm_trial()"
     from raysearch.search.config import study_from_dict
 
     study = study_from_dict(tiny_dict(tmp_path))
     md = mon.job_metadata(study, "/x/tiny")
-    assert md == {"job_name": "raysearch tiny", "raysearch_study": "tiny",
-                  "raysearch_mode": "optuna", "raysearch_experiment_dir": "/x/tiny"}
-    assert all(isinstance(v, str) for v in md.values())   # Ray requires string values
+    assert md == {
+        "job_name": "raysearch tiny",
+        "raysearch_study": "tiny",
+        "raysearch_mode": "optuna",
+        "raysearch_experiment_dir": "/x/tiny",
+    }
+    assert all(isinstance(v, str) for v in md.values())  # Ray requires string values
 
 
 def test_named_trainable_keeps_the_trainable_name_and_labels_instances():
@@ -69,15 +75,16 @@ def test_named_trainable_keeps_the_trainable_name_and_labels_instances():
         return None
 
     cls = mon.named_trainable(tune.with_parameters(crbm_trial, datasets={"a": 1}))
-    assert cls.__name__ == "crbm_trial"          # Tuner.restore compares trainable names
+    assert cls.__name__ == "crbm_trial"  # Tuner.restore compares trainable names
     from ray.tune.trainable.function_trainable import FunctionTrainable
 
     assert issubclass(cls, FunctionTrainable)
     fake = SimpleNamespace(config={"lam": 0.5, "seed": 1}, trial_id="t_1")
     assert cls.__repr__(fake) == "crbm_trial(t_1, lam=0.5, seed=1)"
     # built as in build_tuner: the resources of with_resources survive the naming
-    cls = mon.named_trainable(tune.with_resources(tune.with_parameters(crbm_trial, datasets={}),
-                                                  {"cpu": 2, "gpu": 0}))
+    cls = mon.named_trainable(
+        tune.with_resources(tune.with_parameters(crbm_trial, datasets={}), {"cpu": 2, "gpu": 0})
+    )
     assert cls.__name__ == cls.__qualname__ == "crbm_trial"
     assert cls.default_resource_request({}).required_resources == {"CPU": 2.0}
 
@@ -109,16 +116,33 @@ def _searcher(tmp_path, metric="mean_nrmse", mode="min"):
     from ray import tune
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
-    s = mon.MonitoredOptunaSearch(space={"lam": tune.loguniform(1e-4, 1.0)}, metric=metric,
-                                  mode=mode, storage=storage, study_name="st",
-                                  sampler=optuna.samplers.RandomSampler(seed=0))
+    s = mon.MonitoredOptunaSearch(
+        space={"lam": tune.loguniform(1e-4, 1.0)},
+        metric=metric,
+        mode=mode,
+        storage=storage,
+        study_name="st",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     return s, storage
 
 
 def _result(value, bad, **extra):
-    return {"mean_nrmse": value, "bad": bad, "seed": 0, "recording": "fish",
-            "nrmse_v": 0.1, "nrmse_h": value, "nrmse_vh": 0.2, "nrmse_vv": 0.3, "nrmse_hh": 0.4,
-            "weight_density": 0.25, "updates": 40, "model_path": "/m/x.h5", **extra}
+    return {
+        "mean_nrmse": value,
+        "bad": bad,
+        "seed": 0,
+        "recording": "fish",
+        "nrmse_v": 0.1,
+        "nrmse_h": value,
+        "nrmse_vh": 0.2,
+        "nrmse_vv": 0.3,
+        "nrmse_hh": 0.4,
+        "weight_density": 0.25,
+        "updates": 40,
+        "model_path": "/m/x.h5",
+        **extra,
+    }
 
 
 def test_optuna_search_tells_diverged_value_and_writes_user_attrs(tmp_path):
@@ -142,11 +166,23 @@ def test_optuna_search_tells_diverged_value_and_writes_user_attrs(tmp_path):
     a0, a1, a2 = (t.user_attrs for t in trials[:3])
     assert a0["tune_trial_id"] == "t1" and a0["bad"] is True and a0["bad_reason"] == "diverged"
     assert a0["objective_reported"] == "inf" and a0["nrmse_h"] == "inf"
-    assert "bad_reason" not in a1 and a1["objective_reported"] == "nan"   # absent column: absent
-    assert a2 == {"tune_trial_id": "t3", "seed": 0, "recording": "fish", "nrmse_v": 0.1,
-                  "nrmse_h": 0.25, "nrmse_vh": 0.2, "nrmse_vv": 0.3, "nrmse_hh": 0.4,
-                  "mean_nrmse": 0.25, "bad": False, "weight_density": 0.25, "updates": 40,
-                  "model_path": "/m/x.h5", "objective_reported": 0.25}
+    assert "bad_reason" not in a1 and a1["objective_reported"] == "nan"  # absent column: absent
+    assert a2 == {
+        "tune_trial_id": "t3",
+        "seed": 0,
+        "recording": "fish",
+        "nrmse_v": 0.1,
+        "nrmse_h": 0.25,
+        "nrmse_vh": 0.2,
+        "nrmse_vv": 0.3,
+        "nrmse_hh": 0.4,
+        "mean_nrmse": 0.25,
+        "bad": False,
+        "weight_density": 0.25,
+        "updates": 40,
+        "model_path": "/m/x.h5",
+        "objective_reported": 0.25,
+    }
     df = study.trials_dataframe()
     assert {"user_attrs_tune_trial_id", "user_attrs_bad", "user_attrs_nrmse_vv"} <= set(df)
 
@@ -158,8 +194,13 @@ def test_plain_optuna_search_leaves_nan_trials_running(tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}")
-    s = OptunaSearch(space={"lam": tune.loguniform(1e-4, 1.0)}, metric="mean_nrmse", mode="min",
-                     storage=storage, study_name="p")
+    s = OptunaSearch(
+        space={"lam": tune.loguniform(1e-4, 1.0)},
+        metric="mean_nrmse",
+        mode="min",
+        storage=storage,
+        study_name="p",
+    )
     s.suggest("a")
     s.on_trial_complete("a", {"mean_nrmse": math.nan})
     assert optuna.load_study(study_name="p", storage=storage).trials[0].state.name == "RUNNING"
@@ -179,15 +220,23 @@ def test_optuna_search_multi_objective(tmp_path):
 # --------------------------------------------------------------------------- unit: console
 def test_finished_trial_line_one_line():
     cb = mon.FinishedTrialLine("mean_nrmse")
-    trial = SimpleNamespace(trial_id="ab_1", config={"lam": 0.001, "seed": 2},
-                            last_result={"mean_nrmse": 0.1234567, "bad": False, "updates": 40,
-                                         "seconds": 12.34})
-    assert cb.line(trial) == ("Trial ab_1 finished: lam=0.001 seed=2 mean_nrmse=0.1235 "
-                              "bad=False updates=40 12.3 s")
-    trial.last_result = {"mean_nrmse": math.inf, "bad": True, "bad_reason": "diverged",
-                         "updates": 7}
-    assert cb.line(trial) == ("Trial ab_1 finished: lam=0.001 seed=2 mean_nrmse=inf bad=True "
-                              "(diverged) updates=7")
+    trial = SimpleNamespace(
+        trial_id="ab_1",
+        config={"lam": 0.001, "seed": 2},
+        last_result={"mean_nrmse": 0.1234567, "bad": False, "updates": 40, "seconds": 12.34},
+    )
+    assert cb.line(trial) == (
+        "Trial ab_1 finished: lam=0.001 seed=2 mean_nrmse=0.1235 bad=False updates=40 12.3 s"
+    )
+    trial.last_result = {
+        "mean_nrmse": math.inf,
+        "bad": True,
+        "bad_reason": "diverged",
+        "updates": 7,
+    }
+    assert cb.line(trial) == (
+        "Trial ab_1 finished: lam=0.001 seed=2 mean_nrmse=inf bad=True (diverged) updates=7"
+    )
 
 
 def test_progress_reporter_columns():
@@ -203,7 +252,7 @@ def test_tensorboard_off_by_default_on_with_env(monkeypatch):
     monkeypatch.delenv(mon.TENSORBOARD_ENV, raising=False)
     cbs = mon.logger_callbacks()
     assert [type(c) for c in cbs] == [CSVLoggerCallback, JsonLoggerCallback, mon.TensorBoardOff]
-    assert isinstance(cbs[2], TBXLoggerCallback)   # so Tune adds no TensorBoard logger itself
+    assert isinstance(cbs[2], TBXLoggerCallback)  # so Tune adds no TensorBoard logger itself
     pytest.importorskip("tensorboardX")
     monkeypatch.setenv(mon.TENSORBOARD_ENV, "1")
     assert type(mon.logger_callbacks()[2]) is TBXLoggerCallback
@@ -231,20 +280,33 @@ def test_study_seen_from_dashboard_metrics_console(tmp_path):
 
     from raysearch.search import load_results
 
-    d = tiny_dict(tmp_path, name="monitored", search={"num_samples": 2, "max_concurrent": 1},
-                  run={"verbose": 1, "max_failures": 0, "reuse_actors": False})
+    d = tiny_dict(
+        tmp_path,
+        name="monitored",
+        search={"num_samples": 2, "max_concurrent": 1},
+        run={"verbose": 1, "max_failures": 0, "reuse_actors": False},
+    )
     d["run"]["storage_path"] = str(tmp_path / "results")
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(d))
     out_json = tmp_path / "probe.json"
-    env = dict(os.environ, HOME=str(tmp_path / "home"), RAY_metrics_report_interval_ms="1000",
-               PYTHONPATH=str(ROOT))
-    env.pop("RAY_AUTH_MODE", None)            # Ray's default: token auth on
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path / "home"),
+        RAY_metrics_report_interval_ms="1000",
+        PYTHONPATH=str(ROOT),
+    )
+    env.pop("RAY_AUTH_MODE", None)  # Ray's default: token auth on
     env.pop(mon.TENSORBOARD_ENV, None)
-    proc = subprocess.run([sys.executable, str(HERE / "monitoring_probe.py"), str(study_file),
-                           str(out_json)], env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "monitoring_probe.py"), str(study_file), str(out_json)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     console = proc.stdout
-    (tmp_path / "console.txt").write_text(proc.stdout + proc.stderr)   # for a failing run
+    (tmp_path / "console.txt").write_text(proc.stdout + proc.stderr)  # for a failing run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads(out_json.read_text())
     assert got["rc"] == 0
@@ -255,25 +317,41 @@ def test_study_seen_from_dashboard_metrics_console(tmp_path):
 
     # --- Jobs API: the driver job carries the study; the API refuses requests without token
     assert got["token"] and got["noauth_status"] == 401 and got["jobs_status"] == 200
-    mine = [j for j in got["jobs"] if j["driver_info"] and
-            j["metadata"].get("raysearch_study") == "monitored"]
+    mine = [
+        j
+        for j in got["jobs"]
+        if j["driver_info"] and j["metadata"].get("raysearch_study") == "monitored"
+    ]
     assert len(mine) == 1
-    assert mine[0]["metadata"] == {"job_name": "raysearch monitored",
-                                   "raysearch_study": "monitored", "raysearch_mode": "optuna",
-                                   "raysearch_experiment_dir": exp_dir}
+    assert mine[0]["metadata"] == {
+        "job_name": "raysearch monitored",
+        "raysearch_study": "monitored",
+        "raysearch_mode": "optuna",
+        "raysearch_experiment_dir": exp_dir,
+    }
 
     # --- State API: one actor per trial (reuse_actors off), labelled with its trial and lambda
     assert got["actors_status"] == 200
-    actors = [a for a in got["actors"]["data"]["result"]["result"]
-              if a["class_name"] == "crbm_trial"]
+    actors = [
+        a for a in got["actors"]["data"]["result"]["result"] if a["class_name"] == "crbm_trial"
+    ]
     labels = sorted(a["repr_name"] for a in actors)
-    want = sorted(mon.trial_label({"lam": float(r.lam), "seed": int(r.seed),
-                                   "recording": r.recording, "n_hidden": int(r.n_hidden)},
-                                  r.trial_id)
-                  for r in df.itertuples())
+    want = sorted(
+        mon.trial_label(
+            {
+                "lam": float(r.lam),
+                "seed": int(r.seed),
+                "recording": r.recording,
+                "n_hidden": int(r.n_hidden),
+            },
+            r.trial_id,
+        )
+        for r in df.itertuples()
+    )
     assert labels == want
-    tasks = [t for t in got["tasks"]["data"]["result"]["result"]
-             if t["name"].startswith("crbm_trial(")]
+    tasks = [
+        t for t in got["tasks"]["data"]["result"]["result"] if t["name"].startswith("crbm_trial(")
+    ]
     assert {t["name"].rsplit(".", 1)[0] for t in tasks} <= set(want)
 
     # --- Prometheus: the final values of every trial, tagged with study, trial id and lambda
@@ -282,14 +360,18 @@ def test_study_seen_from_dashboard_metrics_console(tmp_path):
         tags = {"study": "monitored", "trial_id": r.trial_id, "lam": f"{float(r.lam):.4g}"}
 
         def values(name, extra=None):
-            return [v for n, lab, v in samples if n == name
-                    and all(lab.get(k) == x for k, x in (tags | (extra or {})).items())]
+            return [
+                v
+                for n, lab, v in samples
+                if n == name and all(lab.get(k) == x for k, x in (tags | (extra or {})).items())  # noqa: B023
+            ]
 
         assert float(r.updates) in values("ray_raysearch_trial_updates"), r.trial_id
         assert float(bool(r.bad)) in values("ray_raysearch_trial_bad")
-        obj = mon.finite_value(getattr(r, objective))      # non-finite: DIVERGED_VALUE
-        assert any(abs(v - obj) <= 1e-9 * abs(obj)
-                   for v in values("ray_raysearch_trial_objective")), (obj, r.trial_id)
+        obj = mon.finite_value(getattr(r, objective))  # non-finite: DIVERGED_VALUE
+        assert any(
+            abs(v - obj) <= 1e-9 * abs(obj) for v in values("ray_raysearch_trial_objective")
+        ), (obj, r.trial_id)
         for s in mon.STAT_NAMES:
             want_v = mon.finite_value(getattr(r, f"nrmse_{s}"))
             vals = values("ray_raysearch_trial_nrmse", {"statistic": s})

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from raysearch.errors import ConfigError
-from raysearch.search.config import (LamRange, default_study_path, load_study, study_from_dict)
+from raysearch.search.config import LamRange, default_study_path, load_study, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -34,7 +34,9 @@ def _error(tmp_path, data) -> str:
 
 
 def test_packaged_quickstart_is_the_experiments_copy():
-    assert default_study_path().read_bytes() == (ROOT / "experiments" / "quickstart.yaml").read_bytes()
+    assert (
+        default_study_path().read_bytes() == (ROOT / "experiments" / "quickstart.yaml").read_bytes()
+    )
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
@@ -50,8 +52,10 @@ def test_shipped_studies_cover_the_issue():
     assert modes == {"optuna", "grid", "multi"}
     l1 = [s for s in studies.values() if s.search.penalty == "l1" and s.search.mode == "grid"]
     assert any(sorted(s.search.lam) == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2] for s in l1)
-    assert any(s.search.penalty == "l2l1" and s.search.mode == "grid" and len(s.search.seeds) == 10
-               for s in studies.values())
+    assert any(
+        s.search.penalty == "l2l1" and s.search.mode == "grid" and len(s.search.seeds) == 10
+        for s in studies.values()
+    )
     assert any(len(s.recordings) > 1 for s in studies.values())
 
 
@@ -63,27 +67,43 @@ def test_defaults_and_keys():
     assert study_from_dict(study.to_dict()) == study  # round trip through the dict written to disk
 
 
-@pytest.mark.parametrize("edit, key, words", [
-    (lambda d: d["model"].update(n_hiden=3), "model.n_hiden", "unknown key"),
-    (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
-    (lambda d: d["resources"].update(cpu="two"), "resources.cpu", "valid number"),
-    (lambda d: d["model"].update(n_updates=0), "model.n_updates", "greater than 0"),
-    (lambda d: d["search"].update(lam={"low": -1.0, "high": 1.0}), "search.lam.low",
-     "greater than 0"),
-    (lambda d: d["search"].update(lam={"low": 1.0, "high": 0.1}), "search.lam", "larger than low"),
-    (lambda d: d["search"].update(mode="bayes"), "search.mode", "'optuna', 'grid' or 'multi'"),
-    (lambda d: d["search"].update(mode="grid"), "search", "needs lam as a list"),
-    (lambda d: d["search"].update(penalty="l2"), "search.penalty", "'l2l1' or 'l1'"),
-    (lambda d: d["search"].update(seeds=[1, 1]), "search.seeds", "distinct"),
-    (lambda d: d["search"].update(points_to_evaluate=[{"lam": 5.0}]), "search",
-     "points_to_evaluate[0].lam"),
-    (lambda d: d["evaluation"].update(report_every=10_000), "<top level>", "report_every"),
-    (lambda d: d["recordings"][0].update(path="x.h5"), "recordings.0", "exactly one of"),
-    (lambda d: d.pop("search"), "search", "Field required"),
-    (lambda d: d["preprocessing"].update(n_test_segments=3, test_segments=[1, 2]),
-     "preprocessing", "test_segments has 2 entries"),
-    (lambda d: d.update(name="has space"), "name", "should match pattern"),
-])
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (lambda d: d["model"].update(n_hiden=3), "model.n_hiden", "unknown key"),
+        (lambda d: d.update(extra_section={}), "extra_section", "unknown key"),
+        (lambda d: d["resources"].update(cpu="two"), "resources.cpu", "valid number"),
+        (lambda d: d["model"].update(n_updates=0), "model.n_updates", "greater than 0"),
+        (
+            lambda d: d["search"].update(lam={"low": -1.0, "high": 1.0}),
+            "search.lam.low",
+            "greater than 0",
+        ),
+        (
+            lambda d: d["search"].update(lam={"low": 1.0, "high": 0.1}),
+            "search.lam",
+            "larger than low",
+        ),
+        (lambda d: d["search"].update(mode="bayes"), "search.mode", "'optuna', 'grid' or 'multi'"),
+        (lambda d: d["search"].update(mode="grid"), "search", "needs lam as a list"),
+        (lambda d: d["search"].update(penalty="l2"), "search.penalty", "'l2l1' or 'l1'"),
+        (lambda d: d["search"].update(seeds=[1, 1]), "search.seeds", "distinct"),
+        (
+            lambda d: d["search"].update(points_to_evaluate=[{"lam": 5.0}]),
+            "search",
+            "points_to_evaluate[0].lam",
+        ),
+        (lambda d: d["evaluation"].update(report_every=10_000), "<top level>", "report_every"),
+        (lambda d: d["recordings"][0].update(path="x.h5"), "recordings.0", "exactly one of"),
+        (lambda d: d.pop("search"), "search", "Field required"),
+        (
+            lambda d: d["preprocessing"].update(n_test_segments=3, test_segments=[1, 2]),
+            "preprocessing",
+            "test_segments has 2 entries",
+        ),
+        (lambda d: d.update(name="has space"), "name", "should match pattern"),
+    ],
+)
 def test_bad_values_give_one_clear_message(tmp_path, edit, key, words):
     d = _quick()
     edit(d)

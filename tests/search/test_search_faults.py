@@ -25,11 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from search_helpers import (
+    kill_tagged,
+    lingering_tagged,
+    raysearch_cmd,
+    tagged_env,
+    tagged_processes,
+    write_study,
+)
 
 from raysearch.search import load_results
 from raysearch.search.monitoring import DIVERGED_VALUE
-from search_helpers import (kill_tagged, lingering_tagged, raysearch_cmd, tagged_env,
-                            tagged_processes, write_study)
 
 psutil = pytest.importorskip("psutil")
 
@@ -40,16 +46,22 @@ pytestmark = pytest.mark.slow
 # process starts a few seconds after the first), small enough for CI
 UPDATES, EVERY = 2000, 100
 SLOW = dict(model={"n_updates": UPDATES, "n_gibbs": 25}, evaluation={"report_every": EVERY})
-FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2",
-               "RAY_health_check_timeout_ms": "1000"}
+FAST_HEALTH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "2",
+    "RAY_health_check_timeout_ms": "1000",
+}
 
 
 def _in_flight(exp_dir: Path) -> list[Path]:
     """Trial dirs that hold at least one checkpoint and no model file yet."""
     done = {p.stem for p in (exp_dir / "models").glob("*.h5")}
-    return [d for d in sorted(exp_dir.glob("crbm_trial_*"))
-            if any(d.glob("checkpoint_*"))
-            and not any(d.name.startswith(f"crbm_trial_{t}") for t in done)]
+    return [
+        d
+        for d in sorted(exp_dir.glob("crbm_trial_*"))
+        if any(d.glob("checkpoint_*"))
+        and not any(d.name.startswith(f"crbm_trial_{t}") for t in done)
+    ]
 
 
 def _checkpointed_trials(exp_dir: Path) -> int:
@@ -63,7 +75,9 @@ def _wait(predicate, timeout, what, proc=None):
             return
         if proc is not None and proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}:\n{out[-3000:]}")
+            raise AssertionError(
+                f"process ended (rc {proc.returncode}) before {what}:\n{out[-3000:]}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -118,15 +132,27 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 def test_worker_node_lost_mid_trial_trials_continue_from_checkpoints(tmp_path):
     """Two "nodes" (ray.cluster_utils.Cluster): the worker running both trials is removed
     mid-trial and a new one added; both trials finish and their update count never restarts."""
-    study = write_study(tmp_path, filename="cluster.yaml",
-                        **{"name": "cluster", "search": {"mode": "grid", "lam": [0.001, 0.01]},
-                           "resources": {"cpu": 1, "custom": {"wslot": 1}}, **SLOW})
+    study = write_study(
+        tmp_path,
+        filename="cluster.yaml",
+        **{
+            "name": "cluster",
+            "search": {"mode": "grid", "lam": [0.001, 0.01]},
+            "resources": {"cpu": 1, "custom": {"wslot": 1}},
+            **SLOW,
+        },
+    )
     script = tmp_path / "cluster_chaos.py"
     script.write_text(CLUSTER_SCRIPT)
     env, tag = tagged_env(tmp_path, **FAST_HEALTH)
     try:
-        res = subprocess.run([sys.executable, str(script), str(study)], env=env,
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, str(script), str(study)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         kill_tagged(tag)  # Cluster.shutdown can leave agents behind: kill what we started, by PID
         leftovers = [p.pid for p in tagged_processes(tag)]
@@ -164,30 +190,43 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     """``raysearch run`` starts Ray with every port and the dashboard on 127.0.0.1 and token auth on;
     its driver is SIGKILLed mid-study; ``raysearch resume`` completes the study: no trial lost or
     duplicated, the in-flight trials continue from their checkpoints, no Ray process left."""
-    study = write_study(tmp_path, filename="killme.yaml",
-                        **{"name": "killme", "search": {"num_samples": 3, "max_concurrent": 2},
-                           **SLOW})
+    study = write_study(
+        tmp_path,
+        filename="killme.yaml",
+        **{"name": "killme", "search": {"num_samples": 3, "max_concurrent": 2}, **SLOW},
+    )
     exp_dir = tmp_path / "results" / "killme"
     env, tag = tagged_env(tmp_path, **FAST_HEALTH)
     env.pop("RAY_AUTH_MODE", None)  # the default: a new local instance turns token auth on
     log = open(tmp_path / "run.log", "w+")
-    proc = subprocess.Popen(raysearch_cmd("run", str(study)), env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        raysearch_cmd("run", str(study)),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait(lambda: _checkpointed_trials(exp_dir) >= 2, 150, "two trials with checkpoints")
         # ports: everything the launch listens on is loopback, the dashboard among them
         sockets = _listening(tag)
         assert sockets and all(_is_loopback(ip) for ip, _, _ in sockets), sockets
         text = (tmp_path / "run.log").read_text()
-        url = next(w for ln in text.splitlines() if ln.startswith("Ray dashboard:")
-                   for w in ln.split() if w.startswith("http"))
+        url = next(
+            w
+            for ln in text.splitlines()
+            if ln.startswith("Ray dashboard:")
+            for w in ln.split()
+            if w.startswith("http")
+        )
         assert url.startswith("http://127.0.0.1:")
         with pytest.raises(urllib.error.HTTPError) as denied:  # token auth is on
             urllib.request.urlopen(f"{url}/api/version", timeout=10)
         assert denied.value.code == 401
         token = (Path(env["HOME"]) / ".ray" / "auth_token").read_text().strip()
-        req = urllib.request.Request(f"{url}/api/version",
-                                     headers={"Authorization": f"Bearer {token}"})
+        req = urllib.request.Request(
+            f"{url}/api/version", headers={"Authorization": f"Bearer {token}"}
+        )
         assert urllib.request.urlopen(req, timeout=10).status == 200
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-study
         proc.wait(timeout=10)
@@ -208,14 +247,20 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     for d in older:
         shutil.rmtree(d)
     newest.rename(raced / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")
-    raced_at = json.loads((raced / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}"
-                           / "progress.json").read_text())["updates"]
+    raced_at = json.loads(
+        (
+            raced / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}" / "progress.json"
+        ).read_text()
+    )["updates"]
 
-    res = subprocess.run(raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True,
-                         text=True, timeout=240)
+    res = subprocess.run(
+        raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True, text=True, timeout=240
+    )
     left = lingering_tagged(tag)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "was deleted before the driver stopped; restored it from" in res.stderr, res.stderr[-3000:]
+    assert "was deleted before the driver stopped; restored it from" in res.stderr, res.stderr[
+        -3000:
+    ]
     assert "Best lambda:" in res.stdout
     assert left == [], f"Ray processes left running after resume: {left}"
     df = load_results(exp_dir)
@@ -229,15 +274,14 @@ def test_local_run_loopback_sigkill_then_resume(tmp_path):
     _assert_continued(hist, df["trial_id"], EVERY)
     import optuna
 
-    trials = optuna.load_study(study_name="killme",
-                               storage=f"sqlite:///{exp_dir}/optuna.db").trials
+    trials = optuna.load_study(study_name="killme", storage=f"sqlite:///{exp_dir}/optuna.db").trials
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 3, states
     # the default objective; a bad fit's (inf) reaches Optuna as DIVERGED_VALUE
     expected = np.where(np.isfinite(df["max_nrmse"]), df["max_nrmse"], DIVERGED_VALUE)
-    assert np.allclose(sorted(t.value for t in trials if t.state.name == "COMPLETE"),
-                       sorted(expected))
-
+    assert np.allclose(
+        sorted(t.value for t in trials if t.state.name == "COMPLETE"), sorted(expected)
+    )
 
 
 def test_sigint_run_exits_nonzero_then_resumed_results_show_every_trial_finished(tmp_path):
@@ -246,16 +290,24 @@ def test_sigint_run_exits_nonzero_then_resumed_results_show_every_trial_finished
     partial study. ``raysearch resume`` finishes it, and ``raysearch results`` then shows every
     trial TERMINATED and finished (Tune uploads the old and the new experiment state ~1 ms apart;
     picking the state by modification time once showed finished trials as RUNNING)."""
-    study = write_study(tmp_path, filename="intr.yaml",
-                        **{"name": "intr", "search": {"num_samples": 3, "max_concurrent": 2},
-                           **SLOW})
+    study = write_study(
+        tmp_path,
+        filename="intr.yaml",
+        **{"name": "intr", "search": {"num_samples": 3, "max_concurrent": 2}, **SLOW},
+    )
     exp_dir = tmp_path / "results" / "intr"
     env, tag = tagged_env(tmp_path)
-    proc = subprocess.Popen(raysearch_cmd("run", str(study)), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        raysearch_cmd("run", str(study)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait(lambda: _checkpointed_trials(exp_dir) >= 1, 150, "a trial with a checkpoint", proc)
-        os.kill(proc.pid, signal.SIGINT)             # once: Tune stops gracefully and saves
+        os.kill(proc.pid, signal.SIGINT)  # once: Tune stops gracefully and saves
         out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -268,14 +320,16 @@ def test_sigint_run_exits_nonzero_then_resumed_results_show_every_trial_finished
     before = load_results(exp_dir)
     assert not before["finished"].all() or len(before) < 3
 
-    res = subprocess.run(raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        raysearch_cmd("resume", str(exp_dir)), env=env, capture_output=True, text=True, timeout=300
+    )
     left = lingering_tagged(tag)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "did not finish" not in res.stdout + res.stderr
     assert left == [], f"Ray processes left running after resume: {left}"
-    shown = subprocess.run(raysearch_cmd("results", str(exp_dir)), env=env, capture_output=True,
-                           text=True, timeout=120)
+    shown = subprocess.run(
+        raysearch_cmd("results", str(exp_dir)), env=env, capture_output=True, text=True, timeout=120
+    )
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "RUNNING" not in shown.stdout and "did not finish" not in shown.stdout, shown.stdout
     df = load_results(exp_dir)
@@ -283,5 +337,10 @@ def test_sigint_run_exits_nonzero_then_resumed_results_show_every_trial_finished
     assert (df["status"] == "TERMINATED").all(), df[["trial_id", "status"]]
     assert df["finished"].all() and (df["updates"] == UPDATES).all()
     table = shown.stdout.split("\n\n")[0]
-    assert sum(ln.split()[0] in set(df["trial_id"]) and "TERMINATED" in ln
-               for ln in table.splitlines()[1:]) == 3, table
+    assert (
+        sum(
+            ln.split()[0] in set(df["trial_id"]) and "TERMINATED" in ln
+            for ln in table.splitlines()[1:]
+        )
+        == 3
+    ), table

@@ -4,22 +4,29 @@ import math
 
 import numpy as np
 import pytest
+from search_helpers import tiny_dict
 
 from raysearch.errors import ConfigError
-
-from search_helpers import tiny_dict
 
 
 def _cohort_study(tmp_path, **extra):
     from raysearch.data.cohort import write_synthetic_cohort
     from raysearch.search.config import study_from_dict
 
-    files = write_synthetic_cohort(tmp_path / "cohort", n_fish=2, n_neurons=400, n_frames=300,
-                                   n_shared=2, n_private=1, seed=0)
-    d = tiny_dict(tmp_path, recordings=[{"name": f"f{i}", "path": str(p)}
-                                        for i, p in enumerate(files)],
-                  preprocessing={"voxel_um": 80.0, "transform": "zscore", "n_segments": 5,
-                                 "n_test_segments": 1, "test_segments": [2]})
+    files = write_synthetic_cohort(
+        tmp_path / "cohort", n_fish=2, n_neurons=400, n_frames=300, n_shared=2, n_private=1, seed=0
+    )
+    d = tiny_dict(
+        tmp_path,
+        recordings=[{"name": f"f{i}", "path": str(p)} for i, p in enumerate(files)],
+        preprocessing={
+            "voxel_um": 80.0,
+            "transform": "zscore",
+            "n_segments": 5,
+            "n_test_segments": 1,
+            "test_segments": [2],
+        },
+    )
     d.update(joint=True, **extra)
     return study_from_dict(d)
 
@@ -31,8 +38,10 @@ def test_joint_study_config_checks(tmp_path):
     d["joint"] = True
     with pytest.raises(ConfigError, match="at least 2 recordings"):
         study_from_dict(d)
-    d["recordings"] = [{"name": "a", "synthetic": {"n_neurons": 60, "n_frames": 600}},
-                       {"name": "b", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 1}}]
+    d["recordings"] = [
+        {"name": "a", "synthetic": {"n_neurons": 60, "n_frames": 600}},
+        {"name": "b", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 1}},
+    ]
     with pytest.raises(ConfigError, match="voxel_um"):
         study_from_dict(d)
     d["preprocessing"]["voxel_um"] = 50.0
@@ -63,21 +72,33 @@ def test_prepare_datasets_builds_one_joint_dataset(tmp_path):
 
 def test_per_fish_metrics(tmp_path):
     from raysearch.crbm import CRBM
-    from raysearch.evaluation import per_fish_metrics
-    from raysearch.evaluation import evaluate
+    from raysearch.evaluation import evaluate, per_fish_metrics
     from raysearch.search.tuner import prepare_datasets
 
     jd = prepare_datasets(_cohort_study(tmp_path))["joint"]
-    m = CRBM(n_hidden=3, visible="gaussian", lam=1e-3, n_updates=30, batch_size=50, n_gibbs=1,
-             seed=0, backend="numpy").fit(jd)
+    m = CRBM(
+        n_hidden=3,
+        visible="gaussian",
+        lam=1e-3,
+        n_updates=30,
+        batch_size=50,
+        n_gibbs=1,
+        seed=0,
+        backend="numpy",
+    ).fit(jd)
     kw = dict(n_chains=20, n_burnin=10, n_samples=5, n_between=2)
     d = per_fish_metrics(m, jd, kw, 0, "numpy")
     r1 = evaluate(m, jd.fish_dataset(1), seed=0, backend="numpy", **kw)
     assert d["fish1_nrmse_vv"] == pytest.approx(r1.nrmse["vv"], nan_ok=True)
     assert d["fish1_mean_nrmse"] == pytest.approx(r1.mean_nrmse, nan_ok=True)
     assert set(k for k in d if k.startswith("fish0_")) == {
-        "fish0_nrmse_v", "fish0_nrmse_h", "fish0_nrmse_vh", "fish0_nrmse_vv", "fish0_nrmse_hh",
-        "fish0_mean_nrmse"}
+        "fish0_nrmse_v",
+        "fish0_nrmse_h",
+        "fish0_nrmse_vh",
+        "fish0_nrmse_vv",
+        "fish0_nrmse_hh",
+        "fish0_mean_nrmse",
+    }
     from raysearch.evaluation import evaluate_joint, joint_metrics
 
     ej = evaluate_joint(m, jd, seed=0, backend="numpy", **kw)
@@ -98,14 +119,16 @@ def test_joint_study_end_to_end(ray_session, tmp_path):
     from raysearch.crbm import CRBM
     from raysearch.search import load_results, run_study
 
-    study = _cohort_study(tmp_path, search={"mode": "grid", "lam": [1e-3, 1e-2], "seeds": [0],
-                                            "max_concurrent": 2})
+    study = _cohort_study(
+        tmp_path, search={"mode": "grid", "lam": [1e-3, 1e-2], "seeds": [0], "max_concurrent": 2}
+    )
     run = run_study(study)
     assert run.num_errors == 0
     df = load_results(run.experiment_dir)
     assert len(df) == 2 and (df["recording"] == "joint").all() and df["finished"].all()
-    assert {"fish0_mean_nrmse", "fish1_mean_nrmse", "bad_any_fish"} <= set(df.columns), \
-        sorted(df.columns)
+    assert {"fish0_mean_nrmse", "fish1_mean_nrmse", "bad_any_fish"} <= set(df.columns), sorted(
+        df.columns
+    )
     m = CRBM.load(df["model_path"].iloc[0])
     from raysearch.search.tuner import prepare_datasets
 

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from search_helpers import tiny_dict, tiny_study
 
 from raysearch.cli import main
 from raysearch.crbm import CRBM
@@ -22,7 +23,6 @@ from raysearch.search import load_results, load_study, run_study, study_from_dic
 from raysearch.search.monitoring import DIVERGED_VALUE
 from raysearch.search.results import COLUMNS, pareto_mask
 from raysearch.verdicts import BAD_REASONS
-from search_helpers import tiny_dict, tiny_study
 
 NRMSE = ["nrmse_v", "nrmse_h", "nrmse_vh", "nrmse_vv", "nrmse_hh"]
 
@@ -46,23 +46,33 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
     quick["evaluation"]["report_every"] = 100
     # a final evaluation precise enough to tell these fits from chance (with the tiny study's 40
     # chains x 10 samples every nRMSE has a noise of ~0.25 and each fit is, honestly, bad)
-    quick["evaluation"]["final"] = {"n_chains": 200, "n_burnin": 50, "n_samples": 20, "n_between": 5}
-    quick["search"].update(num_samples=3, lam={"low": 1e-4, "high": 1e-2},
-                           points_to_evaluate=[{"lam": 0.003}])
+    quick["evaluation"]["final"] = {
+        "n_chains": 200,
+        "n_burnin": 50,
+        "n_samples": 20,
+        "n_between": 5,
+    }
+    quick["search"].update(
+        num_samples=3, lam={"low": 1e-4, "high": 1e-2}, points_to_evaluate=[{"lam": 0.003}]
+    )
     study = study_from_dict(quick)
     assert study.search.mode == "optuna" and study.search.penalty == "l2l1"
     run = run_study(study)
     df = run.results
     assert run.num_errors == 0
-    assert list(df.columns[:len(COLUMNS)]) == COLUMNS
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     assert len(df) == 3 and df["trial_id"].is_unique
     assert (df["status"] == "TERMINATED").all() and df["finished"].all()
     assert np.isfinite(df[["sparsity", "weight_density"]].to_numpy(float)).all()
     # changed on purpose (issue 12): the objectives are over the assessable statistics (an
     # unassessable one reports NaN), and inf for a bad fit, whose reason is given
     vals = df[NRMSE].to_numpy(float)
-    skip = np.array([[s in str(u).split(",") for s in ("v", "h", "vh", "vv", "hh")]
-                     for u in df["unassessable"].fillna("")])
+    skip = np.array(
+        [
+            [s in str(u).split(",") for s in ("v", "h", "vh", "vv", "hh")]
+            for u in df["unassessable"].fillna("")
+        ]
+    )
     assert (np.isnan(vals) == skip).all()
     good = ~df["bad"].astype(bool).to_numpy()
     assert (df["bad_reason"].astype(str).str.len().to_numpy() > 0).tolist() == (~good).tolist()
@@ -108,10 +118,16 @@ def test_optuna_study_end_to_end(ray_session, tmp_path):
 
 
 def test_grid_gives_exactly_the_grid(ray_session, tmp_path):
-    recordings = [{"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
-                  {"name": "fish2", "synthetic": {"n_neurons": 50, "n_frames": 600, "seed": 1}}]
-    study = tiny_study(tmp_path, name="grid", recordings=recordings,
-                       search={"mode": "grid", "lam": [0.001, 0.1], "seeds": [3, 4]})
+    recordings = [
+        {"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
+        {"name": "fish2", "synthetic": {"n_neurons": 50, "n_frames": 600, "seed": 1}},
+    ]
+    study = tiny_study(
+        tmp_path,
+        name="grid",
+        recordings=recordings,
+        search={"mode": "grid", "lam": [0.001, 0.1], "seeds": [3, 4]},
+    )
     df = run_study(study).results
     got = sorted(zip(df["lam"], df["seed"], df["recording"]))
     assert got == sorted(itertools.product([0.001, 0.1], [3, 4], ["fish", "fish2"]))
@@ -151,16 +167,23 @@ def test_divergence_is_a_finished_bad_trial_and_optuna_goes_on(ray_session, tmp_
     from raysearch.search.monitoring import DIVERGED_VALUE
 
     assert all(t.value == DIVERGED_VALUE for t in trials)
-    assert all(t.user_attrs["objective_reported"] == "inf" and t.user_attrs["bad"] is True
-               for t in trials)
+    assert all(
+        t.user_attrs["objective_reported"] == "inf" and t.user_attrs["bad"] is True for t in trials
+    )
 
 
 def test_asha_and_searched_n_hidden(ray_session, tmp_path):
     """ASHA may stop trials at a rung (their last report is then their result, no model file);
     every trial still ends TERMINATED and COMPLETE in Optuna; n_hidden is searched."""
-    study = tiny_study(tmp_path, name="asha", search={
-        "num_samples": 4, "n_hidden": [4, 6], "asha": {"grace_updates": 10,
-                                                      "reduction_factor": 2}})
+    study = tiny_study(
+        tmp_path,
+        name="asha",
+        search={
+            "num_samples": 4,
+            "n_hidden": [4, 6],
+            "asha": {"grace_updates": 10, "reduction_factor": 2},
+        },
+    )
     run = run_study(study)
     df = run.results
     assert run.num_errors == 0 and len(df) == 4
@@ -176,11 +199,16 @@ def test_asha_and_searched_n_hidden(ray_session, tmp_path):
 def test_multi_objective_study_marks_the_pareto_front(ray_session, tmp_path):
     # 300 updates and lambda <= 1e-2: the fits learn something (40-update fits have vv nRMSE
     # ~1.01 +- noise, so whether any is usable would be a coin flip)
-    study = tiny_study(tmp_path, name="multi", model={"n_updates": 300},
-                       evaluation={"report_every": 100, "final": {
-                           "n_chains": 200, "n_burnin": 50, "n_samples": 20, "n_between": 5}},
-                       search={"mode": "multi", "num_samples": 4,
-                               "lam": {"low": 1e-4, "high": 1e-2}})
+    study = tiny_study(
+        tmp_path,
+        name="multi",
+        model={"n_updates": 300},
+        evaluation={
+            "report_every": 100,
+            "final": {"n_chains": 200, "n_burnin": 50, "n_samples": 20, "n_between": 5},
+        },
+        search={"mode": "multi", "num_samples": 4, "lam": {"low": 1e-4, "high": 1e-2}},
+    )
     run = run_study(study)
     df = run.results
     assert len(df) == 4 and df["pareto"].any()
@@ -221,9 +249,11 @@ def test_load_results_errors(tmp_path):
 def test_load_results_needs_no_ray(ray_session, tmp_path):
     """load_results in a fresh interpreter never imports ray."""
     run = run_study(tiny_study(tmp_path, name="noray", search={"num_samples": 1}))
-    code = ("import sys, json; from raysearch.search.results import load_results; "
-            f"df = load_results({run.experiment_dir!r}); "
-            "print(json.dumps([len(df), 'ray' in sys.modules]))")
+    code = (
+        "import sys, json; from raysearch.search.results import load_results; "
+        f"df = load_results({run.experiment_dir!r}); "
+        "print(json.dumps([len(df), 'ray' in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [1, False]
 
@@ -242,7 +272,8 @@ def test_storage_uri(ray_session, tmp_path, caplog):
     df = load_results(local)
     assert len(df) == 1 and df["finished"].all() and (local / "study.yaml").is_file()
     assert CRBM.load(df["model_path"][0]).n_updates_done_ == 40
-    from raysearch.search.tuner import repair_checkpoints   # a resume's first step, on a URI
+    from raysearch.search.tuner import repair_checkpoints  # a resume's first step, on a URI
+
     assert repair_checkpoints(run.experiment_dir) == []
     assert "could not read the experiment state" not in caplog.text
 
@@ -250,28 +281,45 @@ def test_storage_uri(ray_session, tmp_path, caplog):
 def test_failed_trial_is_error_in_tune_and_fail_in_optuna(ray_session, tmp_path):
     """A trial that raises (batch larger than its recording's training frames) ends ERROR in Tune
     and FAIL in Optuna; the other trial completes. Also: points_to_evaluate naming recordings."""
-    recordings = [{"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
-                  {"name": "short", "synthetic": {"n_neurons": 60, "n_frames": 150, "seed": 1}}]
-    study = tiny_study(tmp_path, name="fails", recordings=recordings,
-                       model={"batch_size": 200}, run={"max_failures": 0},
-                       search={"num_samples": 2, "points_to_evaluate": [
-                           {"lam": 0.01, "recording": "fish"},
-                           {"lam": 0.02, "recording": "short"}]})
+    recordings = [
+        {"name": "fish", "synthetic": {"n_neurons": 60, "n_frames": 600, "seed": 0}},
+        {"name": "short", "synthetic": {"n_neurons": 60, "n_frames": 150, "seed": 1}},
+    ]
+    study = tiny_study(
+        tmp_path,
+        name="fails",
+        recordings=recordings,
+        model={"batch_size": 200},
+        run={"max_failures": 0},
+        search={
+            "num_samples": 2,
+            "points_to_evaluate": [
+                {"lam": 0.01, "recording": "fish"},
+                {"lam": 0.02, "recording": "short"},
+            ],
+        },
+    )
     run = run_study(study)
     df = run.results.set_index("recording")
     assert run.num_errors == 1
     assert df.loc["fish", "status"] == "TERMINATED" and df.loc["fish", "finished"]
     assert df.loc["short", "status"] == "ERROR" and not df.loc["short", "finished"]
     states = {t.params["recording"]: t.state for t in _optuna_trials(run, "fails")}
-    assert states == {"fish": optuna.trial.TrialState.COMPLETE,
-                      "short": optuna.trial.TrialState.FAIL}
+    assert states == {
+        "fish": optuna.trial.TrialState.COMPLETE,
+        "short": optuna.trial.TrialState.FAIL,
+    }
 
 
 def test_trial_runs_one_chain_thread_per_cpu(ray_session, tmp_path):
     """resources.cpu = 2 on the NumPy backend: the trial's CRBM advances its chains in two threads
     (n_jobs = 2, recorded in the model file like every setting)."""
-    study = tiny_study(tmp_path, name="cpu2", search={"mode": "grid", "lam": [0.01]},
-                       resources={"cpu": 2, "gpu": 0})
+    study = tiny_study(
+        tmp_path,
+        name="cpu2",
+        search={"mode": "grid", "lam": [0.01]},
+        resources={"cpu": 2, "gpu": 0},
+    )
     run = run_study(study)
     assert run.num_errors == 0
     df = load_results(run.experiment_dir)
@@ -290,13 +338,22 @@ def test_history_includes_reports_kept_before_a_resume(tmp_path):
     (tdir / "params.json").write_text(json.dumps({"lam": 0.01, "seed": 0}))
 
     def rows(updates, first_iteration=1):
-        return "".join(json.dumps({"trial_id": "abcde_00000", "updates": u, "mean_nrmse": u / 1e4,
-                                   "training_iteration": first_iteration + i}) + "\n"
-                       for i, u in enumerate(updates))
+        return "".join(
+            json.dumps(
+                {
+                    "trial_id": "abcde_00000",
+                    "updates": u,
+                    "mean_nrmse": u / 1e4,
+                    "training_iteration": first_iteration + i,
+                }
+            )
+            + "\n"
+            for i, u in enumerate(updates)
+        )
 
     (tdir / "result.pre-resume-1.json").write_text(rows([100, 200, 300]))
     (tdir / "result.pre-resume-2.json").write_text(rows([300, 400]))  # resumed at 200
-    (tdir / "result.json").write_text(rows([500, 600]))            # resumed at 400
+    (tdir / "result.json").write_text(rows([500, 600]))  # resumed at 400
     hist = load_results(exp, history=True)
     assert hist["updates"].tolist() == [100, 200, 300, 400, 500, 600]
     df = load_results(exp)

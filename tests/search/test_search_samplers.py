@@ -11,10 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from search_helpers import tiny_study
 
 from raysearch.search.samplers import NSGAIISampler, TPESampler, make_sampler
 from raysearch.search.tuner import build_tuner, experiment_dir, prepare_datasets
-from search_helpers import tiny_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -31,8 +31,9 @@ def _objective_multi(trial):
 
 def _study(mode, sampler):
     if mode == "multi":
-        return optuna.create_study(directions=["minimize", "minimize"], sampler=sampler), \
-            _objective_multi
+        return optuna.create_study(
+            directions=["minimize", "minimize"], sampler=sampler
+        ), _objective_multi
     return optuna.create_study(direction="minimize", sampler=sampler), _objective_single
 
 
@@ -75,8 +76,8 @@ def test_every_search_mode_builds_a_tuner_that_pickles(ray_session, tmp_path, mo
         search["asha"] = {"grace_updates": 10, "reduction_factor": 2}
     study = tiny_study(tmp_path, search=search)
     exp_dir = experiment_dir(study)
-    Path(exp_dir).mkdir(parents=True)          # run_study makes it before building the Tuner
-    tuner = build_tuner(study, prepare_datasets(study), exp_dir)     # pickles (Tuner.__init__)
+    Path(exp_dir).mkdir(parents=True)  # run_study makes it before building the Tuner
+    tuner = build_tuner(study, prepare_datasets(study), exp_dir)  # pickles (Tuner.__init__)
     alg = tuner._local_tuner._tune_config.search_alg
     if mode == "grid":
         assert alg is None
@@ -87,9 +88,11 @@ def test_every_search_mode_builds_a_tuner_that_pickles(ray_session, tmp_path, mo
     with open(tmp_path / "searcher.pkl", "rb") as f:
         state = pickle.load(f)
     assert state["_ot_study"].sampler.__class__.__name__ == (
-        "NSGAIISampler" if mode == "multi" else "TPESampler")
+        "NSGAIISampler" if mode == "multi" else "TPESampler"
+    )
 
 
 def _space(study):
     from raysearch.search.tuner import _space as space
+
     return space(study)

@@ -9,11 +9,11 @@ import pytest
 
 from raysearch.backend import get_backend
 from raysearch.crbm import CRBM
-from raysearch.evaluation import evaluate
 from raysearch.data.preprocessing import preprocess
-from raysearch.errors import ConfigError
-from raysearch.search.trial import METRIC_KEYS, sanitize_metrics
 from raysearch.data.synthetic import make_synthetic_recording
+from raysearch.errors import ConfigError
+from raysearch.evaluation import evaluate
+from raysearch.search.trial import METRIC_KEYS, sanitize_metrics
 
 
 def test_sanitize_metrics_maps_nan_to_inf_and_flags_bad():
@@ -33,8 +33,7 @@ def test_sanitize_metrics_maps_nan_to_inf_and_flags_bad():
     assert out["mean_nrmse"] == out["max_nrmse"] == out["max_criteria"] == math.inf
     # an intermediate (cheap) evaluation that cannot tell the fit from chance keeps its objective
     # for ASHA; a broken fit does not
-    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"},
-                           final=False)
+    mid = sanitize_metrics(good | {"bad": True, "bad_reason": "no_better_than_chance"}, final=False)
     assert mid["bad"] is True and mid["max_nrmse"] == 0.5
     mid = sanitize_metrics(good | {"bad": True, "bad_reason": "unstable"}, final=False)
     assert mid["max_nrmse"] == math.inf
@@ -57,23 +56,32 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     snaps = []
 
     def on_boundary(m):
-        snaps.append(m.snapshot())                  # as the trial calls it: fit's own frames
-        given = m.snapshot(dataset)                 # the same with the frames passed in
+        snaps.append(m.snapshot())  # as the trial calls it: fit's own frames
+        given = m.snapshot(dataset)  # the same with the frames passed in
         for attr in ("weights_", "hidden_var_"):
             np.testing.assert_array_equal(getattr(given, attr), getattr(snaps[-1], attr))
         if m._state["update"] == 10:
             m.save_checkpoint(path)
 
-    model = CRBM(n_hidden=5, lam=1e-3, n_updates=30, batch_size=50, n_gibbs=2, seed=0,
-                 backend="numpy")
+    model = CRBM(
+        n_hidden=5, lam=1e-3, n_updates=30, batch_size=50, n_gibbs=2, seed=0, backend="numpy"
+    )
     model.fit(dataset, callback_every=10, checkpoint=on_boundary)
     assert [s.n_updates_done_ for s in snaps] == [10, 20, 30]
     assert not np.array_equal(snaps[0].weights_, snaps[2].weights_)
     snap = snaps[-1]
-    for attr in ("weights_", "fields_", "gamma_plus_", "gamma_minus_", "theta_plus_",
-                 "theta_minus_", "hidden_var_"):
-        np.testing.assert_allclose(getattr(snap, attr), getattr(model, attr), rtol=1e-6,
-                                   atol=1e-7, err_msg=attr)
+    for attr in (
+        "weights_",
+        "fields_",
+        "gamma_plus_",
+        "gamma_minus_",
+        "theta_plus_",
+        "theta_minus_",
+        "hidden_var_",
+    ):
+        np.testing.assert_allclose(
+            getattr(snap, attr), getattr(model, attr), rtol=1e-6, atol=1e-7, err_msg=attr
+        )
     assert snap.n_updates_done_ == 30 and snap.get_params() == model.get_params()
     a = evaluate(snap, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
     b = evaluate(model, dataset, n_chains=20, n_burnin=20, n_samples=5, n_between=5, seed=1)
@@ -90,7 +98,7 @@ def test_snapshot_at_the_last_boundary_is_the_fitted_model(dataset, tmp_path):
     gauged = training.sign_gauge({k: bk.asarray(v) for k, v in st["params"].items()}, bk)
     np.testing.assert_array_equal(snaps[0].weights_, gauged["weights"])
     with pytest.raises(ConfigError, match="pass the training frames"):
-        model.snapshot()                            # after fit the frames are not kept
+        model.snapshot()  # after fit the frames are not kept
     assert model.snapshot(dataset).n_updates_done_ == 30
     with pytest.raises(ConfigError, match="no training state"):
         CRBM(n_hidden=2).snapshot(dataset)
@@ -115,7 +123,8 @@ def _trial_checkpoints(dataset, trial_dir, boundaries=(10, 20, 30)):
         written.append(d)
 
     CRBM(n_hidden=4, n_updates=40, batch_size=50, n_gibbs=2, seed=3).fit(
-        dataset, callback_every=10, checkpoint=on_boundary)
+        dataset, callback_every=10, checkpoint=on_boundary
+    )
     return written
 
 
@@ -140,18 +149,19 @@ def test_restore_checkpoint_falls_back_to_the_newest_complete_one(dataset, tmp_p
         shutil.rmtree(d)
         return saved["updates"]
 
-    assert restored(c1) == 20                      # Tune's checkpoint is there: it is used
-    shutil.rmtree(c1)                              # deleted after a newer one arrived
-    assert restored(c1) == 30                      # -> the newest one in the folder
+    assert restored(c1) == 20  # Tune's checkpoint is there: it is used
+    shutil.rmtree(c1)  # deleted after a newer one arrived
+    assert restored(c1) == 30  # -> the newest one in the folder
     (c2 / CHECKPOINT_FILE).write_bytes((c2 / CHECKPOINT_FILE).read_bytes()[:2000])  # half-copied
-    assert restored(c1) == 10                      # -> skip the broken one, take the next older
+    assert restored(c1) == 10  # -> skip the broken one, take the next older
     (c0 / "progress.json").unlink()
-    assert restored(c1) is None                    # nothing usable: start over
+    assert restored(c1) is None  # nothing usable: start over
     assert restored(tmp_path / "nowhere" / "checkpoint_000004") is None
 
 
-def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(dataset, tmp_path,
-                                                                     monkeypatch):
+def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(
+    dataset, tmp_path, monkeypatch
+):
     """The driver-side half: a trial whose Tune-named checkpoint is gone gets the newest complete
     one copied to that path; with none left, a placeholder (the trial then starts over); finished
     trials and trials whose checkpoint is there are left alone."""
@@ -164,32 +174,38 @@ def test_repair_checkpoints_gives_unfinished_trials_back_a_checkpoint(dataset, t
     from raysearch.search.trial import restore_checkpoint
 
     a, b, c, d = (tmp_path / f"crbm_trial_{x}" for x in "abcd")
-    _, a1, _ = _trial_checkpoints(dataset, a)       # a: names a1, which gets deleted
+    _, a1, _ = _trial_checkpoints(dataset, a)  # a: names a1, which gets deleted
     import shutil
+
     shutil.rmtree(a1)
-    b0, _, _ = _trial_checkpoints(dataset, b)       # b: all gone -> placeholder
+    b0, _, _ = _trial_checkpoints(dataset, b)  # b: all gone -> placeholder
     for x in b.glob("checkpoint_*"):
         shutil.rmtree(x)
-    c0, _, _ = _trial_checkpoints(dataset, c)       # c: named one present -> untouched
-    d.mkdir()                                       # d: finished -> untouched
-    trials = [SimpleNamespace(trial_id=t, status=st, checkpoint=tune.Checkpoint(path=str(p)))
-              for t, st, p in (("a", "RUNNING", a1), ("b", "ERROR", b0), ("c", "PENDING", c0),
-                               ("d", "TERMINATED", d / "checkpoint_000003"))]
+    c0, _, _ = _trial_checkpoints(dataset, c)  # c: named one present -> untouched
+    d.mkdir()  # d: finished -> untouched
+    trials = [
+        SimpleNamespace(trial_id=t, status=st, checkpoint=tune.Checkpoint(path=str(p)))
+        for t, st, p in (
+            ("a", "RUNNING", a1),
+            ("b", "ERROR", b0),
+            ("c", "PENDING", c0),
+            ("d", "TERMINATED", d / "checkpoint_000003"),
+        )
+    ]
     # e: running, but the state recorded no checkpoint yet: its reports so far are kept (Tune
     # restarts it as new and uploads a fresh result.json over them); twice -> two copies
     e = tmp_path / "crbm_trial_e"
     e.mkdir()
     (e / "result.json").write_text('{"updates": 10}\n{"updates": 20}\n')
     trials.append(SimpleNamespace(trial_id="e", status="RUNNING", checkpoint=None, path=str(e)))
-    monkeypatch.setattr(ray.tune, "ExperimentAnalysis",
-                        lambda path: SimpleNamespace(trials=trials))
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: SimpleNamespace(trials=trials))
     before_c = sorted(p.name for p in c.rglob("*"))
     notes = tuner.repair_checkpoints(str(tmp_path))
     assert len(notes) == 3 and notes[0].startswith("trial a:") and "update 30" in notes[0]
     assert notes[1].startswith("trial b:") and "starts over" in notes[1]
     assert notes[2].startswith("trial e:") and "result.pre-resume-1.json" in notes[2]
     assert (e / "result.pre-resume-1.json").read_text() == (e / "result.json").read_text()
-    loaded, saved = restore_checkpoint(trials[0].checkpoint)   # a1 now holds update 30
+    loaded, saved = restore_checkpoint(trials[0].checkpoint)  # a1 now holds update 30
     shutil.rmtree(loaded)
     assert saved["updates"] == 30
     assert b0.is_dir() and restore_checkpoint(trials[1].checkpoint) is None
@@ -222,7 +238,7 @@ def test_resume_from_folder_when_tune_gives_no_checkpoint(dataset, tmp_path):
     loaded, saved = resume_from_folder(local, str(trial_dir))
     shutil.rmtree(loaded)
     assert saved["updates"] == 30
-    (c2 / CHECKPOINT_FILE).unlink()                     # newest incomplete: the one before it
+    (c2 / CHECKPOINT_FILE).unlink()  # newest incomplete: the one before it
     loaded, saved = resume_from_folder(local, str(trial_dir))
     shutil.rmtree(loaded)
     assert saved["updates"] == 20
