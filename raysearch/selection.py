@@ -805,9 +805,13 @@ def _radar_rows(done: pd.DataFrame, rec: pd.DataFrame, objective: str) -> pd.Dat
         pd.to_numeric(done[objective], errors="coerce").to_numpy(float),
     )
     pick, role = None, "bad"
-    if (bad & finite).any():
-        cand = np.flatnonzero(bad & finite)
-        pick = cand[np.argmax(obj[cand])] if np.isfinite(obj[cand]).any() else cand[0]
+    if bad.any():
+        # a bad fit is shown whenever there is one: the one with the most finite statistics (an
+        # unassessable or undefined one is NaN and leaves a gap in its polygon), worst first
+        cand = np.flatnonzero(bad)
+        n_finite = np.isfinite(vals.to_numpy()[cand]).sum(axis=1)
+        cand = cand[n_finite == n_finite.max()]
+        pick = cand[np.nanargmax(obj[cand])] if np.isfinite(obj[cand]).any() else cand[0]
     elif finite.any():
         cand = np.flatnonzero(finite)
         pick, role = (

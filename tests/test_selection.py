@@ -675,3 +675,31 @@ def test_tolerance_is_the_evaluation_noise_not_the_grid_scatter():
 def test_select_model_takes_a_dataframe_not_a_path(tmp_path):
     with pytest.raises(InputError, match="DataFrame"):
         selection.select_model(str(tmp_path))
+
+
+def test_radar_shows_a_bad_fit_even_when_one_of_its_statistics_is_nan():
+    """The radar's "bad" row is a bad fit whenever there is one; a NaN (unassessable) statistic
+    must not turn it into "worst (none bad)" while a bad fit exists (the label the report showed
+    before)."""
+    nan = float("nan")
+    done = pd.DataFrame(
+        {
+            "trial_id": ["good", "bad"],
+            "lam": [1e-3, 1e-1],
+            "nrmse_v": [0.1, nan],
+            "nrmse_h": [0.2, 0.9],
+            "nrmse_vh": [0.1, 1.2],
+            "nrmse_vv": [0.3, 0.99],
+            "nrmse_hh": [0.2, 0.8],
+            "max_nrmse": [0.3, math.inf],
+            "bad": [False, True],
+            "bad_reason": ["", "no_better_than_chance"],
+        }
+    )
+    rec = pd.DataFrame({"role": ["recommended"], "trial_id": ["good"], "lam": [1e-3]}).assign(
+        **{c: [0.1] for c in selection.NRMSE_COLUMNS}
+    )
+    rows = selection._radar_rows(done, rec, "max_nrmse")
+    assert rows["role"].tolist() == ["recommended", "bad"]
+    assert rows["trial_id"].tolist() == ["good", "bad"]
+    assert np.isnan(rows.iloc[1]["nrmse_v"]) and rows.iloc[1]["nrmse_vh"] == pytest.approx(1.2)
