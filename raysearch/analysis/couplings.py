@@ -1,6 +1,6 @@
 """Effective couplings of a cRBM, held in low-rank form.
 
-The second-order effective coupling between visible units i and j is (CRBM.md section 5)
+The second-order effective coupling between visible units i and j is (docs/model.md section 5)
 
     J_ij = sum_mu w_{mu i} w_{mu j} c_mu   (i != j),   J_ii = 0,
 

@@ -1,4 +1,4 @@
-"""Reading what the analyzer needs from model files (HDF5, layout in CONTRACTS / crbm.io)."""
+"""Reading what the analyzer needs from model files (HDF5, layout in raysearch.crbm.io)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Region-level couplings and their comparison across models, recordings and a structural matrix.
 
-``J^R_kl = mean over i in R_k, j in R_l, i != j of |J_ij|`` (the paper's normalised L1, CRBM.md
+``J^R_kl = mean over i in R_k, j in R_l, i != j of |J_ij|`` (the paper's normalised L1, docs/model.md
 section 5). Because it needs ``|J_ij|``, it cannot be reduced to M x M products: it is computed over
 chunks of rows of J, so memory stays O(chunk x N) whatever N is.
 """

@@ -48,7 +48,7 @@ def _unstable_reason(params, bk):
 
 
 class CRBM(BaseEstimator):
-    """Compositional RBM: bernoulli or gaussian visible units, dReLU hidden units (CRBM.md §1-3).
+    """Compositional RBM: bernoulli or gaussian visible units, dReLU hidden units (docs/model.md §1-3).
 
     Parameters
     ----------
@@ -57,7 +57,7 @@ class CRBM(BaseEstimator):
     visible : {"bernoulli", "gaussian"}
         Visible unit type: 0/1 data (binarised spikes) or real data (z-scored activity).
     penalty : {"l2l1", "l1"}
-        Sparsity penalty on the weights (CRBM.md §3).
+        Sparsity penalty on the weights (docs/model.md §3).
     lam : float, default 0.05
         Penalty strength (>= 0); not divided by N or by the batch size.
     n_updates : int, default 2000

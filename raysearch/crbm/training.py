@@ -8,7 +8,7 @@ moves to the host, so one update never synchronises with a GPU. The estimator
 Parameters are a dict of backend arrays (float32):
 
 =================  ========  ===============================================
-key                shape     meaning (CRBM.md §1)
+key                shape     meaning (docs/model.md §1)
 =================  ========  ===============================================
 ``weights``        (M, N)    w, hidden x visible
 ``fields``         (N,)      g, visible fields
@@ -183,11 +183,11 @@ def data_moments(X, visible):
 
 
 def init_params(moments, n_hidden, visible, seed):
-    """Initial parameters (host numpy float32), CRBM.md §2 "Initialisation".
+    """Initial parameters (host numpy float32), docs/model.md §2 "Initialisation".
 
     w ~ Normal(0, 0.1 / N); bernoulli fields = logit of the training mean (eps 1e-6); gaussian units
     get gamma_i = 1 / Var(v_i) and g_i = <v_i> / Var(v_i), i.e. the independent model with the data's
-    mean and variance (for z-scored data: g = mean, gamma = 1, as CRBM.md says); gp = gm = 1,
+    mean and variance (for z-scored data: g = mean, gamma = 1, as docs/model.md says); gp = gm = 1,
     tp = tm = 0. The draws come from a NumPy generator seeded with (seed, STREAM_INIT), so every
     backend starts from the same parameters.
     """
@@ -967,7 +967,7 @@ def apply_gradients(params, moments, grads, var_h, moments_data, update, cfg, bk
 
 
 def sign_gauge(params, bk):
-    """Flip every hidden unit whose weights sum to a negative number (CRBM.md §1, "Sign gauge").
+    """Flip every hidden unit whose weights sum to a negative number (docs/model.md §1, "Sign gauge").
 
     w_mu -> -w_mu, (gp, tp) <-> (gm, tm); P(v) is unchanged. Returns a new dict.
     """

@@ -5,7 +5,7 @@ Pure functions of ``(inputs, parameters, bk[, rng])`` written once against a
 Inputs ``I`` have shape (B, M) (hidden side) or (B, N) (visible side); per-unit parameters have
 shape (M,) or (N,) and broadcast over the batch. Everything is float32.
 
-dReLU conventions (CRBM.md §1, the reference code's theta-minus sign)::
+dReLU conventions (docs/model.md §1, the reference code's theta-minus sign)::
 
     U(h) = gp/2 h+^2 + gm/2 h-^2 + tp h+ + tm max(-h, 0),   h+ = max(h,0), h- = min(h,0)
     P(h | I) ∝ exp(-U(h) + I h)

@@ -1,4 +1,4 @@
-"""Helpers: experiment directories for the analyzer tests, laid out as CONTRACTS.md says.
+"""Helpers: experiment directories for the analyzer tests, laid out as raysearch writes them (raysearch.crbm.io, raysearch.search.results).
 
 Model files are written with ``CRBM.save(path, dataset=...)`` (so /units exists) plus an
 /evaluation group (metric attrs, {stat}/{train,test,model} vectors); each trial gets a Tune-style
