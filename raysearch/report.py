@@ -80,15 +80,33 @@ COLUMN_LABELS = {
     "size": "size",
     "unit": "hidden unit",
     **{f"nrmse_{k}": f"nRMSE {k}" for k in ("v", "h", "vh", "vv", "hh")},
+    "max_criteria": "worst criterion",
+    "nllh": "reconstruction (nLLH)",
+    "weights_converged": "0.01 < std(w) < 0.1",
+    "bad_reason": "why bad",
+    "unassessable": "unassessable statistics",
+    "n_diverged": "diverged",
+    "n_unstable": "unstable",
+    "n_no_better_than_chance": "no better than chance",
+    "n_undefined": "undefined",
+    "n_unknown": "reason unknown",
 }
 SUMMARY_LABELS = {
     "n_models": "models analysed",
+    "skipped_models": "model files skipped (unreadable)",
     "similarity_method": "similarity computed",
     "pearson_mean": "mean Pearson similarity between models",
     "n_clusters": "k-means clusters",
     "region_consistency_mean": "mean consistency of region couplings between models",
     "structural_spearman_best": "best Spearman correlation with the structural matrix",
 }
+
+
+def _summary_value(v) -> str:
+    """A summary value as a reader writes it: a list as comma-separated items, none as "none"."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if v else "none"
+    return str(v)
 
 
 def _selection(analysis):
@@ -351,7 +369,7 @@ def write_report(analysis, out_dir) -> Path:
     for k, v in analysis.summary().items():
         parts.append(
             f"<li>{esc(SUMMARY_LABELS.get(str(k), str(k).replace('_', ' ')))}: "
-            f"{esc(f'{v:.4g}' if isinstance(v, float) else str(v))}</li>"
+            f"{esc(f'{v:.4g}' if isinstance(v, float) else _summary_value(v))}</li>"
         )
     parts.append("</ul>")
     if notes:
